@@ -1,0 +1,227 @@
+"""Suites: the YAML schema as dataclasses, loading with ``--set`` overrides, and validation of the schema.
+
+A suite is a grid (methods × ratios × retraining learning rates × seeds) over one model and dataset; see
+``bench/grid.py`` for its expansion into runs. Everything here is pure data: nothing is trained or written.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bench.errors import ConfigError
+from bench.schema import field, parse
+
+RESULT_FORMAT = 1  # bump when a change to the harness alters results, so old run ids no longer match
+
+
+@dataclass
+class Schedule:
+    """A learning-rate schedule over epochs: step (×gamma at each milestone), cosine (to 0) or constant."""
+
+    name: Literal["step", "cosine", "constant"] = "constant"
+    milestones: list[int] = field(default_factory=list, doc="epochs at which a step schedule multiplies by gamma")
+    gamma: float = field(0.1, low=0, low_open=True, doc="step factor")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.milestones != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
+            problems.append(f"milestones {self.milestones} must be increasing positive epochs.")
+        if self.name != "step" and self.milestones:
+            problems.append(f"milestones are only used by the step schedule, not '{self.name}'.")
+        return problems
+
+
+@dataclass
+class Optim:
+    """Optimizer and batch settings shared by every training phase (SGD with momentum)."""
+
+    batch_size: int = field(128, low=1)
+    momentum: float = field(0.9, low=0, high=1, high_open=True)
+    nesterov: bool = False
+    weight_decay: float = field(5e-4, low=0)
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+@dataclass
+class Pretrain(Optim):
+    """How the dense model is obtained: trained with this recipe (once per seed, cached) or loaded."""
+
+    epochs: int = field(30, low=0, doc="0 keeps the freshly initialised model (e.g. to count FLOPs)")
+    lr: float = field(0.1, low=0, low_open=True)
+    checkpoint: str | None = field(None, doc="a state_dict file (torch.save) to load instead of training")
+
+
+@dataclass
+class Retrain(Optim):
+    """Retraining after removal; ``lr`` is swept (a list) and is the axis the trainability bias shows on."""
+
+    epochs: int = field(10, low=0)
+    lr: list[float] = field(default_factory=lambda: [0.01], low=0, low_open=True)
+
+    def validate(self) -> list[str]:
+        return ["'lr' is an empty sweep: give at least one learning rate."] if not self.lr else []
+
+
+Ratio = float | dict[str, float]
+
+
+@dataclass
+class Prune:
+    """Which layers are pruned and how much: ratios are swept; a ratio is a number or a pattern -> ratio map."""
+
+    ratios: list[Ratio]
+    layers: list[str] | None = field(None, doc="glob patterns on module names; default: the model's usual layers")
+    skip: list[str] | None = field(None, doc="patterns never pruned; default: the model's usual skips")
+    scope: Literal["layerwise", "global"] = "layerwise"
+    min_keep: int = field(1, low=1, doc="global scope: filters every layer keeps at least")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.ratios:
+            problems.append("'ratios' is an empty sweep: give at least one pruning ratio.")
+        for i, ratio in enumerate(self.ratios):
+            values = ratio.values() if isinstance(ratio, dict) else [ratio]
+            if any(not 0 <= v < 1 for v in values):
+                problems.append(f"ratios[{i}] = {ratio!r}: a pruning ratio must lie in [0, 1).")
+            if isinstance(ratio, dict) and self.scope == "global":
+                problems.append(f"ratios[{i}] is a per-layer profile, which needs scope: layerwise.")
+        if self.layers is not None and not self.layers:
+            problems.append("'layers' is empty: name at least one layer pattern.")
+        return problems
+
+
+@dataclass
+class Trainability:
+    """Jacobian singular values: on a fixed probe set, for the dense model, after pruning, every k epochs."""
+
+    enabled: bool = True
+    samples: int = field(100, low=1, doc="probe inputs drawn (seeded) from the training data")
+    every: int = field(1, low=0, doc="compute every k retraining epochs (0: only before and after)")
+
+
+@dataclass
+class Suite:
+    """One experiment: a model and dataset, a dense recipe, and the swept methods, ratios, LRs and seeds."""
+
+    name: str
+    model: str
+    dataset: str | dict[str, Any]
+    prune: Prune
+    methods: list[str | dict[str, dict[str, Any] | None]]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    description: str = ""
+    data_root: str | None = None
+    pretrain: Pretrain = field(default_factory=Pretrain)
+    retrain: Retrain = field(default_factory=Retrain)
+    trainability: Trainability = field(default_factory=Trainability)
+    device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
+    plugins: list[str] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.seeds:
+            problems.append("'seeds' is an empty sweep: give at least one seed.")
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"'seeds' repeats a seed: {self.seeds}.")
+        if not self.methods:
+            problems.append("'methods' is an empty sweep: name at least one method.")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            problems.append(f"'device' is {self.device!r}; allowed: auto, cpu, cuda, cuda:N.")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            problems.append(f"'name' {self.name!r} must be a plain directory name.")
+        if isinstance(self.dataset, dict) and not isinstance(self.dataset.get("name"), str):
+            problems.append("'dataset' as a mapping needs a 'name' (and optional dataset options).")
+        for i, entry in enumerate(self.methods):
+            if isinstance(entry, dict) and len(entry) != 1:
+                problems.append(f"methods[{i}] must map one method name to its hyperparameters, got {entry!r}.")
+        return problems
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset if isinstance(self.dataset, str) else self.dataset["name"]
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        return {} if isinstance(self.dataset, str) else {k: v for k, v in self.dataset.items() if k != "name"}
+
+
+def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Accept YAML shorthands: ``schedule: cosine``, a single ``lr``/``ratios``/``seeds`` value."""
+    raw = copy.deepcopy(raw)
+    for phase in ("pretrain", "retrain"):
+        section = raw.get(phase)
+        if isinstance(section, dict) and isinstance(section.get("schedule"), str):
+            section["schedule"] = {"name": section["schedule"]}
+    if isinstance(raw.get("retrain"), dict) and isinstance(raw["retrain"].get("lr"), (int, float)):
+        raw["retrain"]["lr"] = [raw["retrain"]["lr"]]
+    if isinstance(raw.get("prune"), dict) and isinstance(raw["prune"].get("ratios"), (int, float, dict)):
+        raw["prune"]["ratios"] = [raw["prune"]["ratios"]]
+    if isinstance(raw.get("seeds"), int):
+        raw["seeds"] = [raw["seeds"]]
+    if isinstance(raw.get("methods"), (str, dict)):
+        raw["methods"] = [raw["methods"]]
+    return raw
+
+
+def parse_override(expression: str) -> tuple[list[str], Any]:
+    """``retrain.lr=[0.1,0.01]`` -> (["retrain", "lr"], [0.1, 0.01]); the value is read as YAML."""
+    key, sep, text = expression.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set '{expression}' must look like key.path=value, e.g. retrain.epochs=2.")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set '{expression}': the value is not valid YAML ({err.problem}).") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` expressions to the raw suite mapping (before validation, so errors name the key)."""
+    raw = copy.deepcopy(raw)
+    for expression in overrides:
+        parts, value = parse_override(expression)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set '{expression}': '{'.'.join(parts[:i + 1])}' is not a mapping.")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a suite file with safe YAML loading; errors name the file and the line."""
+    if not path.is_file():
+        raise ConfigError(f"suite file '{path}' not found. Give the path of a YAML suite, e.g. suites/quickstart.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"not valid YAML{where}: {problem}. Fix the syntax.", str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the suite ({err}).", str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a suite must be a YAML mapping with keys such as name, model, dataset, prune, methods.",
+                          str(path))
+    return raw
+
+
+def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
+    """Read, override and validate a suite file; any problem raises ConfigError naming the file and key."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    try:
+        return parse(Suite, _normalise(raw))
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(path)) from None

@@ -1,0 +1,174 @@
+"""Expansion of a suite into runs (methods × ratios × learning rates × seeds) with content-hash ids.
+
+A run id is a hash of everything that changes a run's result and nothing else, so the same configuration
+gives the same id on any machine, a re-run finds finished work, and a duplicated cluster task finds its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import RESULT_FORMAT, Ratio, Suite
+from bench.errors import ConfigError
+from bench.method import Method
+from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from bench.schema import parse, to_plain
+
+LABEL_KEY = "label"  # reserved key in a method's options: the name results show for that entry
+
+
+def content_hash(data: Any, length: int = 12) -> str:
+    """A short, stable hash of JSON-able data (keys sorted, floats by repr)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of a suite's ``methods`` list, resolved: its components with validated hyperparameters."""
+
+    label: str
+    components: tuple[tuple[str, Any], ...]  # (registered name, hyperparameter dataclass instance)
+
+    def build(self) -> list[Method]:
+        return [METHODS.get(name)(hparams) for name, hparams in self.components]
+
+    def plain(self) -> list[dict[str, Any]]:
+        return [{"name": name, "hparams": to_plain(hparams)} for name, hparams in self.components]
+
+
+def resolve_method(entry: str | dict[str, Any], index: int) -> MethodSpec:
+    """``"l1"``, ``{"tpp": {...}}`` or ``"l1 + orthp"`` (options per component) -> MethodSpec."""
+    key = f"methods[{index}]"
+    if isinstance(entry, str):
+        name, options = entry, {}
+    else:
+        ((name, options),) = entry.items()
+        options = dict(options or {})
+    label = options.pop(LABEL_KEY, None)
+    parts = [p.strip() for p in name.split("+")]
+    if any(not p for p in parts):
+        raise ConfigError(f"{key}: '{name}' is not a method name or a chain like 'l1 + orthp'.")
+    problems: list[str] = []
+    components = []
+    for part in parts:
+        try:
+            cls = METHODS.get(part)
+        except UnknownNameError as err:
+            problems.append(f"{key}: {err}")
+            continue
+        own = options if len(parts) == 1 else options.pop(part, None) or {}
+        components.append((part, parse(cls.Hparams, own, f"{key}.{part}", problems)))
+    if len(parts) > 1 and options:
+        problems.append(f"{key}: options of a chain are given per component ({', '.join(parts)}); "
+                        f"unknown: {', '.join(map(str, options))}.")
+    if not problems and not any(METHODS.get(p).selects for p in parts):
+        problems.append(f"{key}: '{name}' has no component that selects channels; start it with e.g. 'l1 + '.")
+    if problems:
+        raise ConfigError(problems)
+    return MethodSpec(label=str(label) if label else "+".join(parts), components=tuple(components))
+
+
+def ratio_label(ratio: Ratio) -> str:
+    """A short printable name of a ratio: the number, or the profile as pattern:ratio pairs."""
+    if isinstance(ratio, dict):
+        return ",".join(f"{k}:{v:g}" for k, v in ratio.items())
+    return f"{ratio:g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a suite's grid."""
+
+    suite: Suite
+    method: MethodSpec
+    ratio: Ratio
+    lr: float
+    seed: int
+    dense_key: dict[str, Any]
+    key: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return content_hash(self.key)
+
+    @property
+    def dense_id(self) -> str:
+        return content_hash(self.dense_key)
+
+    def describe(self) -> dict[str, Any]:
+        """The run's coordinates in the grid, as results and reports name them."""
+        return {"suite": self.suite.name, "run_id": self.run_id, "method": self.method.label,
+                "model": self.suite.model, "dataset": self.suite.dataset_name, "ratio": ratio_label(self.ratio),
+                "lr": self.lr, "seed": self.seed}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (a dense checkpoint's identity enters the dense id)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
+    """The dense recipe, or the digest of the checkpoint the dense model is loaded from."""
+    if not suite.pretrain.checkpoint:
+        return to_plain(suite.pretrain)
+    path = resolve_path(suite.pretrain.checkpoint, suite_dir)
+    if not path.is_file():
+        raise ConfigError(f"pretrain.checkpoint '{path}' not found. Give the path of a saved state_dict.")
+    return {"checkpoint_sha256": file_digest(path)}
+
+
+def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain: dict[str, Any]) -> dict[str, Any]:
+    """What determines a dense model: model, data, recipe (or checkpoint contents), seed, method variants."""
+    return {"format": RESULT_FORMAT, "model": suite.model, "dataset": suite.dataset_name,
+            "dataset_options": suite.dataset_options, "pretrain": pretrain, "seed": seed, "variants": variants}
+
+
+def resolve_path(path: str, suite_dir: Path | None) -> Path:
+    """A path from a suite: absolute, or relative to the suite file's directory (then the working dir)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or suite_dir is None or not (suite_dir / p).exists():
+        return p
+    return suite_dir / p
+
+
+def expand(suite: Suite, suite_dir: Path | None = None) -> list[Run]:
+    """The suite's runs in a stable order (method, ratio, lr, seed); methods resolved and validated."""
+    problems = []
+    for key, registry, name in (("model", MODELS, suite.model), ("dataset", DATASETS, suite.dataset_name)):
+        if name not in registry:
+            problems.append(f"{key}: {registry.unknown_message(name)}")
+    specs = []
+    for i, entry in enumerate(suite.methods):
+        try:
+            specs.append(resolve_method(entry, i))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    labels = [s.label for s in specs]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigError(f"methods: {', '.join(duplicates)} appear twice; give one of them a "
+                          f"'{LABEL_KEY}' option so results can tell them apart.")
+    pretrain = pretrain_identity(suite, suite_dir)
+    runs = []
+    for spec in specs:
+        variants = [v.key for v in (m.dense_variant() for m in spec.build()) if v is not None]
+        for ratio in suite.prune.ratios:
+            for lr in suite.retrain.lr:
+                for seed in suite.seeds:
+                    dk = dense_key(suite, seed, variants, pretrain)
+                    retrain = to_plain(suite.retrain) | {"lr": lr}
+                    prune = to_plain(suite.prune) | {"ratios": None, "ratio": ratio}
+                    key = {"dense": dk, "prune": prune, "method": spec.plain(), "retrain": retrain,
+                           "trainability": to_plain(suite.trainability)}
+                    runs.append(Run(suite, spec, ratio, lr, seed, dk, key))
+    return runs

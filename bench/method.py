@@ -1,0 +1,155 @@
+"""What a pruning method is to the harness: a registry entry with typed hyperparameters and optional hooks.
+
+A method subclasses ``Method``, declares its hyperparameters as a dataclass (the paper's defaults), and
+overrides only the hooks it needs; the runner calls them in this order for every run:
+
+    dense_variant -> phase -> select -> (physical removal by the harness) -> after_slim -> retrain
+
+Several components can be chained in a suite (``l1 + orthp``): the first one that selects chooses the
+channels, and every component's other hooks run in order.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.pruning import num_pruned
+from bench.registry import METHODS
+from bench.train import Recipe, TrainHooks
+
+
+@dataclass
+class NoHparams:
+    """For methods without hyperparameters."""
+
+
+@dataclass
+class PruneTarget:
+    """Which layers a run prunes and by how much, as the suite and the run's ratio define it."""
+
+    layers: list[str]                # prunable layer names, in forward order
+    ratios: dict[str, float]         # the requested ratio of each layer (layerwise) or the global ratio
+    scope: str                       # "layerwise" or "global"
+    min_keep: int = 1                # global scope: filters each layer keeps at least
+
+
+@dataclass
+class RunContext:
+    """What the harness hands to a method's hooks for one run."""
+
+    target: PruneTarget
+    data: Any                        # bench.data dataset (train_batches, test_batches, probe, info)
+    device: torch.device
+    seed: int
+    nonlinearity: str                # "linear" or "relu": the model's activation (for gains)
+    batchnorm_of: dict[str, str | None]  # the BatchNorm that follows each prunable layer, if any
+    dense_recipe: Recipe             # how the dense model was trained (Scratch reuses it)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+@dataclass
+class Phase:
+    """A method's own training phase between the dense model and selection (e.g. TPP's regularisation)."""
+
+    recipe: Recipe
+    hooks: list[TrainHooks]
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None
+
+
+@dataclass
+class DenseVariant:
+    """A change to dense training (e.g. a bounded BatchNorm); its key enters the dense model's cache id."""
+
+    key: dict[str, Any]
+    prepare: Callable[[nn.Module], nn.Module] | None = None    # applied to the fresh model before training
+    hooks: list[TrainHooks] = field(default_factory=list)
+    param_groups: Callable[[nn.Module, Recipe], list[dict[str, Any]]] | None = None
+
+
+class Method:
+    """Base class of pruning methods; subclasses override the hooks they need."""
+
+    Hparams: ClassVar[type] = NoHparams
+    description: ClassVar[str] = ""
+    selects: ClassVar[bool] = True      # False for components that only act after removal (re-initialisers)
+
+    def __init__(self, hparams: Any) -> None:
+        self.hparams = hparams
+
+    def dense_variant(self) -> DenseVariant | None:
+        """A modified dense model/training for this method, or None to share the common dense model."""
+        return None
+
+    def phase(self, model: nn.Module, ctx: RunContext) -> Phase | None:
+        """A training phase run on the dense model before selection, or None."""
+        return None
+
+    def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """Importance per output channel of each target layer (higher = kept first)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement scores() or select()")
+
+    def select(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """Kept output-channel indices per target layer; by default the highest ``scores``."""
+        return keep_from_scores(self.scores(model, ctx), ctx.target)
+
+    def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
+        """Called on the physically pruned model before retraining (re-initialisation, for example)."""
+        return None
+
+    def retrain_recipe(self, recipe: Recipe, ctx: RunContext) -> Recipe:
+        """The retraining recipe for this method; the suite's by default (Scratch changes it)."""
+        return recipe
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a ``Method`` subclass available to suites under ``name``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method('{name}') must decorate a subclass of bench.Method")
+        cls.name = name  # type: ignore[attr-defined]
+        METHODS.add(name, cls)
+        return cls
+
+    return decorate
+
+
+def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring channels: per layer (layerwise) or under one threshold (global, with a floor).
+
+    Ties are broken by channel index (stable sort), so selection is deterministic.
+    """
+    keep: dict[str, torch.Tensor] = {}
+    if target.scope == "layerwise":
+        for name in target.layers:
+            s = scores[name].detach().float().cpu()
+            n_drop = num_pruned(s.numel(), target.ratios[name])
+            order = torch.sort(s, stable=True).indices  # ascending: the first n_drop go
+            keep[name] = torch.sort(order[n_drop:]).values
+        return keep
+    ratio = next(iter(target.ratios.values()))
+    flat = [(float(v), name, i) for name in target.layers for i, v in enumerate(scores[name].detach().float().cpu())]
+    total = len(flat)
+    n_drop = min(math.ceil(round(ratio * total, 6)), total - len(target.layers))
+    sizes = {name: scores[name].numel() for name in target.layers}
+    floor = {name: min(target.min_keep, sizes[name]) for name in target.layers}
+    dropped: dict[str, set[int]] = {name: set() for name in target.layers}
+    for _, name, i in sorted(flat):
+        if n_drop == 0:
+            break
+        if sizes[name] - len(dropped[name]) > floor[name]:
+            dropped[name].add(i)
+            n_drop -= 1
+    for name in target.layers:
+        keep[name] = torch.tensor([i for i in range(sizes[name]) if i not in dropped[name]], dtype=torch.long)
+    return keep
+
+
+def filter_weights(module: nn.Module) -> torch.Tensor:
+    """A conv or linear weight as one row per output channel (N × rest)."""
+    return module.weight.detach().flatten(1)

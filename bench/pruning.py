@@ -1,0 +1,423 @@
+"""Structured (filter) pruning of Conv2d / Linear layers, driven by the model's torch.fx graph.
+
+``trace_dependencies`` finds, for each layer to prune, the BatchNorm and the conv/linear layers that read its output
+channels; ``slim`` then removes channels physically, ``masked`` zeroes them with forward hooks and ``zero_pruned_``
+zeroes the parameters that produce them. Only ops that map zero to zero per channel may lie between a layer and its
+consumers, so a slimmed model computes exactly what the masked one does.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import math
+import operator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import GraphModule, Node, symbolic_trace
+from torch.fx.node import map_arg
+from torch.fx.passes.shape_prop import ShapeProp
+
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+# Per-channel (or elementwise) ops that map 0 to 0: a removed channel and a zeroed one behave the same through them.
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Hardtanh, nn.Hardswish,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+_PASS_FUNCTIONS = {
+    F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
+    torch.tanh, F.hardtanh, F.hardswish, F.dropout, F.dropout1d, F.dropout2d,
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}  # fmt: skip
+_PASS_METHODS = {"relu", "relu_", "tanh", "tanh_", "contiguous"}
+_FLATTEN_METHODS = {"flatten", "view", "reshape"}
+_METADATA_METHODS = {"size", "dim"}  # read shapes only; no channel data flows through them
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_ADD_METHODS = {"add", "add_"}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.stack}
+
+
+class PruningError(UserError, ValueError):
+    """A user-facing pruning problem; the message names the offending layer."""
+
+
+@dataclass
+class LayerDeps:
+    """What must change when output channels of ``layer`` are removed."""
+
+    layer: str  # the producing conv/linear
+    batchnorm: str | None  # the BatchNorm applied (through channel-preserving ops) to its output, if any
+    # (conv/linear whose INPUT channels come from this layer's output, spatial factor: 1 for conv consumers;
+    #  for a Linear after flatten of C x H x W, H*W)
+    consumers: list[tuple[str, int]] = field(default_factory=list)
+
+
+def prunable_layers(model: nn.Module, patterns: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
+    """Names of Conv2d/Linear modules matching any fnmatch ``patterns`` and no ``skip`` pattern, in module order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_TYPES)
+        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        and not any(fnmatch.fnmatchcase(name, s) for s in skip)
+    ]
+
+
+def unmatched_patterns(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The patterns that match no Conv2d/Linear module, so configs can reject typos with a clear message."""
+    names = [name for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
+def layer_ratios(layers: list[str], ratio: float | Mapping[str, float]) -> dict[str, float]:
+    """Per-layer ratios: a float applies to every layer; a mapping gives the first matching pattern's ratio, else 0."""
+    if not isinstance(ratio, Mapping):
+        return {layer: float(ratio) for layer in layers}
+    return {
+        layer: next((float(r) for p, r in ratio.items() if fnmatch.fnmatchcase(layer, p)), 0.0) for layer in layers
+    }
+
+
+def num_pruned(n: int, ratio: float) -> int:
+    """Filters to remove out of ``n`` at ``ratio``: ceil(ratio*n), leaving at least one filter alive."""
+    if not 0.0 <= ratio <= 1.0:
+        raise PruningError(f"pruning ratio must be in [0, 1], got {ratio}")
+    return max(0, min(math.ceil(round(ratio * n, 6)), n - 1))
+
+
+def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
+    """Output channels (Conv2d) or features (Linear) of each named layer."""
+    return {name: _out_channels(name, model.get_submodule(name)) for name in layers}
+
+
+def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence[str]) -> dict[str, LayerDeps]:
+    """Trace ``model`` with torch.fx and return, per layer, the BatchNorm and consumers of its output channels.
+
+    ``example_input`` only serves to compute tensor shapes (run in eval mode, no grad; modes are restored).
+    Raises ``PruningError`` when a layer's channels reach a residual add, a concat, the output or an unsupported op.
+    """
+    modules = dict(model.named_modules())
+    for name in layers:
+        if not isinstance(modules.get(name), PRUNABLE_TYPES):
+            raise PruningError(f"layer '{name}' is not an nn.Conv2d or nn.Linear of {type(model).__name__}")
+    graph_module = _trace(model)
+    _propagate_shapes(model, graph_module, example_input)
+    calls: dict[str, list[Node]] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    return {name: _follow(name, calls, modules) for name in layers}
+
+
+def slim(model: nn.Module, keep: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> nn.Module:
+    """Physically remove all but the ``keep`` output channels of each layer, in place; returns ``model``.
+
+    Each layer and its BatchNorm are replaced by smaller modules and its consumers' input channels are sliced (a
+    consumer may itself be slimmed). Parameters are new objects: build optimizers after slimming.
+    """
+    out_index: dict[str, Tensor] = {}
+    in_index: dict[str, Tensor] = {}
+    bn_index: dict[str, Tensor] = {}
+    for name, indices in keep.items():
+        layer_deps = _deps_of(name, deps)
+        index = _index(name, indices, _out_channels(name, model.get_submodule(name)), keep=True)
+        out_index[name] = index
+        if layer_deps.batchnorm is not None:
+            bn_index[layer_deps.batchnorm] = index
+        for consumer, factor in layer_deps.consumers:
+            if consumer in in_index:
+                raise PruningError(f"layer '{consumer}' reads the output of more than one pruned layer")
+            in_index[consumer] = (index[:, None] * factor + torch.arange(factor)).flatten()
+    for name in dict.fromkeys([*out_index, *in_index]):
+        new = _slice_layer(name, model.get_submodule(name), out_index.get(name), in_index.get(name))
+        _set_submodule(model, name, new)
+    for name, index in bn_index.items():
+        _set_submodule(model, name, _slice_batchnorm(model.get_submodule(name), index))
+    log.debug("slimmed %d layers, %d consumers", len(out_index), len(in_index))
+    return model
+
+
+@contextlib.contextmanager
+def masked(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> Iterator[nn.Module]:
+    """Context in which the ``pruned`` channels are zeroed by forward hooks at the output of each layer's BatchNorm
+    (or of the layer itself without one): the reference ``slim`` must match, and a way to prune without removing."""
+    handles = []
+    try:
+        for name, indices in pruned.items():
+            layer_deps = _deps_of(name, deps)
+            index = _index(name, indices, _out_channels(name, model.get_submodule(name)), keep=False)
+            point = model.get_submodule(layer_deps.batchnorm or name)
+            handles.append(point.register_forward_hook(_zeroing_hook(index)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def zero_pruned_(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> None:
+    """Zero, in place, the weight rows and bias entries of the ``pruned`` filters and their BatchNorm weight/bias,
+    so those channels output 0 without hooks or shape changes."""
+    with torch.no_grad():
+        for name, indices in pruned.items():
+            layer_deps = _deps_of(name, deps)
+            layer = model.get_submodule(name)
+            index = _index(name, indices, _out_channels(name, layer), keep=False).to(layer.weight.device)
+            layer.weight.index_fill_(0, index, 0.0)
+            if layer.bias is not None:
+                layer.bias.index_fill_(0, index, 0.0)
+            if layer_deps.batchnorm is not None:
+                bn = model.get_submodule(layer_deps.batchnorm)
+                if not bn.affine:
+                    raise PruningError(
+                        f"layer '{name}': its BatchNorm '{layer_deps.batchnorm}' has no affine parameters, so "
+                        "zeroing cannot silence its channels; use masked() or slim()"
+                    )
+                bn.weight.index_fill_(0, index, 0.0)
+                bn.bias.index_fill_(0, index, 0.0)
+
+
+def _trace(model: nn.Module) -> GraphModule:
+    """Symbolically trace ``model``, turning tracer failures into a PruningError."""
+    try:
+        return symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracer failure means the same thing to the user
+        raise PruningError(
+            f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {exc}); physical pruning "
+            "needs a traceable forward (no data-dependent control flow)"
+        ) from exc
+
+
+def _propagate_shapes(model: nn.Module, graph_module: GraphModule, example_input: Tensor) -> None:
+    """Annotate every node with its tensor shape; eval mode and no grad so BN statistics are left untouched."""
+    modes = {module: module.training for module in model.modules()}
+    param = next(model.parameters(), None)
+    if param is not None:
+        example_input = example_input.to(param.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn.Module]) -> LayerDeps:
+    """Walk from ``name``'s output through channel-preserving ops to the layers that consume its channels."""
+    layer = modules[name]
+    _check_layer(name, name, layer, calls)
+    (start,) = calls[name]
+    if isinstance(layer, nn.Linear) and _ndim(start) != 2:
+        raise PruningError(f"layer '{name}': only Linear layers on 2-D (batch, features) tensors can be pruned")
+    deps = LayerDeps(name, None)
+    queue: deque[tuple[Node, int]] = deque([(start, 1)])
+    while queue:
+        node, factor = queue.popleft()
+        for user in node.users:
+            if user.op == "call_function" and user.target is getattr:
+                continue
+            if user.op == "call_method" and user.target in _METADATA_METHODS:
+                continue
+            if user.op == "output":
+                raise _blocked(name, "the model output")
+            if (user.op == "call_function" and user.target in _ADD_FUNCTIONS) or (
+                user.op == "call_method" and user.target in _ADD_METHODS
+            ):
+                raise _blocked(name, f"a residual addition ('{user.name}')")
+            if user.op == "call_function" and user.target in _CAT_FUNCTIONS:
+                raise _blocked(name, f"a concatenation ('{user.name}')")
+            if not _is_only_data_input(user, node):
+                raise _blocked(name, f"an op that mixes channels ('{user.name}': {_describe(user, modules)})")
+            module = modules.get(str(user.target)) if user.op == "call_module" else None
+            if isinstance(module, PRUNABLE_TYPES):
+                _check_consumer(name, str(user.target), module, calls, node, factor)
+                deps.consumers.append((str(user.target), factor))
+            elif isinstance(module, BATCHNORM_TYPES):
+                if factor != 1 or deps.batchnorm is not None:
+                    raise _blocked(name, f"a second or flattened BatchNorm ('{user.target}')")
+                deps.batchnorm = str(user.target)
+                queue.append((user, factor))
+            elif isinstance(module, nn.Flatten) or (user.op == "call_function" and user.target is torch.flatten) or (
+                user.op == "call_method" and user.target in _FLATTEN_METHODS
+            ):
+                queue.append((user, factor * _flatten_factor(name, node, user)))
+            elif (
+                isinstance(module, _PASS_MODULES)
+                or (user.op == "call_function" and user.target in _PASS_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _PASS_METHODS)
+            ):
+                queue.append((user, factor))
+            else:
+                raise _blocked(name, f"an op that mixes channels ('{user.name}': {_describe(user, modules)})")
+    return deps
+
+
+def _check_layer(name: str, layer_name: str, layer: nn.Module, calls: Mapping[str, list[Node]]) -> None:
+    """Reject layers that are grouped convs or not called exactly once in forward."""
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise PruningError(
+            f"layer '{name}': grouped/depthwise convolution '{layer_name}' (groups={layer.groups}) is not supported "
+            "yet; add it to prune.skip"
+        )
+    count = len(calls.get(layer_name, []))
+    if count != 1:
+        raise PruningError(f"layer '{name}': '{layer_name}' is called {count} times in forward; expected exactly once")
+
+
+def _check_consumer(
+    name: str, consumer: str, module: nn.Module, calls: Mapping[str, list[Node]], node: Node, factor: int
+) -> None:
+    """Check that ``consumer`` reads ``name``'s channels on its channel axis (dim 1 of a 4-D / 2-D input)."""
+    _check_layer(name, consumer, module, calls)
+    expected_ndim = 4 if isinstance(module, nn.Conv2d) else 2
+    if _ndim(node) != expected_ndim or (isinstance(module, nn.Conv2d) and factor != 1):
+        raise PruningError(f"layer '{name}': consumer '{consumer}' does not read its channels on the channel axis")
+
+
+def _flatten_factor(name: str, node: Node, user: Node) -> int:
+    """Spatial factor of a flatten/view/reshape from (N, C, *S) to (N, C*prod(S)); anything else is unsupported."""
+    in_shape, out_shape = _shape(node), _shape(user)
+    spatial = math.prod(in_shape[2:])
+    if len(in_shape) < 2 or tuple(out_shape) != (in_shape[0], in_shape[1] * spatial):
+        raise _blocked(name, f"a reshape from {tuple(in_shape)} to {tuple(out_shape)} ('{user.name}')")
+    return spatial
+
+
+def _is_only_data_input(user: Node, node: Node) -> bool:
+    """Whether ``node`` is ``user``'s first argument and appears nowhere else among its inputs."""
+    others: list[Node] = []
+    map_arg((user.args[1:], user.kwargs), others.append)
+    return bool(user.args) and user.args[0] is node and node not in others
+
+
+def _describe(node: Node, modules: Mapping[str, nn.Module]) -> str:
+    """Short human description of a graph node's op for error messages."""
+    if node.op == "call_module":
+        return type(modules[str(node.target)]).__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _blocked(name: str, what: str) -> PruningError:
+    """The error for a layer whose output channels flow somewhere they cannot be removed from."""
+    return PruningError(
+        f"layer '{name}' feeds {what}; its channels cannot be removed physically — prune block-internal layers "
+        "(e.g. conv1 of a ResNet block) or add it to prune.skip"
+    )
+
+
+def _shape(node: Node) -> torch.Size:
+    """The tensor shape ShapeProp recorded for ``node``."""
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise PruningError(f"no tensor shape recorded for graph node '{node.name}'")
+    return meta.shape
+
+
+def _ndim(node: Node) -> int:
+    """Rank of the tensor ``node`` produces."""
+    return len(_shape(node))
+
+
+def _deps_of(name: str, deps: Mapping[str, LayerDeps]) -> LayerDeps:
+    """``deps[name]`` with a clear error when the layer was not traced."""
+    if name not in deps:
+        raise PruningError(f"layer '{name}' has no traced dependencies; pass it to trace_dependencies first")
+    return deps[name]
+
+
+def _out_channels(name: str, module: nn.Module) -> int:
+    """Output channels/features of a Conv2d or Linear."""
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    raise PruningError(f"layer '{name}' is a {type(module).__name__}, not an nn.Conv2d or nn.Linear")
+
+
+def _index(name: str, indices: Tensor, n: int, keep: bool) -> Tensor:
+    """Validated, sorted, unique LongTensor of channel indices in [0, n); a keep set must be non-empty."""
+    index = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
+    unique = torch.unique(index)
+    if unique.numel() != index.numel():
+        raise PruningError(f"layer '{name}': duplicate channel indices")
+    if unique.numel() and (unique[0] < 0 or unique[-1] >= n):
+        raise PruningError(f"layer '{name}': channel indices must lie in [0, {n})")
+    if keep and not unique.numel():
+        raise PruningError(f"layer '{name}': at least one channel must be kept")
+    return unique
+
+
+def _zeroing_hook(index: Tensor) -> Callable[[nn.Module, tuple, Tensor], Tensor]:
+    """Forward hook returning the module output with channels ``index`` (dim 1) set to zero."""
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return output.index_fill(1, index.to(output.device), 0.0)
+
+    return hook
+
+
+def _slice_layer(name: str, old: nn.Module, out_index: Tensor | None, in_index: Tensor | None) -> nn.Module:
+    """A new Conv2d/Linear holding ``old``'s weights restricted to ``out_index`` rows and ``in_index`` columns."""
+    if type(old) not in PRUNABLE_TYPES:
+        raise PruningError(f"layer '{name}' is a {type(old).__name__}; slim only rebuilds plain nn.Conv2d / nn.Linear")
+    weight = old.weight.detach()
+    if out_index is not None:
+        weight = weight.index_select(0, out_index.to(weight.device))
+    if in_index is not None:
+        weight = weight.index_select(1, in_index.to(weight.device))
+    has_bias = old.bias is not None
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if isinstance(old, nn.Conv2d):
+        new: nn.Module = nn.Conv2d(
+            weight.shape[1], weight.shape[0], old.kernel_size, old.stride, old.padding, old.dilation,
+            bias=has_bias, padding_mode=old.padding_mode, **factory,
+        )  # fmt: skip
+    else:
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, **factory)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        if has_bias:
+            bias = old.bias.detach()
+            new.bias.copy_(bias if out_index is None else bias.index_select(0, out_index.to(bias.device)))
+            new.bias.requires_grad_(old.bias.requires_grad)
+    return new.train(old.training)
+
+
+def _slice_batchnorm(old: nn.Module, index: Tensor) -> nn.Module:
+    """A new BatchNorm of the same type keeping channels ``index`` (affine params and running statistics)."""
+    ref = old.weight if old.affine else old.running_mean
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    new = type(old)(index.numel(), old.eps, old.momentum, old.affine, old.track_running_stats, **factory)
+    with torch.no_grad():
+        if old.affine:
+            for attr in ("weight", "bias"):
+                param = getattr(old, attr)
+                getattr(new, attr).copy_(param.index_select(0, index.to(param.device)))
+                getattr(new, attr).requires_grad_(param.requires_grad)
+        if old.track_running_stats:
+            for attr in ("running_mean", "running_var"):
+                buffer = getattr(old, attr)
+                getattr(new, attr).copy_(buffer.index_select(0, index.to(buffer.device)))
+            new.num_batches_tracked.copy_(old.num_batches_tracked)
+    return new.train(old.training)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` (works inside Sequential/ModuleList too)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -1,0 +1,351 @@
+"""One run, start to finish and resumable: dense model -> method phase -> select -> slim -> retrain -> result.
+
+Every method goes through this same pipeline with the same dense model, the same physical removal, the
+same retraining loop and the same measurements; only the method's hooks differ. Each stage leaves a file
+(the cached dense model, ``pruned.pt``, the retraining ``checkpoint.pt``), so a killed run resumes where it
+stopped and ends with the numbers an uninterrupted run would have given.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench import environment
+from bench.errors import CheckpointError, ConfigError, UserError
+from bench.grid import Run, resolve_path
+from bench.measure import count_flops, count_parameters
+from bench.method import Method, PruneTarget, RunContext
+from bench.models import ModelEntry
+from bench.progress import Progress
+from bench.pruning import (
+    LayerDeps,
+    channel_counts,
+    layer_ratios,
+    prunable_layers,
+    slim,
+    trace_dependencies,
+    unmatched_patterns,
+)
+from bench.registry import MODELS
+from bench.store import DenseDir, RunDir, file_lock, load_checkpoint, read_json, save_checkpoint, write_json
+from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer
+from bench.trainability import jsv_stats
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("ok", "diverged")
+
+
+@dataclass
+class Workspace:
+    """What every run of a suite shares in one process: where results go, the data and the device."""
+
+    results: Path
+    data: Any
+    device: torch.device
+    suite_dir: Path | None = None
+    progress: Progress | None = None
+
+
+# ----------------------------------------------------------------------------------------- models and layers
+
+def model_entry(run_or_name: Run | str) -> ModelEntry:
+    name = run_or_name if isinstance(run_or_name, str) else run_or_name.suite.model
+    return MODELS.get(name)
+
+
+def new_model(run: Run, info: Any, methods: list[Method]) -> nn.Module:
+    """The dense architecture with its seeded initialisation and the methods' dense variants applied."""
+    torch.manual_seed(derive_seed(run.seed, "init"))
+    model = model_entry(run).build(num_classes=info.num_classes, in_channels=info.in_channels)
+    for variant in (m.dense_variant() for m in methods):
+        if variant is not None and variant.prepare is not None:
+            model = variant.prepare(model)
+    return model
+
+
+def select_layers(model: nn.Module, run: Run) -> list[str]:
+    """The prunable layers the suite names (or the model's usual ones); unmatched patterns are errors."""
+    entry = model_entry(run)
+    prune = run.suite.prune
+    patterns = prune.layers if prune.layers is not None else list(entry.default_layers)
+    skip = prune.skip if prune.skip is not None else ([] if prune.layers is not None else list(entry.default_skip))
+    missing = unmatched_patterns(model, patterns)
+    if missing:
+        examples = ", ".join(prunable_layers(model, ["*"])[:6])
+        raise ConfigError(f"prune.layers: {', '.join(repr(p) for p in missing)} match no Conv2d or Linear layer of "
+                          f"model '{run.suite.model}'. Layer names look like: {examples}, ...")
+    layers = prunable_layers(model, patterns, skip)
+    if not layers:
+        raise ConfigError(f"prune.layers/skip: no layer of model '{run.suite.model}' is left to prune.")
+    if isinstance(run.ratio, dict):
+        unused = [p for p in run.ratio if not prunable_layers(model, [p], skip) or
+                  not set(prunable_layers(model, [p], skip)) & set(layers)]
+        if unused:
+            raise ConfigError(f"prune.ratios: profile patterns {', '.join(map(repr, unused))} match none of the "
+                              f"pruned layers ({', '.join(layers[:4])}, ...).")
+    return layers
+
+
+def prune_target(run: Run, layers: list[str]) -> PruneTarget:
+    prune = run.suite.prune
+    ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
+    return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep)
+
+
+def example_input(info: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
+
+
+def validate_runs(runs: list[Run], info: Any) -> None:
+    """Check, before any work, that each run's layers exist and can be removed physically."""
+    checked: set[tuple[str, str]] = set()
+    for run in runs:
+        key = (run.method.label, str(run.ratio))
+        if key in checked:
+            continue
+        checked.add(key)
+        methods = run.method.build()
+        model = new_model(run, info, methods)
+        layers = select_layers(model, run)
+        trace_dependencies(model, example_input(info), layers)
+
+
+# ----------------------------------------------------------------------------------------- recipes
+
+def dense_recipe(run: Run) -> Recipe:
+    p = run.suite.pretrain
+    return Recipe(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, momentum=p.momentum, nesterov=p.nesterov,
+                  weight_decay=p.weight_decay, schedule=p.schedule)
+
+
+def retrain_recipe(run: Run) -> Recipe:
+    r = run.suite.retrain
+    return Recipe(epochs=r.epochs, lr=run.lr, batch_size=r.batch_size, momentum=r.momentum, nesterov=r.nesterov,
+                  weight_decay=r.weight_decay, schedule=r.schedule)
+
+
+# ----------------------------------------------------------------------------------------- dense model
+
+def load_user_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a user's dense state_dict (plain, or wrapped in 'state_dict'/'model'; 'module.' prefixes dropped)."""
+    state = load_checkpoint(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0:3]
+        raise CheckpointError(f"pretrain.checkpoint '{path}' does not fit this model: {' '.join(first)} "
+                              "Check the suite's model and dataset (number of classes).") from None
+
+
+def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any]]:
+    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock)."""
+    info = ws.data.info
+    model = new_model(run, info, methods)
+    dense = DenseDir(ws.results, run.dense_id)
+    if not dense.model.exists():
+        with file_lock(dense.lock, blocking=True):
+            if not dense.model.exists():
+                train_dense(run, ws, methods, model, dense)
+    model.load_state_dict(load_checkpoint(dense.model)["model"])
+    return model.to(ws.device), read_json(dense.meta)
+
+
+def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
+    began = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    if run.suite.pretrain.checkpoint:
+        load_user_checkpoint(model, resolve_path(run.suite.pretrain.checkpoint, ws.suite_dir))
+    else:
+        recipe = dense_recipe(run)
+        variants = [v for v in (m.dense_variant() for m in methods) if v is not None]
+        hooks = [h for v in variants for h in v.hooks]
+        optimizer = None
+        groups = [v.param_groups for v in variants if v.param_groups is not None]
+        if groups:
+            optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
+        bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
+        history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
+                      checkpoint=dense.checkpoint, optimizer=optimizer, progress=bar)
+        if bar:
+            bar.close()
+    model.to(ws.device)
+    _, acc = evaluate(model, ws.data, 1000, ws.device)
+    save_checkpoint(dense.model, {"model": model.state_dict()})
+    write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
+                            "seconds": time.perf_counter() - began})
+    dense.checkpoint.unlink(missing_ok=True)
+    log.info("dense model %s: test accuracy %.4f", run.dense_id, acc)
+
+
+# ----------------------------------------------------------------------------------------- one run
+
+def measure(model: nn.Module, info: Any, prefix: str) -> dict[str, Any]:
+    return {f"params_{prefix}": count_parameters(model),
+            f"flops_{prefix}": count_flops(model, (1, info.in_channels, info.image_size, info.image_size))}
+
+
+def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
+    t = run.suite.trainability
+    return ws.data.probe(t.samples, derive_seed(run.seed, "probe")) if t.enabled else None
+
+
+def jsv(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
+    return {} if probe is None else jsv_stats(model, probe).as_dict()
+
+
+def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunContext, dict[str, LayerDeps]]:
+    """The context a run's method hooks see, built from a model with the dense architecture."""
+    layers = select_layers(dense_model, run)
+    deps = trace_dependencies(dense_model, example_input(ws.data.info), layers)
+    ctx = RunContext(target=prune_target(run, layers), data=ws.data, device=ws.device, seed=run.seed,
+                     nonlinearity=model_entry(run).nonlinearity,
+                     batchnorm_of={n: d.batchnorm for n, d in deps.items()}, dense_recipe=dense_recipe(run))
+    ctx.generator.manual_seed(derive_seed(run.seed, "select"))
+    return ctx, deps
+
+
+def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
+                ) -> tuple[nn.Module, dict[str, Any], RunContext]:
+    """Dense model -> method phase -> selection -> removal -> after_slim; saved to ``pruned.pt`` once done."""
+    info = ws.data.info
+    probe = jsv_probe(run, ws)
+    if rd.pruned.exists():
+        state = load_checkpoint(rd.pruned)
+        model = new_model(run, info, methods)
+        ctx, deps = run_context(run, ws, model)
+        slim(model, dict(state["keep"]), deps)
+        model.load_state_dict(state["model"])
+        return model.to(ws.device), dict(state["record"]), ctx
+
+    began = time.perf_counter()
+    model, dense_meta = obtain_dense(run, ws, methods)
+    dense_s = time.perf_counter() - began
+    ctx, deps = run_context(run, ws, model)
+    layers = ctx.target.layers
+    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense")}
+    record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
+    total = channel_counts(model, layers)
+
+    began = time.perf_counter()
+    phase_history: list[dict[str, Any]] = []
+    selector = next(m for m in methods if m.selects)
+    for method in methods:
+        phase = method.phase(model, ctx)
+        if phase is None:
+            continue
+        optimizer = None
+        if phase.param_groups is not None:
+            optimizer = make_optimizer(model, phase.recipe, phase.param_groups(model))
+        bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
+        phase_history += fit(model, ws.data, phase.recipe, device=ws.device, seed=run.seed,
+                             phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
+                             checkpoint=rd.path / "phase.pt", progress=bar)
+        if bar:
+            bar.close()
+    phase_s = time.perf_counter() - began
+
+    began = time.perf_counter()
+    model.eval()
+    keep = selector.select(model, ctx)
+    slim(model, keep, deps)
+    for method in methods:
+        method.after_slim(model, ctx)
+    model.to(ws.device)
+    _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
+    prune_s = time.perf_counter() - began
+    kept = channel_counts(model, layers)
+    record.update({"acc_pruned": acc_pruned, **measure(model, info, "pruned"),
+                   "channels": {n: [kept[n], total[n]] for n in layers},
+                   "phase_history": phase_history,
+                   "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
+    record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
+    save_checkpoint(rd.pruned, {"keep": keep, "model": model.state_dict(), "record": record})
+    (rd.path / "phase.pt").unlink(missing_ok=True)
+    return model, record, ctx
+
+
+def base_result(run: Run) -> dict[str, Any]:
+    return {"format": 1, **run.describe(), "status": "running", "config": run.key,
+            "method_components": run.method.plain(), "ratio_value": run.ratio}
+
+
+def execute(run: Run, ws: Workspace) -> str:
+    """Run one cell (or skip it if finished or held by another process); returns its status."""
+    rd = RunDir(ws.results, run.suite.name, run.run_id)
+    with file_lock(rd.lock, blocking=False) as acquired:
+        if not acquired:
+            log.info("run %s is being executed by another process; skipped", run.run_id)
+            return "locked"
+        status = rd.status()
+        if status in FINISHED:
+            return status
+        result = base_result(run)
+        result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result["environment"] = environment.describe(ws.device)
+        write_json(rd.result, result)
+        began = time.perf_counter()
+        try:
+            metrics, history = _execute_stages(run, ws, rd)
+            result.update(status="ok", metrics=metrics, history=history)
+        except Diverged as err:
+            log.warning("run %s diverged: %s", run.run_id, err)
+            result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
+        except UserError as err:
+            result.update(status="failed", error=str(err))
+            log.error("run %s failed: %s", run.run_id, err)
+        except Exception as err:  # a bug or a resource problem: record it, keep the suite going
+            result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+            log.error("run %s failed: %s: %s", run.run_id, type(err).__name__, err)
+        result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result["session_s"] = time.perf_counter() - began
+        write_json(rd.result, result)
+        if result["status"] in FINISHED:
+            for leftover in (rd.checkpoint, rd.pruned):
+                leftover.unlink(missing_ok=True)
+        return result["status"]
+
+
+def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+    methods = run.method.build()
+    model, record, ctx = prune_stage(run, ws, methods, rd)
+    probe = jsv_probe(run, ws)
+    every = run.suite.trainability.every
+
+    def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
+        if probe is None or every == 0 or epoch % every:
+            return {}
+        return {f"jsv_{k}": v for k, v in jsv(net, probe).items()}
+
+    recipe = retrain_recipe(run)
+    for method in methods:
+        recipe = method.retrain_recipe(recipe, ctx)
+    bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
+                            ) if ws.progress else None
+    history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
+                  checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
+    if bar:
+        bar.close()
+    retrain_s = sum(row["seconds"] for row in history)
+    _, acc_final = evaluate(model, ws.data, 1000, ws.device)
+    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
+    metrics["acc_final"] = acc_final
+    metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
+    if probe is not None:
+        metrics.update({f"jsv_final_{k}": v for k, v in jsv(model, probe).items()})
+    timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
+    metrics["timings"] = timings
+    state = load_checkpoint(rd.pruned)
+    save_checkpoint(rd.model, {"keep": state["keep"], "model": model.state_dict()})
+    return metrics, {"phase": record["phase_history"], "retrain": history}

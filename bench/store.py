@@ -1,0 +1,157 @@
+"""The results layout on disk: atomic writes, per-run locks, checkpoints and result files.
+
+Layout (``DIR`` is the results directory)::
+
+    DIR/<suite>/runs/<run id>/result.json    configuration, status, metrics, history, timings, environment
+    DIR/<suite>/runs/<run id>/checkpoint.pt  the latest resumable state while the run is unfinished
+    DIR/<suite>/runs/<run id>/model.pt       the final slim model (state dict + the channels kept)
+    DIR/_dense/<dense id>/model.pt           dense models, trained once and shared by every run that needs one
+    DIR/<suite>/report/                      what ``bench.py report`` writes
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.errors import CheckpointError, UserError
+
+log = logging.getLogger(__name__)
+
+DENSE_DIR = "_dense"
+
+
+class StorageError(UserError):
+    """The results directory cannot be written (permissions, a full disk)."""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash or a full disk leaves either the old file or the new one, never a torn one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise StorageError(f"cannot write '{path}': {os.strerror(err.errno)}. Free space or choose "
+                               "another --results directory; the previous file is intact.") from None
+        raise
+
+
+def write_bytes(path: Path, payload: bytes) -> None:
+    """Atomically write ``payload`` to ``path``."""
+    _atomic_write(path, lambda handle: handle.write(payload))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    write_bytes(path, json.dumps(data, indent=1, allow_nan=True).encode())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object; a corrupt file raises CheckpointError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"'{path}' is not a readable JSON file ({err}). Delete it to redo that run.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' does not hold a JSON object. Delete it to redo that run.")
+    return data
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a dict of tensors and plain data (loadable with weights_only=True)."""
+    _atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; anything unreadable raises CheckpointError naming the file."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' not found.") from None
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"checkpoint '{path}' cannot be loaded ({type(err).__name__}: {err}). "
+                              "It may be truncated or not a state dict; delete it to redo that step.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a dict of tensors.")
+    return state
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool) -> Iterator[bool]:
+    """An advisory ``flock`` on ``path``; yields whether it was acquired (always True when blocking).
+
+    Released automatically when the process dies, so a killed runner never leaves a stale lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RunDir:
+    """Paths of one run's directory."""
+
+    def __init__(self, results: Path, suite: str, run_id: str) -> None:
+        self.path = results / suite / "runs" / run_id
+        self.result = self.path / "result.json"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.pruned = self.path / "pruned.pt"
+        self.model = self.path / "model.pt"
+        self.lock = self.path / ".lock"
+
+    def status(self) -> str:
+        """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending' or 'corrupt'."""
+        if not self.result.exists():
+            return "pending"
+        try:
+            return str(read_json(self.result).get("status", "corrupt"))
+        except CheckpointError:
+            return "corrupt"
+
+
+class DenseDir:
+    """Paths of one cached dense model."""
+
+    def __init__(self, results: Path, dense_id: str) -> None:
+        self.path = results / DENSE_DIR / dense_id
+        self.model = self.path / "model.pt"
+        self.meta = self.path / "dense.json"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.lock = self.path / ".lock"
+
+
+def check_writable(results: Path) -> None:
+    """Fail early, with a clear message, when the results directory cannot be created or written."""
+    probe = results
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"results directory '{results}' is not writable ('{probe}' does not allow it). "
+                           "Pass --results DIR with a directory you can write.")

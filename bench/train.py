@@ -1,0 +1,198 @@
+"""The one training loop every phase uses (dense training, a method's phase, retraining), with hooks.
+
+Methods never write their own loop: they hand ``fit`` a list of ``TrainHooks`` (a penalty added to the
+loss, gradient-side terms after backward, projections after the optimizer step). ``fit`` checkpoints every
+epoch and resumes from its checkpoint; each epoch's data order and random state are derived from
+(seed, phase, epoch) alone, so a resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from bench.config import Schedule
+from bench.store import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """A resolved training phase: length in epochs (or a step budget), SGD settings and the LR schedule."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 128
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Schedule = field(default_factory=Schedule)
+    max_steps: int | None = None  # stop after this many optimizer steps (phases measured in iterations)
+
+
+class TrainHooks(Protocol):
+    """What a method may plug into the loop; every method is optional (see ``BaseHooks``)."""
+
+    def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None: ...
+    def after_backward(self, model: nn.Module, step: int) -> None: ...
+    def after_step(self, model: nn.Module, step: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BaseHooks:
+    """No-op hooks to subclass."""
+
+    def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, phase: str, epoch: int) -> None:
+        super().__init__(f"{phase}: the loss became NaN or infinite in epoch {epoch}")
+        self.phase, self.epoch = phase, epoch
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across machines and Python runs (unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, param_groups: Sequence[dict[str, Any]] | None = None
+                   ) -> torch.optim.SGD:
+    """SGD with momentum; ``param_groups`` lets a method give some parameters their own LR or decay."""
+    groups = list(param_groups) if param_groups is not None else [{"params": list(model.parameters())}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                           weight_decay=recipe.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch LR schedule of a recipe."""
+    s = recipe.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=s.milestones, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(recipe.epochs, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) on the test split, in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    count = 0
+    for x, y in data.test_batches(batch_size, device):
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        count += y.numel()
+    model.train(was_training)
+    return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+
+
+EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
+
+
+def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, seed: int, phase: str,
+        hooks: Sequence[TrainHooks] = (), checkpoint: Path | None = None,
+        optimizer: torch.optim.Optimizer | None = None, on_epoch_end: EpochCallback | None = None,
+        eval_batch_size: int = 1000, progress: Callable[[int, int, dict[str, Any]], None] | None = None
+        ) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``recipe`` and return the per-epoch history.
+
+    Resumes from ``checkpoint`` when it exists and saves it after every epoch; ``on_epoch_end`` adds
+    entries (e.g. Jacobian statistics) to an epoch's history row. Raises ``Diverged`` on a NaN loss.
+    """
+    model.to(device)
+    optimizer = optimizer or make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe)
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        for hook, hook_state in zip(hooks, state.get("hooks", [])):
+            hook.load_state_dict(hook_state)
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        log.info("%s: resumed at epoch %d from %s", phase, start_epoch, checkpoint)
+    total_epochs = recipe.epochs
+    if recipe.max_steps is not None:
+        total_epochs = math.ceil(recipe.max_steps / max(data.steps_per_epoch(recipe.batch_size), 1))
+    for epoch in range(start_epoch, total_epochs):
+        if recipe.max_steps is not None and step >= recipe.max_steps:
+            break
+        epoch_seed = derive_seed(seed, phase, epoch)
+        torch.manual_seed(epoch_seed)  # dropout and any other randomness: a function of the epoch only
+        began = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        for x, y in data.train_batches(recipe.batch_size, epoch_seed, device):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            loss_sum += loss.detach().double() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            for hook in hooks:
+                extra = hook.penalty(model, step)
+                if extra is not None:
+                    loss = loss + extra
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for hook in hooks:
+                hook.after_backward(model, step)
+            optimizer.step()
+            for hook in hooks:
+                hook.after_step(model, step)
+            step += 1
+            if recipe.max_steps is not None and step >= recipe.max_steps:
+                break
+        train_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise Diverged(phase, epoch)
+        scheduler.step()
+        test_loss, test_acc = evaluate(model, data, eval_batch_size, device)
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
+                               "train_acc": int(correct) / max(seen, 1), "test_loss": test_loss,
+                               "test_acc": test_acc, "seconds": time.perf_counter() - began}
+        if on_epoch_end is not None:
+            row.update(on_epoch_end(model, epoch + 1))
+        history.append(row)
+        if progress is not None:
+            progress(epoch + 1, total_epochs, row)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
+                                         "history": history, "hooks": [h.state_dict() for h in hooks]})
+    return history
