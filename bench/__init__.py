@@ -1,4 +1,5 @@
-"""The structured-pruning benchmark harness. Methods import only what this module exports."""
+"""The structured-pruning benchmark harness. Methods and plugins import only what this module exports."""
+from bench.measure import count_flops, count_parameters
 from bench.method import (
                           DenseVariant,
                           Method,
@@ -11,7 +12,8 @@ from bench.method import (
                           register_method,
 )
 from bench.schema import field
-from bench.train import BaseHooks, Recipe, TrainHooks
+from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe", "RunContext",
-           "TrainHooks", "field", "filter_weights", "keep_from_scores", "register_method"]
+           "TrainHooks", "count_flops", "count_parameters", "derive_seed", "evaluate", "field", "filter_weights",
+           "keep_from_scores", "register_method"]

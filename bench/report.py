@@ -18,7 +18,7 @@ from bench.store import DENSE_DIR, write_bytes
 log = logging.getLogger(__name__)
 
 COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "status", "acc_dense",
-           "acc_pruned", "acc_final", "acc_best", "params_dense", "params_pruned", "flops_dense", "flops_pruned",
+           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense", "flops_pruned",
            "jsv_dense", "jsv_pruned", "jsv_final", "wall_s"]
 
 
@@ -27,8 +27,8 @@ def flatten_result(result: dict[str, Any]) -> dict[str, Any]:
     metrics = result.get("metrics") or {}
     row = {k: result.get(k) for k in ("suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed",
                                       "status")}
-    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "params_dense", "params_pruned",
-                "flops_dense", "flops_pruned"):
+    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense",
+                "params_pruned", "flops_dense", "flops_pruned"):
         row[key] = metrics.get(key)
     for stage in ("dense", "pruned", "final"):
         row[f"jsv_{stage}"] = metrics.get(f"jsv_{stage}_mean")

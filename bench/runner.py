@@ -211,7 +211,8 @@ def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunCon
     deps = trace_dependencies(dense_model, example_input(ws.data.info), layers)
     ctx = RunContext(target=prune_target(run, layers), data=ws.data, device=ws.device, seed=run.seed,
                      nonlinearity=model_entry(run).nonlinearity,
-                     batchnorm_of={n: d.batchnorm for n, d in deps.items()}, dense_recipe=dense_recipe(run))
+                     batchnorm_of={n: d.batchnorm for n, d in deps.items()}, dense_recipe=dense_recipe(run),
+                     retrain=retrain_recipe(run), input_shape=tuple(example_input(ws.data.info).shape))
     ctx.generator.manual_seed(derive_seed(run.seed, "select"))
     return ctx, deps
 
@@ -274,6 +275,18 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     save_checkpoint(rd.pruned, {"keep": keep, "model": model.state_dict(), "record": record})
     (rd.path / "phase.pt").unlink(missing_ok=True)
     return model, record, ctx
+
+
+def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
+    """Mean test accuracy over the first stage of the retraining schedule (Wang et al. 2023).
+
+    The first stage ends at the first milestone of a step schedule; cosine and constant schedules have one
+    stage, the whole run. None when nothing was retrained.
+    """
+    s = recipe.schedule
+    first = s.milestones[0] if s.name == "step" and s.milestones else len(history)
+    accs = [row["test_acc"] for row in history[:first]]
+    return sum(accs) / len(accs) if accs else None
 
 
 def base_result(run: Run) -> dict[str, Any]:
@@ -342,6 +355,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
     metrics["acc_final"] = acc_final
     metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
+    metrics["acc_trainability"] = trainability_accuracy(history, recipe)
     if probe is not None:
         metrics.update({f"jsv_final_{k}": v for k, v in jsv(model, probe).items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
