@@ -18,8 +18,8 @@ from bench.store import DENSE_DIR, write_bytes
 log = logging.getLogger(__name__)
 
 COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "status", "acc_dense",
-           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense", "flops_pruned",
-           "jsv_dense", "jsv_pruned", "jsv_final", "wall_s"]
+           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense",
+           "flops_pruned", "jsv_dense", "jsv_pruned", "jsv_final", "wall_s"]
 
 
 def flatten_result(result: dict[str, Any]) -> dict[str, Any]:
