@@ -1,4 +1,5 @@
 """The structured-pruning benchmark harness. Methods and plugins import only what this module exports."""
+from bench.errors import ConfigError, UserError
 from bench.measure import count_flops, count_parameters
 from bench.method import (
                           DenseVariant,
@@ -14,6 +15,6 @@ from bench.method import (
 from bench.schema import field
 from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
-__all__ = ["BaseHooks", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe", "RunContext",
-           "TrainHooks", "count_flops", "count_parameters", "derive_seed", "evaluate", "field", "filter_weights",
-           "keep_from_scores", "register_method"]
+__all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
+           "RunContext", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed", "evaluate",
+           "field", "filter_weights", "keep_from_scores", "register_method"]

@@ -94,7 +94,7 @@ def command_run(args: argparse.Namespace) -> int:
     suite_root = str(resolve_path(suite.data_root, suite_dir)) if suite.data_root else None
     data = build_dataset(suite.dataset_name, suite.dataset_options, resolve_data_root(args.data_root, suite_root),
                          MODELS.get(suite.model).image_size)
-    validate_runs(runs, data.info)
+    validate_runs(runs, data.info, suite_dir)
     results = Path(args.results)
     check_writable(results)
     todo = [r for r in runs if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")]

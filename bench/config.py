@@ -60,10 +60,7 @@ class Retrain(Optim):
     """Retraining after removal; ``lr`` is swept (a list) and is the axis the trainability bias shows on."""
 
     epochs: int = field(10, low=0)
-    lr: list[float] = field(default_factory=lambda: [0.01], low=0, low_open=True)
-
-    def validate(self) -> list[str]:
-        return ["'lr' is an empty sweep: give at least one learning rate."] if not self.lr else []
+    lr: list[float] = field(default_factory=lambda: [0.01], low=0, low_open=True, min_items=1)
 
 
 Ratio = float | dict[str, float]
@@ -73,7 +70,7 @@ Ratio = float | dict[str, float]
 class Prune:
     """Which layers are pruned and how much: ratios are swept; a ratio is a number or a pattern -> ratio map."""
 
-    ratios: list[Ratio]
+    ratios: list[Ratio] = field(min_items=1)
     layers: list[str] | None = field(None, doc="glob patterns on module names; default: the model's usual layers")
     skip: list[str] | None = field(None, doc="patterns never pruned; default: the model's usual skips")
     scope: Literal["layerwise", "global"] = "layerwise"
@@ -81,8 +78,6 @@ class Prune:
 
     def validate(self) -> list[str]:
         problems = []
-        if not self.ratios:
-            problems.append("'ratios' is an empty sweep: give at least one pruning ratio.")
         for i, ratio in enumerate(self.ratios):
             values = ratio.values() if isinstance(ratio, dict) else [ratio]
             if any(not 0 <= v < 1 for v in values):
@@ -111,8 +106,8 @@ class Suite:
     model: str
     dataset: str | dict[str, Any]
     prune: Prune
-    methods: list[str | dict[str, dict[str, Any] | None]]
-    seeds: list[int] = field(default_factory=lambda: [0])
+    methods: list[str | dict[str, dict[str, Any] | None]] = field(min_items=1)
+    seeds: list[int] = field(default_factory=lambda: [0], min_items=1)
     description: str = ""
     data_root: str | None = None
     pretrain: Pretrain = field(default_factory=Pretrain)
@@ -124,12 +119,8 @@ class Suite:
 
     def validate(self) -> list[str]:
         problems = []
-        if not self.seeds:
-            problems.append("'seeds' is an empty sweep: give at least one seed.")
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"'seeds' repeats a seed: {self.seeds}.")
-        if not self.methods:
-            problems.append("'methods' is an empty sweep: name at least one method.")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             problems.append(f"'device' is {self.device!r}; allowed: auto, cpu, cuda, cuda:N.")
         if not self.name or "/" in self.name or self.name.startswith("."):

@@ -104,9 +104,13 @@ def example_input(info: Any, device: torch.device | str = "cpu") -> torch.Tensor
     return torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
 
 
-def validate_runs(runs: list[Run], info: Any) -> None:
-    """Check, before any work, that each run's layers exist and can be removed physically."""
+def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> None:
+    """Check, before any work, that each run's layers exist and can be removed physically, and that a
+    user-supplied dense checkpoint loads into the model."""
     checked: set[tuple[str, str]] = set()
+    if runs and runs[0].suite.pretrain.checkpoint:
+        model = new_model(runs[0], info, [])
+        load_user_checkpoint(model, resolve_path(runs[0].suite.pretrain.checkpoint, suite_dir))
     for run in runs:
         key = (run.method.label, str(run.ratio))
         if key in checked:

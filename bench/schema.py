@@ -19,10 +19,12 @@ T = TypeVar("T")
 
 
 def field(default: Any = dataclasses.MISSING, *, doc: str = "", low: float | None = None,
-          high: float | None = None, low_open: bool = False, high_open: bool = False,
+          high: float | None = None, low_open: bool = False, high_open: bool = False, min_items: int = 0,
           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a help text and optional numeric bounds (closed unless ``*_open``)."""
-    metadata = {"doc": doc, "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+    """A dataclass field with a help text, optional numeric bounds (closed unless ``*_open``) and, for a
+    list (a swept axis), the fewest items it may have."""
+    metadata = {"doc": doc, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+                "min_items": min_items}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -96,6 +98,9 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
     if origin in (list, tuple):
         if not isinstance(value, list):
             problems.append(f"'{path}' must be {_type_name(tp)}, not {value!r}.")
+            return None
+        if len(value) < meta.get("min_items", 0):
+            problems.append(f"'{path}' is an empty sweep: give at least {meta['min_items']} value(s).")
             return None
         (item_tp,) = get_args(tp)[:1]
         return [_convert(v, item_tp, f"{path}[{i}]", meta, problems) for i, v in enumerate(value)]

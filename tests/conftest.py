@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny suites on seeded synthetic data, written to a temporary directory."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+TINY_SUITE: dict[str, Any] = {
+    "name": "tiny",
+    "model": "mlp7_relu",
+    "dataset": {"name": "synthetic", "num_train": 512, "num_test": 256, "channels": 1, "size": 32},
+    "seeds": [0],
+    "pretrain": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
+    "prune": {"ratios": [0.5]},
+    "methods": ["l1", "random"],
+    "retrain": {"epochs": 3, "batch_size": 64, "lr": [0.05, 0.01], "schedule": {"name": "step", "milestones": [2]}},
+    "trainability": {"samples": 8, "every": 1},
+    "device": "cpu",
+}
+
+
+def tiny_suite(**changes: Any) -> dict[str, Any]:
+    """A copy of TINY_SUITE with top-level keys replaced."""
+    suite = copy.deepcopy(TINY_SUITE)
+    suite.update(changes)
+    return suite
+
+
+@pytest.fixture
+def write_suite(tmp_path: Path):
+    """Write a suite mapping (or raw text) to a YAML file in tmp_path and return its path."""
+
+    def write(suite: dict[str, Any] | str, name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(suite if isinstance(suite, str) else yaml.safe_dump(suite))
+        return path
+
+    return write

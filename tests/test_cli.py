@@ -1,0 +1,94 @@
+"""The command line as a user meets it: help, listing, planning, and bad input (exit 2, no traceback, no files)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from tests.conftest import PROJECT, tiny_suite
+
+
+def bench(*args: str, cwd: Path = PROJECT) -> subprocess.CompletedProcess:
+    """Run ``python bench.py ARGS`` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, str(PROJECT / "bench.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["report"], ["list"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    out = bench(*command, "--help")
+    assert out.returncode == 0 and "usage: bench.py" in out.stdout
+
+
+def test_list_shows_registered_names(capsys) -> None:
+    for what, expected in (("methods", "l1"), ("models", "resnet56"), ("datasets", "fashion_mnist")):
+        assert main(["list", what]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_plan_lists_runs_without_writing(write_suite, tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    assert main(["plan", str(write_suite(tiny_suite())), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and out.count("pending") == 5  # 4 rows + the summary line
+    assert not results.exists()
+
+
+BAD_SUITES = {
+    "unknown key": (tiny_suite(retrian={"epochs": 1}), "Did you mean 'retrain'"),
+    "ratio of 1": (tiny_suite(prune={"ratios": [1.0]}), "must lie in [0, 1)"),
+    "unknown method": (tiny_suite(methods=["l1", "tpp-typo"]), "unknown method 'tpp-typo'"),
+    "layer that matches nothing": (tiny_suite(prune={"ratios": [0.5], "layers": ["features.*"]}),
+                                   "'features.*' match no Conv2d or Linear layer"),
+    "layer feeding a residual": (tiny_suite(model="resnet20", prune={"ratios": [0.5], "layers": ["layer1.0.conv2"]}),
+                                 "layer1.0.conv2"),
+    "profile pattern unused": (tiny_suite(prune={"ratios": [{"classifier": 0.5}]}), "match none of the pruned"),
+    "missing data root": (tiny_suite(dataset="cifar10", data_root="/nonexistent/data"), "cifar10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SUITES))
+def test_bad_suites_exit_2_with_a_message_and_write_nothing(case: str, write_suite, tmp_path: Path) -> None:
+    suite, expected = BAD_SUITES[case]
+    results = tmp_path / "results"
+    out = bench("run", str(write_suite(suite)), "--results", str(results), "--quiet")
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ")
+    assert not results.exists()
+
+
+def test_missing_suite_file_and_bad_set(tmp_path: Path, write_suite) -> None:
+    out = bench("run", str(tmp_path / "nope.yaml"), "--results", str(tmp_path / "r"))
+    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
+    out = bench("plan", str(write_suite(tiny_suite())), "--set", "retrain.epochs")
+    assert out.returncode == 2 and "key.path=value" in out.stderr
+
+
+def test_corrupt_dense_checkpoint_is_named(tmp_path: Path, write_suite) -> None:
+    bad = tmp_path / "dense.pt"
+    bad.write_bytes(b"not a checkpoint")
+    suite = tiny_suite(pretrain={"checkpoint": str(bad)})
+    out = bench("run", str(write_suite(suite)), "--results", str(tmp_path / "r"), "--quiet")
+    assert out.returncode == 2 and str(bad) in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()
+    torch.save({"state_dict": {"layers.0.weight": torch.zeros(3, 3)}}, bad)  # loads, but does not fit
+    out = bench("run", str(write_suite(suite)), "--results", str(tmp_path / "r"), "--quiet")
+    assert out.returncode == 2 and "does not fit this model" in out.stderr
+
+
+def test_unwritable_results_directory(tmp_path: Path, write_suite) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    out = bench("run", str(write_suite(tiny_suite())), "--results", str(blocker / "results"), "--quiet")
+    assert out.returncode == 2 and "not writable" in out.stderr
+
+
+def test_yaml_error_names_file_and_line(tmp_path: Path, write_suite) -> None:
+    path = write_suite("name: x\nmodel: [\n")
+    out = bench("plan", str(path))
+    assert out.returncode == 2 and str(path) in out.stderr and "line" in out.stderr

@@ -1,0 +1,169 @@
+"""End-to-end runs through the CLI on seeded synthetic data: results, skipping, resuming, plugins, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bench.cli import main
+from bench.store import load_checkpoint
+from tests.conftest import PROJECT, tiny_suite
+
+
+def results_of(results: Path, suite: str = "tiny") -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (results / suite / "runs").glob("*/result.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The tiny suite (l1, random × 1 ratio × 2 LRs × 1 seed), run once for several tests."""
+    root = tmp_path_factory.mktemp("finished")
+    suite = root / "suite.yaml"
+    suite.write_text(yaml.safe_dump(tiny_suite()))
+    assert main(["run", str(suite), "--results", str(root / "results"), "--quiet"]) == 0
+    return root
+
+
+def test_every_run_has_a_complete_result(finished: Path) -> None:
+    results = results_of(finished / "results")
+    assert len(results) == 4
+    for run_id, result in results.items():
+        assert result["status"] == "ok" and result["run_id"] == run_id
+        m = result["metrics"]
+        assert m["params_pruned"] < m["params_dense"] and m["flops_pruned"] < m["flops_dense"]
+        assert m["channels"]["layers.0"] == [50, 100]  # ceil(0.5 * 100) removed
+        assert set(m["channels"]) == {f"layers.{i}" for i in range(6)}
+        assert len(result["history"]["retrain"]) == 3 and "jsv_mean" in result["history"]["retrain"][0]
+        assert m["acc_best"] >= m["acc_final"] and 0 <= m["acc_trainability"] <= 1
+        assert result["environment"]["packages"]["torch"] and result["environment"]["device"] == "cpu"
+        run_dir = finished / "results" / "tiny" / "runs" / run_id
+        assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["model.pt", "result.json"]
+    dense = list((finished / "results" / "_dense").iterdir())
+    assert len(dense) == 1  # one dense model shared by all four runs
+
+
+def test_final_model_reloads_to_the_same_accuracy(finished: Path) -> None:
+    from bench.config import load_suite
+    from bench.data import build_dataset
+    from bench.grid import expand
+    from bench.pruning import slim, trace_dependencies
+    from bench.runner import example_input, model_entry, new_model, select_layers
+    from bench.train import evaluate
+
+    run = expand(load_suite(finished / "suite.yaml"))[0]
+    data = build_dataset("synthetic", run.suite.dataset_options, None, 32)
+    model = new_model(run, data.info, [])
+    state = load_checkpoint(finished / "results" / "tiny" / "runs" / run.run_id / "model.pt")
+    slim(model, state["keep"], trace_dependencies(model, example_input(data.info), select_layers(model, run)))
+    model.load_state_dict(state["model"])
+    _, acc = evaluate(model, data, 256, torch.device("cpu"))
+    assert acc == results_of(finished / "results")[run.run_id]["metrics"]["acc_final"]
+    assert model_entry(run).nonlinearity == "relu"
+
+
+def test_rerunning_a_finished_suite_trains_nothing(finished: Path, monkeypatch) -> None:
+    import bench.runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(bench.runner, "fit", no_training)
+    before = {p: p.stat().st_mtime_ns for p in (finished / "results").rglob("result.json")}
+    assert main(["run", str(finished / "suite.yaml"), "--results", str(finished / "results"), "--quiet"]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (finished / "results").rglob("result.json")}
+
+
+def test_report_writes_one_row_per_run(finished: Path) -> None:
+    assert main(["report", "--results", str(finished / "results")]) == 0
+    frame = pd.read_csv(finished / "results" / "tiny" / "report" / "runs.csv")
+    assert len(frame) == 4 and set(frame.status) == {"ok"}
+    for column in ("suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "acc_dense",
+                   "acc_pruned", "acc_final", "acc_best", "params_dense", "params_pruned", "flops_dense",
+                   "flops_pruned", "wall_s", "jsv_dense", "jsv_pruned", "jsv_final"):
+        assert frame[column].notna().all(), column
+
+
+def test_same_suite_twice_gives_identical_numbers(finished: Path, tmp_path: Path) -> None:
+    """Determinism on CPU: a second, independent execution reproduces every metric and history row."""
+    assert main(["run", str(finished / "suite.yaml"), "--results", str(tmp_path), "--quiet"]) == 0
+    first, second = results_of(finished / "results"), results_of(tmp_path)
+    for run_id in first:
+        drop = ("timings",)
+        a = {k: v for k, v in first[run_id]["metrics"].items() if k not in drop}
+        b = {k: v for k, v in second[run_id]["metrics"].items() if k not in drop}
+        assert a == b
+        strip = [{k: v for k, v in row.items() if k != "seconds"} for row in first[run_id]["history"]["retrain"]]
+        assert strip == [{k: v for k, v in row.items() if k != "seconds"}
+                         for row in second[run_id]["history"]["retrain"]]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(finished: Path, tmp_path: Path) -> None:
+    """SIGKILL the runner once a retraining checkpoint exists; the re-run resumes and matches exactly."""
+    suite = tiny_suite(methods=["l1"], retrain={"epochs": 8, "batch_size": 16, "lr": [0.05],
+                                               "schedule": {"name": "step", "milestones": [4]}})
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results = tmp_path / "results"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(PROJECT / "bench.py"), "run", str(path), "--results", str(results),
+                             "--quiet"], env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(results.glob("tiny/runs/*/checkpoint.pt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = list((results / "tiny" / "runs").iterdir())
+    interrupted = json.loads((run_dir / "result.json").read_text())
+    assert interrupted["status"] == "running"
+    epochs_done = load_checkpoint(run_dir / "checkpoint.pt")["epoch"]
+    assert 1 <= epochs_done < 8
+    assert main(["run", str(path), "--results", str(results), "--quiet"]) == 0
+    assert main(["run", str(path), "--results", str(tmp_path / "clean"), "--quiet"]) == 0
+    resumed, clean = results_of(results)[run_dir.name], results_of(tmp_path / "clean")[run_dir.name]
+    assert resumed["status"] == clean["status"] == "ok"
+    assert resumed["metrics"]["acc_final"] == clean["metrics"]["acc_final"]
+    assert [r["train_loss"] for r in resumed["history"]["retrain"]] == \
+        [r["train_loss"] for r in clean["history"]["retrain"]]
+
+
+PLUGIN = '''
+"""An outside method: keep the filters with the largest L2 norm."""
+from bench import Method, register_method
+
+
+@register_method("l2_plugin")
+class L2Norm(Method):
+    description = "largest L2 norm (a plugin defined outside the repository)"
+
+    def scores(self, model, ctx):
+        modules = dict(model.named_modules())
+        return {name: modules[name].weight.detach().flatten(1).norm(dim=1) for name in ctx.target.layers}
+'''
+
+
+def test_plugin_method_from_an_outside_file(tmp_path: Path, write_suite) -> None:
+    plugin = tmp_path / "elsewhere" / "my_method.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN)
+    suite = write_suite(tiny_suite(methods=["l2_plugin"], retrain={"epochs": 1, "lr": [0.05]}))
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--plugin", str(plugin), "--quiet"]) == 0
+    (result,) = results_of(tmp_path / "r").values()
+    assert result["status"] == "ok" and result["method"] == "l2_plugin"
+
+
+def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_suite) -> None:
+    suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 2, "lr": [1.0e6, 0.01]}))
+    assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
+    statuses = sorted((r["lr"], r["status"]) for r in results_of(tmp_path).values())
+    assert statuses == [(0.01, "ok"), (1.0e6, "diverged")]
+    diverged = next(r for r in results_of(tmp_path).values() if r["status"] == "diverged")
+    assert diverged["diverged"] == {"phase": "retrain", "epoch": 0}
