@@ -50,7 +50,7 @@ class RunContext:
     batchnorm_of: dict[str, str | None]  # the BatchNorm that follows each prunable layer, if any
     dense_recipe: Recipe             # how the dense model was trained (Scratch reuses it)
     retrain: Recipe                  # this run's retraining recipe (its learning rate is the swept one)
-    input_shape: tuple[int, ...] = (1, 3, 32, 32)   # one input sample, for FLOP counts
+    input_shape: tuple[int, ...] = (1, 3, 32, 32)   # a batch of one input, (1, C, H, W)
     generator: torch.Generator = field(default_factory=torch.Generator)
 
 

@@ -8,6 +8,8 @@ stopped and ends with the numbers an uninterrupted run would have given.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import environment
+from bench import environment, faults
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.measure import count_flops, count_parameters
@@ -34,7 +36,16 @@ from bench.pruning import (
     unmatched_patterns,
 )
 from bench.registry import MODELS
-from bench.store import DenseDir, RunDir, file_lock, load_checkpoint, read_json, save_checkpoint, write_json
+from bench.store import (
+    DenseDir,
+    RunDir,
+    file_lock,
+    load_checkpoint,
+    read_json,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+)
 from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer
 from bench.trainability import jsv_stats
 
@@ -161,6 +172,7 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
     if not dense.model.exists():
         with file_lock(dense.lock, blocking=True):
             if not dense.model.exists():
+                remove_stale_temporaries(dense.path)
                 train_dense(run, ws, methods, model, dense)
     model.load_state_dict(load_checkpoint(dense.model)["model"])
     return model.to(ws.device), read_json(dense.meta)
@@ -197,7 +209,7 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
 
 def measure(model: nn.Module, info: Any, prefix: str) -> dict[str, Any]:
     return {f"params_{prefix}": count_parameters(model),
-            f"flops_{prefix}": count_flops(model, (1, info.in_channels, info.image_size, info.image_size))}
+            f"flops_{prefix}": count_flops(model, (info.in_channels, info.image_size, info.image_size))}
 
 
 def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
@@ -277,6 +289,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
     save_checkpoint(rd.pruned, {"keep": keep, "model": model.state_dict(), "record": record})
+    faults.point("pruned:saved")
     (rd.path / "phase.pt").unlink(missing_ok=True)
     return model, record, ctx
 
@@ -291,6 +304,14 @@ def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> floa
     first = s.milestones[0] if s.name == "step" and s.milestones else len(history)
     accs = [row["test_acc"] for row in history[:first]]
     return sum(accs) / len(accs) if accs else None
+
+
+def previous_attempts(rd: RunDir) -> list[dict[str, Any]]:
+    """The attempts recorded by earlier, unfinished executions of this run (resumes, requeues)."""
+    try:
+        return list(read_json(rd.result).get("attempts", [])) if rd.result.exists() else []
+    except CheckpointError:
+        return []
 
 
 def base_result(run: Run) -> dict[str, Any]:
@@ -308,8 +329,11 @@ def execute(run: Run, ws: Workspace) -> str:
         status = rd.status()
         if status in FINISHED:
             return status
+        remove_stale_temporaries(rd.path)
         result = base_result(run)
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result["attempts"] = previous_attempts(rd) + [{"started": result["started"], "host": platform.node(),
+                                                       "pid": os.getpid()}]
         result["environment"] = environment.describe(ws.device)
         write_json(rd.result, result)
         began = time.perf_counter()

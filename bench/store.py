@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bench import faults
 from bench.errors import CheckpointError, UserError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
@@ -94,6 +96,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a dict of tensors.")
     return state
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files a killed writer left behind; call only while holding the directory's lock."""
+    for stale in directory.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from bench import faults
 from bench.config import Schedule
 from bench.store import load_checkpoint, save_checkpoint
 
@@ -195,4 +196,5 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
             save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
                                          "history": history, "hooks": [h.state_dict() for h in hooks]})
+            faults.point(f"{phase}:epoch:{epoch + 1}")
     return history
