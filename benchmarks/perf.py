@@ -1,0 +1,228 @@
+"""Performance figures of the harness on this machine, each measured side by side in one run.
+
+    python benchmarks/perf.py [--steps 30] [--device cpu]
+
+Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
+Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
+dataset, per-sample transforms, DataLoader); inference latency of dense versus slimmed resnet56 at each
+pruning ratio beside the FLOP ratio; and the harness's own overhead per run against its compute.
+Regulariser step costs and JSV costs have their own commands (benchmarks/step_cost.py, benchmarks/jsv_cost.py).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from bench.data import FASHION_MNIST_SYSTEM_DIR, build_dataset  # noqa: E402
+from bench.measure import count_flops, measure_latency  # noqa: E402
+from bench.method import PruneTarget, keep_from_scores  # noqa: E402
+from bench.plugins import load_builtin  # noqa: E402
+from bench.pruning import prunable_layers, slim, trace_dependencies  # noqa: E402
+from bench.registry import MODELS  # noqa: E402
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 GFLOP/s of a square matrix multiply: the ceiling the training figures are compared with."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - began)
+    return 2 * size ** 3 / best / 1e9
+
+
+def train_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                device: torch.device) -> tuple[float, int]:
+    """Seconds and samples for ``steps`` SGD steps (forward, cross-entropy, backward, update), data included."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    seen, began = 0, time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if i == steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - began, seen
+
+
+def iterate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Seconds to produce one epoch of batches on the device, without any model: the data pipeline alone."""
+    began = time.perf_counter()
+    for x, y in batches:
+        x.to(device), y.to(device)
+    return time.perf_counter() - began
+
+
+def torchvision_fashion_mnist(root: Path, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    """The usual research pipeline: torchvision's dataset, per-sample PIL transforms, a DataLoader."""
+    from torchvision import datasets, transforms
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in FASHION_MNIST_SYSTEM_DIR.glob("*.gz"):
+        target = raw / gz.name.removesuffix(".gz")
+        if not target.exists():
+            with gzip.open(gz) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
+                                    transforms.Normalize((0.2860,), (0.3530,))])
+    dataset = datasets.FashionMNIST(str(root), train=True, download=False, transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def write_fake_cifar(root: Path, n_train: int = 50000) -> None:
+    """CIFAR-10's python format with random pixels: both pipelines read the same 50k-image files."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    per = n_train // 5
+    for name, n in [(f"data_batch_{i}", per) for i in range(1, 6)] + [("test_batch", 10000)]:
+        data = torch.randint(0, 256, (n, 3072), dtype=torch.uint8, generator=g).numpy()
+        labels = torch.randint(0, 10, (n,), generator=g).tolist()
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels}, handle)
+
+
+def torchvision_cifar(root: Path, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    from torchvision import datasets, transforms
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(),
+                                    transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+
+    class UncheckedCIFAR10(datasets.CIFAR10):
+        """torchvision's CIFAR-10 minus its md5 check, which random benchmark files cannot pass."""
+
+        def _check_integrity(self) -> bool:
+            return True
+
+    dataset = UncheckedCIFAR10(str(root), train=True, download=False, transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def row(label: str, *cells: str) -> None:
+    print(f"  {label:44}" + "".join(f" {c:>17}" for c in cells))
+
+
+def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callable, steps_per_epoch: int,
+                     steps: int, peak: float, device: torch.device, shape: tuple[int, int, int]) -> None:
+    """One model/dataset: data-only epoch and training throughput, harness pipeline vs DataLoader pipeline."""
+    print(f"\n{name}: {model_name}, batch 128, {steps_per_epoch} steps per epoch")
+    data_ours, data_theirs = iterate(ours(), device), iterate(theirs(), device)
+    row("data pipeline alone, one epoch (s)", f"ours {data_ours:.2f}", f"DataLoader {data_theirs:.2f}",
+        f"{data_theirs / data_ours:.1f}x faster")
+    torch.manual_seed(0)
+    model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
+    twin = copy.deepcopy(model)
+    train_steps(model, ours(), 3, device)  # warm-up (allocator, kernels)
+    t_ours, n_ours = train_steps(model, ours(), steps, device)
+    t_theirs, n_theirs = train_steps(twin, theirs(), steps, device)
+    epoch_ours, epoch_theirs = t_ours / steps * steps_per_epoch, t_theirs / steps * steps_per_epoch
+    row(f"training epoch, from {steps} steps (s)", f"ours {epoch_ours:.1f}", f"DataLoader {epoch_theirs:.1f}",
+        f"{epoch_theirs / epoch_ours:.2f}x faster")
+    flops = 3 * count_flops(model, shape)  # forward + backward ≈ 3 forward passes
+    achieved = flops * n_ours / t_ours / 1e9
+    row("throughput (samples/s)", f"{n_ours / t_ours:,.0f}")
+    row("achieved GFLOP/s (3x forward FLOPs)", f"{achieved:.1f}", f"{100 * achieved / peak:.0f}% of peak")
+    bound = flops * 128 * steps_per_epoch / (peak * 1e9)
+    row("epoch vs its matmul-bound time", f"{epoch_ours / bound:.1f}x", f"bound {bound:.2f} s")
+
+
+def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
+    """Does removing channels speed the model up? resnet56, conv1 of every block, L1 selection."""
+    print("\nresnet56 inference latency, dense vs slimmed (conv1 of every block, L1 selection)")
+    torch.manual_seed(0)
+    dense = MODELS.get("resnet56").build(num_classes=10, in_channels=3).to(device).eval()
+    layers = prunable_layers(dense, ["layer*.*.conv1"])
+    deps = trace_dependencies(dense, torch.zeros(1, 3, 32, 32, device=device), layers)
+    modules = dict(dense.named_modules())
+    scores = {n: modules[n].weight.detach().abs().flatten(1).mean(1) for n in layers}
+    dense_flops = count_flops(dense, (3, 32, 32))
+    base = {b: measure_latency(dense, (3, 32, 32), b)["median_ms"] for b in batch_sizes}
+    row("ratio", "FLOP ratio", *(f"speed-up b={b}" for b in batch_sizes))
+    for ratio in (0.3, 0.5, 0.7, 0.9, 0.95):
+        keep = keep_from_scores(scores, PruneTarget(layers, {n: ratio for n in layers}, "layerwise"))
+        small = slim(copy.deepcopy(dense), keep, deps)
+        speedups = [base[b] / measure_latency(small, (3, 32, 32), b)["median_ms"] for b in batch_sizes]
+        flop_ratio = dense_flops / count_flops(small, (3, 32, 32))
+        row(f"{ratio}", f"{flop_ratio:.2f}x", *(f"{s:.2f}x" for s in speedups))
+
+
+def overhead_section(workdir: Path) -> None:
+    """The harness's own time per run (config, tracing, FLOPs, JSV, storage) against its training compute."""
+    from bench.cli import main
+    print("\nharness overhead: the quickstart suite (mlp7_linear, Fashion-MNIST), every cost outside training")
+    results = workdir / "results"
+    began = time.perf_counter()
+    main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--results", str(results), "--quiet",
+          "--set", "methods=[l1,random]"])
+    wall = time.perf_counter() - began
+    compute = 0.0
+    for path in results.glob("*/runs/*/result.json"):
+        compute += sum(r["seconds"] for r in json.loads(path.read_text())["history"]["retrain"])
+    for path in results.glob("_dense/*/dense.json"):
+        compute += sum(r["seconds"] for r in json.loads(path.read_text())["history"])
+    began = time.perf_counter()
+    main(["report", "--results", str(results)])
+    report_s = time.perf_counter() - began
+    row("suite wall time (s)", f"{wall:.1f}")
+    row("training epochs incl. their evaluation (s)", f"{compute:.1f}")
+    row("everything else: harness + JSV (s)", f"{wall - compute:.1f}", f"{100 * (wall - compute) / wall:.1f}%")
+    row("report (s)", f"{report_s:.1f}", f"{100 * report_s / wall:.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="training steps timed per pipeline")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline pipeline")
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    load_builtin()
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peak = matmul_peak(device)
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s (2048x2048, best of 10)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fmnist = build_dataset("fashion_mnist", {}, None, 32)
+        loader = torchvision_fashion_mnist(root, 128, args.workers)
+        pipeline_section("Fashion-MNIST (60k, resized to 32x32)", "mlp7_linear",
+                         lambda: fmnist.train_batches(128, 0, device), lambda: loader,
+                         fmnist.steps_per_epoch(128), len(loader), peak, device, (1, 32, 32))
+        write_fake_cifar(root)
+        cifar = build_dataset("cifar10", {}, root, None)
+        cifar_loader = torchvision_cifar(root, 128, args.workers)
+        for model_name in ("resnet20", "resnet56"):
+            pipeline_section("CIFAR-10-shaped (50k random images, crop+flip)", model_name,
+                             lambda: cifar.train_batches(128, 0, device), lambda: cifar_loader,
+                             cifar.steps_per_epoch(128), args.steps, peak, device, (3, 32, 32))
+        latency_section(device, (1, 128))
+        if not args.skip_overhead:
+            overhead_section(root)
+
+
+if __name__ == "__main__":
+    main()
