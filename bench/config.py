@@ -98,6 +98,59 @@ class Trainability:
     every: int = field(1, low=0, doc="compute every k retraining epochs (0: only before and after)")
 
 
+SUBMITIT_MANAGED = ("array", "output", "error", "open-mode", "signal")  # sbatch options submitit sets itself
+
+
+@dataclass
+class Slurm:
+    """How ``run --executor slurm`` submits: one job-array task per run, each with these sbatch resources.
+
+    None leaves an option to the cluster's defaults. Nothing here enters run ids: changing resources never
+    changes results.
+    """
+
+    partition: str | None = field(None, doc="sbatch --partition")
+    account: str | None = field(None, doc="sbatch --account")
+    qos: str | None = field(None, doc="sbatch --qos")
+    gpus_per_task: int = field(0, low=0, doc="sbatch --gpus-per-task (0: no GPU request; 1 on a GPU cluster)")
+    cpus_per_task: int = field(4, low=1, doc="sbatch --cpus-per-task; also the task's torch threads")
+    mem_gb: float | None = field(None, low=0, low_open=True, doc="sbatch --mem in GB (None: the partition's default)")
+    timeout_min: int = field(240, low=1, doc="sbatch --time in minutes; a run that reaches it is requeued and resumes")
+    array_parallelism: int = field(256, low=1, doc="sbatch --array=0-N%P: at most this many tasks run at once")
+    max_num_timeout: int = field(3, low=0, doc="requeues after reaching the time limit before a task gives up "
+                                 "(requeues after preemption are not counted)")
+    signal_delay_s: int = field(90, low=1, doc="sbatch --signal=USR2@S: the task checkpoints and requeues itself "
+                                "this many seconds before the time limit")
+    additional_parameters: dict[str, str | int | float | bool] = field(
+        default_factory=dict, doc="extra sbatch options without the dashes, e.g. {constraint: a100, gres: 'gpu:1'}")
+    setup: list[str] = field(default_factory=list, doc="shell lines run in the job before the task "
+                             "(module load, conda activate)")
+    python: str | None = field(None, doc="command that runs Python in the job (default: the submitting interpreter)")
+    log_dir: str | None = field(None, doc="submitit's folder of job scripts, pickles and logs, on a filesystem the "
+                                "nodes share (default: <results>/<suite>/slurm)")
+    dense_job: bool = field(True, doc="train missing dense models in a first job array and start the runs after "
+                            "it (afterany), rather than letting run tasks hold GPUs while waiting for them")
+
+    def validate(self) -> list[str]:
+        managed = sorted(set(self.additional_parameters) & set(SUBMITIT_MANAGED))
+        if managed:
+            return [f"additional_parameters: {', '.join(managed)} are set by submitit itself; remove them."]
+        return []
+
+
+@dataclass
+class Performance:
+    """Speed options that change numerics slightly; they enter the run ids when not at their defaults."""
+
+    channels_last: bool = field(False, doc="NHWC memory format for 4-D inputs (faster convolutions on GPUs)")
+    amp: Literal["off", "bf16"] = field("off", doc="autocast forward passes to bfloat16")
+    compile: bool = field(False, doc="torch.compile the model for training steps")
+    fused_optimizer: bool = field(False, doc="fused SGD kernel (CUDA)")
+
+    def is_default(self) -> bool:
+        return self == Performance()
+
+
 @dataclass
 class Suite:
     """One experiment: a model and dataset, a dense recipe, and the swept methods, ratios, LRs and seeds."""
@@ -114,8 +167,9 @@ class Suite:
     retrain: Retrain = field(default_factory=Retrain)
     trainability: Trainability = field(default_factory=Trainability)
     device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
+    performance: Performance = field(default_factory=Performance)
     plugins: list[str] = field(default_factory=list)
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: Slurm = field(default_factory=Slurm)
 
     def validate(self) -> list[str]:
         problems = []

@@ -126,9 +126,13 @@ def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
 
 
 def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain: dict[str, Any]) -> dict[str, Any]:
-    """What determines a dense model: model, data, recipe (or checkpoint contents), seed, method variants."""
-    return {"format": RESULT_FORMAT, "model": suite.model, "dataset": suite.dataset_name,
-            "dataset_options": suite.dataset_options, "pretrain": pretrain, "seed": seed, "variants": variants}
+    """What determines a dense model: model, data, recipe (or checkpoint contents), seed, method variants,
+    and the speed options that change numerics (only when set, so default suites keep their ids)."""
+    key = {"format": RESULT_FORMAT, "model": suite.model, "dataset": suite.dataset_name,
+           "dataset_options": suite.dataset_options, "pretrain": pretrain, "seed": seed, "variants": variants}
+    if not suite.performance.is_default():
+        key["performance"] = to_plain(suite.performance)
+    return key
 
 
 def resolve_path(path: str, suite_dir: Path | None) -> Path:

@@ -138,13 +138,13 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
 def dense_recipe(run: Run) -> Recipe:
     p = run.suite.pretrain
     return Recipe(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, momentum=p.momentum, nesterov=p.nesterov,
-                  weight_decay=p.weight_decay, schedule=p.schedule)
+                  weight_decay=p.weight_decay, schedule=p.schedule, performance=run.suite.performance)
 
 
 def retrain_recipe(run: Run) -> Recipe:
     r = run.suite.retrain
     return Recipe(epochs=r.epochs, lr=run.lr, batch_size=r.batch_size, momentum=r.momentum, nesterov=r.nesterov,
-                  weight_decay=r.weight_decay, schedule=r.schedule)
+                  weight_decay=r.weight_decay, schedule=r.schedule, performance=run.suite.performance)
 
 
 # ----------------------------------------------------------------------------------------- dense model

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bench import faults
-from bench.config import Schedule
+from bench.config import Performance, Schedule
 from bench.store import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Recipe:
     weight_decay: float = 5e-4
     schedule: Schedule = field(default_factory=Schedule)
     max_steps: int | None = None  # stop after this many optimizer steps (phases measured in iterations)
+    performance: Performance = field(default_factory=Performance)
 
 
 class TrainHooks(Protocol):
@@ -87,8 +88,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe, param_groups: Sequence[dict
                    ) -> torch.optim.SGD:
     """SGD with momentum; ``param_groups`` lets a method give some parameters their own LR or decay."""
     groups = list(param_groups) if param_groups is not None else [{"params": list(model.parameters())}]
+    fused = {"fused": True} if recipe.performance.fused_optimizer else {}
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                           weight_decay=recipe.weight_decay)
+                           weight_decay=recipe.weight_decay, **fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
@@ -131,7 +133,11 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     Resumes from ``checkpoint`` when it exists and saves it after every epoch; ``on_epoch_end`` adds
     entries (e.g. Jacobian statistics) to an epoch's history row. Raises ``Diverged`` on a NaN loss.
     """
-    model.to(device)
+    perf = recipe.performance
+    memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    forward = torch.compile(model) if perf.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=perf.amp == "bf16")
     optimizer = optimizer or make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
     history: list[dict[str, Any]] = []
@@ -160,8 +166,11 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for x, y in data.train_batches(recipe.batch_size, epoch_seed, device):
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
+            with autocast:
+                logits = forward(x)
+                loss = nn.functional.cross_entropy(logits.float(), y)
             loss_sum += loss.detach().double() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()

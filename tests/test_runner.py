@@ -167,3 +167,19 @@ def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_s
     assert statuses == [(0.01, "ok"), (1.0e6, "diverged")]
     diverged = next(r for r in results_of(tmp_path).values() if r["status"] == "diverged")
     assert diverged["diverged"] == {"phase": "retrain", "epoch": 0}
+
+
+def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite) -> None:
+    """channels_last and bf16 autocast work end to end (on CPU here) and are recorded in the run's identity."""
+    base = tiny_suite(model="resnet20", methods=["l1"], pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
+                      retrain={"epochs": 1, "lr": [0.05]}, trainability={"enabled": False})
+    fast = dict(base, performance={"channels_last": True, "amp": "bf16"})
+    for name, suite in (("base", base), ("fast", fast)):
+        assert main(["run", str(write_suite(suite, f"{name}.yaml")), "--results", str(tmp_path / name),
+                     "--quiet"]) == 0
+    (plain,), (quick,) = results_of(tmp_path / "base").values(), results_of(tmp_path / "fast").values()
+    assert plain["status"] == quick["status"] == "ok"
+    assert plain["run_id"] != quick["run_id"]
+    assert quick["config"]["dense"]["performance"]["amp"] == "bf16" and "performance" not in plain["config"]["dense"]
+    assert plain["metrics"]["acc_final"] != quick["metrics"]["acc_final"] or \
+        plain["history"]["retrain"][0]["train_loss"] != quick["history"]["retrain"][0]["train_loss"]
