@@ -152,6 +152,14 @@ class Performance:
 
 
 @dataclass
+class Storage:
+    """What a finished run keeps on disk (it never changes results, so it is not part of run ids)."""
+
+    keep_final_model: bool = field(True, doc="keep model.pt (the slim model and the channels kept)")
+    keep_checkpoints: bool = field(False, doc="keep pruned.pt and the last checkpoint.pt too")
+
+
+@dataclass
 class Suite:
     """One experiment: a model and dataset, a dense recipe, and the swept methods, ratios, LRs and seeds."""
 
@@ -168,8 +176,11 @@ class Suite:
     trainability: Trainability = field(default_factory=Trainability)
     device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
     performance: Performance = field(default_factory=Performance)
+    storage: Storage = field(default_factory=Storage)
     plugins: list[str] = field(default_factory=list)
     slurm: Slurm = field(default_factory=Slurm)
+    reference: str | None = field(None, doc="published numbers the report prints beside ours: a shipped name "
+                                  "(tpp_table1) or a CSV path; not part of any run id")
 
     def validate(self) -> list[str]:
         problems = []

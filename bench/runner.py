@@ -329,6 +329,8 @@ def execute(run: Run, ws: Workspace) -> str:
         status = rd.status()
         if status in FINISHED:
             return status
+        if status == "corrupt":
+            log.warning("run %s: %s is not readable JSON; the run is done again", run.run_id, rd.result)
         remove_stale_temporaries(rd.path)
         result = base_result(run)
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -353,8 +355,11 @@ def execute(run: Run, ws: Workspace) -> str:
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
         if result["status"] in FINISHED:
-            for leftover in (rd.checkpoint, rd.pruned):
-                leftover.unlink(missing_ok=True)
+            storage = run.suite.storage
+            for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.pruned, storage.keep_checkpoints),
+                                   (rd.model, storage.keep_final_model)):
+                if not keep:
+                    leftover.unlink(missing_ok=True)
         return result["status"]
 
 
