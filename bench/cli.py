@@ -1,22 +1,31 @@
-"""The command line: ``run``, ``plan``, ``report`` and ``list``. Errors a user can fix exit with status 2."""
+"""The command line: ``run``, ``plan``, ``status``, ``report`` and ``list``.
+
+Errors a user can fix exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench.config import Suite, load_suite
 from bench.errors import ConfigError, UserError
-from bench.grid import Run, expand, resolve_path
+from bench.grid import Run, expand
 from bench.plugins import load_builtin, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import describe
+
+if TYPE_CHECKING:
+    from bench.launch import Invocation
 
 log = logging.getLogger("bench")
 
@@ -30,6 +39,14 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                         help="import outside code that registers methods, models or datasets")
 
 
+SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
+    ("--partition", str, "sbatch --partition"), ("--account", str, "sbatch --account"), ("--qos", str, "sbatch --qos"),
+    ("--gpus-per-task", int, "GPUs per run"), ("--cpus-per-task", int, "CPUs per run"),
+    ("--mem-gb", float, "memory per run in GB"), ("--timeout-min", int, "time limit per task in minutes"),
+    ("--array-parallelism", int, "tasks running at once"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.py", description="Structured-pruning benchmark harness: "
                                      "prune-then-retrain sweeps over methods, ratios, retraining LRs and seeds.")
@@ -41,15 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="where datasets live (else the suite's data_root, else $BENCH_DATA_ROOT)")
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
+                     help="inline: one run after another in this process (default); local: a pool of --workers "
+                     "processes; slurm: submit one job array (a task per run) and return")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="local: worker processes (default: the number of visible GPUs, else 1)")
+    run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
+    slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
+                                   "--set slurm.KEY=VALUE); see docs/cluster.md")
+    for flag, kind, help_text in SLURM_FLAGS:
+        key = flag[2:].replace("-", "_")
+        slurm.add_argument(flag, type=kind, dest=f"slurm_{key}", metavar=key.upper(), help=help_text)
 
     plan = sub.add_parser("plan", help="list the runs a suite expands to and which are done",
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
 
-    report = sub.add_parser("report", help="write tables of the results", description="Collect every "
-                            "result.json under the results directory into runs.csv and summary tables.")
+    status = sub.add_parser("status", help="show each run as pending, running, ok, failed or diverged",
+                            description="Each run's state from its result file and, for runs submitted to Slurm, "
+                            "from the scheduler (sacct), with counts and the logs of failed runs.")
+    _add_suite_arguments(status)
+
+    report = sub.add_parser("report", help="write tables, figures and an HTML page of the results",
+                            description="Collect every result.json under the results directory and write, per "
+                            "suite, <results>/<suite>/report/: runs.csv, tables (md, tex, csv), figures (png, pdf), "
+                            "summary.md and a self-contained index.html.")
     report.add_argument("--results", default="results", help="results directory (default: results/)")
-    report.add_argument("--suite", dest="suites", action="append", default=[], help="only this suite (repeatable)")
+    report.add_argument("--suite", dest="suites", action="append", default=[], metavar="NAME_OR_FILE",
+                        help="only this suite (repeatable); a suite file (.yaml) also supplies its 'reference'")
+    report.add_argument("--filter", dest="query", metavar="EXPR", help="keep the runs where this pandas query on "
+                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == '0.9'\"")
+    report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
+                        "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
+    report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
 
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets.")
@@ -83,35 +124,78 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def apply_slurm_flags(args: argparse.Namespace) -> None:
+    """Turn the Slurm resource flags into ``--set slurm.KEY=VALUE`` overrides (validated with the suite)."""
+    for flag, _, _ in SLURM_FLAGS:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, f"slurm_{key}", None)
+        if value is not None:
+            args.overrides.append(f"slurm.{key}={json.dumps(value)}")
+
+
 def command_run(args: argparse.Namespace) -> int:
-    from bench.data import build_dataset, resolve_data_root
+    from bench.launch import Invocation, run_local
     from bench.progress import Progress
-    from bench.runner import Workspace, execute, validate_runs
+    from bench.runner import execute, validate_runs
     from bench.store import RunDir, check_writable
 
+    if args.workers is not None and (args.executor != "local" or args.workers < 1):
+        raise ConfigError("--workers N (N >= 1) goes with --executor local.")
+    if args.wait and args.executor != "slurm":
+        raise ConfigError("--wait goes with --executor slurm (the other executors always wait).")
+    apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
-    device = resolve_device(args.device or suite.device)
-    suite_root = str(resolve_path(suite.data_root, suite_dir)) if suite.data_root else None
-    data = build_dataset(suite.dataset_name, suite.dataset_options, resolve_data_root(args.data_root, suite_root),
-                         MODELS.get(suite.model).image_size)
-    validate_runs(runs, data.info, suite_dir)
+    invocation = Invocation.from_args(args)
+    # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
+    ws = invocation.workspace(suite, suite_dir, "cpu" if args.executor == "slurm" else None)
+    validate_runs(runs, ws.data.info, suite_dir)
     results = Path(args.results)
     check_writable(results)
     todo = [r for r in runs if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")]
-    log.info("suite '%s': %d runs, %d to do, on %s", suite.name, len(runs), len(todo), device)
+    if args.executor == "slurm":
+        return submit(args, invocation, suite, runs, todo)
+    workers = args.workers or max(torch.cuda.device_count(), 1)
+    where = f"{workers} worker processes" if args.executor == "local" else str(ws.device)
+    log.info("suite '%s': %d runs, %d to do, on %s", suite.name, len(runs), len(todo), where)
     progress = Progress(quiet=args.quiet)
-    ws = Workspace(results=results, data=data, device=device, suite_dir=suite_dir, progress=progress)
     statuses: Counter[str] = Counter()
     with progress.suite(len(todo), suite.name) as bar:
-        for run in todo:
-            d = run.describe()
-            bar.set_postfix_str(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}")
-            statuses[execute(run, ws)] += 1
-            bar.update()
+        if args.executor == "local":
+            statuses = run_local(invocation, suite, todo, workers, args.quiet, on_done=lambda run, status: bar.update())
+        else:
+            ws.progress = progress
+            for run in todo:
+                d = run.describe()
+                bar.set_postfix_str(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}")
+                statuses[execute(run, ws)] += 1
+                bar.update()
     done = len(runs) - len(todo)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "nothing to do"
     log.warning("suite '%s': %s%s. Results in %s", suite.name, summary,
                 f" ({done} already finished)" if done else "", results / suite.name)
+    return 1 if statuses["failed"] else 0
+
+
+def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs: list[Run], todo: list[Run]) -> int:
+    """``run --executor slurm``: submit the unfinished runs as one job array; print where to follow it."""
+    from bench.launch import log_paths, submit_slurm, wait_for
+
+    submission = submit_slurm(invocation, suite, todo)
+    status_command = shlex.join(["python", "bench.py", "status", args.suite, "--results", args.results] + [
+        part for o in args.overrides if not o.startswith("slurm.") for part in ("--set", o)])
+    if submission is None:
+        print(f"suite '{suite.name}': nothing to submit ({len(runs) - len(todo)} of {len(runs)} runs finished, the "
+              f"others queued or running). Follow them with: {status_command}")
+        return 0
+    after = f" after the dense-model array {submission.dense_job}" if submission.dense_job else ""
+    print(f"suite '{suite.name}': submitted {len(submission.tasks)} runs as Slurm job array {submission.job}{after}"
+          + (f"; {submission.skipped_live} more are already queued or running" if submission.skipped_live else ""))
+    out, err = log_paths(submission.log_dir, f"{submission.job}_<task>")
+    print(f"logs: {out} and {err.name}\nstatus: {status_command}")
+    if not args.wait:
+        return 0
+    statuses = wait_for(submission)
+    print(f"suite '{suite.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
     return 1 if statuses["failed"] else 0
 
 
@@ -131,12 +215,46 @@ def command_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_status(args: argparse.Namespace) -> int:
+    from bench.launch import run_states
+
+    suite, runs, _ = prepare(args)
+    rows = run_states(runs, Path(args.results))
+    width = max(len(r.run.method.label) for r in rows)
+    print(f"suite '{suite.name}': {len(runs)} runs")
+    print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  {'state':8}  {'task':10}  detail")
+    for r in rows:
+        d = r.run.describe()
+        print(f"{r.run.run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  "
+              f"{r.state:8}  {r.task or '-':10}  {r.detail}")
+    counts = Counter(r.state for r in rows)
+    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    logs = [r for r in rows if r.log is not None and r.state in ("failed", "running")]
+    for r in logs:
+        print(f"log of {r.run.run_id} ({r.state}): {r.log}")
+    return 0
+
+
 def command_report(args: argparse.Namespace) -> int:
     from bench.report import write_reports
+    from bench.report.references import resolve
 
-    written = write_reports(Path(args.results), args.suites)
-    for path in written:
-        print(path)
+    names, references = [], {}
+    for entry in args.suites:
+        if Path(entry).suffix in (".yaml", ".yml"):
+            suite = load_suite(entry)
+            names.append(suite.name)
+            if suite.reference:
+                references[suite.name] = resolve(suite.reference, Path(entry).resolve().parent)
+        else:
+            names.append(entry)
+    if args.reference:
+        references = {"*": resolve(args.reference)}
+    written = write_reports(Path(args.results), names, query=args.query, references=references,
+                            workers=args.workers)
+    for page in (p for p in written if p.name == "index.html"):
+        count = sum(p.is_relative_to(page.parent) for p in written)
+        print(f"{page.parent.parent.name}: {count} files in {page.parent}; open {page}")
     return 0
 
 
@@ -161,7 +279,8 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "plan": command_plan, "report": command_report, "list": command_list}
+COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
+            "list": command_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
