@@ -1,9 +1,12 @@
-"""ImageNet ResNets from torchvision (random init: pretrained weights cannot be downloaded here)."""
+"""ImageNet ResNets from torchvision (random init: pretrained weights cannot be downloaded here).
+
+``torchvision.models`` is imported only when one of these models is built: it pulls in ``torch._dynamo`` and
+costs seconds at start-up, which every CLI call, pool worker and Slurm task would otherwise pay.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
-import torchvision
 from torch import nn
 
 from bench.models import register_model
@@ -12,8 +15,9 @@ BASIC_LAYERS = ("layer*.*.conv1",)
 BOTTLENECK_LAYERS = ("layer*.*.conv1", "layer*.*.conv2")
 
 
-def _build(factory: Callable[..., torchvision.models.ResNet], num_classes: int, in_channels: int) -> nn.Module:
-    """Build a torchvision ResNet, swapping the stem conv for one taking ``in_channels`` inputs when needed."""
+def _build(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build torchvision ResNet ``name``, swapping the stem conv for one taking ``in_channels`` inputs if needed."""
+    factory = getattr(importlib.import_module("torchvision.models"), name)
     model = factory(weights=None, num_classes=num_classes)
     if in_channels != 3:
         old = model.conv1
@@ -25,13 +29,13 @@ def _build(factory: Callable[..., torchvision.models.ResNet], num_classes: int, 
 @register_model("resnet18", "torchvision ResNet-18 (ImageNet architecture, random init)", default_layers=BASIC_LAYERS)
 def resnet18(num_classes: int, in_channels: int) -> nn.Module:
     """Build torchvision ResNet-18."""
-    return _build(torchvision.models.resnet18, num_classes, in_channels)
+    return _build("resnet18", num_classes, in_channels)
 
 
 @register_model("resnet34", "torchvision ResNet-34 (ImageNet architecture, random init)", default_layers=BASIC_LAYERS)
 def resnet34(num_classes: int, in_channels: int) -> nn.Module:
     """Build torchvision ResNet-34."""
-    return _build(torchvision.models.resnet34, num_classes, in_channels)
+    return _build("resnet34", num_classes, in_channels)
 
 
 @register_model(
@@ -39,4 +43,4 @@ def resnet34(num_classes: int, in_channels: int) -> nn.Module:
 )
 def resnet50(num_classes: int, in_channels: int) -> nn.Module:
     """Build torchvision ResNet-50."""
-    return _build(torchvision.models.resnet50, num_classes, in_channels)
+    return _build("resnet50", num_classes, in_channels)

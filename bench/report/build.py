@@ -1,0 +1,198 @@
+"""Assemble each suite's report under ``<results>/<suite>/report/``: runs.csv, tables (md, tex, csv), figures
+(png, pdf), summary.md and a self-contained index.html."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import UserError
+from bench.report import plots, tables
+from bench.report.load import Results, apply_filter, load_results
+from bench.report.plots import MethodStyles, Plot
+from bench.report.references import load_reference
+from bench.report.render import to_csv, to_latex, to_markdown
+from bench.report.tables import Table
+from bench.report.webpage import Section, page
+from bench.store import write_bytes
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMATS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+OUTPUT_SUFFIXES = {".md", ".tex", ".csv", ".png", ".pdf"}
+NEEDS_TWO_LRS = ("needs finished runs of two or more methods (and, for the gap and the stability, at two or more "
+                 "retraining learning rates).")
+
+
+@dataclass
+class Item:
+    """A table or figure of a suite's report, or why it is missing."""
+
+    title: str
+    table: Table | None = None
+    plot: Plot | None = None
+    missing: str = ""
+
+
+def _call(job: tuple[Callable[..., Plot | None], tuple[Any, ...]]) -> Plot | None:
+    """Run one figure job (module level, so a worker process can receive it)."""
+    function, args = job
+    return function(*args)
+
+
+def render_plots(jobs: list[tuple[Callable[..., Plot | None], tuple[Any, ...]]], workers: int | None = None
+                 ) -> list[Plot | None]:
+    """Run the figure functions, in forked worker processes when there are several cores and several figures.
+
+    Matplotlib drawing is pure Python and dominates the report's time; figures are independent, so a pool
+    divides the wall time by about the number of cores. ``workers``: None for one per core (at most 8), 1 for
+    serial. Only on Linux: fork is unsafe on macOS and absent on Windows, and spawned workers would spend
+    seconds re-importing torch (through ``bench``), more than they save.
+    """
+    count = min(workers or os.cpu_count() or 1, len(jobs), 8)
+    if count < 2 or not sys.platform.startswith("linux"):
+        return [_call(job) for job in jobs]
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_call, jobs))
+
+
+def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | None, workers: int | None = None
+                ) -> list[Item]:
+    """Every table and figure of one suite's report, in reading order."""
+    runs, history = data.runs, data.history
+    methods = [m for m in styles.order if m in set(runs.method)]
+    items = [Item("Runs by status", table=tables.status_table(runs, methods))]
+    problems = tables.problem_table(runs)
+    if problems is not None:
+        items.append(Item(problems.title, table=problems))
+    items.append(Item("Final test accuracy", table=tables.accuracy_table(runs, methods, reference)))
+    optional = [("Learning-rate gap", tables.lr_gap_table(runs, methods, reference)),
+                ("Method ranks", tables.rank_table(runs, methods)),
+                ("Rank stability", tables.rank_stability_table(runs, methods))]
+    items += [Item(title, table=t) if t is not None else Item(title, missing=NEEDS_TWO_LRS) for title, t in optional]
+    items.append(Item("Trainability", table=tables.trainability_table(runs, methods)))
+    items.append(Item("Efficiency", table=tables.efficiency_table(runs, methods)))
+    jobs: list[tuple[str, Callable[..., Plot | None], tuple[Any, ...]]] = [
+        ("Accuracy vs learning rate", plots.accuracy_vs_lr, (runs, styles)),
+        ("Accuracy vs ratio", plots.accuracy_vs_ratio, (runs, styles))]
+    jobs += [(f"Epoch curves, ratio {r}", plots.epoch_curves, (runs, history, r, styles))
+             for r in tables.ratio_order(runs)]
+    jobs.append(("JSV vs accuracy", plots.jsv_vs_accuracy, (runs, styles)))
+    for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
+        items.append(Item(title, plot=plot) if plot is not None else
+                     Item(title, missing="no finished run has the data this figure needs."))
+    return items
+
+
+def _facts(runs: pd.DataFrame, query: str | None, reference: pd.DataFrame | None) -> list[str]:
+    """The lines under the report's title: what was run, how many runs in which state, filter and reference."""
+    models = ", ".join(sorted(set(runs.model.dropna().astype(str))))
+    datasets = ", ".join(sorted(set(runs.dataset.dropna().astype(str))))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(runs.status.value_counts().items()))
+    facts = [f"{models} on {datasets}; {len(runs)} runs ({counts}).",
+             f"Methods: {', '.join(sorted(set(runs.method)))}; ratios: {', '.join(tables.ratio_order(runs))}; "
+             f"retraining LRs: {', '.join(f'{lr:g}' for lr in tables.learning_rates(runs))}; "
+             f"seeds: {', '.join(str(s) for s in sorted(runs.seed.dropna().unique()))}.",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} by bench.py report."]
+    if query:
+        facts.append(f"Filter: {query}")
+    if reference is not None:
+        facts.append(f"Published numbers from {Path(reference.attrs.get('path', '?')).name}.")
+    return facts
+
+
+def _summary(suite: str, facts: list[str], items: list[Item]) -> str:
+    """summary.md: every table in Markdown and every figure as a linked image, with their notes."""
+    lines = [f"# {suite}", "", *[f"{f}  " for f in facts], ""]
+    for item in items:
+        if item.table is not None:
+            lines += [f"## {item.table.title}", "", item.table.note, "", to_markdown(item.table)]
+        elif item.plot is not None:
+            lines += [f"## {item.plot.title}", "", item.plot.note, "",
+                      f"![{item.plot.title}](figures/{item.plot.name}.png)", ""]
+        else:
+            lines += [f"## {item.title}", "", f"_Not shown: {item.missing}_", ""]
+    return "\n".join(lines)
+
+
+def _remove_stale(folder: Path, written: set[Path]) -> None:
+    """Drop tables and figures an earlier report wrote that this one did not (e.g. a ratio filtered out)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.suffix in OUTPUT_SUFFIXES and path not in written:
+            log.debug("removing stale report file %s", path)
+            path.unlink()
+
+
+def write_suite_report(data: Results, directory: Path, suite: str, styles: MethodStyles,
+                       reference: pd.DataFrame | None = None, query: str | None = None, workers: int | None = None
+                       ) -> list[Path]:
+    """Write one suite's report into ``directory``; returns the files written."""
+    began = time.perf_counter()
+    items = suite_items(data, styles, reference, workers)
+    written: list[Path] = []
+
+    def save(path: Path, payload: bytes) -> None:
+        """Write atomically and remember the path."""
+        write_bytes(path, payload)
+        written.append(path)
+
+    save(directory / "runs.csv", data.runs.to_csv(index=False).encode())
+    sections = []
+    for item in items:
+        if item.table is not None:
+            for suffix, render in TABLE_FORMATS.items():
+                save(directory / "tables" / f"{item.table.name}.{suffix}", render(item.table).encode())
+            sections.append(Section(item.table.name, item.table.title, item.table.note, table=item.table,
+                                    files=f"tables/{item.table.name}.md, .tex, .csv"))
+        elif item.plot is not None:
+            save(directory / "figures" / f"{item.plot.name}.png", item.plot.png)
+            save(directory / "figures" / f"{item.plot.name}.pdf", item.plot.pdf)
+            sections.append(Section(item.plot.name, item.plot.title, item.plot.note, plot=item.plot,
+                                    files=f"figures/{item.plot.name}.png, .pdf"))
+        else:
+            sections.append(Section(plots.file_stem(item.title.lower()), item.title, f"Not shown: {item.missing}"))
+    facts = _facts(data.runs, query, reference)
+    save(directory / "summary.md", _summary(suite, facts, items).encode())
+    save(directory / "index.html", page(f"Pruning benchmark report: {suite}", facts, sections).encode())
+    for folder in ("tables", "figures"):
+        _remove_stale(directory / folder, set(written))
+    log.info("suite '%s': report with %d files in %s (%.1f s)", suite, len(written), directory,
+             time.perf_counter() - began)
+    return written
+
+
+def write_reports(results: Path, suites: list[str] | None = None, *, query: str | None = None,
+                  references: Mapping[str, str | Path] | None = None, workers: int | None = None) -> list[Path]:
+    """Write each suite's report under ``results/<suite>/report/``; returns the files written.
+
+    ``query`` (a pandas expression on runs.csv's columns) narrows the runs; ``references`` maps a suite name to a
+    shipped reference name or a CSV path whose published numbers are printed beside ours ("*": every suite);
+    ``workers`` is the number of processes drawing figures (None: one per core, 1: none).
+    """
+    loaded = load_results(results, suites)
+    if loaded.runs.empty:
+        raise UserError(f"no results under '{results}'"
+                        + (f" for suite(s) {', '.join(suites)}" if suites else "") + ". Run a suite first.")
+    data = apply_filter(loaded, query) if query else loaded
+    if data.runs.empty:
+        raise UserError(f"--filter {query!r} matched none of the {len(loaded.runs)} runs under '{results}'.")
+    styles = MethodStyles.for_methods(sorted(set(data.runs.method)))
+    references = dict(references or {})
+    written: list[Path] = []
+    for suite in sorted(set(data.runs.suite)):
+        spec = references.get(suite, references.get("*"))
+        reference = load_reference(spec) if spec is not None else None
+        part = data.select(data.runs.suite == suite)
+        written += write_suite_report(part, results / suite / "report", suite, styles, reference, query, workers)
+    return written

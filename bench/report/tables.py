@@ -1,0 +1,458 @@
+"""The report's tables, built from the runs DataFrame: accuracy with t-intervals, the learning-rate gap, rank
+stability across learning rates, trainability, efficiency and run status.
+
+Each builder returns a :class:`Table` (display strings with column groups and bold cells, plus the numbers
+behind them for the CSV) or None when the results cannot support it (e.g. a single retraining LR); renderers
+for Markdown, LaTeX and HTML live in ``bench.report.render``.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.report.stats import kendall_tau, mean_ci
+
+log = logging.getLogger(__name__)
+
+LEVEL = 0.95  # confidence level of every interval in the report
+KEY = ""  # column group of the row keys (ratio, method)
+
+
+@dataclass
+class Table:
+    """One table: a header of (group, label) columns, rows of display strings, bold cells and CSV numbers."""
+
+    name: str
+    title: str
+    note: str
+    header: list[tuple[str, str]]
+    rows: list[list[str]]
+    data: pd.DataFrame
+    bold: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean, t-interval half-width and count of one group of values."""
+
+    mean: float
+    half: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Cell:
+        """The cell of some values (NaNs ignored)."""
+        return cls(*mean_ci(np.fromiter(values, dtype=float), LEVEL))
+
+    def text(self, expected: int, digits: int = 2, fmt: str = "f") -> str:
+        """'93.10 ± 0.21', with '(n=k)' when fewer values than ``expected``; '—' for none."""
+        if self.n == 0:
+            return "—"
+        body = f"{self.mean:.{digits}{fmt}}"
+        if self.n > 1:
+            body += f" ± {self.half:.{digits}{fmt}}"
+        return body + (f" (n={self.n})" if self.n < expected else "")
+
+
+def lr_label(lr: float) -> str:
+    """How tables and legends name a retraining LR: 'lr 0.01'."""
+    return f"lr {lr:g}"
+
+
+def ratio_order(runs: pd.DataFrame) -> list[str]:
+    """Ratio labels in increasing numeric order (per-layer profiles, which have no number, last)."""
+    pairs = runs[["ratio", "ratio_value"]].drop_duplicates("ratio")
+    pairs = pairs.assign(missing=pairs.ratio_value.isna()).sort_values(["missing", "ratio_value", "ratio"])
+    return list(pairs.ratio)
+
+
+def learning_rates(runs: pd.DataFrame) -> list[float]:
+    """The retraining learning rates, highest first (the order of the TPP paper's Table 1)."""
+    return sorted(runs.lr.dropna().unique().tolist(), reverse=True)
+
+
+def cells(runs: pd.DataFrame, value: str | Callable[[pd.DataFrame], pd.Series], by: list[str]
+          ) -> dict[tuple[Any, ...], Cell]:
+    """Mean ± t-interval of ``value`` (a column, or a function of the frame) per group of ``by``."""
+    values = runs[value] if isinstance(value, str) else value(runs)
+    frame = runs[by].assign(_v=pd.to_numeric(values).astype(float))
+    return {key if isinstance(key, tuple) else (key,): Cell.of(group._v)
+            for key, group in frame.groupby(by, sort=False, dropna=False)}
+
+
+def per_seed(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One value per (ratio, method, seed): for quantities fixed before retraining (all LRs share them)."""
+    rows = runs.dropna(subset=[column])
+    return rows.drop_duplicates(["ratio", "method", "seed"])
+
+
+def not_ok(runs: pd.DataFrame, by: list[str]) -> dict[tuple[Any, ...], str]:
+    """'2 diverged, 1 failed' per group of ``by``, for the runs whose status is not ok."""
+    bad = runs[runs.status != "ok"]
+    out = {}
+    for key, group in bad.groupby(by, sort=False):
+        counts = group.status.value_counts()
+        out[key if isinstance(key, tuple) else (key,)] = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return out
+
+
+def _expected(found: Iterable[Cell]) -> int:
+    """The largest seed count among the cells: fewer is flagged with (n=k)."""
+    return max((c.n for c in found), default=0)
+
+
+def _bold_best(means: list[list[float]], block_of: list[str], columns: list[int]) -> set[tuple[int, int]]:
+    """The cells holding the highest mean of each column within each block of rows (ratio), when ≥2 compete."""
+    bold = set()
+    for column in columns:
+        for block in dict.fromkeys(block_of):
+            members = [i for i, b in enumerate(block_of) if b == block and not math.isnan(means[i][column])]
+            if len(members) < 2:
+                continue
+            best = max(means[i][column] for i in members)
+            bold |= {(i, column) for i in members if abs(means[i][column] - best) <= 1e-12}
+    return bold
+
+
+def _grid(runs: pd.DataFrame, methods: list[str]) -> list[tuple[str, str]]:
+    """(ratio, method) row keys present in the runs, ratios ascending, methods in report order."""
+    present = set(zip(runs.ratio, runs.method))
+    return [(r, m) for r in ratio_order(runs) for m in methods if (r, m) in present]
+
+
+def reference_lookup(reference: pd.DataFrame | None, runs: pd.DataFrame) -> dict[tuple[str, str, float], Cell]:
+    """Published (mean, std as ``half``, n=0 unknown) per (ratio, method, lr) for this suite's model and dataset."""
+    if reference is None or runs.empty:
+        return {}
+    model, dataset = runs.model.iloc[0], runs.dataset.iloc[0]
+    rows = reference[(reference.model == model) & (reference.dataset == dataset)]
+    if rows.empty:
+        log.warning("reference %s has no rows for model '%s' on '%s'; no published numbers shown",
+                    reference.attrs.get("path", "?"), model, dataset)
+    return {(r.ratio, r.method, float(r.lr)): Cell(float(r.acc_mean), float(r.acc_std), 0) for r in rows.itertuples()}
+
+
+def _ref_lr(lookup: dict[tuple[str, str, float], Cell], ratio: str, method: str, lr: float) -> Cell | None:
+    """The published cell at (ratio, method, lr), LRs compared with a float tolerance."""
+    return next((c for (r, m, x), c in lookup.items() if r == ratio and m == method and math.isclose(x, lr)), None)
+
+
+# ----------------------------------------------------------------------------------------- accuracy
+
+def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame | None = None) -> Table:
+    """Final test accuracy (%) per method × ratio, one column group per retraining LR, best per ratio in bold."""
+    ok = runs[runs.status == "ok"]
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    bad = not_ok(runs, ["ratio", "method", "lr"])
+    lookup = reference_lookup(reference, runs)
+    lrs = learning_rates(runs)
+    with_ref = bool(lookup)
+    header = [(KEY, "ratio"), (KEY, "method")]
+    for lr in lrs:
+        header += [(lr_label(lr), "acc (%)")] + ([(lr_label(lr), "paper"), (lr_label(lr), "Δ")] if with_ref else [])
+    expected = _expected(acc.values())
+    rows, means, blocks, data = [], [], [], []
+    for ratio, method in _grid(runs, methods):
+        row, mean_row = [ratio, method], [math.nan, math.nan]
+        for lr in lrs:
+            cell = acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0))
+            problems = bad.get((ratio, method, lr))
+            text = cell.text(expected) + (f" [{problems}]" if problems else "")
+            row.append(text if cell.n or problems else "")
+            mean_row.append(cell.mean)
+            ref = _ref_lr(lookup, ratio, method, lr)
+            diff = cell.mean - ref.mean if ref else math.nan
+            if with_ref:
+                row += [f"{ref.mean:.2f} ({ref.half:.2f})" if ref else "", f"{diff:+.2f}" if ref and cell.n else ""]
+                mean_row += [math.nan, math.nan]
+            data.append({"_row": len(rows), "_column": len(row) - (3 if with_ref else 1), "ratio": ratio,
+                         "method": method, "lr": lr, "n": cell.n, "mean": cell.mean,
+                         "ci_half": cell.half, "ci_low": cell.mean - cell.half, "ci_high": cell.mean + cell.half,
+                         "not_ok": problems or "", "paper_mean": ref.mean if ref else math.nan,
+                         "paper_std": ref.half if ref else math.nan, "diff_vs_paper": diff})
+        rows.append(row)
+        means.append(mean_row)
+        blocks.append(ratio)
+    acc_columns = [i for i, (_, label) in enumerate(header) if label == "acc (%)"]
+    bold = _bold_best(means, blocks, acc_columns)
+    frame = pd.DataFrame(data)
+    if not frame.empty:
+        frame["best"] = [(i, c) in bold for i, c in zip(frame._row, frame._column)]
+        frame = frame.drop(columns=["_row", "_column"])
+    note = (f"Final test accuracy after retraining, mean ± half-width of the {LEVEL:.0%} Student-t interval over "
+            "seeds (n=k marks cells with fewer seeds than the others; no interval for one seed). Bold: the best "
+            "method at that ratio and learning rate. Runs that did not finish are counted in brackets and left out "
+            "of the mean.")
+    if with_ref:
+        note += (" 'paper' is the published mean (std), not an interval, and Δ = ours − paper, in points; the "
+                 "paper's own runs may report best-epoch rather than final accuracy (uncertain in the sources).")
+    return Table("accuracy", "Final test accuracy (%)", note, header, rows, frame, bold)
+
+
+# ----------------------------------------------------------------------------------------- learning-rate gap
+
+def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame | None = None) -> Table | None:
+    """Accuracy at the highest minus the lowest retraining LR per method × ratio, paired by seed."""
+    lrs = learning_rates(runs)
+    if len(lrs) < 2:
+        return None
+    high, low = lrs[0], lrs[-1]
+    ok = runs[runs.status == "ok"]
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    lookup = reference_lookup(reference, runs)
+    header = [(KEY, "ratio"), (KEY, "method"), (lr_label(high), "acc (%)"), (lr_label(low), "acc (%)"),
+              ("gap (points)", "high − low")]
+    if lookup:
+        header.append(("gap (points)", "paper"))
+    expected = _expected(acc.values())
+    rows, data, bold = [], [], set()
+    for ratio, method in _grid(runs, methods):
+        mine = ok[(ok.ratio == ratio) & (ok.method == method)]
+        by_seed = mine.pivot_table(index="seed", columns="lr", values="acc_final", aggfunc="first")
+        paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
+        gap = Cell.of((paired[high] - paired[low]) * 100) if len(paired) else Cell(math.nan, math.nan, 0)
+        a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
+        row = [ratio, method, a.text(expected), b.text(expected), gap.text(expected) if gap.n else "—"]
+        if gap.n > 1 and abs(gap.mean) > gap.half:
+            bold.add((len(rows), 4))
+        ref_high, ref_low = _ref_lr(lookup, ratio, method, high), _ref_lr(lookup, ratio, method, low)
+        ref_gap = ref_high.mean - ref_low.mean if ref_high and ref_low else math.nan
+        if lookup:
+            row.append(f"{ref_gap:+.2f}" if not math.isnan(ref_gap) else "")
+        rows.append(row)
+        data.append({"ratio": ratio, "method": method, "lr_high": high, "lr_low": low, "acc_high": a.mean,
+                     "acc_low": b.mean, "gap": gap.mean, "gap_ci_half": gap.half, "pairs": gap.n,
+                     "paper_gap": ref_gap})
+    note = (f"The trainability bias: accuracy at retraining LR {high:g} minus accuracy at {low:g}, in points. The gap "
+            f"is the mean of per-seed differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; "
+            "bold where that interval excludes zero. A method that preserves trainability should depend little on "
+            "the LR; a large positive gap means the method only looks good when retrained with a large LR.")
+    if lookup:
+        note += " 'paper' is the published gap computed the same way (high − low; TPP's table prints low − high)."
+    return Table("lr_gap", "Learning-rate gap (trainability bias)", note, header, rows, pd.DataFrame(data), bold)
+
+
+# ----------------------------------------------------------------------------------------- rank stability
+
+def _means(runs: pd.DataFrame) -> dict[tuple[Any, ...], Cell]:
+    """Final accuracy (%) of the finished runs per (ratio, lr, method)."""
+    ok = runs[runs.status == "ok"]
+    return cells(ok, lambda f: f.acc_final * 100, ["ratio", "lr", "method"])
+
+
+def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
+    """Each method's rank (1 = most accurate) at every ratio and retraining LR."""
+    lrs = learning_rates(runs)
+    means = _means(runs)
+    if len({m for (_, _, m) in means}) < 2:
+        return None
+    header = [(KEY, "ratio"), (KEY, "method")] + [("rank (mean acc %)", lr_label(lr)) for lr in lrs]
+    rows, data, bold = [], [], set()
+    ranks = {}
+    for ratio in ratio_order(runs):
+        for lr in lrs:
+            present = pd.Series({m: means[(ratio, lr, m)].mean for m in methods if (ratio, lr, m) in means})
+            for method, rank in present.rank(ascending=False, method="min").items():
+                ranks[(ratio, lr, method)] = int(rank)
+    for ratio, method in _grid(runs, methods):
+        row = [ratio, method]
+        for j, lr in enumerate(lrs):
+            rank = ranks.get((ratio, lr, method))
+            row.append(f"{rank} ({means[(ratio, lr, method)].mean:.2f})" if rank else "—")
+            if rank == 1:
+                bold.add((len(rows), 2 + j))
+            data.append({"ratio": ratio, "method": method, "lr": lr, "rank": rank,
+                         "mean": means[(ratio, lr, method)].mean if rank else math.nan})
+        rows.append(row)
+    note = ("Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share the "
+            "better rank), with the mean in brackets. Read across a row: a method whose rank moves with the LR "
+            "is judged differently depending on a retraining choice, not on its pruning.")
+    return Table("ranks", "Method ranks per ratio and learning rate", note, header, rows, pd.DataFrame(data), bold)
+
+
+def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
+    """Kendall's τ between the method rankings at each pair of LRs, per ratio, flagging changed winners."""
+    lrs = learning_rates(runs)
+    means = _means(runs)
+    if len(lrs) < 2 or len({m for (_, _, m) in means}) < 2:
+        return None
+    pairs = list(itertools.combinations(lrs, 2))
+    header = ([(KEY, "ratio"), (KEY, "methods")] + [("winner (margin, points)", lr_label(lr)) for lr in lrs]
+              + [("Kendall τ", f"{a:g} vs {b:g}") for a, b in pairs] + [(KEY, "winner changes")])
+    rows, data, bold = [], [], set()
+    for ratio in ratio_order(runs):
+        scores = {lr: pd.Series({m: means[(ratio, lr, m)].mean for m in methods if (ratio, lr, m) in means},
+                                dtype=float) for lr in lrs}
+        present = set().union(*(s.index for s in scores.values()))
+        if len(present) < 2:
+            continue
+        record: dict[str, Any] = {"ratio": ratio, "methods": len(present)}
+        row = [ratio, str(len(present))]
+        winners = set()
+        for lr in lrs:
+            ordered = scores[lr].sort_values(ascending=False)
+            if ordered.empty:
+                row.append("—")
+                continue
+            winner = str(ordered.index[0])
+            margin = ordered.iloc[0] - ordered.iloc[1] if len(ordered) > 1 else math.nan
+            winners.add(winner)
+            row.append(winner + (f" (+{margin:.2f})" if not math.isnan(margin) else ""))
+            record[f"winner_lr_{lr:g}"] = winner
+            record[f"margin_lr_{lr:g}"] = margin
+        for a, b in pairs:
+            common = scores[a].index.intersection(scores[b].index)
+            tau = kendall_tau(scores[a][common].to_numpy(), scores[b][common].to_numpy())
+            row.append(f"{tau:+.2f}" if not math.isnan(tau) else "—")
+            record[f"tau_{a:g}_vs_{b:g}"] = tau
+        changes = len(winners) > 1
+        row.append("yes" if changes else "no")
+        if changes:
+            bold.add((len(rows), len(row) - 1))
+        record["winner_changes"] = changes
+        rows.append(row)
+        data.append(record)
+    if not rows:
+        return None
+    note = ("Per ratio: the most accurate method at each retraining LR (with its lead over the runner-up) and "
+            "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
+            "finished at both). 'yes' (bold) flags ratios where the winner changes with the retraining LR alone, "
+            "which is exactly the trainability bias a benchmark must not hide. A margin inside the accuracy "
+            "table's intervals means the winner is not resolved by these seeds.")
+    return Table("rank_stability", "Rank stability across learning rates", note, header, rows, pd.DataFrame(data),
+                 bold)
+
+
+# ----------------------------------------------------------------------------------------- trainability
+
+def trainability_table(runs: pd.DataFrame, methods: list[str]) -> Table:
+    """Mean Jacobian singular value (dense, after pruning, final) and trainability accuracy per method × ratio."""
+    lrs = learning_rates(runs)
+    ok = runs[runs.status == "ok"]
+    dense = cells(per_seed(runs, "jsv_dense"), "jsv_dense", ["ratio", "method"])
+    pruned = cells(per_seed(runs, "jsv_pruned"), "jsv_pruned", ["ratio", "method"])
+    train = cells(ok, lambda f: f.acc_trainability * 100, ["ratio", "method", "lr"])
+    final = cells(ok, "jsv_final", ["ratio", "method", "lr"])
+    header = [(KEY, "ratio"), (KEY, "method"), ("mean JSV", "dense"), ("mean JSV", "after pruning")]
+    for lr in lrs:
+        header += [(lr_label(lr), "trainability acc (%)"), (lr_label(lr), "final JSV")]
+    empty = Cell(math.nan, math.nan, 0)
+    expected = _expected(list(pruned.values()) + list(train.values()))
+    rows, means, blocks, data = [], [], [], []
+    for ratio, method in _grid(runs, methods):
+        d, p = dense.get((ratio, method), empty), pruned.get((ratio, method), empty)
+        row = [ratio, method, d.text(expected, 3, "g"), p.text(expected, 3, "g")]
+        mean_row = [math.nan] * 4
+        for lr in lrs:
+            t, f = train.get((ratio, method, lr), empty), final.get((ratio, method, lr), empty)
+            row += [t.text(expected), f.text(expected, 3, "g")]
+            mean_row += [t.mean, math.nan]
+            data.append({"ratio": ratio, "method": method, "lr": lr, "jsv_dense": d.mean, "jsv_pruned": p.mean,
+                         "jsv_pruned_ci_half": p.half, "acc_trainability": t.mean,
+                         "acc_trainability_ci_half": t.half, "jsv_final": f.mean, "n": t.n})
+        rows.append(row)
+        means.append(mean_row)
+        blocks.append(ratio)
+    bold = _bold_best(means, blocks, [i for i, h in enumerate(header) if h[1] == "trainability acc (%)"])
+    note = ("Mean Jacobian singular value (input→logits, on a fixed probe set) of the dense model, right after "
+            "pruning (before any retraining; shared by every LR, so counted once per seed) and after retraining. "
+            "Values near 1 mean signals and gradients pass undistorted (dynamical isometry); near 0, the pruned "
+            "network is hard to train. Trainability accuracy is the mean test accuracy over the first stage of the "
+            "retraining schedule (Wang et al. 2023); bold: the best at that ratio and LR.")
+    return Table("trainability", "Trainability: Jacobian singular values and early accuracy", note, header, rows,
+                 pd.DataFrame(data), bold)
+
+
+# ----------------------------------------------------------------------------------------- efficiency
+
+def _human(count: float) -> str:
+    """A count for people: 154010 -> '154.0k', 20084000 -> '20.08M', 987 -> '987'."""
+    if math.isnan(count):
+        return "—"
+    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1)):
+        if abs(count) >= scale:
+            return f"{count / scale:.{digits}f}{unit}"
+    return f"{count:.0f}"
+
+
+def latency_columns(runs: pd.DataFrame) -> tuple[str, str] | None:
+    """The (dense, pruned) latency metric columns to compare: median ms when recorded, else the first common pair."""
+    suffixes = [c.removeprefix("latency_dense_") for c in runs.columns if c.startswith("latency_dense_")]
+    common = [s for s in suffixes if f"latency_pruned_{s}" in runs and runs[f"latency_pruned_{s}"].notna().any()]
+    if not common:
+        return None
+    suffix = "median_ms" if "median_ms" in common else sorted(common)[0]
+    return f"latency_dense_{suffix}", f"latency_pruned_{suffix}"
+
+
+def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
+    """Parameters and FLOPs before and after pruning, and a latency speed-up where results record latency."""
+    latency = latency_columns(runs)
+    header = [(KEY, "ratio"), (KEY, "method"), ("parameters", "dense"), ("parameters", "pruned"),
+              ("parameters", "removed (%)"), ("FLOPs", "dense"), ("FLOPs", "pruned"), ("FLOPs", "speed-up (×)")]
+    if latency:
+        header += [("latency", "dense (ms)"), ("latency", "pruned (ms)"), ("latency", "speed-up (×)")]
+    rows, data = [], []
+    for ratio, method in _grid(runs, methods):
+        mine = runs[(runs.ratio == ratio) & (runs.method == method)]
+        mean = {c: float(pd.to_numeric(mine[c]).mean()) for c in
+                ("params_dense", "params_pruned", "flops_dense", "flops_pruned")}
+        removed = 100 * (1 - mean["params_pruned"] / mean["params_dense"])
+        speedup = mean["flops_dense"] / mean["flops_pruned"]
+        row = [ratio, method, _human(mean["params_dense"]), _human(mean["params_pruned"]),
+               f"{removed:.2f}" if not math.isnan(removed) else "—", _human(mean["flops_dense"]),
+               _human(mean["flops_pruned"]), f"{speedup:.2f}" if not math.isnan(speedup) else "—"]
+        record = {"ratio": ratio, "method": method, **mean, "params_removed_pct": removed, "flops_speedup": speedup}
+        if latency:
+            dense_ms, pruned_ms = (float(pd.to_numeric(mine[c]).mean()) for c in latency)
+            row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"]
+            record.update(latency_dense=dense_ms, latency_pruned=pruned_ms, latency_speedup=dense_ms / pruned_ms)
+        rows.append(row)
+        data.append(record)
+    note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
+            "2 per multiply-add of convolutions and linear layers (so the speed-up equals the MAC speed-up the TPP "
+            "paper prints); 'removed' counts every parameter, BatchNorm included.")
+    note += (f" Latency: {latency[0]} vs {latency[1]}, as the runs recorded them." if latency else
+             " No latency column: the runner does not measure latency yet; the report adds one when results carry "
+             "latency_dense_* and latency_pruned_* metrics (median_ms preferred).")
+    return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
+
+
+# ----------------------------------------------------------------------------------------- status
+
+def status_table(runs: pd.DataFrame, methods: list[str]) -> Table:
+    """How many runs of each method are ok, running, failed or diverged."""
+    statuses = sorted(runs.status.unique())
+    counts = runs.groupby(["method", "status"]).size()
+    header = [(KEY, "method")] + [("runs", s) for s in statuses] + [("runs", "total")]
+    rows, data = [], []
+    for method in [m for m in methods if m in set(runs.method)]:
+        numbers = [int(counts.get((method, s), 0)) for s in statuses]
+        rows.append([method] + [str(n) for n in numbers] + [str(sum(numbers))])
+        data.append({"method": method, **dict(zip(statuses, numbers)), "total": sum(numbers)})
+    note = ("Every result file found, by status. 'running' also covers runs that were interrupted; run the suite "
+            "again to resume them. Failed and diverged runs are listed below and are never averaged in.")
+    return Table("status", "Runs by status", note, header, rows, pd.DataFrame(data))
+
+
+def problem_table(runs: pd.DataFrame) -> Table | None:
+    """The runs that did not finish ok, with the error they recorded."""
+    bad = runs[runs.status != "ok"].sort_values(["status", "method", "ratio_value", "lr", "seed"])
+    if bad.empty:
+        return None
+    header = [(KEY, c) for c in ("run id", "method", "ratio", "lr", "seed", "status", "epochs", "error")]
+    rows = []
+    for r in bad.itertuples():
+        error = str(r.error).strip().splitlines()[0][:160] if isinstance(r.error, str) and r.error.strip() else ""
+        rows.append([r.run_id, r.method, r.ratio, f"{r.lr:g}", str(r.seed), r.status, str(r.epochs_done), error])
+    data = bad[["run_id", "method", "ratio", "lr", "seed", "status", "epochs_done", "error"]]
+    return Table("problems", "Runs that did not finish", "Running (or interrupted), failed and diverged runs with "
+                 "the first line of their error; their result.json holds the rest.", header, rows,
+                 data.reset_index(drop=True))

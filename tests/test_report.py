@@ -1,0 +1,311 @@
+"""Tests for the reporter: loading, statistics, every table and figure, the HTML page (in headless Chromium where
+installed), published references and the CLI, all on synthetic result trees (no training)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))  # never write to the user's ~/.config
+
+from bench.cli import main  # noqa: E402
+from bench.errors import UserError  # noqa: E402
+from bench.report import (  # noqa: E402
+    COLUMNS,
+    load_reference,
+    load_results,
+    tables,
+    write_reports,
+)
+from bench.report.build import render_plots  # noqa: E402
+from bench.report.plots import MethodStyles, accuracy_vs_ratio  # noqa: E402
+from bench.report.render import to_latex, to_markdown  # noqa: E402
+from bench.report.stats import kendall_tau, mean_ci, t_quantile  # noqa: E402
+from bench.report.synthetic import write_synthetic_results  # noqa: E402
+from tests.conftest import tiny_suite  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+QUICKSTART = {"methods": ["l1", "random"], "ratios": [0.5, 0.9], "lrs": [0.01, 0.001], "seeds": [0, 1, 2]}
+ONE_CELL = [90.0, 91.0, 93.0]  # final accuracies (%) of seeds 0, 1, 2 in one cell, for the hand-checked interval
+TABLE_NAMES = ["status", "problems", "accuracy", "lr_gap", "ranks", "rank_stability", "trainability", "efficiency"]
+FIGURE_NAMES = ["accuracy_vs_lr", "accuracy_vs_ratio", "epochs_ratio_0.5", "epochs_ratio_0.9", "jsv_vs_accuracy"]
+
+
+def quickstart_accuracy(method: str, ratio: float, lr: float, seed: int) -> float:
+    """l1 at ratio 0.9, lr 0.01 gets exactly ONE_CELL; everything else a smooth made-up value."""
+    if (method, ratio, lr) == ("l1", 0.9, 0.01):
+        return ONE_CELL[seed] / 100
+    return 0.9 - 0.1 * ratio - (0.05 if lr < 0.01 else 0.0) + (0.01 if method == "l1" else 0.0) + 0.002 * seed
+
+
+@pytest.fixture(scope="module")
+def quickstart_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickstart-like result tree with one diverged, one failed and one running run, and its report."""
+    root = tmp_path_factory.mktemp("results")
+    statuses = {("random", 0.9, 0.001, 2): "diverged", ("random", 0.5, 0.01, 1): "failed",
+                ("l1", 0.5, 0.001, 2): "running"}
+    write_synthetic_results(root, "quickstart", **QUICKSTART, accuracy=quickstart_accuracy, statuses=statuses)
+    write_reports(root, workers=1)
+    return root / "quickstart" / "report"
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062047362), (2, 4.30265272975), (4, 2.7764451052),
+                                          (9, 2.26215716280), (29, 2.04522964213)])
+def test_t_quantile_matches_the_published_table(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-9)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-9)
+
+
+def test_mean_ci_is_the_student_t_interval_worked_by_hand() -> None:
+    # mean 91.333; s = sqrt(((-4/3)^2 + (-1/3)^2 + (5/3)^2) / 2) = sqrt(7/3) = 1.52753;
+    # half-width = t(0.975, 2) * s / sqrt(3) = 4.302653 * 0.881917 = 3.79458
+    mean, half, n = mean_ci(ONE_CELL)
+    assert (round(mean, 4), round(half, 4), n) == (91.3333, 3.7946, 3)
+    assert math.isnan(mean_ci([5.0])[1]) and mean_ci([])[2] == 0
+
+
+def test_kendall_tau_b() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))  # tau-b with a tie
+    assert math.isnan(kendall_tau([1], [1]))
+
+
+# ----------------------------------------------------------------------------------------- the whole report
+
+def test_every_table_and_figure_is_written(quickstart_report: Path) -> None:
+    for name in TABLE_NAMES:
+        for suffix in ("md", "tex", "csv"):
+            assert (quickstart_report / "tables" / f"{name}.{suffix}").stat().st_size > 40, (name, suffix)
+    for name in FIGURE_NAMES:
+        assert (quickstart_report / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (quickstart_report / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    page = (quickstart_report / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(FIGURE_NAMES)
+    assert page.count('<table class="report">') == len(TABLE_NAMES)
+    assert "http://" not in page and "https://" not in page  # self-contained: no external assets
+    runs = pd.read_csv(quickstart_report / "runs.csv")
+    assert list(runs.columns[:len(COLUMNS)]) == COLUMNS and len(runs) == 24
+
+
+def test_accuracy_table_prints_the_t_interval_and_bolds_the_best(quickstart_report: Path) -> None:
+    accuracy = pd.read_csv(quickstart_report / "tables" / "accuracy.csv")
+    cell = accuracy[(accuracy.method == "l1") & (accuracy.ratio == 0.9) & (accuracy.lr == 0.01)].iloc[0]
+    assert (cell.n, round(cell["mean"], 4), round(cell.ci_half, 4)) == (3, 91.3333, 3.7946)
+    assert cell.best  # l1's 91.33 beats random's 81.2 at ratio 0.9, lr 0.01
+    markdown = (quickstart_report / "tables" / "accuracy.md").read_text()
+    assert "| 0.9 | l1 | **91.33 ± 3.79** |" in markdown
+    assert r"\textbf{91.33 $\pm$ 3.79}" in (quickstart_report / "tables" / "accuracy.tex").read_text()
+
+
+def test_failed_diverged_and_running_runs_are_shown_not_dropped(quickstart_report: Path) -> None:
+    runs = pd.read_csv(quickstart_report / "runs.csv")
+    assert runs.status.value_counts().to_dict() == {"ok": 21, "diverged": 1, "failed": 1, "running": 1}
+    markdown = (quickstart_report / "tables" / "accuracy.md").read_text()
+    assert "(n=2) [1 diverged]" in markdown and "(n=2) [1 failed]" in markdown and "[1 running]" in markdown
+    problems = pd.read_csv(quickstart_report / "tables" / "problems.csv")
+    assert sorted(problems.status) == ["diverged", "failed", "running"]
+    assert "CUDA out of memory" in (quickstart_report / "tables" / "problems.md").read_text()
+    status = pd.read_csv(quickstart_report / "tables" / "status.csv").set_index("method")
+    assert status.loc["random", ["diverged", "failed", "ok", "total"]].tolist() == [1, 1, 10, 12]
+
+
+def test_lr_gap_pairs_seeds(quickstart_report: Path) -> None:
+    gap = pd.read_csv(quickstart_report / "tables" / "lr_gap.csv").set_index(["ratio", "method"])
+    # random at 0.5: 0.01 - 0.001 is +5 points for every seed, but seed 1 failed at 0.01: two pairs remain
+    assert gap.loc[(0.5, "random"), "gap"] == pytest.approx(5.0) and gap.loc[(0.5, "random"), "pairs"] == 2
+    # l1 at 0.9: ONE_CELL minus (90 - 9 - 5 + 1 + 0.2 seed) per seed
+    expected = sum(a - (77.0 + 0.2 * s) for s, a in enumerate(ONE_CELL)) / 3
+    assert gap.loc[(0.9, "l1"), "gap"] == pytest.approx(expected)
+
+
+def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:
+    means = {("a", 0.9, 0.01): 0.80, ("b", 0.9, 0.01): 0.78, ("c", 0.9, 0.01): 0.70,
+             ("a", 0.9, 0.001): 0.70, ("b", 0.9, 0.001): 0.75, ("c", 0.9, 0.001): 0.60,
+             ("a", 0.5, 0.01): 0.90, ("b", 0.5, 0.01): 0.88, ("c", 0.5, 0.01): 0.80,
+             ("a", 0.5, 0.001): 0.89, ("b", 0.5, 0.001): 0.87, ("c", 0.5, 0.001): 0.79}
+    write_synthetic_results(tmp_path, "flip", ["a", "b", "c"], [0.5, 0.9], [0.01, 0.001], [0, 1],
+                            accuracy=lambda m, r, lr, s: means[(m, r, lr)] + 0.001 * s)
+    runs = load_results(tmp_path).runs
+    table = tables.rank_stability_table(runs, ["a", "b", "c"])
+    rows = {row[0]: row for row in table.rows}
+    assert rows["0.9"][2:] == ["a (+2.00)", "b (+5.00)", "+0.33", "yes"]  # a, b swap; c stays last
+    assert rows["0.5"][2:] == ["a (+2.00)", "a (+2.00)", "+1.00", "no"]
+    assert (list(rows).index("0.9"), 5) in table.bold and "**yes**" in to_markdown(table)
+    ranks = pd.DataFrame(tables.rank_table(runs, ["a", "b", "c"]).data).set_index(["ratio", "method", "lr"])
+    assert ranks.loc[("0.9", "a", 0.01), "rank"] == 1 and ranks.loc[("0.9", "a", 0.001), "rank"] == 2
+
+
+def test_single_lr_leaves_out_the_lr_tables(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "one", ["l1", "random"], [0.5], [0.01], [0])
+    runs = load_results(tmp_path).runs
+    assert tables.lr_gap_table(runs, ["l1", "random"]) is None
+    assert tables.rank_stability_table(runs, ["l1", "random"]) is None
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def test_a_corrupt_file_is_named_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_synthetic_results(tmp_path, "s", ["l1"], [0.5], [0.01], [0, 1])
+    broken = tmp_path / "s" / "runs" / "broken000000" / "result.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"status": "ok", "metrics": ')
+    not_a_run = tmp_path / "s" / "runs" / "listlist0000" / "result.json"
+    not_a_run.parent.mkdir(parents=True)
+    not_a_run.write_text("[1, 2]")
+    with caplog.at_level(logging.WARNING, logger="bench.report.load"):
+        loaded = load_results(tmp_path)
+    assert len(loaded.runs) == 2 and len(loaded.history) == 2 * 6
+    assert str(broken) in caplog.text and str(not_a_run) in caplog.text
+
+
+def test_filter_query_and_bad_filters(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "s", ["l1", "tpp", "random"], [0.5, 0.9], [0.01, 0.001], [0])
+    loaded = load_results(tmp_path, query="method in ['l1','tpp'] and ratio == '0.9'")
+    assert sorted(set(loaded.runs.method)) == ["l1", "tpp"] and set(loaded.runs.ratio) == {"0.9"}
+    assert len(loaded.runs) == 4 and set(loaded.history.run_id) == set(loaded.runs.run_id)
+    for query in ("ratio ==", "no_such_column > 1", "ratio = 0.9"):
+        with pytest.raises(UserError, match="--filter"):
+            load_results(tmp_path, query=query)
+    with pytest.raises(UserError, match="matched none"):
+        write_reports(tmp_path, query="seed == 7", workers=1)
+    with pytest.raises(UserError, match="no results"):
+        write_reports(tmp_path, ["other"], workers=1)
+
+
+def test_latency_speedup_column_appears_only_with_latency_metrics(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "s", ["l1"], [0.5], [0.01], [0], extra_metrics={
+        "latency_dense": {"median_ms": 10.0, "mean_ms": 11.0, "device": "cpu"}, "latency_pruned": {"median_ms": 4.0}})
+    runs = load_results(tmp_path).runs
+    table = tables.efficiency_table(runs, ["l1"])
+    assert table.header[-1] == ("latency", "speed-up (×)") and table.rows[0][-1] == "2.50"
+    assert "latency" not in str(tables.efficiency_table(runs.drop(columns=[c for c in runs if "latency" in c]),
+                                                        ["l1"]).header)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+def test_latex_and_markdown_rendering() -> None:
+    table = tables.Table("t", "T", "note", [("", "method"), ("lr 0.01", "acc (%)"), ("lr 0.01", "Δ")],
+                         [["l1_x", "90.00 ± 1.00", "+0.50"], ["tpp", "91.00 ± 1.00", "—"]], pd.DataFrame(),
+                         {(1, 1)})
+    latex = to_latex(table)
+    assert r"\multicolumn{2}{c}{lr 0.01}" in latex and r"\cmidrule(lr){2-3}" in latex
+    assert r"l1\_x & 90.00 $\pm$ 1.00 & +0.50 \\" in latex and r"\textbf{91.00 $\pm$ 1.00}" in latex
+    assert "method | lr 0.01: acc (%) | lr 0.01: Δ |" in to_markdown(table)
+
+
+def test_parallel_figures_match_serial_ones(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "s", ["l1", "random"], [0.5, 0.9], [0.01, 0.001], [0, 1])
+    runs = load_results(tmp_path).runs
+    styles = MethodStyles.for_methods(["l1", "random"])
+    jobs = [(accuracy_vs_ratio, (runs, styles))] * 2
+    serial, parallel = render_plots(jobs, 1), render_plots(jobs, 2)
+    assert [p.png for p in serial] == [p.png for p in parallel]
+
+
+def test_method_colours_are_fixed_per_report() -> None:
+    styles = MethodStyles.for_methods(["l1", "random", "tpp"])
+    again = MethodStyles.for_methods(["l1", "random", "tpp"])
+    assert styles == again and len(set(styles.colours.values())) == 3
+    many = MethodStyles.for_methods([f"m{i}" for i in range(12)])
+    assert len({(many.colours[m], many.markers[m]) for m in many.order}) == 12  # colours repeat, markers differ
+
+
+# ----------------------------------------------------------------------------------------- published numbers
+
+def test_shipped_tpp_table1_reference() -> None:
+    reference = load_reference("tpp_table1")
+    assert len(reference) == 50 and set(reference.ratio) == {"0.3", "0.5", "0.7", "0.9", "0.95"}
+    tpp = reference[(reference.method == "tpp") & (reference.ratio == "0.9")].set_index("lr").acc_mean
+    assert tpp[0.01] - tpp[0.001] == pytest.approx(0.54)  # the paper's "Acc. diff. (TPP)" at 0.9, sign flipped
+    with pytest.raises(UserError, match="tpp_table1"):
+        load_reference("no_such_reference")
+
+
+def test_reference_column_and_difference(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "lr_sensitivity", ["l1", "tpp"], [0.9], [0.01, 0.001], [0, 1],
+                            accuracy=lambda m, r, lr, s: 0.8775 if m == "l1" else 0.89, model="resnet56",
+                            dataset="cifar10")
+    runs = load_results(tmp_path).runs
+    table = tables.accuracy_table(runs, ["l1", "tpp"], load_reference("tpp_table1"))
+    data = table.data.set_index(["method", "lr"])
+    assert data.loc[("l1", 0.01), "paper_mean"] == 86.75
+    assert data.loc[("l1", 0.01), "diff_vs_paper"] == pytest.approx(1.0)
+    assert table.rows[0][2:5] == ["87.75 ± 0.00", "86.75 (0.31)", "+1.00"]
+    gap = tables.lr_gap_table(runs, ["l1", "tpp"], load_reference("tpp_table1"))
+    assert gap.rows[1][-1] == "+0.54"  # TPP's published gap at 0.9 next to ours
+
+
+def test_suite_reference_key_does_not_change_run_ids(write_suite) -> None:
+    from bench.config import load_suite
+    from bench.grid import expand
+    from bench.plugins import load_builtin
+
+    load_builtin()
+    path = write_suite(tiny_suite())
+    plain, referenced = load_suite(path), load_suite(path, ["reference=tpp_table1"])
+    assert referenced.reference == "tpp_table1" and plain.reference is None
+    assert [r.run_id for r in expand(plain)] == [r.run_id for r in expand(referenced)]
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def test_cli_report_with_suite_file_reference_and_filter(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    write_synthetic_results(results, "lr_sensitivity", ["tpp"], [0.5, 0.9], [0.01, 0.001], [0],
+                            model="resnet56", dataset="cifar10", epochs=3)
+    suite = tmp_path / "lr.yaml"
+    suite.write_text((PROJECT / "suites" / "lr_sensitivity.yaml").read_text() + "\nreference: tpp_table1\n")
+    assert main(["report", "--results", str(results), "--suite", str(suite), "--workers", "1"]) == 0
+    report = results / "lr_sensitivity" / "report"
+    assert "| lr 0.01: paper |" in (report / "tables" / "accuracy.md").read_text()
+    assert "index.html" in capsys.readouterr().out
+    assert (report / "figures" / "epochs_ratio_0.5.png").exists()
+    assert main(["report", "--results", str(results), "--filter", "ratio == '0.9'", "--workers", "1"]) == 0
+    assert not (report / "figures" / "epochs_ratio_0.5.png").exists()  # stale figure of a filtered-out ratio
+    assert "paper" not in (report / "tables" / "accuracy.md").read_text()  # no suite file, no reference
+    assert main(["report", "--results", str(results), "--filter", "ratio ="]) == 2
+
+
+# ----------------------------------------------------------------------------------------- the page in a browser
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _browser() -> str | None:
+    return next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+def _render_page(browser: str, page: Path, tmp_path: Path, name: str) -> tuple[str, Path]:
+    """Load ``page`` in headless Chromium: the DOM after the load event, and a screenshot."""
+    shot = tmp_path / f"{name}.png"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / f'profile-{name}'}", f"--screenshot={shot}", "--window-size=1280,4000",
+               "--dump-dom", page.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return done.stdout, shot
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (apt-get install chromium)")
+def test_html_page_renders_in_headless_chromium(quickstart_report: Path, tmp_path: Path) -> None:
+    browser = _browser()
+    dom, shot = _render_page(browser, quickstart_report / "index.html", tmp_path, "good")
+    assert 'data-report-ready="yes"' in dom, dom[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    broken = tmp_path / "broken.html"  # the marker must notice an image that does not decode
+    text = (quickstart_report / "index.html").read_text()
+    broken.write_text(text.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    dom, _ = _render_page(browser, broken, tmp_path, "broken")
+    assert 'data-report-ready="no"' in dom
