@@ -151,6 +151,7 @@ def command_run(args: argparse.Namespace) -> int:
     validate_runs(runs, ws.data.info, suite_dir)
     results = Path(args.results)
     check_writable(results)
+    record_suite(results, suite, suite_dir)
     todo = [r for r in runs if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")]
     if args.executor == "slurm":
         return submit(args, invocation, suite, runs, todo)
@@ -174,6 +175,18 @@ def command_run(args: argparse.Namespace) -> int:
     log.warning("suite '%s': %s%s. Results in %s", suite.name, summary,
                 f" ({done} already finished)" if done else "", results / suite.name)
     return 1 if statuses["failed"] else 0
+
+
+def record_suite(results: Path, suite: Suite, suite_dir: Path) -> None:
+    """Keep the suite as run beside its results (``suite.json``), so ``report`` finds e.g. its reference."""
+    from bench.report.references import resolve
+    from bench.schema import to_plain
+    from bench.store import write_json
+
+    record = to_plain(suite)
+    if suite.reference:
+        record["reference"] = str(resolve(suite.reference, suite_dir))
+    write_json(results / suite.name / "suite.json", record)
 
 
 def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs: list[Run], todo: list[Run]) -> int:

@@ -183,3 +183,14 @@ def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_sui
     assert quick["config"]["dense"]["performance"]["amp"] == "bf16" and "performance" not in plain["config"]["dense"]
     assert plain["metrics"]["acc_final"] != quick["metrics"]["acc_final"] or \
         plain["history"]["retrain"][0]["train_loss"] != quick["history"]["retrain"][0]["train_loss"]
+
+
+def test_suite_as_run_is_kept_beside_its_results(finished: Path, tmp_path: Path, write_suite) -> None:
+    from bench.report.build import recorded_reference
+
+    record = json.loads((finished / "results" / "tiny" / "suite.json").read_text())
+    assert record["name"] == "tiny" and record["retrain"]["lr"] == [0.05, 0.01]
+    assert recorded_reference(finished / "results" / "tiny") is None
+    suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 0, "lr": [0.01]}, reference="tpp_table1"))
+    assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
+    assert Path(recorded_reference(tmp_path / "tiny")).name == "tpp_table1.csv"

@@ -2,6 +2,7 @@
 (png, pdf), summary.md and a self-contained index.html."""
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -172,6 +173,18 @@ def write_suite_report(data: Results, directory: Path, suite: str, styles: Metho
     return written
 
 
+def recorded_reference(suite_dir: Path) -> str | None:
+    """The reference named by the suite as it was last run (``bench.py run`` keeps it in suite.json)."""
+    record = suite_dir / "suite.json"
+    if not record.exists():
+        return None
+    try:
+        return json.loads(record.read_text()).get("reference")
+    except (OSError, ValueError):
+        log.warning("%s is not readable JSON; ignoring the reference it may name", record)
+        return None
+
+
 def write_reports(results: Path, suites: list[str] | None = None, *, query: str | None = None,
                   references: Mapping[str, str | Path] | None = None, workers: int | None = None) -> list[Path]:
     """Write each suite's report under ``results/<suite>/report/``; returns the files written.
@@ -191,7 +204,7 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
     references = dict(references or {})
     written: list[Path] = []
     for suite in sorted(set(data.runs.suite)):
-        spec = references.get(suite, references.get("*"))
+        spec = references.get(suite, references.get("*")) or recorded_reference(results / suite)
         reference = load_reference(spec) if spec is not None else None
         part = data.select(data.runs.suite == suite)
         written += write_suite_report(part, results / suite / "report", suite, styles, reference, query, workers)
