@@ -1,4 +1,5 @@
 """The structured-pruning benchmark harness. Methods and plugins import only what this module exports."""
+from bench.config import Schedule
 from bench.errors import ConfigError, UserError
 from bench.measure import count_flops, count_parameters
 from bench.method import (
@@ -16,5 +17,5 @@ from bench.schema import field
 from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
-           "RunContext", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed", "evaluate",
-           "field", "filter_weights", "keep_from_scores", "register_method"]
+           "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
+           "evaluate", "field", "filter_weights", "keep_from_scores", "register_method"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import GraphModule, Node, symbolic_trace
+from torch.fx import GraphModule, Node, Tracer
 from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -64,6 +64,9 @@ class LayerDeps:
     # (conv/linear whose INPUT channels come from this layer's output, spatial factor: 1 for conv consumers;
     #  for a Linear after flatten of C x H x W, H*W)
     consumers: list[tuple[str, int]] = field(default_factory=list)
+    # depthwise convs (groups == in == out channels) on the way to the consumers, and the BatchNorms after them:
+    # channel-preserving, so they lose the same channels as the layer (MobileNet's pointwise -> depthwise)
+    passthrough: list[str] = field(default_factory=list)
 
 
 def prunable_layers(model: nn.Module, patterns: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
@@ -126,8 +129,9 @@ def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence
 def slim(model: nn.Module, keep: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> nn.Module:
     """Physically remove all but the ``keep`` output channels of each layer, in place; returns ``model``.
 
-    Each layer and its BatchNorm are replaced by smaller modules and its consumers' input channels are sliced (a
-    consumer may itself be slimmed). Parameters are new objects: build optimizers after slimming.
+    Each layer and its BatchNorm (and any depthwise conv and BatchNorm it passes through) are replaced by smaller
+    modules and its consumers' input channels are sliced (a consumer may itself be slimmed). Parameters are new
+    objects: build optimizers after slimming.
     """
     out_index: dict[str, Tensor] = {}
     in_index: dict[str, Tensor] = {}
@@ -136,8 +140,12 @@ def slim(model: nn.Module, keep: Mapping[str, Tensor], deps: Mapping[str, LayerD
         layer_deps = _deps_of(name, deps)
         index = _index(name, indices, _out_channels(name, model.get_submodule(name)), keep=True)
         out_index[name] = index
-        if layer_deps.batchnorm is not None:
-            bn_index[layer_deps.batchnorm] = index
+        for sliced in [layer_deps.batchnorm, *layer_deps.passthrough]:
+            if sliced is None:
+                continue
+            if sliced in bn_index:
+                raise PruningError(f"layer '{name}': '{sliced}' also carries the channels of another pruned layer")
+            bn_index[sliced] = index
         for consumer, factor in layer_deps.consumers:
             if consumer in in_index:
                 raise PruningError(f"layer '{consumer}' reads the output of more than one pruned layer")
@@ -146,7 +154,9 @@ def slim(model: nn.Module, keep: Mapping[str, Tensor], deps: Mapping[str, LayerD
         new = _slice_layer(name, model.get_submodule(name), out_index.get(name), in_index.get(name))
         _set_submodule(model, name, new)
     for name, index in bn_index.items():
-        _set_submodule(model, name, _slice_batchnorm(model.get_submodule(name), index))
+        old = model.get_submodule(name)
+        new = _slice_depthwise(old, index) if isinstance(old, nn.Conv2d) else _slice_batchnorm(old, index)
+        _set_submodule(model, name, new)
     log.debug("slimmed %d layers, %d consumers", len(out_index), len(in_index))
     return model
 
@@ -160,8 +170,8 @@ def masked(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[str, La
         for name, indices in pruned.items():
             layer_deps = _deps_of(name, deps)
             index = _index(name, indices, _out_channels(name, model.get_submodule(name)), keep=False)
-            point = model.get_submodule(layer_deps.batchnorm or name)
-            handles.append(point.register_forward_hook(_zeroing_hook(index)))
+            for point in [layer_deps.batchnorm or name, *layer_deps.passthrough]:
+                handles.append(model.get_submodule(point).register_forward_hook(_zeroing_hook(index)))
         yield model
     finally:
         for handle in handles:
@@ -169,8 +179,9 @@ def masked(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[str, La
 
 
 def zero_pruned_(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> None:
-    """Zero, in place, the weight rows and bias entries of the ``pruned`` filters and their BatchNorm weight/bias,
-    so those channels output 0 without hooks or shape changes."""
+    """Zero, in place, the weight rows and bias entries of the ``pruned`` filters and their BatchNorm weight/bias
+    (and those of the depthwise convs and BatchNorms they pass through), so those channels output 0 without hooks
+    or shape changes."""
     with torch.no_grad():
         for name, indices in pruned.items():
             layer_deps = _deps_of(name, deps)
@@ -179,21 +190,33 @@ def zero_pruned_(model: nn.Module, pruned: Mapping[str, Tensor], deps: Mapping[s
             layer.weight.index_fill_(0, index, 0.0)
             if layer.bias is not None:
                 layer.bias.index_fill_(0, index, 0.0)
-            if layer_deps.batchnorm is not None:
-                bn = model.get_submodule(layer_deps.batchnorm)
-                if not bn.affine:
+            for sliced in [layer_deps.batchnorm, *layer_deps.passthrough]:
+                if sliced is None:
+                    continue
+                module = model.get_submodule(sliced)
+                if not isinstance(module, nn.Conv2d) and (not module.affine or module.bias is None):
                     raise PruningError(
-                        f"layer '{name}': its BatchNorm '{layer_deps.batchnorm}' has no affine parameters, so "
-                        "zeroing cannot silence its channels; use masked() or slim()"
+                        f"layer '{name}': its BatchNorm '{sliced}' has no affine weight and shift, so zeroing "
+                        "cannot silence its channels; use masked() or slim()"
                     )
-                bn.weight.index_fill_(0, index, 0.0)
-                bn.bias.index_fill_(0, index, 0.0)
+                module.weight.index_fill_(0, index, 0.0)
+                if module.bias is not None:
+                    module.bias.index_fill_(0, index, 0.0)
+
+
+class _Tracer(Tracer):
+    """torch.fx's tracer, with BatchNorm subclasses (e.g. a bounded-scale BatchNorm) kept as leaf modules too."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, BATCHNORM_TYPES) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _trace(model: nn.Module) -> GraphModule:
     """Symbolically trace ``model``, turning tracer failures into a PruningError."""
     try:
-        return symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # noqa: BLE001 - any tracer failure means the same thing to the user
         raise PruningError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {exc}); physical pruning "
@@ -224,9 +247,9 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
     if isinstance(layer, nn.Linear) and _ndim(start) != 2:
         raise PruningError(f"layer '{name}': only Linear layers on 2-D (batch, features) tensors can be pruned")
     deps = LayerDeps(name, None)
-    queue: deque[tuple[Node, int]] = deque([(start, 1)])
+    queue: deque[tuple[Node, int, bool]] = deque([(start, 1, False)])  # (node, spatial factor, past a depthwise)
     while queue:
-        node, factor = queue.popleft()
+        node, factor, past_depthwise = queue.popleft()
         for user in node.users:
             if user.op == "call_function" and user.target is getattr:
                 continue
@@ -243,35 +266,63 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
             if not _is_only_data_input(user, node):
                 raise _blocked(name, f"an op that mixes channels ('{user.name}': {_describe(user, modules)})")
             module = modules.get(str(user.target)) if user.op == "call_module" else None
-            if isinstance(module, PRUNABLE_TYPES):
+            if _is_depthwise(module):
+                _check_passthrough(name, str(user.target), calls, node, factor)
+                deps.passthrough.append(str(user.target))
+                queue.append((user, factor, True))
+            elif isinstance(module, PRUNABLE_TYPES):
                 _check_consumer(name, str(user.target), module, calls, node, factor)
                 deps.consumers.append((str(user.target), factor))
             elif isinstance(module, BATCHNORM_TYPES):
-                if factor != 1 or deps.batchnorm is not None:
+                if factor != 1 or (deps.batchnorm is not None and not past_depthwise):
                     raise _blocked(name, f"a second or flattened BatchNorm ('{user.target}')")
-                deps.batchnorm = str(user.target)
-                queue.append((user, factor))
+                if past_depthwise:
+                    deps.passthrough.append(str(user.target))
+                else:
+                    deps.batchnorm = str(user.target)
+                queue.append((user, factor, past_depthwise))
             elif isinstance(module, nn.Flatten) or (user.op == "call_function" and user.target is torch.flatten) or (
                 user.op == "call_method" and user.target in _FLATTEN_METHODS
             ):
-                queue.append((user, factor * _flatten_factor(name, node, user)))
+                queue.append((user, factor * _flatten_factor(name, node, user), past_depthwise))
             elif (
                 isinstance(module, _PASS_MODULES)
                 or (user.op == "call_function" and user.target in _PASS_FUNCTIONS)
                 or (user.op == "call_method" and user.target in _PASS_METHODS)
             ):
-                queue.append((user, factor))
+                queue.append((user, factor, past_depthwise))
             else:
                 raise _blocked(name, f"an op that mixes channels ('{user.name}': {_describe(user, modules)})")
     return deps
 
 
+def _is_depthwise(module: nn.Module | None) -> bool:
+    """A depthwise conv (groups == in == out channels): it maps each channel to itself, so it can pass through."""
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def _check_passthrough(name: str, layer_name: str, calls: Mapping[str, list[Node]], node: Node, factor: int) -> None:
+    """A depthwise conv passed through must be called once and read ``name``'s channels on the channel axis."""
+    count = len(calls.get(layer_name, []))
+    if count != 1:
+        raise PruningError(f"layer '{name}': '{layer_name}' is called {count} times in forward; expected exactly once")
+    if _ndim(node) != 4 or factor != 1:
+        raise PruningError(f"layer '{name}': depthwise conv '{layer_name}' does not read its channels on the "
+                           "channel axis")
+
+
 def _check_layer(name: str, layer_name: str, layer: nn.Module, calls: Mapping[str, list[Node]]) -> None:
     """Reject layers that are grouped convs or not called exactly once in forward."""
+    if _is_depthwise(layer):
+        raise PruningError(
+            f"layer '{name}': depthwise convolution '{layer_name}' keeps the channels of the layer that feeds it and "
+            "is pruned along with that layer; prune the feeding layer and add this one to prune.skip"
+        )
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise PruningError(
-            f"layer '{name}': grouped/depthwise convolution '{layer_name}' (groups={layer.groups}) is not supported "
-            "yet; add it to prune.skip"
+            f"layer '{name}': grouped convolution '{layer_name}' (groups={layer.groups}) is not supported yet; add it "
+            "to prune.skip"
         )
     count = len(calls.get(layer_name, []))
     if count != 1:
@@ -398,8 +449,24 @@ def _slice_layer(name: str, old: nn.Module, out_index: Tensor | None, in_index: 
     return new.train(old.training)
 
 
+def _slice_depthwise(old: nn.Conv2d, index: Tensor) -> nn.Conv2d:
+    """A new depthwise Conv2d keeping channels ``index`` (groups shrink with the channels)."""
+    weight = old.weight.detach().index_select(0, index.to(old.weight.device))
+    k = index.numel()
+    new = nn.Conv2d(k, k, old.kernel_size, old.stride, old.padding, old.dilation, groups=k, bias=old.bias is not None,
+                    padding_mode=old.padding_mode, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        if old.bias is not None:
+            new.bias.copy_(old.bias.detach().index_select(0, index.to(old.bias.device)))
+            new.bias.requires_grad_(old.bias.requires_grad)
+    return new.train(old.training)
+
+
 def _slice_batchnorm(old: nn.Module, index: Tensor) -> nn.Module:
-    """A new BatchNorm of the same type keeping channels ``index`` (affine params and running statistics)."""
+    """A new BatchNorm of the same type (subclasses included) keeping channels ``index`` (affine params and running
+    statistics); an affine parameter the type leaves out (``None``, e.g. a BatchNorm without shift) stays out."""
     ref = old.weight if old.affine else old.running_mean
     factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     new = type(old)(index.numel(), old.eps, old.momentum, old.affine, old.track_running_stats, **factory)
@@ -407,6 +474,8 @@ def _slice_batchnorm(old: nn.Module, index: Tensor) -> nn.Module:
         if old.affine:
             for attr in ("weight", "bias"):
                 param = getattr(old, attr)
+                if param is None:
+                    continue
                 getattr(new, attr).copy_(param.index_select(0, index.to(param.device)))
                 getattr(new, attr).requires_grad_(param.requires_grad)
         if old.track_running_stats:

@@ -1,2 +1,2 @@
 """Built-in pruning methods: importing this package registers every one of them."""
-from methods import l1, random  # noqa: F401
+from methods import greg, l1, orthoreg, orthp, random, rni, scratch, slimming, tpp  # noqa: F401

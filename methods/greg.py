@@ -1,0 +1,167 @@
+"""GReg-1, neural pruning via growing regularisation (Wang, Qin, Zhang & Fu, ICLR 2021), following the official code
+(MingSun-Tse/Regularization-Pruning, ``--method IncReg``).
+
+The filters to prune are picked once, on the dense model, by mean |w| per layer (as ``l1``). A phase then trains with
+an L2 penalty on those filters only, applied as grad += λ·w after backward, whose strength λ grows by δ every K_u
+iterations (the update at iteration t = 0 included) until λ reaches the ceiling or every layer's running magnitude
+ratio (mean |w| of kept / of pruned filters, an exponential average with momentum 0.9) reaches ``stop_ratio``; λ is
+then held for K_s "stabilize" iterations, and the harness removes the filters and retrains.
+
+Deviations: the phase has a fixed length, that of growth to the ceiling plus K_s, because the shared training loop has
+no early exit; when the magnitude-ratio criterion stops the growth earlier, λ is held (stabilized) for the rest of the
+phase instead of the code's K_s iterations. Growth stops at λ = ceiling (the code's test is λ > ceiling, one δ more).
+The penalty covers every pruned layer, conv or linear (the code's covers convs). TPP (``methods/tpp.py``) grows the
+same L2 term; the two are kept separate here on purpose (TPP adds Gram and BatchNorm terms and zeroing).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench import BaseHooks, Method, Phase, Recipe, RunContext, field, filter_weights, keep_from_scores, register_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GRegHparams:
+    """The official code's constants with its CIFAR script defaults (ImageNet: update_interval 5, stabilize 40000)."""
+
+    delta: float = field(1e-4, low=0, low_open=True, doc="δ: λ grows by this every update_interval iterations "
+                                                         "(--reg_granularity_prune)")
+    ceiling: float = field(1.0, low=0, low_open=True, doc="λ stops growing at this value (--reg_upper_limit)")
+    update_interval: int = field(10, low=1, doc="K_u: iterations between λ updates (--update_reg_interval)")
+    stabilize: int = field(10000, low=0, doc="K_s: iterations λ is held after growing (--stabilize_reg_interval)")
+    stop_ratio: float = field(1000.0, low=1, doc="growth also stops once every layer's running ratio of mean |w| "
+                                                 "(kept / pruned filters) reaches this (the code's fixed 1000)")
+    lr: float = field(1e-3, low=0, low_open=True, doc="constant learning rate of the phase (--lr_prune)")
+    momentum: float = field(0.9, low=0, high=1, high_open=True, doc="SGD momentum of the phase")
+    weight_decay: float | None = field(None, low=0, doc="SGD weight decay of the phase, on top of the penalty; null: "
+                                                        "the run's retraining weight decay (the code uses --wd)")
+
+
+@dataclass(frozen=True)
+class GrowthSchedule:
+    """λ as a function of the iteration t (0-based) and of the update count at which growth stopped, if early.
+
+    The code updates λ at every t with t mod K_u = 0, t = 0 included, so λ(t) = δ·(⌊t/K_u⌋ + 1) while growing; it
+    reaches the ceiling at update u_max = ceil(ceiling/δ), at iteration (u_max − 1)·K_u, and removal follows K_s
+    iterations later: the phase has (u_max − 1)·K_u + K_s + 1 steps.
+    """
+
+    delta: float
+    ceiling: float
+    update_interval: int
+    stabilize: int
+
+    @property
+    def max_updates(self) -> int:
+        """Updates until λ reaches the ceiling (rounded first so that 1/1e-4 is 10000, not 10000.000000000002)."""
+        return math.ceil(round(self.ceiling / self.delta, 9))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the phase."""
+        return (self.max_updates - 1) * self.update_interval + self.stabilize + 1
+
+    def updates(self, step: int, stopped_at: int | None) -> int:
+        """Updates applied by iteration ``step`` (inclusive), capped at the ceiling or the early stop."""
+        cap = self.max_updates if stopped_at is None else stopped_at
+        return min(step // self.update_interval + 1, cap)
+
+
+class GrowingL2Hooks(BaseHooks):
+    """grad += λ(t)·w on the picked filters; tracks the magnitude ratios that can stop the growth early."""
+
+    def __init__(self, schedule: GrowthSchedule, stop_ratio: float, pruned: dict[str, Tensor]) -> None:
+        self.schedule = schedule
+        self.stop_ratio = stop_ratio
+        self.pruned = pruned
+        self.ratio_average: dict[str, float] = {}
+        self.stopped_at: int | None = None  # the update count at which every layer reached stop_ratio
+
+    def strength(self, step: int) -> float:
+        """λ at iteration ``step``."""
+        return self.schedule.delta * self.schedule.updates(step, self.stopped_at)
+
+    @torch.no_grad()
+    def _update_ratios(self, model: nn.Module, step: int) -> None:
+        """At an update iteration of the growth: the running kept/pruned magnitude ratios and the early stop."""
+        for name, index in self.pruned.items():
+            magnitude = filter_weights(model.get_submodule(name)).abs().mean(dim=1)
+            kept = torch.ones_like(magnitude, dtype=torch.bool)
+            kept[index.to(magnitude.device)] = False
+            ratio = float(magnitude[kept].mean() / magnitude[~kept].mean())
+            previous = self.ratio_average.get(name)
+            self.ratio_average[name] = ratio if previous is None else 0.9 * previous + 0.1 * ratio
+        if self.ratio_average and all(r >= self.stop_ratio for r in self.ratio_average.values()):
+            self.stopped_at = step // self.schedule.update_interval + 1
+            log.info("greg: every layer's magnitude ratio reached %g at iteration %d (λ = %g); λ is held from here",
+                     self.stop_ratio, step, self.strength(step))
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        growing = self.stopped_at is None and step // self.schedule.update_interval < self.schedule.max_updates
+        if growing and step % self.schedule.update_interval == 0:
+            self._update_ratios(model, step)
+        lam = self.strength(step)
+        for name, index in self.pruned.items():
+            weight = model.get_submodule(name).weight
+            index = index.to(weight.device)
+            weight.grad.index_add_(0, index, weight.index_select(0, index), alpha=lam)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ratio_average": dict(self.ratio_average), "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ratio_average = dict(state["ratio_average"])
+        self.stopped_at = state["stopped_at"]
+
+
+@register_method("greg")
+class GReg(Method):
+    """Pick by mean |w| (per layer by default), push the picked filters down with a growing L2, then remove them."""
+
+    Hparams = GRegHparams
+    description = "Wang et al. 2021 (GReg-1): growing L2 penalty on the mean-|w|-picked filters, then remove them"
+
+    def __init__(self, hparams: GRegHparams) -> None:
+        super().__init__(hparams)
+        self._keep: dict[str, Tensor] | None = None
+
+    def schedule(self) -> GrowthSchedule:
+        """The growth schedule these hyperparameters define."""
+        hp = self.hparams
+        return GrowthSchedule(hp.delta, hp.ceiling, hp.update_interval, hp.stabilize)
+
+    def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
+        """Pick the filters on the dense model (recomputed identically on resume) and build the growth phase."""
+        hp = self.hparams
+        scores = {name: filter_weights(model.get_submodule(name)).abs().mean(dim=1) for name in ctx.target.layers}
+        self._keep = keep_from_scores(scores, ctx.target)
+        pruned = {}
+        for name in ctx.target.layers:
+            kept = torch.zeros(scores[name].numel(), dtype=torch.bool)
+            kept[self._keep[name]] = True
+            if not kept.all():
+                pruned[name] = torch.nonzero(~kept).flatten()
+        schedule = self.schedule()
+        batch_size = ctx.retrain.batch_size
+        recipe = Recipe(epochs=math.ceil(schedule.total_steps / ctx.data.steps_per_epoch(batch_size)), lr=hp.lr,
+                        batch_size=batch_size, momentum=hp.momentum,
+                        weight_decay=ctx.retrain.weight_decay if hp.weight_decay is None else hp.weight_decay,
+                        max_steps=schedule.total_steps)
+        log.info("greg: %d layers, %d filters regularised for %d steps", len(pruned),
+                 sum(i.numel() for i in pruned.values()), schedule.total_steps)
+        return Phase(recipe=recipe, hooks=[GrowingL2Hooks(schedule, hp.stop_ratio, pruned)])
+
+    def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
+        """The filters picked at the start of the phase: GReg-1 never revisits its choice."""
+        if self._keep is None:
+            raise RuntimeError("greg: select() was called before phase(), which picks the filters")
+        return self._keep

@@ -1,0 +1,90 @@
+"""Network Slimming (Liu et al., ICCV 2017), following Eric-mingjie/network-slimming.
+
+Dense training adds λ·sign(γ) to the gradient of every BatchNorm scale γ (the subgradient of λ·Σ|γ|), which drives
+unneeded channels' scales towards zero; then the channels with the smallest |γ| over the pruned layers' BatchNorms are
+removed under one global threshold, and the network is retrained.
+
+Deviations: the code removes the channels with |γ| <= the value at sorted index int(p·N), i.e. int(p·N) + 1 channels
+for distinct scales; here exactly ceil(p·N) go (the harness's count for every global method), and every layer keeps at
+least ``prune.min_keep`` (the code has no floor and can empty a layer). γ starts at the models' 1, not the code's 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from bench import (
+    BaseHooks,
+    ConfigError,
+    DenseVariant,
+    Method,
+    PruneTarget,
+    RunContext,
+    field,
+    keep_from_scores,
+    register_method,
+)
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class SparsityHooks(BaseHooks):
+    """grad(γ) += λ·sign(γ) for every BatchNorm scale, after backward (the code's ``updateBN``)."""
+
+    def __init__(self, lam: float) -> None:
+        self.lam = lam
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        for module in model.modules():
+            if isinstance(module, BATCHNORMS) and module.weight is not None and module.weight.grad is not None:
+                module.weight.grad.add_(torch.sign(module.weight), alpha=self.lam)
+
+
+@dataclass
+class SlimmingHparams:
+    """The code's sparsity strength and the selection scope."""
+
+    lam: float = field(1e-4, low=0, doc="λ of the L1 penalty on BN scales (1e-4 VGG, 1e-5 ResNet-164/DenseNet-40); "
+                                        "0: the shared dense model, no sparsity training")
+    scope: Literal["global", "layerwise"] = field(
+        "global", doc="global: one |γ| threshold over all pruned layers (the paper, whatever prune.scope says); "
+                      "layerwise: each layer's prune.ratios value (with lam 0: RNI's 'UCS' baseline)")
+
+
+@register_method("slimming")
+class Slimming(Method):
+    """Sparsity-trained dense model (its own cached variant), then a global cut on |γ|."""
+
+    Hparams = SlimmingHparams
+    description = "Liu et al. 2017 (Network Slimming): L1 on BN scales in dense training, remove the smallest |γ|"
+
+    def dense_variant(self) -> DenseVariant | None:
+        if self.hparams.lam == 0:
+            return None
+        return DenseVariant(key={"slimming": {"lam": self.hparams.lam}}, hooks=[SparsityHooks(self.hparams.lam)])
+
+    def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
+        """|γ| of the BatchNorm after each target layer."""
+        scores = {}
+        for name in ctx.target.layers:
+            bn = ctx.batchnorm_of.get(name)
+            module = model.get_submodule(bn) if bn is not None else None
+            if module is None or getattr(module, "weight", None) is None:
+                raise ConfigError(f"methods: slimming: pruned layer '{name}' is not followed by an affine BatchNorm, "
+                                  "whose scale slimming ranks; remove it from prune.layers.")
+            scores[name] = module.weight.detach().abs().float().cpu()
+        return scores
+
+    def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
+        """The lowest |γ| go, under one global threshold or per layer (``scope``), each layer keeping prune.min_keep."""
+        target = ctx.target
+        if self.hparams.scope == "global" and len(set(target.ratios.values())) != 1:
+            raise ConfigError("methods: slimming: scope 'global' ranks all layers with one pruning ratio, but "
+                              "prune.ratios gives a per-layer profile; use a single ratio or scope: layerwise.")
+        own = PruneTarget(layers=target.layers, ratios=target.ratios, scope=self.hparams.scope,
+                          min_keep=target.min_keep)
+        return keep_from_scores(self.scores(model, ctx), own)

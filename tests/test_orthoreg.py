@@ -1,0 +1,267 @@
+"""OrthoReg: the penalty (zero exactly for orthonormal filters, α weights, smaller-side Gram), the squared Taylor
+importance against finite differences, the round fractions, global-with-floor versus layerwise selection, both
+protocols through the training loop, and the depthwise pass-through that MobileNet pruning needs."""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bench.data  # noqa: F401 - registers the datasets
+import bench.models  # noqa: F401 - registers the models
+from bench import PruneTarget, Recipe, RunContext
+from bench.pruning import PruningError, masked, slim, trace_dependencies, zero_pruned_
+from bench.registry import DATASETS, MODELS
+from bench.train import fit, make_optimizer
+from methods.orthoreg import (
+    OrthoPenalty,
+    OrthoReg,
+    OrthoRegHparams,
+    cumulative_fraction,
+    drop_lowest,
+    gram_deviation,
+    layer_weights,
+    orthogonality,
+    round_fractions,
+    taylor_importance,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """One CPU thread: the machine is shared and these models are small."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def orthonormal_conv(out_channels: int, in_channels: int, kernel: int, bias: bool = False) -> nn.Conv2d:
+    """A conv whose filter matrix has orthonormal rows (or columns, when it has more rows than columns)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, bias=bias)
+    rows, cols = out_channels, in_channels * kernel * kernel + bias
+    q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=torch.Generator().manual_seed(0)))
+    matrix = q.t() if rows <= cols else q
+    with torch.no_grad():
+        conv.weight.copy_(matrix[:, : cols - bias].reshape(conv.weight.shape))
+        if bias:
+            conv.bias.copy_(matrix[:, -1])
+    return conv
+
+
+@pytest.mark.parametrize(("out_channels", "in_channels", "kernel", "bias"),
+                         [(8, 4, 3, False), (8, 4, 3, True), (64, 3, 3, False), (32, 16, 1, False)])
+def test_penalty_is_zero_exactly_for_orthonormal_filters(out_channels: int, in_channels: int, kernel: int,
+                                                         bias: bool) -> None:
+    conv = orthonormal_conv(out_channels, in_channels, kernel, bias)
+    assert float(gram_deviation(conv).detach()) == pytest.approx(0.0, abs=1e-4)
+    assert orthogonality(conv) == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        for param in (conv.weight, conv.bias):  # still orthogonal, no longer unit norm: the penalty sees it
+            if param is not None:
+                param.mul_(2.0)
+    assert float(gram_deviation(conv).detach()) > 1.0 and orthogonality(conv) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_penalty_is_entrywise_l1_of_the_smaller_gram() -> None:
+    conv = nn.Conv2d(2, 3, 1, bias=False)  # 3 filters of length 2: the 2 x 2 column Gram is used
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]).view(3, 2, 1, 1))
+    m = conv.weight.flatten(1)
+    expected = (m.t() @ m - torch.eye(2)).abs().sum()  # [[2, 1], [1, 5]] - I -> 1 + 1 + 1 + 4
+    assert float(gram_deviation(conv).detach()) == pytest.approx(float(expected.detach())) == pytest.approx(7.0)
+    assert orthogonality(conv) == pytest.approx(7 / 9)
+
+
+def test_layer_weights_and_penalty_value() -> None:
+    model = MODELS.get("mobilenet_v1").build(num_classes=10, in_channels=3)
+    alphas = layer_weights(model)
+    assert len(alphas) == 1 + 2 * 13 and sum(alphas.values()) == pytest.approx(1.0)
+    # n_l = min(rows, columns): the stem 27, a depthwise conv 9, a pointwise conv its input width.
+    ratio = alphas["layers.12.conv2"] / alphas["layers.0.conv1"]
+    assert ratio == pytest.approx(math.sqrt(1024) / math.sqrt(9))
+    assert alphas["conv1"] / alphas["layers.0.conv1"] == pytest.approx(math.sqrt(27) / 3)
+    hook = OrthoPenalty(1e-3)
+    expected = 1e-3 * sum(alphas[n] * float(gram_deviation(model.get_submodule(n)).detach()) for n in alphas)
+    assert float(hook.penalty(model, 0).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+class FixedData:
+    """One fixed training batch, served as every epoch (no augmentation): importance is then exactly reproducible."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def train_batches(self, batch_size: int, epoch_seed: int, device: torch.device) -> Iterator[tuple]:
+        for start in range(0, len(self.y), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+
+def test_importance_matches_the_finite_difference_loss_change() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(0.05)  # small filters: removing one changes the loss almost linearly
+        model[0].bias.mul_(0.05)
+    x, y = torch.randn(32, 3, 6, 6, dtype=torch.float64), torch.randint(0, 4, (32,))
+    data = FixedData(x, y)
+    scores = taylor_importance(model, ["0"], data, samples=32, batch_size=8, seed=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        base = F.cross_entropy(model(x), y)
+        changes = []
+        for f in range(6):
+            probe = copy.deepcopy(model)
+            probe[0].weight[f] = 0.0
+            probe[0].bias[f] = 0.0
+            changes.append(float(F.cross_entropy(probe(x), y) - base))
+    change = torch.tensor(changes, dtype=torch.float64).abs()
+    # ḡ is the mean of 4 batch gradients of mean CE = the full-batch gradient, so √I_f = |θ_f·ḡ_f| is the first-order
+    # loss change of removing filter f; what is left is the second-order term, O(θ_f²).
+    torch.testing.assert_close(scores["0"].double().sqrt(), change, rtol=0.02, atol=0.02 * float(change.max()))
+    assert torch.equal(scores["0"].argsort(), change.argsort())
+    assert model.training  # the importance pass restores the mode it found
+
+
+def test_importance_stops_just_past_the_sample_budget() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 4, 4))
+    seen = []
+
+    class Counting(FixedData):
+        def train_batches(self, batch_size: int, epoch_seed: int, device: torch.device) -> Iterator[tuple]:
+            for batch in super().train_batches(batch_size, epoch_seed, device):
+                seen.append(len(batch[1]))
+                yield batch
+
+    data = Counting(torch.randn(100, 3, 4, 4), torch.randint(0, 2, (100,)))
+    taylor_importance(model, ["0"], data, samples=25, batch_size=10, seed=0, device=torch.device("cpu"))
+    assert seen == [10, 10, 10]
+
+
+def test_round_fractions_multiply_to_the_target() -> None:
+    assert round_fractions(0.5, 2) == pytest.approx([1 / 3, 1 / 4])
+    for p, n in [(0.25, 1), (0.5, 3), (0.75, 4), (0.9, 5)]:
+        r = round_fractions(p, n)
+        assert math.prod(1 - x for x in r) == pytest.approx(1 - p)
+        for k in range(n + 1):
+            assert cumulative_fraction(p, n, k) == pytest.approx(1 - math.prod(1 - x for x in r[:k]))
+
+
+def test_global_ranking_with_floor_differs_from_layerwise() -> None:
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]),
+              "b": torch.tensor([100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0])}
+    floors = {"a": 2, "b": 2}
+    globally = drop_lowest(scores, 10, floors, {})
+    assert globally == {"a": set(range(8)), "b": {0, 1}}  # a stops at its floor; b gives the rest
+    layerwise = drop_lowest(scores, {"a": 5, "b": 5}, floors, {})
+    assert layerwise == {"a": set(range(5)), "b": set(range(5))}
+    again = drop_lowest(scores, 1, floors, {"a": {0, 1}, "b": set()})  # already pruned filters are not counted
+    assert again == {"a": {0, 1, 2}, "b": set()}
+
+
+def make_context(model: nn.Module, layers: list[str], ratio: float, data: object, size: int = 8,
+                 min_keep: int = 1) -> RunContext:
+    """The context the runner would build (layerwise suite; OrthoReg ranks globally by default anyway)."""
+    deps = trace_dependencies(model, torch.zeros(1, 3, size, size), layers)
+    return RunContext(target=PruneTarget(layers, {n: ratio for n in layers}, "layerwise", min_keep), data=data,
+                      device=torch.device("cpu"), seed=0, nonlinearity="relu",
+                      batchnorm_of={n: d.batchnorm for n, d in deps.items()},
+                      dense_recipe=Recipe(epochs=1, lr=0.05, batch_size=16, weight_decay=1e-4),
+                      retrain=Recipe(1, 0.01), input_shape=(1, 3, size, size))
+
+
+def test_early_bird_variant_turns_weight_decay_off_and_selects_globally() -> None:
+    method = OrthoReg(OrthoRegHparams(importance_samples=64, importance_batch_size=32))
+    variant = method.dense_variant()
+    assert variant.key == {"orthoreg": {"lam": 0.01, "weight_decay": 0.0}} and variant.prepare is None
+    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
+    optimizer = make_optimizer(model, Recipe(1, 0.1, weight_decay=5e-4), variant.param_groups(model, Recipe(1, 0.1)))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0]
+    assert OrthoReg(OrthoRegHparams(lam=0)).dense_variant() is None  # the Fisher baseline shares the dense model
+    assert OrthoReg(OrthoRegHparams(protocol="iterative")).dense_variant() is None
+    assert method.phase(model, None) is None
+    data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
+    layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    ctx = make_context(model, layers, 0.5, data)
+    keep = method.select(model, ctx)
+    kept = [len(keep[n]) for n in layers]
+    assert sum(kept) == 168 and len(set(kept)) > 1  # ceil(0.5 · 336) = 168 of 3·(16 + 32 + 64) removed, unevenly
+    assert min(len(keep[n]) for n in layers) >= 1 + int(0.05 * 16)
+
+
+def test_iterative_protocol_masks_rounds_in_the_phase_and_selects_the_rest() -> None:
+    torch.manual_seed(0)
+    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
+    data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
+    layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    ctx = make_context(model, layers, 0.5, data)
+    method = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=1, lr=0.01,
+                                      importance_samples=32, importance_batch_size=16))
+    phase = method.phase(model, ctx)
+    assert phase.recipe.weight_decay == 0.0 and phase.recipe.epochs == 2 and phase.recipe.schedule.milestones == [1]
+    fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg", hooks=phase.hooks)
+    total = 3 * (16 + 32 + 64)  # 336 filters
+    assert sum(len(s) for s in method.pruned.values()) == round(total / 3)  # round 1 removed r_0 = 1/3
+    for name, indices in method.pruned.items():  # masked filters and their BN entries stayed at zero
+        index = torch.tensor(sorted(indices), dtype=torch.long)
+        assert model.get_submodule(name).weight[index].abs().sum() == 0
+        bn = model.get_submodule(ctx.batchnorm_of[name])
+        assert bn.weight[index].abs().sum() == 0 and bn.bias[index].abs().sum() == 0
+    state = phase.hooks[-1].state_dict()
+    first_round = copy.deepcopy(method.pruned)
+    keep = method.select(model, ctx)
+    assert sum(len(k) for k in keep.values()) == total - math.ceil(0.5 * total)
+    for name in layers:  # the final round only adds to the masked filters
+        assert first_round[name] <= set(range(model.get_submodule(name).weight.shape[0])) - set(keep[name].tolist())
+    method.pruned = {}
+    phase.hooks[-1].load_state_dict(state)
+    assert method.pruned == first_round
+
+
+def test_depthwise_convs_pass_through_and_are_sliced_with_their_producer() -> None:
+    model = MODELS.get("mobilenet_v1").build(num_classes=10, in_channels=3)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    deps = trace_dependencies(model, x, ["layers.0.conv2", "layers.12.conv2", "conv1"])
+    assert deps["layers.0.conv2"].passthrough == ["layers.1.conv1", "layers.1.bn1"]
+    assert deps["layers.0.conv2"].consumers == [("layers.1.conv2", 1)]
+    assert deps["layers.12.conv2"].passthrough == [] and deps["layers.12.conv2"].consumers == [("linear", 1)]
+    assert deps["conv1"].passthrough == ["layers.0.conv1", "layers.0.bn1"]
+    with pytest.raises(PruningError, match="depthwise convolution 'layers.1.conv1'.*pruned along with"):
+        trace_dependencies(model, x, ["layers.1.conv1"])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.bias.normal_(0, 0.5, generator=g)  # a shift: a zero channel does not stay zero through the BN
+    model.eval()
+    pruned = {"layers.0.conv2": torch.arange(0, 64, 2), "conv1": torch.arange(5)}
+    keep = {"layers.0.conv2": torch.arange(1, 64, 2), "conv1": torch.arange(5, 32)}
+    with torch.no_grad(), masked(model, pruned, deps):
+        expected = model(x)
+    slimmed = slim(copy.deepcopy(model), keep, {n: deps[n] for n in keep})
+    dw = slimmed.get_submodule("layers.1.conv1")
+    assert dw.groups == dw.in_channels == dw.out_channels == 32
+    assert slimmed.get_submodule("layers.1.bn1").num_features == 32
+    with torch.no_grad():
+        torch.testing.assert_close(slimmed(x), expected, atol=1e-5, rtol=1e-4)
+    zeroed = copy.deepcopy(model)
+    zero_pruned_(zeroed, pruned, deps)
+    with torch.no_grad():
+        torch.testing.assert_close(zeroed(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fisher_baseline_keeps_weight_decay_in_the_iterative_phase() -> None:
+    method = OrthoReg(OrthoRegHparams(lam=0, protocol="iterative", rounds=3, round_epochs=2))
+    ctx = SimpleNamespace(target=SimpleNamespace(layers=["a"]), data=SimpleNamespace(steps_per_epoch=lambda b: 4),
+                          dense_recipe=Recipe(epochs=1, lr=0.1, batch_size=16, weight_decay=1e-4))
+    phase = method.phase(nn.Linear(2, 2), ctx)
+    assert phase.recipe.weight_decay == 1e-4 and len(phase.hooks) == 1 and phase.recipe.epochs == 6
+    assert phase.hooks[0].round_steps == 8
