@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+# Bit-identical results need the same number of threads in every process that computes a number (the order of
+# floating-point reductions depends on it). Tests compare in-process runs with subprocesses, pool workers and
+# Slurm tasks, so all of them use one thread; it also keeps tests from oversubscribing a small machine.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 TINY_SUITE: dict[str, Any] = {
     "name": "tiny",

@@ -1,8 +1,6 @@
 """Registered models: output shapes, parameter counts of the paper configurations, in_channels and module names."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -12,15 +10,6 @@ from bench.models import ModelEntry
 from bench.registry import MODELS
 
 EXPECTED = {"mlp7_linear", "mlp7_relu", "resnet20", "resnet56", "vgg19", "resnet18", "resnet34", "resnet50"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Run on one CPU thread: these small models are ~100x slower when OpenMP threads contend on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(model: nn.Module) -> int:

@@ -33,15 +33,6 @@ from methods.orthoreg import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One CPU thread: the machine is shared and these models are small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def orthonormal_conv(out_channels: int, in_channels: int, kernel: int, bias: bool = False) -> nn.Conv2d:
     """A conv whose filter matrix has orthonormal rows (or columns, when it has more rows than columns)."""
     conv = nn.Conv2d(in_channels, out_channels, kernel, bias=bias)

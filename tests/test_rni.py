@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,15 +23,6 @@ from bench.pruning import (
 )
 from bench.registry import MODELS
 from methods.rni import RNI, RecedingHooks, RNIHparams, SigmoidBatchNorm2d, bound_batchnorms_, receding_penalty
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One CPU thread: the machine is shared and these models are small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def penalty_gradient(w: torch.Tensor, shift: float) -> torch.Tensor:

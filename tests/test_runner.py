@@ -108,7 +108,7 @@ def test_same_suite_twice_gives_identical_numbers(finished: Path, tmp_path: Path
 
 def test_killed_run_resumes_to_the_uninterrupted_result(finished: Path, tmp_path: Path) -> None:
     """SIGKILL the runner once a retraining checkpoint exists; the re-run resumes and matches exactly."""
-    suite = tiny_suite(methods=["l1"], retrain={"epochs": 8, "batch_size": 16, "lr": [0.05],
+    suite = tiny_suite(methods=["l1"], retrain={"epochs": 8, "batch_size": 32, "lr": [0.05],
                                                "schedule": {"name": "step", "milestones": [4]}})
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -171,8 +171,9 @@ def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_s
 
 def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite) -> None:
     """channels_last and bf16 autocast work end to end (on CPU here) and are recorded in the run's identity."""
-    base = tiny_suite(model="resnet20", methods=["l1"], pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
-                      retrain={"epochs": 1, "lr": [0.05]}, trainability={"enabled": False})
+    base = tiny_suite(model="resnet20", methods=["l1"], pretrain={"epochs": 1, "batch_size": 32, "lr": 0.05},
+                      dataset={"name": "synthetic", "num_train": 64, "num_test": 32},
+                      retrain={"epochs": 1, "batch_size": 32, "lr": [0.05]}, trainability={"enabled": False})
     fast = dict(base, performance={"channels_last": True, "amp": "bf16"})
     for name, suite in (("base", base), ("fast", fast)):
         assert main(["run", str(write_suite(suite, f"{name}.yaml")), "--results", str(tmp_path / name),

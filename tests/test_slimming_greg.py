@@ -4,7 +4,6 @@ and a short phase through the training loop)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,15 +17,6 @@ from bench.registry import DATASETS, MODELS
 from bench.train import fit
 from methods.greg import GReg, GRegHparams, GrowingL2Hooks, GrowthSchedule
 from methods.slimming import Slimming, SlimmingHparams, SparsityHooks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One CPU thread: the machine is shared and these models are small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_context(model: nn.Module, layers: list[str], ratio: float, data: object = None, size: int = 8,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,6 @@ from tests.conftest import tiny_suite
 
 # A schedule short enough for tests: r = 0.25·t until t_s = 4, then stabilize.
 TINY = {"delta": 0.25, "update_interval": 1, "zero_out_interval": 1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One CPU thread: the machine is shared and these models are small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_context(model_name: str, ratio: float = 0.5, size: int = 32, channels: int = 3, num_train: int = 32,
