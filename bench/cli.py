@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shlex
 import sys
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench import distributed
 from bench.config import Suite, load_suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, expand
@@ -41,7 +43,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
 
 SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
     ("--partition", str, "sbatch --partition"), ("--account", str, "sbatch --account"), ("--qos", str, "sbatch --qos"),
-    ("--gpus-per-task", int, "GPUs per run"), ("--cpus-per-task", int, "CPUs per run"),
+    ("--gpus-per-task", int, "GPUs per task"), ("--cpus-per-task", int, "CPUs per task"),
+    ("--tasks-per-run", int, "processes per run, data-parallel (DDP)"),
     ("--mem-gb", float, "memory per run in GB"), ("--timeout-min", int, "time limit per task in minutes"),
     ("--array-parallelism", int, "tasks running at once"),
 )
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "processes; slurm: submit one job array (a task per run) and return")
     run.add_argument("--workers", type=int, metavar="N",
                      help="local: worker processes (default: the number of visible GPUs, else 1)")
+    run.add_argument("--nproc", type=int, metavar="N", default=1,
+                     help="inline: train each run data-parallel (DDP) in N processes on this machine, one GPU each "
+                     "on CUDA, gloo on CPU (like torchrun --nproc-per-node N)")
     run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
     slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
                                    "--set slurm.KEY=VALUE); see docs/cluster.md")
@@ -134,31 +140,50 @@ def apply_slurm_flags(args: argparse.Namespace) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.workers is not None and (args.executor != "local" or args.workers < 1):
+        raise ConfigError("--workers N (N >= 1) goes with --executor local.")
+    if args.wait and args.executor != "slurm":
+        raise ConfigError("--wait goes with --executor slurm (the other executors always wait).")
+    if args.nproc < 1:
+        raise ConfigError("--nproc N needs N >= 1.")
+    if (args.nproc > 1 or distributed.requested()) and args.executor != "inline":
+        raise ConfigError("data-parallel runs (--nproc, torchrun) go with the inline executor; on Slurm give "
+                          "--tasks-per-run N instead.")
+    apply_slurm_flags(args)
+    suite, runs, suite_dir = prepare(args)
+    if args.nproc > 1 and not distributed.requested():  # the suite is valid: start the group, each runs this command
+        return distributed.spawn(args.nproc, main, args.argv)
+    try:
+        return _run_suite(args, suite, runs, suite_dir)
+    finally:
+        distributed.shutdown()
+
+
+def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_dir: Path) -> int:
     from bench.launch import Invocation, run_local
     from bench.progress import Progress
     from bench.runner import execute, validate_runs
     from bench.store import RunDir, check_writable
 
-    if args.workers is not None and (args.executor != "local" or args.workers < 1):
-        raise ConfigError("--workers N (N >= 1) goes with --executor local.")
-    if args.wait and args.executor != "slurm":
-        raise ConfigError("--wait goes with --executor slurm (the other executors always wait).")
-    apply_slurm_flags(args)
-    suite, runs, suite_dir = prepare(args)
     invocation = Invocation.from_args(args)
     # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
     ws = invocation.workspace(suite, suite_dir, "cpu" if args.executor == "slurm" else None)
     validate_runs(runs, ws.data.info, suite_dir)
+    if suite.performance.sync_batchnorm and distributed.active() and ws.device.type != "cuda":
+        raise ConfigError("performance.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                          "leave it off for CPU data-parallel runs.")
     results = Path(args.results)
     check_writable(results)
     record_suite(results, suite, suite_dir)
-    todo = [r for r in runs if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")]
+    unfinished = distributed.agree([r.run_id for r in runs
+                                    if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")])
+    todo = [r for r in runs if r.run_id in unfinished]
     if args.executor == "slurm":
         return submit(args, invocation, suite, runs, todo)
     workers = args.workers or max(torch.cuda.device_count(), 1)
     where = f"{workers} worker processes" if args.executor == "local" else str(ws.device)
     log.info("suite '%s': %d runs, %d to do, on %s", suite.name, len(runs), len(todo), where)
-    progress = Progress(quiet=args.quiet)
+    progress = Progress(quiet=args.quiet or not distributed.is_main())
     statuses: Counter[str] = Counter()
     with progress.suite(len(todo), suite.name) as bar:
         if args.executor == "local":
@@ -298,6 +323,7 @@ COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -306,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with logging_redirect_tqdm() if not quiet else contextlib.nullcontext():
             return COMMANDS[args.command](args)
     except (UserError, UnknownNameError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # the ranks of a data-parallel run fail alike: say it once
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to resume.", file=sys.stderr)

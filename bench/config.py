@@ -114,6 +114,8 @@ class Slurm:
     qos: str | None = field(None, doc="sbatch --qos")
     gpus_per_task: int = field(0, low=0, doc="sbatch --gpus-per-task (0: no GPU request; 1 on a GPU cluster)")
     cpus_per_task: int = field(4, low=1, doc="sbatch --cpus-per-task; also the task's torch threads")
+    tasks_per_run: int = field(1, low=1, doc="sbatch --ntasks-per-node: processes per run, trained data-parallel "
+                               "(DDP) on one node; with gpus_per_task 1, one GPU each")
     mem_gb: float | None = field(None, low=0, low_open=True, doc="sbatch --mem in GB (None: the partition's default)")
     timeout_min: int = field(240, low=1, doc="sbatch --time in minutes; a run that reaches it is requeued and resumes")
     array_parallelism: int = field(256, low=1, doc="sbatch --array=0-N%P: at most this many tasks run at once")
@@ -146,6 +148,8 @@ class Performance:
     amp: Literal["off", "bf16"] = field("off", doc="autocast forward passes to bfloat16")
     compile: bool = field(False, doc="torch.compile the model for training steps")
     fused_optimizer: bool = field(False, doc="fused SGD kernel (CUDA)")
+    sync_batchnorm: bool = field(False, doc="data-parallel runs: BatchNorm statistics of the global batch, not "
+                                            "of each rank's slice (SyncBatchNorm; CUDA only)")
 
     def is_default(self) -> bool:
         return self == Performance()

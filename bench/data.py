@@ -483,6 +483,8 @@ def _read_cifar_pickle(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
     """
     with path.open("rb") as f:
         batch = pickle.load(f, encoding="bytes")
+    if isinstance(batch, dict):  # the originals (Python 2) load with bytes keys; Python 3 re-pickles with str keys
+        batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
     try:
         data, labels = np.asarray(batch[b"data"], dtype=np.uint8), batch[label_key]
     except (KeyError, TypeError) as exc:

@@ -37,6 +37,7 @@ import torch
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmInfoWatcher
 
+from bench import distributed
 from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, resolve_path
@@ -98,8 +99,10 @@ class Invocation:
         suite_root = str(resolve_path(suite.data_root, suite_dir)) if suite.data_root else None
         data = build_dataset(suite.dataset_name, suite.dataset_options, resolve_data_root(self.data_root, suite_root),
                              MODELS.get(suite.model).image_size)
-        return Workspace(results=Path(self.results), data=data, suite_dir=suite_dir,
-                         device=resolve_device(device or self.device_name(suite)))
+        device_here = distributed.initialize(resolve_device(device or self.device_name(suite)))
+        if not distributed.is_main():  # the other ranks of a data-parallel run stay silent
+            logging.getLogger().setLevel(logging.ERROR)
+        return Workspace(results=Path(self.results), data=data, suite_dir=suite_dir, device=device_here)
 
 
 _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] = {}
@@ -232,6 +235,8 @@ class SlurmTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         configure_worker_logging()
+        if submitit.JobEnvironment().num_tasks > 1:  # a data-parallel run: one Slurm task per rank
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(int(cpus))
@@ -284,7 +289,7 @@ def make_executor(options: Slurm, log_dir: Path, job_name: str) -> submitit.Slur
     """A submitit Slurm executor whose sbatch options come from the suite's ``slurm:`` section."""
     executor = submitit.SlurmExecutor(folder=log_dir, max_num_timeout=options.max_num_timeout, python=options.python)
     params: dict[str, Any] = {
-        "job_name": job_name, "time": options.timeout_min, "nodes": 1, "ntasks_per_node": 1,
+        "job_name": job_name, "time": options.timeout_min, "nodes": 1, "ntasks_per_node": options.tasks_per_run,
         "cpus_per_task": options.cpus_per_task, "array_parallelism": options.array_parallelism,
         "signal_delay_s": options.signal_delay_s, "partition": options.partition, "account": options.account,
         "qos": options.qos, "gpus_per_task": options.gpus_per_task or None,

@@ -51,6 +51,7 @@ class RunContext:
     dense_recipe: Recipe             # how the dense model was trained (Scratch reuses it)
     retrain: Recipe                  # this run's retraining recipe (its learning rate is the swept one)
     input_shape: tuple[int, ...] = (1, 3, 32, 32)   # a batch of one input, (1, C, H, W)
+    flops: dict[str, int] = field(default_factory=dict)  # "dense", then "pruned" once removal is done
     generator: torch.Generator = field(default_factory=torch.Generator)
 
 

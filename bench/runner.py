@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import environment, faults
+from bench import distributed, environment, faults
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.measure import count_flops, count_parameters
@@ -169,9 +169,9 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
     info = ws.data.info
     model = new_model(run, info, methods)
     dense = DenseDir(ws.results, run.dense_id)
-    if not dense.model.exists():
+    if not distributed.agree(dense.model.exists()):
         with file_lock(dense.lock, blocking=True):
-            if not dense.model.exists():
+            if not distributed.agree(dense.model.exists()):
                 remove_stale_temporaries(dense.path)
                 train_dense(run, ws, methods, model, dense)
     model.load_state_dict(load_checkpoint(dense.model)["model"])
@@ -238,13 +238,15 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     """Dense model -> method phase -> selection -> removal -> after_slim; saved to ``pruned.pt`` once done."""
     info = ws.data.info
     probe = jsv_probe(run, ws)
-    if rd.pruned.exists():
+    if distributed.agree(rd.pruned.exists()):
         state = load_checkpoint(rd.pruned)
         model = new_model(run, info, methods)
         ctx, deps = run_context(run, ws, model)
         slim(model, dict(state["keep"]), deps)
         model.load_state_dict(state["model"])
-        return model.to(ws.device), dict(state["record"]), ctx
+        record = dict(state["record"])
+        ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
+        return model.to(ws.device), record, ctx
 
     began = time.perf_counter()
     model, dense_meta = obtain_dense(run, ws, methods)
@@ -252,6 +254,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     ctx, deps = run_context(run, ws, model)
     layers = ctx.target.layers
     record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense")}
+    ctx.flops["dense"] = record["flops_dense"]
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
     total = channel_counts(model, layers)
 
@@ -283,7 +286,9 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
     prune_s = time.perf_counter() - began
     kept = channel_counts(model, layers)
-    record.update({"acc_pruned": acc_pruned, **measure(model, info, "pruned"),
+    record.update(measure(model, info, "pruned"))
+    ctx.flops["pruned"] = record["flops_pruned"]
+    record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
@@ -326,7 +331,7 @@ def execute(run: Run, ws: Workspace) -> str:
         if not acquired:
             log.info("run %s is being executed by another process; skipped", run.run_id)
             return "locked"
-        status = rd.status()
+        status = distributed.agree(rd.status())
         if status in FINISHED:
             return status
         if status == "corrupt":
@@ -337,6 +342,9 @@ def execute(run: Run, ws: Workspace) -> str:
         result["attempts"] = previous_attempts(rd) + [{"started": result["started"], "host": platform.node(),
                                                        "pid": os.getpid()}]
         result["environment"] = environment.describe(ws.device)
+        if distributed.active():
+            result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
+                                                      "backend": str(torch.distributed.get_backend())}
         write_json(rd.result, result)
         began = time.perf_counter()
         try:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench import faults
+from bench import distributed, faults
 from bench.errors import CheckpointError, UserError
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,13 @@ class StorageError(UserError):
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash or a full disk leaves either the old file or the new one, never a torn one.
+    A crash or a full disk leaves either the old file or the new one, never a torn one. In a data-parallel
+    run only rank 0 writes, and the other ranks wait until the file is in place.
     """
+    distributed.main_only(lambda: _write_here(path, write), f"write '{path}'")
+
+
+def _write_here(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -100,6 +105,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete temporary files a killed writer left behind; call only while holding the directory's lock."""
+    if not distributed.is_main():
+        return
     for stale in directory.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
 
@@ -108,8 +115,18 @@ def remove_stale_temporaries(directory: Path) -> None:
 def file_lock(path: Path, blocking: bool) -> Iterator[bool]:
     """An advisory ``flock`` on ``path``; yields whether it was acquired (always True when blocking).
 
-    Released automatically when the process dies, so a killed runner never leaves a stale lock.
+    Released automatically when the process dies, so a killed runner never leaves a stale lock. In a
+    data-parallel run rank 0 takes the lock for the group and the other ranks learn whether it succeeded.
     """
+    if not distributed.is_main():
+        yield distributed.agree(None)
+        return
+    with _flock(path, blocking) as acquired:
+        yield distributed.agree(acquired)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:

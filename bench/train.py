@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from bench import faults
+from bench import distributed, faults
 from bench.config import Performance, Schedule
 from bench.store import load_checkpoint, save_checkpoint
 
@@ -110,14 +110,18 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    count = 0
-    for x, y in data.test_batches(batch_size, device):
+    count = torch.zeros((), device=device, dtype=torch.int64)
+    ranks, rank = distributed.world_size(), distributed.rank()
+    for i, (x, y) in enumerate(data.test_batches(batch_size, device)):
+        if i % ranks != rank:  # data-parallel: each rank evaluates every ranks-th batch; the sums are combined
+            continue
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         count += y.numel()
+    distributed.sum_across(loss_sum, correct, count)
     model.train(was_training)
-    return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+    return float(loss_sum) / max(int(count), 1), int(correct) / max(int(count), 1)
 
 
 EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
@@ -136,13 +140,14 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     perf = recipe.performance
     memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    forward = torch.compile(model) if perf.compile else model
+    forward = distributed.wrap(model, device, perf.sync_batchnorm)  # DDP when data-parallel, else the model
+    forward = torch.compile(forward) if perf.compile else forward
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=perf.amp == "bf16")
     optimizer = optimizer or make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
     history: list[dict[str, Any]] = []
     start_epoch, step = 0, 0
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and distributed.agree(checkpoint.exists()):
         state = load_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -164,14 +169,23 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        seen = torch.zeros((), device=device, dtype=torch.int64)
         for x, y in data.train_batches(recipe.batch_size, epoch_seed, device):
+            global_batch = y.numel()
+            x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
             if x.dim() == 4:
                 x = x.contiguous(memory_format=memory_format)
             with autocast:
                 logits = forward(x)
-                loss = nn.functional.cross_entropy(logits.float(), y)
-            loss_sum += loss.detach().double() * y.numel()
+                if distributed.active():
+                    # DDP averages the ranks' gradients; weighting each rank's summed loss by ranks/global_batch
+                    # makes that average the global batch's mean gradient even when the slices are unequal.
+                    summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                    loss = summed * (distributed.world_size() / global_batch)
+                    loss_sum += summed.detach().double()
+                else:
+                    loss = nn.functional.cross_entropy(logits.float(), y)
+                    loss_sum += loss.detach().double() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             for hook in hooks:
@@ -188,13 +202,14 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
             step += 1
             if recipe.max_steps is not None and step >= recipe.max_steps:
                 break
-        train_loss = float(loss_sum) / max(seen, 1)
+        distributed.sum_across(loss_sum, correct, seen)
+        train_loss = float(loss_sum) / max(int(seen), 1)
         if not math.isfinite(train_loss):
             raise Diverged(phase, epoch)
         scheduler.step()
         test_loss, test_acc = evaluate(model, data, eval_batch_size, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
-                               "train_acc": int(correct) / max(seen, 1), "test_loss": test_loss,
+                               "train_acc": int(correct) / max(int(seen), 1), "test_loss": test_loss,
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
         if on_epoch_end is not None:
             row.update(on_epoch_end(model, epoch + 1))

@@ -103,7 +103,7 @@ def write_fake_cifar(root: Path, n_train: int = 50000) -> None:
         data = torch.randint(0, 256, (n, 3072), dtype=torch.uint8, generator=g).numpy()
         labels = torch.randint(0, 10, (n,), generator=g).tolist()
         with open(folder / name, "wb") as handle:
-            pickle.dump({b"data": data, b"labels": labels}, handle)
+            pickle.dump({"data": data, "labels": labels}, handle)  # str keys, as torchvision decodes the originals
 
 
 def torchvision_cifar(root: Path, batch_size: int, workers: int) -> torch.utils.data.DataLoader:

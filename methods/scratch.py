@@ -28,11 +28,8 @@ from torch import nn
 
 from bench import (
     Method,
-    Phase,
     Recipe,
     RunContext,
-    UserError,
-    count_flops,
     derive_seed,
     field,
     filter_weights,
@@ -91,24 +88,12 @@ class Scratch(Method):
     Hparams = ScratchHparams
     description = "Liu et al. 2019: the L1-pruned architecture trained from a fresh init with the dense recipe"
 
-    def __init__(self, hparams: ScratchHparams) -> None:
-        super().__init__(hparams)
-        self.flops: dict[str, int] = {}  # Scratch-B: FLOPs of the dense and the pruned model of this run
-
-    def phase(self, model: nn.Module, ctx: RunContext) -> Phase | None:
-        """No training phase; Scratch-B counts the dense model's FLOPs here (the one hook that sees it)."""
-        if self.hparams.budget == "B":
-            self.flops["dense"] = count_flops(model, ctx.input_shape[1:])
-        return None
-
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         """L1's criterion (Li et al. 2017): each filter's mean |w|."""
         modules = dict(model.named_modules())
         return {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.layers}
 
     def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
-        if self.hparams.budget == "B":
-            self.flops["pruned"] = count_flops(model, ctx.input_shape[1:])
         reinitialize_(model, derive_seed(ctx.seed, "scratch"), self.hparams.conv_init)
 
     def retrain_recipe(self, recipe: Recipe, ctx: RunContext) -> Recipe:
@@ -117,11 +102,7 @@ class Scratch(Method):
             dense = dataclasses.replace(dense, lr=recipe.lr)
         if self.hparams.budget == "E":
             return dense
-        if set(self.flops) != {"dense", "pruned"}:
-            # The runner resumed from this run's pruned.pt, so the hooks that count FLOPs did not run.
-            raise UserError("scratch (budget: B) cannot recover its FLOPs budget when a run resumes after pruning. "
-                            "Delete this run's pruned.pt (in <results>/<suite>/runs/<run id>/) and run again.")
-        factor = self.flops["dense"] / self.flops["pruned"]
+        factor = ctx.flops["dense"] / ctx.flops["pruned"]  # the runner measured both models of this run
         stretched = budget_recipe(dense, factor, ctx.data.steps_per_epoch(dense.batch_size))
         log.info("scratch-B: FLOPs ratio %.3f, %d steps (%d epochs) instead of %d epochs", factor,
                  stretched.max_steps, stretched.epochs, dense.epochs)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from bench import PruneTarget, Recipe, RunContext, UserError, count_flops, keep_from_scores
+from bench import PruneTarget, Recipe, RunContext, count_flops, keep_from_scores
 from bench.cli import main
 from bench.config import Schedule, load_suite
 from bench.data import build_dataset
@@ -212,19 +215,18 @@ def test_budget_recipe_stretches_steps_and_milestones() -> None:
     assert odd.max_steps == 91 and odd.epochs == 13  # 91 steps = 13 whole epochs of 7
 
 
-def test_scratch_b_uses_the_flops_ratio_and_refuses_a_lost_budget() -> None:
+def test_scratch_b_uses_the_flops_ratio_the_runner_measured() -> None:
     torch.manual_seed(0)
     model = MODELS.get("mlp7_linear").build(num_classes=10, in_channels=1)
     ctx = context(dense=Recipe(epochs=2, lr=0.05, batch_size=64))
     scratch = Scratch(ScratchHparams(budget="B"))
-    with pytest.raises(UserError, match="pruned.pt"):
-        scratch.retrain_recipe(ctx.retrain, ctx)  # as after a resume from pruned.pt: the hooks did not run
     assert scratch.phase(model, ctx) is None
+    dense_flops = count_flops(model, INPUT_SHAPE[1:])
     slim(model, scratch.select(model, ctx), trace_dependencies(model, torch.zeros(INPUT_SHAPE), HIDDEN))
     scratch.after_slim(model, ctx)
     # Multiply-adds: dense 1024*100 + 5*100*100 + 100*10 = 153,400; at 0.5, 1024*50 + 5*50*50 + 50*10 = 64,200.
-    assert scratch.flops == {"dense": 2 * 153_400, "pruned": 2 * 64_200}
-    assert count_flops(model, INPUT_SHAPE[1:]) == 2 * 64_200
+    assert (dense_flops, count_flops(model, INPUT_SHAPE[1:])) == (2 * 153_400, 2 * 64_200)
+    ctx.flops.update(dense=dense_flops, pruned=2 * 64_200)
     recipe = scratch.retrain_recipe(ctx.retrain, ctx)
     assert recipe.max_steps == round(2 * 8 * 153_400 / 64_200) == 38 and recipe.epochs == 5
 
@@ -250,3 +252,19 @@ def test_the_mlp_trainability_suite_expands_to_its_grid() -> None:
     assert labels == ["l1", "l1+orthp", "random", "scratch", "tpp"]
     assert len(runs) == len(labels) * 1 * 2 * 3  # methods × ratio 0.9 × two LRs × three seeds
     assert {r.lr for r in runs} == {0.01, 0.001} and {r.ratio for r in runs} == {0.9}
+
+
+def test_scratch_b_killed_after_pruning_resumes_with_its_flops_budget(write_suite, tmp_path: Path) -> None:
+    changes = dict(methods=[{"scratch": {"budget": "B"}}], retrain={"epochs": 1, "batch_size": 64, "lr": [0.05]},
+                   pretrain={"epochs": 2, "batch_size": 64, "lr": 0.05}, trainability={"samples": 4, "every": 0})
+    whole = next(iter(run_suite(write_suite, tmp_path / "whole", **changes).values()))
+    suite, results = write_suite(tiny_suite(**changes), "killed.yaml"), tmp_path / "killed"
+    command = [sys.executable, str(PROJECT / "bench.py"), "run", str(suite), "--results", str(results), "--quiet"]
+    killed = subprocess.run(command, env=dict(os.environ, BENCH_FAULT="pruned:saved"), capture_output=True)
+    assert killed.returncode == -9 and list(results.glob("tiny/runs/*/pruned.pt"))
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    resumed = json.loads(next(results.glob("tiny/runs/*/result.json")).read_text())
+    assert resumed["status"] == "ok" and len(resumed["attempts"]) == 2
+    steps = [row["step"] for row in resumed["history"]["retrain"]]
+    assert steps == [row["step"] for row in whole["history"]["retrain"]] and steps[-1] > 2 * 8  # longer than E
+    assert resumed["metrics"]["acc_final"] == whole["metrics"]["acc_final"]

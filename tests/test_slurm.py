@@ -265,3 +265,22 @@ def test_a_request_the_cluster_cannot_meet_is_refused_at_submission(plugin: Path
     assert code == 2
     assert "sbatch refused the job array" in capsys.readouterr().err
     assert read_submissions(tmp_path, "tiny") == []
+
+
+def test_a_data_parallel_run_is_one_task_per_rank(plugin: Path, write_suite, tmp_path: Path,
+                                                  jobs_to_cancel: list[str]) -> None:
+    suite = str(write_suite(slurm_suite(plugin, methods=["l1"], slurm={"cpus_per_task": 1, "tasks_per_run": 2,
+                                                                       "dense_job": False})))
+    results = tmp_path / "slurm"
+    assert main(["run", suite, "--results", str(results), "--executor", "slurm", "--quiet"]) == 0
+    (submission,) = read_submissions(results, "tiny")
+    (run_id,) = submission["tasks"]
+    wait_until("the two-task run to finish", finished(results, [run_id]))
+    on_slurm = result(results, run_id)
+    assert on_slurm["status"] == "ok", on_slurm.get("error")
+    assert on_slurm["environment"]["data_parallel"] == {"world_size": 2, "backend": "gloo"}
+    assert main(["run", suite, "--results", str(tmp_path / "inline"), "--quiet"]) == 0
+    inline = result(tmp_path / "inline", run_id)
+    assert [r["train_loss"] for r in on_slurm["history"]["retrain"]] == \
+        pytest.approx([r["train_loss"] for r in inline["history"]["retrain"]], rel=1e-4)
+    assert on_slurm["metrics"]["acc_final"] == pytest.approx(inline["metrics"]["acc_final"], abs=2 / 128)

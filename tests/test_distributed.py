@@ -1,0 +1,92 @@
+"""Data-parallel runs (DDP) on CPU: two gloo processes give the one-process results within tolerance."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench.cli import main
+from tests.conftest import PROJECT, tiny_suite
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this PyTorch build has no torch.distributed gloo backend")
+
+# TPP's regularised phase (a loss penalty and gradient-side terms) and L1; the retraining batch of 63 splits into
+# unequal slices (32 + 31) and the last dense batch (512 = 8 x 63 + 8) into 4 + 4.
+TPP = {"delta": 0.25, "update_interval": 1, "zero_out_interval": 2, "stabilize": 14}
+SUITE = tiny_suite(model="mlp7_linear", methods=[{"tpp": TPP}, "l1"],
+                   pretrain={"epochs": 2, "batch_size": 63, "lr": 0.05},
+                   retrain={"epochs": 2, "batch_size": 63, "lr": [0.02]})
+
+
+def results_by_method(results: Path) -> dict[str, dict[str, Any]]:
+    return {r["method"]: r for r in (json.loads(p.read_text()) for p in results.glob("tiny/runs/*/result.json"))}
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT / "bench.py"), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_two_gloo_processes_match_one_process(write_suite, tmp_path: Path) -> None:
+    suite = write_suite(SUITE)
+    assert main(["run", str(suite), "--results", str(tmp_path / "one"), "--quiet"]) == 0
+    done = bench("run", str(suite), "--results", str(tmp_path / "two"), "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("dense model") == 1, "only rank 0 logs"
+    one, two = results_by_method(tmp_path / "one"), results_by_method(tmp_path / "two")
+    assert set(one) == set(two) == {"tpp", "l1"}
+    for method in one:
+        a, b = one[method], two[method]
+        assert b["status"] == "ok" and b["run_id"] == a["run_id"]
+        assert b["environment"]["data_parallel"] == {"world_size": 2, "backend": "gloo"}
+        assert "data_parallel" not in a["environment"]
+        for phase in ("phase", "retrain"):
+            losses_a = [row["train_loss"] for row in a["history"][phase]]
+            losses_b = [row["train_loss"] for row in b["history"][phase]]
+            assert losses_b == pytest.approx(losses_a, rel=1e-4), (method, phase)
+            assert [row["test_loss"] for row in b["history"][phase]] == \
+                pytest.approx([row["test_loss"] for row in a["history"][phase]], rel=1e-4)
+        for key in ("acc_dense", "acc_pruned", "acc_final"):
+            assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=2 / 256), (method, key)
+        assert b["metrics"]["channels"] == a["metrics"]["channels"]
+        assert b["metrics"]["jsv_final_mean"] == pytest.approx(a["metrics"]["jsv_final_mean"], rel=1e-3)
+    assert not list((tmp_path / "two").rglob(".*.tmp")), "no temporary file is left behind"
+    dense = json.loads(next((tmp_path / "two").glob("_dense/*/dense.json")).read_text())
+    assert len(dense["history"]) == 2
+
+    again = bench("run", str(suite), "--results", str(tmp_path / "two"), "--nproc", "2")
+    assert again.returncode == 0 and "nothing to do" in again.stderr and again.stderr.count("nothing to do") == 1
+
+
+def test_data_parallel_flags_are_checked(write_suite, tmp_path: Path) -> None:
+    suite = str(write_suite(SUITE))
+    for extra, message in ((["--nproc", "0"], "--nproc N needs N >= 1"),
+                           (["--nproc", "2", "--executor", "local"], "--tasks-per-run")):
+        done = bench("run", suite, "--results", str(tmp_path / "r"), *extra)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_suite_fails_once_before_any_process_starts(write_suite, tmp_path: Path) -> None:
+    suite = str(write_suite(tiny_suite(methods=["l1", "no_such_method"])))
+    done = bench("run", suite, "--results", str(tmp_path / "r"), "--nproc", "2")
+    assert done.returncode == 2 and done.stderr.count("no_such_method") >= 1
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_sync_batchnorm_needs_cuda(write_suite, tmp_path: Path) -> None:
+    suite = write_suite(tiny_suite(model="resnet20", dataset={"name": "synthetic", "num_train": 64, "num_test": 32},
+                                   performance={"sync_batchnorm": True}, methods=["l1"],
+                                   pretrain={"epochs": 1, "batch_size": 32, "lr": 0.05},
+                                   retrain={"epochs": 1, "batch_size": 32, "lr": [0.01]}))
+    done = bench("run", str(suite), "--results", str(tmp_path / "r"), "--nproc", "2", "--quiet")
+    assert done.returncode == 2 and "sync_batchnorm needs CUDA" in done.stderr
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
