@@ -204,12 +204,13 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
 
 def record_suite(results: Path, suite: Suite, suite_dir: Path) -> None:
     """Keep the suite as run beside its results (``suite.json``), so ``report`` finds e.g. its reference."""
-    from bench.report.references import resolve
     from bench.schema import to_plain
     from bench.store import write_json
 
     record = to_plain(suite)
     if suite.reference:
+        from bench.report.references import resolve  # imports the reporter's plotting stack: only when needed
+
         record["reference"] = str(resolve(suite.reference, suite_dir))
     write_json(results / suite.name / "suite.json", record)
 

@@ -197,7 +197,8 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
         if bar:
             bar.close()
     model.to(ws.device)
-    _, acc = evaluate(model, ws.data, 1000, ws.device)
+    # The last epoch already evaluated this very model; evaluate only when nothing was trained here.
+    acc = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
     save_checkpoint(dense.model, {"model": model.state_dict()})
     write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
                             "seconds": time.perf_counter() - began})
@@ -392,13 +393,18 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     if bar:
         bar.close()
     retrain_s = sum(row["seconds"] for row in history)
-    _, acc_final = evaluate(model, ws.data, 1000, ws.device)
+    acc_final = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
     metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
     metrics["acc_final"] = acc_final
     metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
     metrics["acc_trainability"] = trainability_accuracy(history, recipe)
     if probe is not None:
-        metrics.update({f"jsv_final_{k}": v for k, v in jsv(model, probe).items()})
+        last = history[-1] if history else {}
+        if "jsv_mean" in last:  # the last epoch measured this very model
+            final = {k.removeprefix("jsv_"): v for k, v in last.items() if k.startswith("jsv_")}
+        else:
+            final = jsv(model, probe)
+        metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
     state = load_checkpoint(rd.pruned)
