@@ -98,6 +98,18 @@ class Trainability:
     every: int = field(1, low=0, doc="compute every k retraining epochs (0: only before and after)")
 
 
+@dataclass
+class Latency:
+    """Inference latency of the dense and of the slimmed model: the measured speed-up beside the FLOP ratio.
+
+    Wall-clock, so it varies between executions and never enters run ids or determinism checks.
+    """
+
+    enabled: bool = True
+    batch_size: int = field(64, low=1, doc="inputs per timed forward pass")
+    repeats: int = field(20, low=1, doc="timed passes (the median is reported), after 5 untimed ones")
+
+
 SUBMITIT_MANAGED = ("array", "output", "error", "open-mode", "signal")  # sbatch options submitit sets itself
 
 
@@ -178,6 +190,7 @@ class Suite:
     pretrain: Pretrain = field(default_factory=Pretrain)
     retrain: Retrain = field(default_factory=Retrain)
     trainability: Trainability = field(default_factory=Trainability)
+    latency: Latency = field(default_factory=Latency)
     device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
     performance: Performance = field(default_factory=Performance)
     storage: Storage = field(default_factory=Storage)

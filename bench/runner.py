@@ -22,7 +22,7 @@ from torch import nn
 from bench import distributed, environment, faults
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
-from bench.measure import count_flops, count_parameters
+from bench.measure import count_flops, count_parameters, measure_latency
 from bench.method import Method, PruneTarget, RunContext
 from bench.models import ModelEntry
 from bench.progress import Progress
@@ -208,9 +208,14 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
 
 # ----------------------------------------------------------------------------------------- one run
 
-def measure(model: nn.Module, info: Any, prefix: str) -> dict[str, Any]:
-    return {f"params_{prefix}": count_parameters(model),
-            f"flops_{prefix}": count_flops(model, (info.in_channels, info.image_size, info.image_size))}
+def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any]:
+    """Parameters, FLOPs and (unless switched off) measured inference latency of ``model``."""
+    shape = (info.in_channels, info.image_size, info.image_size)
+    found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
+    latency = run.suite.latency
+    if latency.enabled:
+        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats)
+    return found
 
 
 def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
@@ -254,7 +259,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     dense_s = time.perf_counter() - began
     ctx, deps = run_context(run, ws, model)
     layers = ctx.target.layers
-    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense")}
+    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense", run)}
     ctx.flops["dense"] = record["flops_dense"]
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
     total = channel_counts(model, layers)
@@ -287,7 +292,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
     prune_s = time.perf_counter() - began
     kept = channel_counts(model, layers)
-    record.update(measure(model, info, "pruned"))
+    record.update(measure(model, info, "pruned", run))
     ctx.flops["pruned"] = record["flops_pruned"]
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},

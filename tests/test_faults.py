@@ -38,7 +38,7 @@ def final_results(results: Path) -> dict[str, dict]:
 
 
 def comparable(result: dict) -> dict:
-    metrics = {k: v for k, v in result["metrics"].items() if k != "timings"}
+    metrics = {k: v for k, v in result["metrics"].items() if k != "timings" and not k.startswith("latency_")}
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in result["history"]["retrain"]]
     return {"status": result["status"], "metrics": metrics, "history": history}
 

@@ -44,6 +44,8 @@ def test_every_run_has_a_complete_result(finished: Path) -> None:
         assert set(m["channels"]) == {f"layers.{i}" for i in range(6)}
         assert len(result["history"]["retrain"]) == 3 and "jsv_mean" in result["history"]["retrain"][0]
         assert m["acc_best"] >= m["acc_final"] and 0 <= m["acc_trainability"] <= 1
+        for model in ("dense", "pruned"):  # measured inference latency, beside the FLOP counts
+            assert m[f"latency_{model}"]["median_ms"] > 0 and m[f"latency_{model}"]["batch_size"] == 64
         assert result["environment"]["packages"]["torch"] and result["environment"]["device"] == "cpu"
         run_dir = finished / "results" / "tiny" / "runs" / run_id
         assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["model.pt", "result.json"]
@@ -88,8 +90,11 @@ def test_report_writes_one_row_per_run(finished: Path) -> None:
     assert len(frame) == 4 and set(frame.status) == {"ok"}
     for column in ("suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "acc_dense",
                    "acc_pruned", "acc_final", "acc_best", "params_dense", "params_pruned", "flops_dense",
-                   "flops_pruned", "wall_s", "jsv_dense", "jsv_pruned", "jsv_final"):
+                   "flops_pruned", "wall_s", "jsv_dense", "jsv_pruned", "jsv_final", "latency_dense_median_ms",
+                   "latency_pruned_median_ms"):
         assert frame[column].notna().all(), column
+    summary = (finished / "results" / "tiny" / "report" / "summary.md").read_text()
+    assert "speed-up (×)" in summary  # the measured speed-up beside the parameter and FLOP reductions
 
 
 def test_same_suite_twice_gives_identical_numbers(finished: Path, tmp_path: Path) -> None:
@@ -97,7 +102,7 @@ def test_same_suite_twice_gives_identical_numbers(finished: Path, tmp_path: Path
     assert main(["run", str(finished / "suite.yaml"), "--results", str(tmp_path), "--quiet"]) == 0
     first, second = results_of(finished / "results"), results_of(tmp_path)
     for run_id in first:
-        drop = ("timings",)
+        drop = ("timings", "latency_dense", "latency_pruned")  # wall-clock figures
         a = {k: v for k, v in first[run_id]["metrics"].items() if k not in drop}
         b = {k: v for k, v in second[run_id]["metrics"].items() if k not in drop}
         assert a == b

@@ -155,7 +155,7 @@ def finished(results: Path, run_ids: list[str]) -> Callable[[], bool]:
 
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
     """What must not depend on where a run executed: metrics and histories without wall-clock times."""
-    metrics = {k: v for k, v in record["metrics"].items() if k != "timings"}
+    metrics = {k: v for k, v in record["metrics"].items() if k != "timings" and not k.startswith("latency_")}
     history = {phase: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
                for phase, rows in record["history"].items()}
     return {"metrics": metrics, "history": history}

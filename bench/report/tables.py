@@ -419,9 +419,10 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
             "2 per multiply-add of convolutions and linear layers (so the speed-up equals the MAC speed-up the TPP "
             "paper prints); 'removed' counts every parameter, BatchNorm included.")
-    note += (f" Latency: {latency[0]} vs {latency[1]}, as the runs recorded them." if latency else
-             " No latency column: the runner does not measure latency yet; the report adds one when results carry "
-             "latency_dense_* and latency_pruned_* metrics (median_ms preferred).")
+    note += (f" Latency: {latency[0]} vs {latency[1]} (ms per batch, wall-clock inference on the run's device, "
+             "suite key latency), as the runs recorded them; a speed-up far below the FLOP ratio means the removed "
+             "channels did not make the model proportionally faster." if latency else
+             " No latency column: these runs were made with latency measurement switched off (latency.enabled).")
     return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
 
 
