@@ -168,7 +168,10 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     invocation = Invocation.from_args(args)
     # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
     ws = invocation.workspace(suite, suite_dir, "cpu" if args.executor == "slurm" else None)
-    validate_runs(runs, ws.data.info, suite_dir)
+    try:
+        validate_runs(runs, ws.data.info, suite_dir)
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(args.suite)) from None
     if suite.performance.sync_batchnorm and distributed.active() and ws.device.type != "cuda":
         raise ConfigError("performance.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
                           "leave it off for CPU data-parallel runs.")

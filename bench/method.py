@@ -108,6 +108,17 @@ class Method:
         """The retraining recipe for this method; the suite's by default (Scratch changes it)."""
         return recipe
 
+    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
+        """Raise ConfigError if this method cannot run on this dense model and selection; called before any work."""
+        return None
+
+    def retrain_param_groups(self, model: nn.Module, recipe: Recipe, ctx: RunContext) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups for retraining (own LR or weight decay for some parameters); None: one group.
+
+        Only for methods whose paper fine-tunes that way (RNI's BatchNorm groups); everything else retrains alike.
+        """
+        return None
+
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a ``Method`` subclass available to suites under ``name``."""

@@ -131,6 +131,8 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
         model = new_model(run, info, methods)
         layers = select_layers(model, run)
         trace_dependencies(model, example_input(info), layers)
+        for method in methods:
+            method.check(model, prune_target(run, layers), tuple(example_input(info).shape))
 
 
 # ----------------------------------------------------------------------------------------- recipes
@@ -393,7 +395,9 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
         recipe = method.retrain_recipe(recipe, ctx)
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
-    history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
+    groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
+    optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
+    history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain", optimizer=optimizer,
                   checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
     if bar:
         bar.close()

@@ -127,6 +127,14 @@ def uniform_ratio(ctx: RunContext, method: str) -> float:
     return ratios.pop()
 
 
+def bn_scale_groups(model: nn.Module, lr: float, factor: float) -> list[dict[str, Any]]:
+    """RNI's optimizer groups: bounded-BN scales at ``factor`` x ``lr`` without weight decay; the rest as usual."""
+    scales = [m.weight for m in model.modules() if isinstance(m, SigmoidBatchNorm2d)]
+    ids = {id(p) for p in scales}
+    return [{"params": [p for p in model.parameters() if id(p) not in ids]},
+            {"params": scales, "lr": lr * factor, "weight_decay": 0.0}]
+
+
 @dataclass
 class RNIHparams:
     """The official code's constants; λ and b default to its README values."""
@@ -137,6 +145,9 @@ class RNIHparams:
                                   "(≈ 0.23 for b = 0; notebook: ResNet-56 b = 0)")
     bn_lr_factor: float = field(10.0, low=0, low_open=True,
                                 doc="learning-rate multiplier of the BN scales in dense training (no weight decay)")
+    retrain_groups: bool = field(True, doc="fine-tune with the same optimizer groups as dense training (BN scales "
+                                 "at bn_lr_factor x LR, no weight decay), as the released code does; false: the "
+                                 "suite's single-group retraining optimizer, like every other method")
     min_channels: int = field(3, low=1, doc="channels every pruned layer keeps at least (the code's 3)")
     scope: Literal["global", "layerwise"] = field(
         "global", doc="global: one p-quantile over all pruned layers (RNI, whatever prune.scope says); layerwise: each "
@@ -160,14 +171,15 @@ class RNI(Method):
             return model
 
         def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
-            scales = [m.weight for m in model.modules() if isinstance(m, SigmoidBatchNorm2d)]
-            ids = {id(p) for p in scales}
-            return [{"params": [p for p in model.parameters() if id(p) not in ids]},
-                    {"params": scales, "lr": recipe.lr * hp.bn_lr_factor, "weight_decay": 0.0}]
+            return bn_scale_groups(model, recipe.lr, hp.bn_lr_factor)
 
         key = {"rni": {"lam": hp.lam, "shift": hp.shift, "bn_lr_factor": hp.bn_lr_factor}}
         return DenseVariant(key=key, prepare=prepare, hooks=[RecedingHooks(hp.lam, hp.shift)],
                             param_groups=param_groups)
+
+    def retrain_param_groups(self, model: nn.Module, recipe: Recipe, ctx: RunContext) -> list[dict[str, Any]] | None:
+        """The code fine-tunes "with the same optimiser groups" as dense training (no regulariser)."""
+        return bn_scale_groups(model, recipe.lr, self.hparams.bn_lr_factor) if self.hparams.retrain_groups else None
 
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """σ(w) of the bounded BatchNorm after each target layer."""

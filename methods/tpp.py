@@ -28,6 +28,7 @@ from bench import (
     ConfigError,
     Method,
     Phase,
+    PruneTarget,
     Recipe,
     RunContext,
     field,
@@ -232,19 +233,28 @@ class TPP(Method):
         hp = self.hparams
         return StrengthSchedule(hp.delta, hp.ceiling, hp.update_interval, hp.stabilize)
 
-    def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
-        """Pick the filters on the dense model (recomputed identically on resume) and build the regularisation phase."""
+    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
+        self._zeroing_order(model, input_shape)
+
+    def _zeroing_order(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+        """The conv/linear layers in forward order; the stabilize phase must give each its zero-out slot."""
         hp = self.hparams
-        modules = dict(model.named_modules())
-        scores = {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.layers}
-        self._keep = keep_from_scores(scores, ctx.target)
-        order = forward_order(model, ctx.input_shape)
+        order = forward_order(model, input_shape)
         if hp.stabilize < hp.zero_out_interval * len(order):
             raise ConfigError(
                 f"methods: tpp: stabilize = {hp.stabilize} is shorter than zero_out_interval × conv/linear layers = "
                 f"{hp.zero_out_interval} × {len(order)} = {hp.zero_out_interval * len(order)}, so not every pruned "
                 "layer would be zeroed before removal (the released code refuses this too). Raise 'stabilize' or "
                 "lower 'zero_out_interval'.")
+        return order
+
+    def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
+        """Pick the filters on the dense model (recomputed identically on resume) and build the regularisation phase."""
+        hp = self.hparams
+        modules = dict(model.named_modules())
+        scores = {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.layers}
+        self._keep = keep_from_scores(scores, ctx.target)
+        order = self._zeroing_order(model, ctx.input_shape)
         layers = []
         for name in ctx.target.layers:
             n = modules[name].weight.shape[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 import bench.models  # noqa: F401 - registers the models
 from bench import ConfigError, PruneTarget, Recipe, RunContext
+from bench.cli import main
 from bench.pruning import (
     PruningError,
     channel_counts,
@@ -22,7 +24,9 @@ from bench.pruning import (
     zero_pruned_,
 )
 from bench.registry import MODELS
+from bench.store import load_checkpoint
 from methods.rni import RNI, RecedingHooks, RNIHparams, SigmoidBatchNorm2d, bound_batchnorms_, receding_penalty
+from tests.conftest import tiny_suite
 
 
 def penalty_gradient(w: torch.Tensor, shift: float) -> torch.Tensor:
@@ -209,3 +213,24 @@ def test_training_with_the_regulariser_recedes_only_unimportant_channels() -> No
     assert (importance[:2] < 0.005).all()
     assert (importance[2:] > 0.85).all()
     assert F.l1_loss(importance[2:], torch.sigmoid(torch.tensor([2.2, 2.2]))) < 0.05
+
+
+@pytest.mark.parametrize("retrain_groups", [True, False])
+def test_retraining_uses_the_bn_groups_of_the_released_code_unless_switched_off(retrain_groups: bool, write_suite,
+                                                                                tmp_path: Path) -> None:
+    suite = tiny_suite(model="resnet20", methods=[{"rni": {"retrain_groups": retrain_groups}}],
+                       dataset={"name": "synthetic", "num_train": 64, "num_test": 32}, prune={"ratios": [0.5]},
+                       pretrain={"epochs": 1, "batch_size": 32, "lr": 0.05},
+                       retrain={"epochs": 2, "batch_size": 32, "lr": [0.02], "schedule": {"name": "step",
+                                                                                           "milestones": [1]}},
+                       trainability={"enabled": False}, latency={"enabled": False},
+                       storage={"keep_checkpoints": True})
+    results = tmp_path / "results"
+    assert main(["run", str(write_suite(suite)), "--results", str(results), "--quiet"]) == 0
+    (checkpoint,) = results.glob("tiny/runs/*/checkpoint.pt")
+    groups = load_checkpoint(checkpoint)["optimizer"]["param_groups"]
+    if retrain_groups:  # after the milestone: both groups decayed by 0.1, the scales still at 10x, without decay
+        assert [g["lr"] for g in groups] == pytest.approx([0.002, 0.02])
+        assert [g["weight_decay"] for g in groups] == [5e-4, 0.0] and len(groups[1]["params"]) == 1 + 2 * 9
+    else:
+        assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.002)

@@ -189,6 +189,14 @@ def test_too_short_stabilize_is_refused() -> None:
         TPP(TPPHparams(stabilize=5000)).phase(model, ctx)
 
 
+def test_too_short_stabilize_is_refused_before_any_work(write_suite, tmp_path: Path, capsys) -> None:
+    suite = tiny_suite(model="mlp7_linear", methods=["l1", {"tpp": {**TINY, "zero_out_interval": 2, "stabilize": 13}}])
+    results = tmp_path / "results"
+    assert main(["run", str(write_suite(suite)), "--results", str(results), "--quiet"]) == 2
+    assert "stabilize = 13 is shorter than zero_out_interval × conv/linear layers = 2 × 7" in capsys.readouterr().err
+    assert not results.exists()
+
+
 @pytest.mark.parametrize(("model_name", "channels", "expected_layers"),
                          [("mlp7_linear", 1, 6), ("resnet56", 3, 27), ("vgg19", 3, 15), ("resnet50", 3, 32)])
 def test_final_step_zeroes_everything_and_removal_keeps_outputs(model_name: str, channels: int,
