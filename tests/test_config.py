@@ -1,8 +1,11 @@
 """Suite schema, overrides, grid expansion and run ids."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bench.cli import main
 from bench.config import apply_overrides, load_suite, parse_override
 from bench.errors import ConfigError
 from bench.grid import expand
@@ -54,8 +57,14 @@ def test_shorthands_are_accepted(write_suite) -> None:
     ({"methods": [{"l1": {"alpha": 1}}]}, "unknown key 'methods[0].l1.alpha'"),
     ({"prune": {"ratios": [{"layers.*": 0.5}], "scope": "global"}}, "needs scope: layerwise"),
 ])
-def test_invalid_suites_name_the_key(write_suite, change, expected) -> None:
+def test_invalid_suites_name_the_key(write_suite, change, expected, tmp_path: Path, capsys) -> None:
     assert expected in problems_of(write_suite, tiny_suite(**change))
+    # and through the command line: one error line naming the file, exit status 2, nothing written
+    path, results = write_suite(tiny_suite(**change), "cli.yaml"), tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") and expected in err and "Traceback" not in err
+    assert not results.exists()
 
 
 def test_error_names_the_file_and_lists_every_problem(write_suite) -> None:
