@@ -129,17 +129,52 @@ def sum_across(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
-    """``model`` inside DistributedDataParallel when data-parallel, for the forward pass of training."""
+    """``model`` inside DistributedDataParallel when data-parallel, for the forward pass of training.
+
+    With ``sync_batchnorm`` the model's plain BatchNorms are swapped, in place, for SyncBatchNorms sharing their
+    parameters and running statistics; ``unwrap`` swaps them back after training, so the rest of the pipeline
+    (selection, the slicer, checkpoints) only ever sees the usual modules.
+    """
     if not active():
         return model
     if sync_batchnorm:
-        if device.type != "cuda":
-            from bench.errors import ConfigError
+        from bench.errors import ConfigError
 
+        if device.type != "cuda":
             raise ConfigError("performance.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel).")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        swap_in_sync_batchnorms(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def swap_in_sync_batchnorms(model: nn.Module) -> int:
+    """Replace every plain BatchNorm of ``model`` by a SyncBatchNorm sharing its tensors; returns how many."""
+    from bench.errors import ConfigError
+
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and type(child) not in PLAIN_BATCHNORMS:
+                raise ConfigError(f"performance.sync_batchnorm: '{name}' is a {type(child).__name__}, not a plain "
+                                  "BatchNorm (e.g. RNI's bounded one); switch sync_batchnorm off for this method.")
+            if type(child) in PLAIN_BATCHNORMS:
+                synced = nn.SyncBatchNorm.convert_sync_batchnorm(child)  # the same parameter and buffer tensors
+                object.__setattr__(synced, "_plain_original", child)     # not a submodule: state_dict keys unchanged
+                setattr(parent, name, synced)
+                swapped += 1
+    return swapped
+
+
+def unwrap(model: nn.Module) -> None:
+    """Undo ``wrap``'s BatchNorm swap (a no-op when nothing was swapped): the originals share the trained tensors."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            original = child.__dict__.get("_plain_original")
+            if isinstance(child, nn.SyncBatchNorm) and original is not None:
+                setattr(parent, name, original)
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from bench.errors import CheckpointError, UserError
 log = logging.getLogger(__name__)
 
 DENSE_DIR = "_dense"
+LOCK_POLL_S = 5.0  # data-parallel runs: how often rank 0 retries a lock another process holds
 
 
 class StorageError(UserError):
@@ -118,11 +120,19 @@ def file_lock(path: Path, blocking: bool) -> Iterator[bool]:
     Released automatically when the process dies, so a killed runner never leaves a stale lock. In a
     data-parallel run rank 0 takes the lock for the group and the other ranks learn whether it succeeded.
     """
-    if not distributed.is_main():
-        yield distributed.agree(None)
+    if not distributed.active():
+        with _flock(path, blocking) as acquired:
+            yield acquired
         return
-    with _flock(path, blocking) as acquired:
-        yield distributed.agree(acquired)
+    # Data-parallel: rank 0 tries the lock and tells the others. A blocking wait polls, so that no rank sits in a
+    # collective longer than LOCK_POLL_S while another process holds the lock (e.g. for a long dense training).
+    while True:
+        with _flock(path, blocking=False) if distributed.is_main() else contextlib.nullcontext(None) as mine:
+            acquired = distributed.agree(mine)
+            if acquired or not blocking:
+                yield bool(acquired)
+                return
+        time.sleep(LOCK_POLL_S)
 
 
 @contextlib.contextmanager

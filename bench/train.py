@@ -221,4 +221,5 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
                                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
                                          "history": history, "hooks": [h.state_dict() for h in hooks]})
             faults.point(f"{phase}:epoch:{epoch + 1}")
+    distributed.unwrap(model)  # a failed phase ends its run, so only the normal exit needs the modules back
     return history

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.distributed import swap_in_sync_batchnorms, unwrap
+from bench.errors import ConfigError
+from bench.plugins import load_builtin
+from bench.registry import MODELS
+from methods.rni import bound_batchnorms_
 from tests.conftest import PROJECT, tiny_suite
+
+load_builtin()
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch build has no torch.distributed gloo backend")
@@ -90,3 +97,48 @@ def test_sync_batchnorm_needs_cuda(write_suite, tmp_path: Path) -> None:
     assert done.returncode == 2 and "sync_batchnorm needs CUDA" in done.stderr
     assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_sync_batchnorm_swap_shares_tensors_and_is_undone() -> None:
+    """The swap behind performance.sync_batchnorm (its forward pass needs CUDA; the bookkeeping does not)."""
+
+    model = MODELS.get("resnet20").build(num_classes=10, in_channels=3)
+    originals = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    keys, params = list(model.state_dict()), list(model.parameters())
+    assert swap_in_sync_batchnorms(model) == len(originals) == 19
+    synced = dict(model.named_modules())
+    assert all(isinstance(synced[n], torch.nn.SyncBatchNorm) for n in originals)
+    assert synced["bn1"].weight is originals["bn1"].weight
+    assert synced["bn1"].running_mean is originals["bn1"].running_mean
+    assert list(model.state_dict()) == keys and list(model.parameters()) == params  # optimizers stay valid
+    unwrap(model)
+    assert all(dict(model.named_modules())[n] is m for n, m in originals.items())
+
+
+def test_sync_batchnorm_refuses_a_bounded_batchnorm() -> None:
+
+    model = MODELS.get("resnet20").build(num_classes=10, in_channels=3)
+    bound_batchnorms_(model)
+    with pytest.raises(ConfigError, match="not a plain BatchNorm"):
+        swap_in_sync_batchnorms(model)
+
+
+def test_a_data_parallel_run_waits_for_a_dense_model_another_process_holds(write_suite, tmp_path: Path) -> None:
+    from bench.config import load_suite
+    from bench.grid import expand
+    from bench.store import DenseDir
+
+    suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 1, "batch_size": 64, "lr": [0.05]}))
+    results = tmp_path / "results"
+    lock = DenseDir(results, expand(load_suite(suite))[0].dense_id).lock
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); time.sleep(4); print(time.time(), flush=True)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    done = bench("run", str(suite), "--results", str(results), "--nproc", "2", "--quiet")
+    released = float(holder.stdout.readline())
+    assert holder.wait() == 0 and done.returncode == 0, done.stderr
+    assert [r["status"] for r in results_by_method(results).values()] == ["ok"]
+    assert DenseDir(results, lock.parent.name).model.stat().st_mtime >= released  # trained after the lock was free
