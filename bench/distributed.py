@@ -200,6 +200,14 @@ def spawn(nproc: int, entry: Callable[[Sequence[str]], int], argv: Sequence[str]
     import torch.multiprocessing as mp
 
     codes = mp.get_context("spawn").Array("i", [255] * nproc)
-    mp.start_processes(_spawned, args=(nproc, free_port(), entry, list(argv), codes), nprocs=nproc,
-                       start_method="spawn", join=True)
+    try:
+        mp.start_processes(_spawned, args=(nproc, free_port(), entry, list(argv), codes), nprocs=nproc,
+                           start_method="spawn", join=True)
+    except mp.ProcessExitedException as err:  # a rank was killed (out of memory, SIGKILL): the others are stopped
+        log.error("data-parallel rank %d died (exit code %s); the other ranks were stopped. Finished work is kept: "
+                  "run the same command again to resume.", err.error_index, err.exit_code)
+        return 1
+    except mp.ProcessRaisedException as err:
+        log.error("data-parallel rank %d failed: %s", err.error_index, str(err).strip().splitlines()[-1])
+        return 1
     return max(codes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,21 @@ def test_a_data_parallel_run_waits_for_a_dense_model_another_process_holds(write
     assert holder.wait() == 0 and done.returncode == 0, done.stderr
     assert [r["status"] for r in results_by_method(results).values()] == ["ok"]
     assert DenseDir(results, lock.parent.name).model.stat().st_mtime >= released  # trained after the lock was free
+
+
+def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(write_suite, tmp_path: Path) -> None:
+    suite = str(write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 3, "batch_size": 64, "lr": [0.05]})))
+    whole = bench("run", suite, "--results", str(tmp_path / "whole"), "--nproc", "2", "--quiet")
+    assert whole.returncode == 0, whole.stderr
+    killed = subprocess.run([sys.executable, str(PROJECT / "bench.py"), "run", suite, "--results",
+                             str(tmp_path / "killed"), "--nproc", "2", "--quiet"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "BENCH_FAULT": "retrain:epoch:2"})
+    assert killed.returncode == 1 and "died" in killed.stderr and "Traceback" not in killed.stderr
+    (interrupted,) = results_by_method(tmp_path / "killed").values()
+    assert interrupted["status"] == "running"
+    resumed = bench("run", suite, "--results", str(tmp_path / "killed"), "--nproc", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    (a,), (b,) = results_by_method(tmp_path / "whole").values(), results_by_method(tmp_path / "killed").values()
+    assert b["status"] == "ok" and len(b["attempts"]) == 2
+    assert [r["train_loss"] for r in b["history"]["retrain"]] == [r["train_loss"] for r in a["history"]["retrain"]]
+    assert b["metrics"]["acc_final"] == a["metrics"]["acc_final"]
