@@ -10,6 +10,7 @@ from bench.method import (
                           PruneTarget,
                           RunContext,
                           filter_weights,
+                          global_ratio,
                           keep_from_scores,
                           register_method,
 )
@@ -18,4 +19,4 @@ from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
-           "evaluate", "field", "filter_weights", "keep_from_scores", "register_method"]
+           "evaluate", "field", "filter_weights", "global_ratio", "keep_from_scores", "register_method"]

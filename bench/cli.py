@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bench import distributed
-from bench.config import Suite, load_suite
+from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, expand
 from bench.plugins import load_builtin, load_plugin
@@ -39,6 +39,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a suite key with a YAML value, e.g. --set retrain.lr=[0.1,0.01]")
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
                         help="import outside code that registers methods, models or datasets")
+    parser.add_argument("--data-root", help="where datasets live (else the suite's data_root, else "
+                        "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
 
 
 SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
@@ -58,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every unfinished run of a suite", description="Run a suite: every "
                          "method × ratio × retraining LR × seed. Finished runs are skipped, interrupted ones resume.")
     _add_suite_arguments(run)
-    run.add_argument("--data-root", help="where datasets live (else the suite's data_root, else $BENCH_DATA_ROOT)")
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
@@ -116,7 +117,7 @@ def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
     for plugin in suite.plugins:
         load_plugin(plugin, suite_dir)
     try:
-        runs = expand(suite, suite_dir)
+        runs = expand(suite, suite_dir, getattr(args, "data_root", None))
     except ConfigError as err:
         raise ConfigError(err.problems, str(suite_path)) from None
     return suite, runs, suite_dir
@@ -127,7 +128,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' was asked for but CUDA is not available here. Use --device cpu.")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} GPU(s) "
+                          "(cuda:0 ...). Pick one of them or 'cuda'.")
+    return device
 
 
 def apply_slurm_flags(args: argparse.Namespace) -> None:
@@ -140,6 +145,8 @@ def apply_slurm_flags(args: argparse.Namespace) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.device is not None and device_problem(args.device):
+        raise ConfigError(f"--device {device_problem(args.device)}")
     if args.workers is not None and (args.executor != "local" or args.workers < 1):
         raise ConfigError("--workers N (N >= 1) goes with --executor local.")
     if args.wait and args.executor != "slurm":

@@ -6,6 +6,7 @@ A suite is a grid (methods × ratios × retraining learning rates × seeds) over
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,13 @@ from bench.errors import ConfigError
 from bench.schema import field, parse
 
 RESULT_FORMAT = 1  # bump when a change to the harness alters results, so old run ids no longer match
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device a suite or ``--device`` may ask for, or None when it is one."""
+    if re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", name):
+        return None
+    return f"is {name!r}; allowed: auto, cpu, cuda, cuda:N."
 
 
 @dataclass
@@ -203,8 +211,8 @@ class Suite:
         problems = []
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"'seeds' repeats a seed: {self.seeds}.")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            problems.append(f"'device' is {self.device!r}; allowed: auto, cpu, cuda, cuda:N.")
+        if device_problem(self.device):
+            problems.append(f"'device' {device_problem(self.device)}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             problems.append(f"'name' {self.name!r} must be a plain directory name.")
         if isinstance(self.dataset, dict) and not isinstance(self.dataset.get("name"), str):

@@ -40,7 +40,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from bench import distributed
 from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
-from bench.grid import Run, resolve_path
+from bench.grid import Run, suite_data_root
 from bench.runner import FINISHED, Workspace, execute, obtain_dense
 from bench.store import DenseDir, RunDir, file_lock, read_json, write_json
 
@@ -84,7 +84,8 @@ class Invocation:
         """Load plugins and the suite, and expand its runs (what the command line does)."""
         from bench.cli import prepare
 
-        return prepare(argparse.Namespace(suite=self.suite, overrides=list(self.overrides), plugins=list(self.plugins)))
+        return prepare(argparse.Namespace(suite=self.suite, overrides=list(self.overrides), plugins=list(self.plugins),
+                                          data_root=self.data_root))
 
     def device_name(self, suite: Suite) -> str:
         """The device the command line or else the suite asks for (auto, cpu, cuda, cuda:N)."""
@@ -93,12 +94,11 @@ class Invocation:
     def workspace(self, suite: Suite, suite_dir: Path, device: str | None = None) -> Workspace:
         """Build the suite's dataset and the workspace runs execute in (``device`` overrides the usual choice)."""
         from bench.cli import resolve_device
-        from bench.data import build_dataset, resolve_data_root
+        from bench.data import build_dataset
         from bench.registry import MODELS
 
-        suite_root = str(resolve_path(suite.data_root, suite_dir)) if suite.data_root else None
-        data = build_dataset(suite.dataset_name, suite.dataset_options, resolve_data_root(self.data_root, suite_root),
-                             MODELS.get(suite.model).image_size)
+        data = build_dataset(suite.dataset_name, suite.dataset_options,
+                             suite_data_root(suite, suite_dir, self.data_root), MODELS.get(suite.model).image_size)
         device_here = distributed.initialize(resolve_device(device or self.device_name(suite)))
         if not distributed.is_main():  # the other ranks of a data-parallel run stay silent
             logging.getLogger().setLevel(logging.ERROR)
@@ -138,7 +138,7 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
             continue
         if RunDir(results, run.suite.name, run.run_id).pruned.exists():
             continue
-        if not DenseDir(results, run.dense_id).model.exists():
+        if not DenseDir(results, run.dense_id).done:
             chosen[run.dense_id] = run
     return list(chosen.values())
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.errors import ConfigError
 from bench.pruning import num_pruned
 from bench.registry import METHODS
 from bench.train import Recipe, TrainHooks
@@ -162,6 +163,16 @@ def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) ->
     for name in target.layers:
         keep[name] = torch.tensor([i for i in range(sizes[name]) if i not in dropped[name]], dtype=torch.long)
     return keep
+
+
+def global_ratio(target: PruneTarget, method: str) -> float:
+    """The one pruning ratio of all target layers, which a method ranking every layer together needs."""
+    ratios = set(target.ratios.values())
+    if len(ratios) != 1:
+        raise ConfigError(f"methods: {method}: scope 'global' ranks all layers with one pruning ratio, but "
+                          "prune.ratios gives a per-layer profile; use a single ratio or the method's "
+                          "scope: layerwise.")
+    return ratios.pop()
 
 
 def filter_weights(module: nn.Module) -> torch.Tensor:

@@ -28,6 +28,7 @@ from bench.models import ModelEntry
 from bench.progress import Progress
 from bench.pruning import (
     LayerDeps,
+    PruningError,
     channel_counts,
     layer_ratios,
     prunable_layers,
@@ -119,6 +120,15 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
     """Check, before any work, that each run's layers exist and can be removed physically, and that a
     user-supplied dense checkpoint loads into the model."""
     checked: set[tuple[str, str]] = set()
+    probe = runs[0].suite.trainability if runs else None
+    if probe is not None and probe.enabled and probe.samples > info.num_train:
+        raise ConfigError(f"trainability.samples: {probe.samples} probe samples asked for, but the training set "
+                          f"has {info.num_train}; use at most {info.num_train}.")
+    expected = runs[0].dense_key.get("data_source") if runs else info.source
+    if expected != info.source:
+        raise ConfigError(f"dataset: the run ids were computed for {expected or 'the full data'}, but the data loaded "
+                          f"are {info.source or 'the full set'} (files changed under the data root meanwhile?); "
+                          "run the command again.")
     if runs and runs[0].suite.pretrain.checkpoint:
         model = new_model(runs[0], info, [])
         load_user_checkpoint(model, resolve_path(runs[0].suite.pretrain.checkpoint, suite_dir))
@@ -128,9 +138,17 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
             continue
         checked.add(key)
         methods = run.method.build()
+        if run.suite.pretrain.checkpoint and any(m.dense_variant() is not None for m in methods):
+            raise ConfigError(f"methods: '{run.method.label}' trains its own dense model (its dense variant changes "
+                              "dense training), which pretrain.checkpoint cannot provide: the checkpoint was not "
+                              "trained that way. Drop pretrain.checkpoint (give a training recipe) or run this "
+                              "method in a suite of its own.")
         model = new_model(run, info, methods)
         layers = select_layers(model, run)
-        trace_dependencies(model, example_input(info), layers)
+        try:
+            trace_dependencies(model, example_input(info), layers)
+        except PruningError as err:
+            raise ConfigError(f"prune.layers: {err}") from None
         for method in methods:
             method.check(model, prune_target(run, layers), tuple(example_input(info).shape))
 
@@ -171,9 +189,9 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
     info = ws.data.info
     model = new_model(run, info, methods)
     dense = DenseDir(ws.results, run.dense_id)
-    if not distributed.agree(dense.model.exists()):
+    if not distributed.agree(dense.done):
         with file_lock(dense.lock, blocking=True):
-            if not distributed.agree(dense.model.exists()):
+            if not distributed.agree(dense.done):
                 remove_stale_temporaries(dense.path)
                 train_dense(run, ws, methods, model, dense)
     model.load_state_dict(load_checkpoint(dense.model)["model"])
@@ -361,6 +379,8 @@ def execute(run: Run, ws: Workspace) -> str:
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
             result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
+            if err.metrics:
+                result.update(metrics=err.metrics, history=err.history)
         except UserError as err:
             result.update(status="failed", error=str(err))
             log.error("run %s failed: %s", run.run_id, err)
@@ -397,13 +417,19 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
     optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
-    history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain", optimizer=optimizer,
-                  checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
-    if bar:
-        bar.close()
+    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
+    try:
+        history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
+                      optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
+    except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
+        err.metrics = metrics
+        err.history = {"phase": record["phase_history"], "retrain": err.history}
+        raise
+    finally:
+        if bar:
+            bar.close()
     retrain_s = sum(row["seconds"] for row in history)
     acc_final = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
-    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
     metrics["acc_final"] = acc_final
     metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
     metrics["acc_trainability"] = trainability_accuracy(history, recipe)

@@ -181,6 +181,11 @@ class DenseDir:
         self.checkpoint = self.path / "checkpoint.pt"
         self.lock = self.path / ".lock"
 
+    @property
+    def done(self) -> bool:
+        """Trained and recorded: ``dense.json`` is written after ``model.pt``, so it marks completion."""
+        return self.meta.exists() and self.model.exists()
+
 
 def check_writable(results: Path) -> None:
     """Fail early, with a clear message, when the results directory cannot be created or written."""

@@ -73,9 +73,11 @@ class BaseHooks:
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, phase: str, epoch: int) -> None:
+    def __init__(self, phase: str, epoch: int, history: list[dict[str, Any]] | None = None) -> None:
         super().__init__(f"{phase}: the loss became NaN or infinite in epoch {epoch}")
-        self.phase, self.epoch = phase, epoch
+        self.phase, self.epoch = phase, epoch          # epoch counts from 1, as the history's rows do
+        self.history = list(history or [])             # the epochs finished before it
+        self.metrics: dict[str, Any] = {}              # what the run had measured before it (set by the runner)
 
 
 def derive_seed(*parts: object) -> int:
@@ -205,7 +207,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         distributed.sum_across(loss_sum, correct, seen)
         train_loss = float(loss_sum) / max(int(seen), 1)
         if not math.isfinite(train_loss):
-            raise Diverged(phase, epoch)
+            raise Diverged(phase, epoch + 1, history)
         scheduler.step()
         test_loss, test_acc = evaluate(model, data, eval_batch_size, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,

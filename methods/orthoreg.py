@@ -48,11 +48,13 @@ from bench import (
     DenseVariant,
     Method,
     Phase,
+    PruneTarget,
     Recipe,
     RunContext,
     Schedule,
     derive_seed,
     field,
+    global_ratio,
     register_method,
 )
 
@@ -180,15 +182,6 @@ def drop_lowest(scores: dict[str, Tensor], counts: dict[str, int] | int, floors:
     return result
 
 
-def uniform_ratio(ctx: RunContext) -> float:
-    """The one pruning ratio of all target layers, which a global ranking needs."""
-    ratios = set(ctx.target.ratios.values())
-    if len(ratios) != 1:
-        raise ConfigError("methods: orthoreg: scope 'global' ranks all layers with one pruning ratio, but prune.ratios "
-                          "gives a per-layer profile; use a single ratio or the method's scope: layerwise.")
-    return ratios.pop()
-
-
 @torch.no_grad()
 def zero_filters_(model: nn.Module, ctx: RunContext, pruned: dict[str, set[int]]) -> None:
     """Zero the pruned filters' weights, biases and BatchNorm scale and shift, so those channels output 0."""
@@ -258,6 +251,10 @@ class OrthoReg(Method):
         super().__init__(hparams)
         self.pruned: dict[str, set[int]] = {}
 
+    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
+        if self.hparams.scope == "global":
+            global_ratio(target, "orthoreg")
+
     def dense_variant(self) -> DenseVariant | None:
         if self.hparams.protocol != "early_bird" or self.hparams.lam == 0:
             return None
@@ -304,7 +301,8 @@ class OrthoReg(Method):
         last = done == rounds
         sizes = {name: s.numel() for name, s in scores.items()}
         if hp.scope == "global":
-            share = uniform_ratio(ctx) if last else cumulative_fraction(uniform_ratio(ctx), rounds, done)
+            ratio = global_ratio(ctx.target, "orthoreg")
+            share = ratio if last else cumulative_fraction(ratio, rounds, done)
             total = sum(sizes.values())
             due = math.ceil(round(share * total, 6)) if last else round(share * total)
             counts: dict[str, int] | int = due - sum(len(s) for s in self.pruned.values())

@@ -12,8 +12,8 @@ the pruned layers' scales, at least 3 per layer; the slimmed model keeps the bou
 
 The paper's text (and its hyperparameters) was not available, only the code and its results notebook: the defaults
 are the code README's (λ = 1e-4, b = 3); the notebook used λ = 1e-3, b = 3 for VGG-16 and λ = 1e-4, b = 0 for
-ResNet-56. Retraining after removal uses the suite's retraining recipe for every parameter (the code fine-tunes with
-the same 10×-LR, no-decay group for the BN scales; the harness's retraining has no per-method optimizer groups).
+ResNet-56. Retraining after removal uses the suite's retraining recipe with the same optimizer groups as the code's
+fine-tuning (the BN scales at 10× the LR, no weight decay); ``retrain_groups: false`` gives them the suite's recipe.
 """
 from __future__ import annotations
 
@@ -25,7 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench import BaseHooks, ConfigError, DenseVariant, Method, Recipe, RunContext, field, register_method
+from bench import (
+    BaseHooks,
+    ConfigError,
+    DenseVariant,
+    Method,
+    PruneTarget,
+    Recipe,
+    RunContext,
+    field,
+    global_ratio,
+    register_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +112,10 @@ def quantile(values: Tensor, ratio: float) -> float:
 def quantile_keep(scores: dict[str, Tensor], threshold: float | None, ratio: float, min_channels: int
                   ) -> dict[str, Tensor]:
     """The code's keep rule: per layer, keep scores > threshold (the global one, or the layer's own ``ratio``-quantile
-    when None); where fewer than ``min_channels`` reach it, lower it to the (min_channels+1)-th largest score.
+    when None); where fewer than ``min_channels`` pass, keep the ``min_channels`` highest instead.
 
+    The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
+    ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
     A ratio of 0 keeps everything (the code's 0-quantile would drop each minimum).
     """
     keep = {}
@@ -111,20 +124,12 @@ def quantile_keep(scores: dict[str, Tensor], threshold: float | None, ratio: flo
             keep[name] = torch.arange(s.numel())
             continue
         th = quantile(s, ratio) if threshold is None else threshold
-        if int((s >= th).sum()) < min_channels:
-            ordered = torch.sort(s).values
-            th = float(ordered[-min_channels - 1]) if s.numel() > min_channels else -float("inf")
-        keep[name] = torch.nonzero(s > th).flatten()
+        passing = torch.nonzero(s > th).flatten()
+        if passing.numel() < min_channels:
+            top = torch.sort(s, descending=True, stable=True).indices[:min_channels]
+            passing = torch.sort(top).values
+        keep[name] = passing
     return keep
-
-
-def uniform_ratio(ctx: RunContext, method: str) -> float:
-    """The one pruning ratio of all target layers, which a global ranking needs."""
-    ratios = set(ctx.target.ratios.values())
-    if len(ratios) != 1:
-        raise ConfigError(f"methods: {method}: scope 'global' ranks all layers with one pruning ratio, but "
-                          "prune.ratios gives a per-layer profile; use a single ratio or scope: layerwise.")
-    return ratios.pop()
 
 
 def bn_scale_groups(model: nn.Module, lr: float, factor: float) -> list[dict[str, Any]]:
@@ -181,6 +186,10 @@ class RNI(Method):
         """The code fine-tunes "with the same optimiser groups" as dense training (no regulariser)."""
         return bn_scale_groups(model, recipe.lr, self.hparams.bn_lr_factor) if self.hparams.retrain_groups else None
 
+    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
+        if self.hparams.scope == "global":
+            global_ratio(target, "rni")
+
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """σ(w) of the bounded BatchNorm after each target layer."""
         scores = {}
@@ -199,7 +208,7 @@ class RNI(Method):
         if self.hparams.scope == "layerwise":
             return {name: quantile_keep({name: s}, None, ctx.target.ratios[name], floor)[name]
                     for name, s in scores.items()}
-        ratio = uniform_ratio(ctx, "rni")
+        ratio = global_ratio(ctx.target, "rni")
         threshold = quantile(torch.cat(list(scores.values())), ratio)
         keep = quantile_keep(scores, threshold, ratio, floor)
         log.info("rni: global threshold σ(w) > %.4g keeps %d of %d channels", threshold,

@@ -24,6 +24,7 @@ from bench import (
     PruneTarget,
     RunContext,
     field,
+    global_ratio,
     keep_from_scores,
     register_method,
 )
@@ -67,6 +68,10 @@ class Slimming(Method):
             return None
         return DenseVariant(key={"slimming": {"lam": self.hparams.lam}}, hooks=[SparsityHooks(self.hparams.lam)])
 
+    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
+        if self.hparams.scope == "global":
+            global_ratio(target, "slimming")
+
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """|γ| of the BatchNorm after each target layer."""
         scores = {}
@@ -82,9 +87,7 @@ class Slimming(Method):
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """The lowest |γ| go, under one global threshold or per layer (``scope``), each layer keeping prune.min_keep."""
         target = ctx.target
-        if self.hparams.scope == "global" and len(set(target.ratios.values())) != 1:
-            raise ConfigError("methods: slimming: scope 'global' ranks all layers with one pruning ratio, but "
-                              "prune.ratios gives a per-layer profile; use a single ratio or scope: layerwise.")
+        self.check(model, target, ctx.input_shape)
         own = PruneTarget(layers=target.layers, ratios=target.ratios, scope=self.hparams.scope,
                           min_keep=target.min_keep)
         return keep_from_scores(self.scores(model, ctx), own)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.runner import model_entry
 from tests.conftest import PROJECT, tiny_suite
 
 
@@ -48,6 +49,12 @@ BAD_SUITES = {
                                  "layer1.0.conv2"),
     "profile pattern unused": (tiny_suite(prune={"ratios": [{"classifier": 0.5}]}), "match none of the pruned"),
     "missing data root": (tiny_suite(dataset="cifar10", data_root="/nonexistent/data"), "cifar10"),
+    "global ranking with a per-layer profile": (
+        tiny_suite(model="resnet20", methods=["slimming"], prune={"layers": ["layer*.conv1"],
+                                                                    "ratios": [{"layer1.*": 0.5, "layer2.*": 0.3}]}),
+        "methods: slimming: scope 'global' ranks all layers with one pruning ratio"),
+    "probe larger than the training set": (tiny_suite(trainability={"samples": 600}),
+                                           "trainability.samples: 600 probe samples"),
 }
 
 
@@ -60,6 +67,29 @@ def test_bad_suites_exit_2_with_a_message_and_write_nothing(case: str, write_sui
     assert expected in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: ")
     assert not results.exists()
+
+
+def test_validation_errors_name_the_suite_file(write_suite, tmp_path: Path) -> None:
+    suite = write_suite(tiny_suite(model="resnet20", prune={"ratios": [0.5], "layers": ["layer1.0.conv2"]}))
+    out = bench("run", str(suite), "--results", str(tmp_path / "r"), "--quiet")
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {suite}: prune.layers: layer 'layer1.0.conv2'")
+
+
+def test_bad_device_flag(write_suite, tmp_path: Path) -> None:
+    for device, expected in (("foo", "--device is 'foo'; allowed: auto, cpu, cuda, cuda:N."),
+                             ("cuda:x", "--device is 'cuda:x'")):
+        out = bench("run", str(write_suite(tiny_suite())), "--device", device, "--results", str(tmp_path / "r"))
+        assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_cannot_stand_in_for_a_method_s_own_dense_training(write_suite, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "dense.pt"
+    torch.save(model_entry("mlp7_relu").build(num_classes=10, in_channels=1).state_dict(), checkpoint)
+    suite = tiny_suite(pretrain={"checkpoint": str(checkpoint)}, methods=["l1", "slimming"])
+    out = bench("run", str(write_suite(suite)), "--results", str(tmp_path / "r"), "--quiet")
+    assert out.returncode == 2 and "'slimming' trains its own dense model" in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_missing_suite_file_and_bad_set(tmp_path: Path, write_suite) -> None:

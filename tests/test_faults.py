@@ -52,8 +52,8 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return suite, final_results(root / "results")
 
 
-@pytest.mark.parametrize("fault", ["dense:epoch:1", "write:model.pt", "pruned:saved", "retrain:epoch:2",
-                                   "write:result.json#2", "write:checkpoint.pt#2"])
+@pytest.mark.parametrize("fault", ["dense:epoch:1", "write:model.pt", "write:dense.json", "pruned:saved",
+                                   "retrain:epoch:2", "write:result.json#2", "write:checkpoint.pt#2"])
 def test_kill_at_a_point_then_rerun_gives_the_uninterrupted_result(fault: str, reference, tmp_path: Path) -> None:
     suite, expected = reference
     killed = run_suite(suite, tmp_path, fault)
@@ -67,6 +67,26 @@ def test_kill_at_a_point_then_rerun_gives_the_uninterrupted_result(fault: str, r
     assert {k: comparable(v) for k, v in got.items()} == {k: comparable(v) for k, v in expected.items()}
     for result in got.values():
         assert len(result["attempts"]) == 2  # the killed execution and the one that finished
+
+
+def test_kill_inside_a_method_phase_then_rerun_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    """GReg's growing-penalty phase (three epochs here, its λ and stop state in the hooks) killed after its second."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(dict(SUITE, methods=[
+        {"greg": {"delta": 0.25, "update_interval": 2, "stabilize": 10, "lr": 0.01}}])))
+    assert run_suite(suite, tmp_path / "reference").returncode == 0
+    (expected,) = final_results(tmp_path / "reference").values()
+    assert run_suite(suite, tmp_path / "killed", "phase:greg:epoch:2").returncode == -9
+    assert len(list((tmp_path / "killed").rglob("phase.pt"))) == 1  # what the rerun resumes from
+    assert run_suite(suite, tmp_path / "killed").returncode == 0
+    (got,) = final_results(tmp_path / "killed").values()
+    assert comparable(got) == comparable(expected) and got["status"] == "ok"
+
+    def phase_rows(result: dict) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in result["history"]["phase"]]
+
+    assert len(phase_rows(got)) == 3 and phase_rows(got) == phase_rows(expected)
+    assert len(got["attempts"]) == 2
 
 
 def test_two_runners_at_once_execute_each_run_once(tmp_path: Path) -> None:

@@ -141,7 +141,10 @@ def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, 
     assert len(runs) == 8 and len({r.dense_id for r in runs}) == 2
     chosen = dense_stage(runs, tmp_path)
     assert sorted(r.dense_id for r in chosen) == sorted({r.dense_id for r in runs})
-    save_checkpoint(DenseDir(tmp_path, chosen[0].dense_id).model, {"model": {}})
+    dense = DenseDir(tmp_path, chosen[0].dense_id)
+    save_checkpoint(dense.model, {"model": {}})
+    assert len(dense_stage(runs, tmp_path)) == 2  # a model file without its record (dense.json) is not finished
+    write_json(dense.meta, {"acc": 0.5})
     assert [r.dense_id for r in dense_stage(runs, tmp_path)] == [chosen[1].dense_id]
     for run in runs:   # runs already pruned need no dense model
         if run.dense_id == chosen[1].dense_id:

@@ -25,7 +25,16 @@ from bench.pruning import (
 )
 from bench.registry import MODELS
 from bench.store import load_checkpoint
-from methods.rni import RNI, RecedingHooks, RNIHparams, SigmoidBatchNorm2d, bound_batchnorms_, receding_penalty
+from methods.rni import (
+    RNI,
+    RecedingHooks,
+    RNIHparams,
+    SigmoidBatchNorm2d,
+    bound_batchnorms_,
+    quantile,
+    quantile_keep,
+    receding_penalty,
+)
 from tests.conftest import tiny_suite
 
 
@@ -171,12 +180,26 @@ def test_global_threshold_keeps_at_least_three_per_layer_and_differs_from_layerw
     assert [len(k) for k in everything.values()] == [10, 20]
 
 
+def test_the_floor_holds_when_scores_tie_at_the_threshold() -> None:
+    # The code's rule counts scores >= threshold but keeps those > threshold: with the global 0.5-quantile equal to
+    # a score of layer a, a would keep 2. The floor keeps a's top 3 (ties at the cut by lower index).
+    a, b = torch.tensor([.1, .2, .5, .6, .7]), torch.tensor([.01, .02, .03, .04, .8, .81, .82, .83])
+    keep = quantile_keep({"a": a, "b": b}, quantile(torch.cat([a, b]), 0.5), 0.5, 3)
+    assert quantile(torch.cat([a, b]), 0.5) == pytest.approx(0.5)
+    assert keep["a"].tolist() == [2, 3, 4] and keep["b"].tolist() == [4, 5, 6, 7]
+    tied = quantile_keep({"t": torch.tensor([.3, .9, .3, .3, .1])}, 0.5, 0.5, 3)
+    assert tied["t"].tolist() == [0, 1, 2]
+
+
 def test_global_scope_rejects_a_per_layer_profile_and_needs_bounded_batchnorms() -> None:
     model = two_layer_net(torch.zeros(6), torch.zeros(6))
     ctx = make_context(model, ["0", "3"], 0.5)
     ctx.target.ratios = {"0": 0.5, "3": 0.2}
     with pytest.raises(ConfigError, match="per-layer profile"):
+        RNI(RNIHparams()).check(model, ctx.target, (1, 3, 8, 8))  # before any work
+    with pytest.raises(ConfigError, match="per-layer profile"):
         RNI(RNIHparams()).select(model, ctx)
+    RNI(RNIHparams(scope="layerwise")).check(model, ctx.target, (1, 3, 8, 8))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     plain(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ConfigError, match="not followed by a BatchNorm2d"):

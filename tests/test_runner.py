@@ -171,7 +171,12 @@ def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_s
     statuses = sorted((r["lr"], r["status"]) for r in results_of(tmp_path).values())
     assert statuses == [(0.01, "ok"), (1.0e6, "diverged")]
     diverged = next(r for r in results_of(tmp_path).values() if r["status"] == "diverged")
-    assert diverged["diverged"] == {"phase": "retrain", "epoch": 0}
+    ok = next(r for r in results_of(tmp_path).values() if r["status"] == "ok")
+    assert diverged["diverged"] == {"phase": "retrain", "epoch": 1}  # counted from 1, like the history's rows
+    # What was measured before retraining stays: the same pruned model as the run retrained at a sane LR.
+    for key in ("acc_pruned", "params_pruned", "flops_pruned", "jsv_pruned_mean"):
+        assert diverged["metrics"][key] == ok["metrics"][key], key
+    assert "acc_final" not in diverged["metrics"] and diverged["history"]["retrain"] == []
 
 
 def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite) -> None:
