@@ -32,7 +32,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError, UserError
 from bench.registry import DATASETS
-from bench.schema import _convert as _check_value
+from bench.schema import convert_value
 
 logger = logging.getLogger(__name__)
 
@@ -858,7 +858,7 @@ def check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
         found: list[str] = []
         low = _OPTION_LOW.get(key)
         try:
-            _check_value(value, hints[key], path, {"low": low} if low is not None else {}, found)
+            convert_value(value, hints[key], path, {"low": low} if low is not None else {}, found)
         except TypeError:  # an annotation the schema does not know (e.g. Path): passed on unchecked
             continue
         problems.extend(found)

@@ -67,7 +67,7 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str, problems: list
         problems.append(f"'{path}' is {value!r}; it must be {_bounds_text(meta) or 'finite'}.")
 
 
-def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: list[str]) -> Any:
+def convert_value(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: list[str]) -> Any:
     """Check ``value`` against type ``tp``; return the converted value (or None after recording a problem)."""
     origin = get_origin(tp)
     if tp is Any:
@@ -80,7 +80,7 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
             if option is type(None):
                 continue
             trial: list[str] = []
-            result = _convert(value, option, path, meta, trial)
+            result = convert_value(value, option, path, meta, trial)
             if not trial:
                 return result
             if _matches_shape(value, option):  # the right kind of value with a wrong detail: report that
@@ -103,14 +103,14 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
             problems.append(f"'{path}' is an empty sweep: give at least {meta['min_items']} value(s).")
             return None
         (item_tp,) = get_args(tp)[:1]
-        return [_convert(v, item_tp, f"{path}[{i}]", meta, problems) for i, v in enumerate(value)]
+        return [convert_value(v, item_tp, f"{path}[{i}]", meta, problems) for i, v in enumerate(value)]
     if origin in (dict, Mapping):
         if not isinstance(value, dict):
             problems.append(f"'{path}' must be {_type_name(tp)}, not {value!r}.")
             return None
         key_tp, val_tp = get_args(tp)
-        return {_convert(k, key_tp, f"{path}.{k}", {}, problems): _convert(v, val_tp, f"{path}.{k}", meta, problems)
-                for k, v in value.items()}
+        return {convert_value(k, key_tp, f"{path}.{k}", {}, problems):
+                convert_value(v, val_tp, f"{path}.{k}", meta, problems) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, path, problems)
     if tp is float:
@@ -172,7 +172,7 @@ def parse(cls: type[T], data: Any, path: str = "", problems: list[str] | None = 
             hint = f" Did you mean '{close[0]}'?" if close else ""
             problems.append(f"unknown key '{key_path}'.{hint} Allowed here: {', '.join(fields)}.")
             continue
-        values[key] = _convert(value, hints[key], key_path, fields[key].metadata, problems)
+        values[key] = convert_value(value, hints[key], key_path, fields[key].metadata, problems)
     for name, f in fields.items():
         if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"missing key '{f'{path}.{name}' if path else name}' ({_type_name(hints[name])}).")
