@@ -6,19 +6,23 @@ gradients well.  TPP's own code computes the Jacobian on a batch in whatever mod
 (train mode during retraining), so BatchNorm batch statistics couple the samples.  We deliberately
 compute it **per sample in eval mode** (BatchNorm uses running statistics), which makes the metric a
 property of the network alone, independent of the probe batch composition.
+
+Memory is bounded by a byte budget (:func:`plan_chunks`): samples, classes pulled back per backward pass and
+input columns of the float64 reduction are chunked so that 1000-class ImageNet models fit as well as 10-class ones.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, vjp, vmap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JSVStats", "jacobian_singular_values", "jsv_stats"]
+__all__ = ["DEFAULT_MAX_BYTES", "ChunkPlan", "JSVStats", "jacobian_singular_values", "jsv_stats", "plan_chunks"]
 
 
 @dataclass(frozen=True)
@@ -50,21 +54,160 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def jacobian_singular_values(model: nn.Module, inputs: Tensor, chunk_size: int = 50) -> Tensor:
+DEFAULT_MAX_BYTES = 2**30
+"""Default memory budget of :func:`jacobian_singular_values`: 1 GiB of Jacobian, activation and cotangent tensors."""
+
+BACKWARD_FACTOR = 6
+"""Cotangent working set of one backward pass, in units of the model's largest activation (see :func:`plan_chunks`)."""
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How :func:`jacobian_singular_values` splits its work to stay within a memory budget.
+
+    ``samples``: probe samples per vmapped chunk; ``classes``: output classes (cotangent basis vectors) pulled
+    back together in one vmapped backward pass; ``columns``: input elements per block of the float64 singular value
+    reduction (equal to the input size when the whole float64 Jacobian of a chunk goes to one ``svdvals``).
+    """
+
+    samples: int
+    classes: int
+    columns: int
+
+
+def plan_chunks(
+    num_samples: int,
+    num_classes: int,
+    input_numel: int,
+    *,
+    itemsize: int = 4,
+    saved_numel: int = 0,
+    largest_activation: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_samples: int | None = None,
+) -> ChunkPlan:
+    """Largest sample, class and column chunks whose estimated memory fits ``max_bytes``.
+
+    With ``K = num_classes``, ``D = input_numel``, ``S = saved_numel`` (activation elements the forward pass of one
+    sample keeps for the backward), ``a = max(largest_activation, D)`` and ``b = itemsize``, a chunk of ``n``
+    samples and ``k`` classes is estimated at ``b * n * (K*D + S + k * (D + BACKWARD_FACTOR * a))`` bytes: the
+    chunk's Jacobians, its saved activations, and per pulled-back class the input gradient plus a few
+    activation-sized cotangents.  All ``K`` classes are pulled back together and as many samples as fit (at most
+    ``max_samples`` and ``num_samples``) are taken at once; if not even one sample fits with all classes, samples go
+    one at a time and ``k`` is the largest class chunk that fits (at least 1: one sample's ``K x D`` Jacobian is
+    always held, even over budget).  The singular values are then reduced in float64: in one ``svdvals`` on the
+    chunk's whole float64 Jacobian when that (and ``svdvals``' copy of it) fits next to the Jacobian, else by a
+    blocked QR of ``J^T`` over ``columns`` input elements at a time, sized so that ``8 * n * K * (2*K + 3*columns)``
+    bytes fit (at least ``K`` columns).
+    """
+    if min(num_samples, num_classes, input_numel, itemsize, max_bytes) < 1:
+        raise ValueError("plan_chunks needs positive sizes and budget")
+    K, D = num_classes, input_numel
+    per_class = D + BACKWARD_FACTOR * max(largest_activation, D)
+    per_sample = K * D + saved_numel
+    cap = num_samples if max_samples is None else max(1, min(num_samples, max_samples))
+    budget = max_bytes // itemsize  # elements of the model's dtype
+    samples = max(1, min(cap, budget // (per_sample + K * per_class)))
+    classes = K
+    if samples * (per_sample + K * per_class) > budget:  # not even one sample with every class at once
+        classes = max(1, min(K, (budget - per_sample) // per_class))
+    room = max_bytes - itemsize * samples * K * D  # left for the float64 reduction
+    if 16 * samples * K * D <= room:
+        columns = D
+    else:
+        columns = min(D, max(K, (room // (8 * samples * K) - 2 * K) // 3))
+    return ChunkPlan(samples=samples, classes=classes, columns=columns)
+
+
+def _activation_sizes(model: nn.Module, state: dict[str, Tensor], sample: Tensor) -> tuple[Tensor, int, int]:
+    """Logits of one sample, and the summed and largest output element counts of the model's leaf modules."""
+    sizes: list[int] = []
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        """Forward hook noting the size of a tensor output."""
+        if isinstance(output, Tensor):
+            sizes.append(output.numel())
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            out = functional_call(model, state, (sample.unsqueeze(0),))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, sum(sizes), max(sizes, default=0)
+
+
+def _chunk_jacobian(logits: Callable[[Tensor], Tensor], x: Tensor, basis: Tensor, classes: int) -> Tensor:
+    """Jacobians ``(n, K, D)`` of the samples ``x``, pulling back ``classes`` rows of ``basis`` at a time."""
+
+    def pull_back(sample: Tensor, cotangents: Tensor) -> Tensor:
+        """Rows ``cotangents @ d logits(sample) / d sample`` of one sample, as ``jacrev`` computes them."""
+        _, vjp_fn = vjp(logits, sample)
+        return vmap(vjp_fn)(cotangents)[0]
+
+    rows = vmap(pull_back, in_dims=(0, None))
+    num_classes = basis.shape[0]
+    if classes >= num_classes:
+        return rows(x, basis).flatten(2)
+    jac: Tensor | None = None
+    for start in range(0, num_classes, classes):
+        part = rows(x, basis[start:start + classes]).flatten(2)
+        if jac is None:
+            jac = part.new_empty((part.shape[0], num_classes, part.shape[2]))
+        jac[:, start:start + part.shape[1]] = part
+        del part
+    assert jac is not None
+    return jac
+
+
+def _singular_values(jac: Tensor, columns: int) -> Tensor:
+    """Float64 singular values (descending) of each ``(K, D)`` matrix of ``jac``, ``columns`` inputs at a time.
+
+    When ``columns`` covers the input this is ``svdvals`` of the float64 copy; otherwise a blocked (TSQR) QR
+    factorisation of ``J^T`` keeps only a ``(K + columns, K)`` float64 block per sample: ``J^T = Q R`` with
+    orthonormal ``Q`` gives ``J`` and ``R`` the same singular values, with the backward stability of QR (no
+    squared condition number as with the Gram matrix ``J J^T``).
+    """
+    if columns >= jac.shape[2]:
+        return torch.linalg.svdvals(jac.double())
+    r: Tensor | None = None
+    for block in jac.split(columns, dim=2):
+        stacked = block.transpose(1, 2).double()
+        if r is not None:
+            stacked = torch.cat((r, stacked), dim=1)
+        r = torch.linalg.qr(stacked, mode="r").R
+    assert r is not None
+    return torch.linalg.svdvals(r)
+
+
+def jacobian_singular_values(
+    model: nn.Module, inputs: Tensor, chunk_size: int | None = 50, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Tensor:
     """Singular values of each sample's logit-input Jacobian, shape ``(N, num_classes)``, float64.
 
     ``inputs`` is an ``(N, C, H, W)`` (or any ``(N, ...)``) probe tensor; it is moved to the model's
     device.  The model is evaluated in eval mode through :func:`torch.func.functional_call` with
     its (detached) parameters and buffers, so BatchNorm uses running statistics and no gradient
-    graph is built for the parameters.  Per-sample Jacobians come from ``vmap(jacrev(f))``:
-    reverse mode is the cheap direction because the output (``num_classes`` logits) is far smaller
-    than the input, and ``jacrev`` vmaps its backward pass over the ``num_classes`` basis vectors.
-    The probe set is processed ``chunk_size`` samples at a time to bound memory.  Singular values
-    (descending per row) are computed in float64 with batched :func:`torch.linalg.svdvals`.
-    The model's train/eval mode is restored afterwards.
+    graph is built for the parameters.  Per-sample Jacobians come from a vmapped ``vjp`` pulled back
+    over the standard basis of the logits, as ``vmap(jacrev(f))`` computes them: reverse mode is the
+    cheap direction because the output (``num_classes`` logits) is far smaller than the input.
+
+    Memory is bounded by ``max_bytes`` (default 1 GiB) through :func:`plan_chunks`: one forward pass of a single
+    sample measures the number of classes and the model's activation sizes, and the plan then fixes how many
+    samples are vmapped together, how many classes one backward pass pulls back (a 10-class CIFAR model takes all
+    classes and ``chunk_size`` samples at once; a 1000-class 3x224x224 ResNet-50 takes one sample at a time and 17
+    classes per backward pass at the default budget, recomputing the forward pass per class chunk and writing the
+    rows into one preallocated ``K x D`` Jacobian), and how the float64 singular value reduction is blocked (see
+    :func:`_singular_values`).  Without a budget, ``vmap(jacrev(f))`` pulls all ``K`` classes back at once, which
+    for that ResNet-50 needs over 10 GB per sample.  ``chunk_size`` caps the samples per chunk (``None``: as many
+    as the budget allows; the budget may lower it further; 50 keeps CPU tensors small enough to be fast).
+    Singular values are descending per row.  The model's train/eval mode is restored afterwards.
     """
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
     if inputs.shape[0] == 0:
         raise ValueError("inputs must hold at least one probe sample")
     device = _model_device(model)
@@ -74,23 +217,39 @@ def jacobian_singular_values(model: nn.Module, inputs: Tensor, chunk_size: int =
         """Logits of a single (unbatched) sample, flattened to 1-D."""
         return functional_call(model, state, (x.unsqueeze(0),)).reshape(-1)
 
-    per_sample_jacobian = vmap(jacrev(logits))
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
+        out, saved, largest = _activation_sizes(model, state, inputs[0].to(device))
+        num_classes, input_numel = out.numel(), inputs[0].numel()
+        plan = plan_chunks(
+            inputs.shape[0], num_classes, input_numel,
+            itemsize=max(inputs.element_size(), out.element_size()), saved_numel=saved,
+            largest_activation=largest, max_bytes=max_bytes, max_samples=chunk_size,
+        )
+        logger.debug("JSV of %d samples, %d classes, %d inputs: %s", inputs.shape[0], num_classes, input_numel, plan)
+        jac_bytes = num_classes * input_numel * out.element_size()
+        if jac_bytes > max_bytes:
+            logger.warning("one sample's %d x %d Jacobian (%.3g MiB) exceeds the JSV memory budget (%.3g MiB)",
+                           num_classes, input_numel, jac_bytes / 2**20, max_bytes / 2**20)
+        basis = torch.eye(num_classes, dtype=out.dtype, device=device)
+        del out
         values = []
-        for chunk in inputs.split(chunk_size):
-            jac = per_sample_jacobian(chunk.to(device))  # (n, num_classes, *input_shape)
-            values.append(torch.linalg.svdvals(jac.flatten(2).double()))
+        for chunk in inputs.split(plan.samples):
+            jac = _chunk_jacobian(logits, chunk.to(device), basis, plan.classes)  # (n, num_classes, C*H*W)
+            values.append(_singular_values(jac, plan.columns))
+            del jac  # before the next chunk's Jacobian is built
     finally:
         for module, training in modes:
             module.training = training
     return torch.cat(values)
 
 
-def jsv_stats(model: nn.Module, inputs: Tensor, chunk_size: int = 50) -> JSVStats:
+def jsv_stats(
+    model: nn.Module, inputs: Tensor, chunk_size: int | None = 50, max_bytes: int = DEFAULT_MAX_BYTES
+) -> JSVStats:
     """:class:`JSVStats` of :func:`jacobian_singular_values` on the probe ``inputs``."""
-    sv = jacobian_singular_values(model, inputs, chunk_size)
+    sv = jacobian_singular_values(model, inputs, chunk_size, max_bytes)
     stats = JSVStats(
         mean=sv.mean().item(),
         std=sv.std(correction=0).item(),

@@ -1,8 +1,8 @@
 """Cost of the trainability metric (Jacobian singular values, JSV) relative to one retraining epoch.
 
 The harness computes JSV once per retraining epoch by default (``trainability.every: 1``); this measures what that
-adds, at the harness defaults (100 probe samples, chunks of 50), on the dense model (the most expensive case for both
-the epoch and the JSV; pruned models make both cheaper):
+adds, at the harness defaults (100 probe samples, chunks of 50 within a 1 GiB memory budget), on the dense model (the
+most expensive case for both the epoch and the JSV; pruned models make both cheaper):
 
 * ``mlp7_linear`` on Fashion-MNIST (the real 60k/10k set where installed, else seeded synthetic data of that shape):
   one whole epoch through ``bench.train.fit`` (training plus the test-set evaluation), timed directly.
@@ -17,7 +17,12 @@ set above the resident set at the start (tracemalloc does not see torch's alloca
 elsewhere ``resource.getrusage``'s peak is used, which can only show growth beyond every earlier peak. Each
 measurement runs in a fresh process. Target: JSV <= 5 %.
 
+``--imagenet-size S`` instead measures JSV alone on a (seeded, untrained) torchvision ``resnet50`` with 1000 classes
+at ``3 x S x S`` inputs (``--imagenet-samples``, default 1), once per ``--max-mib`` budget; ``inf`` removes the
+budget, i.e. all 1000 classes pulled back in one vmapped backward pass, as before the budget existed.
+
     python benchmarks/jsv_cost.py [--models mlp7_linear resnet56] [--device cpu] [--threads 2]
+    python benchmarks/jsv_cost.py --imagenet-size 64 --max-mib inf 1024
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from bench.data import DataError, build_dataset
 from bench.plugins import load_builtin
 from bench.registry import MODELS
 from bench.train import Recipe, evaluate, fit
-from bench.trainability import jsv_stats
+from bench.trainability import DEFAULT_MAX_BYTES, jsv_stats
 
 TARGET = 0.05  # JSV at most 5 % of a retraining epoch
 CIFAR_STEPS_PER_EPOCH = 391  # 50,000 images at batch 128
@@ -112,8 +117,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_jsv(model_name: str, device_name: str, threads: int, samples: int, chunk: int, repeats: int
-                ) -> dict[str, Any]:
+def budget_bytes(mib: float) -> int:
+    """``--max-mib`` in bytes; ``inf`` is a budget no model reaches (no chunking over classes)."""
+    return 2**62 if mib == float("inf") else int(mib * 2**20)
+
+
+def measure_jsv(model_name: str, device_name: str, threads: int, samples: int, chunk: int | None, repeats: int,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """JSV seconds (first call and median of ``repeats``) and peak memory growth, in this process."""
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -124,7 +134,7 @@ def measure_jsv(model_name: str, device_name: str, threads: int, samples: int, c
         for _ in range(repeats + 1):
             sync(device)
             began = time.perf_counter()
-            jsv_stats(model, probe, chunk_size=chunk)
+            jsv_stats(model, probe, chunk_size=chunk, max_bytes=max_bytes)
             sync(device)
             times.append(time.perf_counter() - began)
     return {"jsv_first_s": times[0], "jsv_s": statistics.median(times[1:]), "jsv_peak_mb": memory.mb}
@@ -158,6 +168,26 @@ def measure_epoch(model_name: str, device_name: str, threads: int, steps: int) -
             "data": label, "train_peak_mb": memory.mb}
 
 
+def measure_imagenet_jsv(device_name: str, threads: int, size: int, samples: int, max_bytes: int) -> dict[str, Any]:
+    """Seconds and peak memory growth of one JSV call on torchvision resnet50 (1000 classes) at ``size`` pixels."""
+    import torchvision
+
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=1000).to(device).eval()
+    probe = torch.randn(samples, 3, size, size)
+    with torch.no_grad():  # warm-up outside the measured block: first-touch of the weights and the kernels
+        model(probe[:1].to(device))
+    with PeakMemory(device) as memory:
+        sync(device)
+        began = time.perf_counter()
+        stats = jsv_stats(model, probe, max_bytes=max_bytes)
+        sync(device)
+        seconds = time.perf_counter() - began
+    return {"jsv_s": seconds, "jsv_peak_mb": memory.mb, "jsv_mean": stats.mean}
+
+
 def in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
     """Run ``function(*args)`` in a new interpreter, so that its peak memory is its own."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -170,18 +200,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--samples", type=int, default=100, help="probe samples (harness default 100)")
-    parser.add_argument("--chunk", type=int, default=50, help="samples per vmap chunk (harness default 50)")
+    parser.add_argument("--chunk", type=int, default=50,
+                        help="cap on samples per vmap chunk (harness default 50; the memory budget may lower it)")
+    parser.add_argument("--max-mib", type=float, nargs="+", default=[DEFAULT_MAX_BYTES / 2**20],
+                        help="JSV memory budget(s) in MiB (harness default 1024; inf: no budget)")
+    parser.add_argument("--imagenet-size", type=int, default=None,
+                        help="measure JSV alone on torchvision resnet50 (1000 classes) at 3xSxS inputs")
+    parser.add_argument("--imagenet-samples", type=int, default=1, help="probe samples for --imagenet-size")
     parser.add_argument("--repeats", type=int, default=3, help="timed JSV calls after the first")
     parser.add_argument("--steps", type=int, default=20, help="resnet56: training steps timed and scaled to an "
                                                               "epoch (0: a whole epoch); mlp7_linear always whole")
     args = parser.parse_args(argv)
+    if args.imagenet_size is not None:
+        size = args.imagenet_size
+        print(f"device {args.device}, {args.threads} CPU threads, torch {torch.__version__}; JSV of torchvision "
+              f"resnet50 (1000 classes), {args.imagenet_samples} sample(s) of 3x{size}x{size}")
+        for mib in args.max_mib:
+            jsv = in_fresh_process(measure_imagenet_jsv, args.device, args.threads, args.imagenet_size,
+                                   args.imagenet_samples, budget_bytes(mib))
+            print(f"  budget {mib:>6g} MiB: JSV {jsv['jsv_s']:7.2f} s, peak memory +{jsv['jsv_peak_mb']:.0f} MiB "
+                  f"(mean singular value {jsv['jsv_mean']:.6g})")
+        return 0
+    max_bytes = budget_bytes(args.max_mib[0])
     print(f"device {args.device}, {args.threads} CPU threads, torch {torch.__version__}; JSV on {args.samples} "
-          f"samples in chunks of {args.chunk}; dense models")
+          f"samples, chunks capped at {args.chunk} and a {args.max_mib[0]:g} MiB budget; dense models")
     failed = False
     for name in args.models:
         steps = 0 if name == "mlp7_linear" else args.steps
         epoch = in_fresh_process(measure_epoch, name, args.device, args.threads, steps)
-        jsv = in_fresh_process(measure_jsv, name, args.device, args.threads, args.samples, args.chunk, args.repeats)
+        jsv = in_fresh_process(measure_jsv, name, args.device, args.threads, args.samples, args.chunk, args.repeats,
+                               max_bytes)
         fraction = jsv["jsv_s"] / epoch["epoch_s"]
         failed |= fraction > TARGET
         print(f"\n{name} on {epoch['data']}")

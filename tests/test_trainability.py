@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench.trainability import JSVStats, jacobian_singular_values, jsv_stats
+import bench.trainability as trainability
+from bench.trainability import (
+    DEFAULT_MAX_BYTES,
+    ChunkPlan,
+    JSVStats,
+    jacobian_singular_values,
+    jsv_stats,
+    plan_chunks,
+)
 
 NUM_CLASSES = 10
 
@@ -126,3 +134,80 @@ def test_model_mode_restored_and_running_stats_untouched() -> None:
     model.eval()
     jsv_stats(model, inputs)
     assert not any(m.training for m in model.modules())
+
+
+def _spy_plans(monkeypatch: pytest.MonkeyPatch) -> list[ChunkPlan]:
+    """Record every plan jacobian_singular_values makes."""
+    plans: list[ChunkPlan] = []
+    real = trainability.plan_chunks
+
+    def spy(*args: object, **kwargs: object) -> ChunkPlan:
+        plans.append(real(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(trainability, "plan_chunks", spy)
+    return plans
+
+
+def test_small_budget_chunks_samples_and_classes_without_changing_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, inputs = _conv_bn_net(), _probe()
+    plans = _spy_plans(monkeypatch)
+    whole = jacobian_singular_values(model, inputs)
+    chunked = jacobian_singular_values(model, inputs, max_bytes=90_000)  # 3 classes per backward pass
+    assert plans[0] == ChunkPlan(samples=7, classes=NUM_CLASSES, columns=3 * 8 * 8)
+    assert plans[1].samples == 1 and 1 < plans[1].classes < NUM_CLASSES and NUM_CLASSES % plans[1].classes
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(chunked, _reference_jsv(model, inputs), rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("columns", [4, 7, 50, 191])  # below, at and above K rows per QR block; uneven last block
+def test_blocked_qr_reduction_matches_svdvals(monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    model, inputs = _conv_bn_net(), _probe()
+    monkeypatch.setattr(trainability, "plan_chunks", lambda *a, **k: ChunkPlan(samples=3, classes=4, columns=columns))
+    blocked = jacobian_singular_values(model, inputs)
+    monkeypatch.undo()
+    torch.testing.assert_close(blocked, jacobian_singular_values(model, inputs), rtol=1e-10, atol=0.0)
+
+
+def test_blocked_qr_keeps_tiny_singular_values_of_an_ill_conditioned_jacobian() -> None:
+    # Singular values 1 .. 1e-7 (condition 1e7): the Gram matrix J J^T would lose the small ones in float64.
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(NUM_CLASSES, NUM_CLASSES, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(300, NUM_CLASSES, dtype=torch.float64))
+    sv = torch.logspace(0, -7, NUM_CLASSES, dtype=torch.float64)
+    jac = (u * sv) @ v.T
+    blocked = trainability._singular_values(jac.unsqueeze(0), columns=32)
+    torch.testing.assert_close(blocked[0], sv, rtol=1e-8, atol=0.0)
+
+
+def test_cifar_sized_model_plan_takes_every_sample_and_class_at_once() -> None:
+    # resnet56 on 3x32x32 CIFAR: 10 classes; activation sizes as the probe forward pass measures them.
+    plan = plan_chunks(100, 10, 3 * 32 * 32, saved_numel=1_323_082, largest_activation=16 * 32 * 32)
+    assert plan == ChunkPlan(samples=100, classes=10, columns=3 * 32 * 32)
+    assert plan_chunks(100, 10, 3 * 32 * 32, max_samples=50).samples == 50
+
+
+@pytest.mark.parametrize("activations", [(0, 0), (32_040_424, 64 * 112 * 112)])  # unknown; torchvision resnet50
+def test_imagenet_plan_is_one_sample_at_a_time_with_class_chunks_within_budget(activations: tuple[int, int]) -> None:
+    K, D = 1000, 3 * 224 * 224
+    saved, largest = activations
+    plan = plan_chunks(20, K, D, saved_numel=saved, largest_activation=largest)
+    assert plan.samples == 1 and 1 <= plan.classes < K and plan.columns < D
+    per_class = D + trainability.BACKWARD_FACTOR * max(largest, D)
+    assert 4 * (K * D + saved + plan.classes * per_class) <= DEFAULT_MAX_BYTES  # backward pass
+    assert 4 * (K * D + saved + (plan.classes + 1) * per_class) > DEFAULT_MAX_BYTES  # the largest that fits
+    assert 4 * K * D + 8 * K * (2 * K + 3 * plan.columns) <= DEFAULT_MAX_BYTES  # float64 reduction
+    assert plan.columns >= K
+
+
+def test_plan_over_budget_still_makes_progress() -> None:
+    # One sample's Jacobian alone exceeds the budget: one sample, one class, QR blocks of K columns.
+    assert plan_chunks(5, 1000, 150_528, max_bytes=2**20) == ChunkPlan(samples=1, classes=1, columns=1000)
+
+
+def test_invalid_budget_and_chunk_size_rejected() -> None:
+    model, inputs = _conv_bn_net(), _probe()
+    with pytest.raises(ValueError, match="max_bytes"):
+        jacobian_singular_values(model, inputs, max_bytes=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        jacobian_singular_values(model, inputs, chunk_size=0)
