@@ -28,7 +28,7 @@ from bench.report.build import render_plots  # noqa: E402
 from bench.report.plots import MethodStyles, accuracy_vs_ratio  # noqa: E402
 from bench.report.render import to_latex, to_markdown  # noqa: E402
 from bench.report.stats import kendall_tau, mean_ci, t_quantile  # noqa: E402
-from bench.report.synthetic import write_synthetic_results  # noqa: E402
+from bench.report.synthetic import default_jsv, write_synthetic_results  # noqa: E402
 from tests.conftest import tiny_suite  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -115,6 +115,9 @@ def test_failed_diverged_and_running_runs_are_shown_not_dropped(quickstart_repor
     assert "(n=2) [1 diverged]" in markdown and "(n=2) [1 failed]" in markdown and "[1 running]" in markdown
     problems = pd.read_csv(quickstart_report / "tables" / "problems.csv")
     assert sorted(problems.status) == ["diverged", "failed", "running"]
+    diverged = problems.set_index("status").loc["diverged"]
+    assert diverged.epochs_done == 1 and diverged.jsv_pruned == pytest.approx(default_jsv("random") * (1 - 0.5 * 0.9))
+    assert problems.set_index("status").loc[["failed", "running"], "jsv_pruned"].isna().all()
     assert "CUDA out of memory" in (quickstart_report / "tables" / "problems.md").read_text()
     status = pd.read_csv(quickstart_report / "tables" / "status.csv").set_index("method")
     assert status.loc["random", ["diverged", "failed", "ok", "total"]].tolist() == [1, 1, 10, 12]

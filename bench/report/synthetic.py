@@ -100,9 +100,14 @@ def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Itera
                         metrics.update(extra_metrics or {})
                         result.update(metrics=metrics, history={"phase": [], "retrain": history},
                                       finished="2026-01-01T00:01:00+0000")
-                    elif status == "diverged":
-                        result.update(diverged={"phase": "retrain", "epoch": 2},
-                                      error="loss became NaN in retrain at epoch 2")
+                    elif status == "diverged":  # as the runner writes it: what it measured before retraining
+                        metrics, history = _metrics(method, ratio, lr, seed, accuracy(*key), epochs)
+                        before = {k: v for k, v in metrics.items() if not k.startswith(("acc_final", "acc_best",
+                                                                                         "acc_trainability",
+                                                                                         "jsv_final", "timings"))}
+                        result.update(metrics=before, history={"phase": [], "retrain": history[:1]},
+                                      diverged={"phase": "retrain", "epoch": 2},
+                                      error="retrain: the loss became NaN or infinite in epoch 2")
                     elif status == "failed":
                         result.update(error="RuntimeError: CUDA out of memory", traceback="Traceback ...")
                     path = root / suite / "runs" / result["run_id"] / "result.json"

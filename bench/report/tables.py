@@ -448,12 +448,15 @@ def problem_table(runs: pd.DataFrame) -> Table | None:
     bad = runs[runs.status != "ok"].sort_values(["status", "method", "ratio_value", "lr", "seed"])
     if bad.empty:
         return None
-    header = [(KEY, c) for c in ("run id", "method", "ratio", "lr", "seed", "status", "epochs", "error")]
+    header = [(KEY, c) for c in ("run id", "method", "ratio", "lr", "seed", "status", "epochs", "JSV after pruning",
+                                 "error")]
     rows = []
     for r in bad.itertuples():
         error = str(r.error).strip().splitlines()[0][:160] if isinstance(r.error, str) and r.error.strip() else ""
-        rows.append([r.run_id, r.method, r.ratio, f"{r.lr:g}", str(r.seed), r.status, str(r.epochs_done), error])
-    data = bad[["run_id", "method", "ratio", "lr", "seed", "status", "epochs_done", "error"]]
+        jsv = "" if pd.isna(r.jsv_pruned) else f"{r.jsv_pruned:.3g}"
+        rows.append([r.run_id, r.method, r.ratio, f"{r.lr:g}", str(r.seed), r.status, str(r.epochs_done), jsv, error])
+    data = bad[["run_id", "method", "ratio", "lr", "seed", "status", "epochs_done", "jsv_pruned", "error"]]
     return Table("problems", "Runs that did not finish", "Running (or interrupted), failed and diverged runs with "
-                 "the first line of their error; their result.json holds the rest.", header, rows,
-                 data.reset_index(drop=True))
+                 "the retraining epochs they finished, the mean JSV of their pruned model when it was measured (a "
+                 "diverged run keeps it: a value near 0 says the pruned network was hard to train), and the first "
+                 "line of their error; their result.json holds the rest.", header, rows, data.reset_index(drop=True))
