@@ -149,6 +149,20 @@ def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) 
     assert ranks.loc[("0.9", "a", 0.01), "rank"] == 1 and ranks.loc[("0.9", "a", 0.001), "rank"] == 2
 
 
+def test_a_method_missing_at_one_lr_is_not_a_winner_change(tmp_path: Path) -> None:
+    """scratch wins at 0.01 but failed at 0.001; tpp beats l1 at both LRs: the winner among all three did not move."""
+    means = {("scratch", 0.01): 0.90, ("tpp", 0.01): 0.85, ("l1", 0.01): 0.80,
+             ("scratch", 0.001): 0.95, ("tpp", 0.001): 0.84, ("l1", 0.001): 0.70}
+    write_synthetic_results(tmp_path, "gap", ["scratch", "tpp", "l1"], [0.5], [0.01, 0.001], [0],
+                            accuracy=lambda m, r, lr, s: means[(m, lr)],
+                            statuses={("scratch", 0.5, 0.001, 0): "failed"})
+    table = tables.rank_stability_table(load_results(tmp_path).runs, ["scratch", "tpp", "l1"])
+    (row,) = table.rows
+    assert row[2:4] == ["scratch (+5.00)", "tpp (+14.00)"]  # each LR's best among what finished there
+    assert row[-1] == "no (among the 2 finished at every LR)" and not table.bold
+    assert table.data.winner_changes.tolist() == [False]
+
+
 def test_single_lr_leaves_out_the_lr_tables(tmp_path: Path) -> None:
     write_synthetic_results(tmp_path, "one", ["l1", "random"], [0.5], [0.01], [0])
     runs = load_results(tmp_path).runs

@@ -295,7 +295,6 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
             continue
         record: dict[str, Any] = {"ratio": ratio, "methods": len(present)}
         row = [ratio, str(len(present))]
-        winners = set()
         for lr in lrs:
             ordered = scores[lr].sort_values(ascending=False)
             if ordered.empty:
@@ -303,7 +302,6 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
                 continue
             winner = str(ordered.index[0])
             margin = ordered.iloc[0] - ordered.iloc[1] if len(ordered) > 1 else math.nan
-            winners.add(winner)
             row.append(winner + (f" (+{margin:.2f})" if not math.isnan(margin) else ""))
             record[f"winner_lr_{lr:g}"] = winner
             record[f"margin_lr_{lr:g}"] = margin
@@ -312,8 +310,16 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
             tau = kendall_tau(scores[a][common].to_numpy(), scores[b][common].to_numpy())
             row.append(f"{tau:+.2f}" if not math.isnan(tau) else "—")
             record[f"tau_{a:g}_vs_{b:g}"] = tau
-        changes = len(winners) > 1
-        row.append("yes" if changes else "no")
+        # Whether the winner changes is judged among the methods finished at every LR: a method that failed or is
+        # missing at one LR must not make its best rival look like a new winner there.
+        compared = sorted(set.intersection(*(set(s.index) for s in scores.values())))
+        changes: bool | None = None
+        if len(compared) >= 2:
+            changes = len({str(scores[lr][compared].idxmax()) for lr in lrs}) > 1
+        text = "—" if changes is None else "yes" if changes else "no"
+        if changes is not None and len(compared) < len(present):
+            text += f" (among the {len(compared)} finished at every LR)"
+        row.append(text)
         if changes:
             bold.add((len(rows), len(row) - 1))
         record["winner_changes"] = changes
@@ -323,7 +329,8 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
         return None
     note = ("Per ratio: the most accurate method at each retraining LR (with its lead over the runner-up) and "
             "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
-            "finished at both). 'yes' (bold) flags ratios where the winner changes with the retraining LR alone, "
+            "finished at both). 'yes' (bold) flags ratios where the winner, among the methods finished at every LR, "
+            "changes with the retraining LR alone, "
             "which is exactly the trainability bias a benchmark must not hide. A margin inside the accuracy "
             "table's intervals means the winner is not resolved by these seeds.")
     return Table("rank_stability", "Rank stability across learning rates", note, header, rows, pd.DataFrame(data),
