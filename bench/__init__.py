@@ -11,7 +11,9 @@ from bench.method import (
                           RunContext,
                           filter_weights,
                           global_ratio,
+                          keep_above_quantile,
                           keep_from_scores,
+                          quantile,
                           register_method,
 )
 from bench.schema import field
@@ -19,4 +21,5 @@ from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
-           "evaluate", "field", "filter_weights", "global_ratio", "keep_from_scores", "register_method"]
+           "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile", "keep_from_scores",
+           "quantile", "register_method"]

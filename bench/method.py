@@ -175,6 +175,35 @@ def global_ratio(target: PruneTarget, method: str) -> float:
     return ratios.pop()
 
 
+def quantile(values: torch.Tensor, ratio: float) -> float:
+    """The ``ratio``-quantile with linear interpolation (numpy's default)."""
+    return float(torch.quantile(values.double(), ratio))
+
+
+def keep_above_quantile(scores: Mapping[str, torch.Tensor], threshold: float | None, ratio: float,
+                        min_channels: int) -> dict[str, torch.Tensor]:
+    """The RNI code's keep rule (for its RNI, L1-slim and UCS): per layer, keep the scores strictly above
+    ``threshold`` (a global one, or the layer's own ``ratio``-quantile when None); where fewer than
+    ``min_channels`` pass, keep the ``min_channels`` highest instead.
+
+    The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
+    ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
+    A ratio of 0 keeps everything (the code's 0-quantile would drop each minimum).
+    """
+    keep = {}
+    for name, s in scores.items():
+        if ratio == 0:
+            keep[name] = torch.arange(s.numel())
+            continue
+        th = quantile(s, ratio) if threshold is None else threshold
+        passing = torch.nonzero(s > th).flatten()
+        if passing.numel() < min_channels:
+            top = torch.sort(s, descending=True, stable=True).indices[:min_channels]
+            passing = torch.sort(top).values
+        keep[name] = passing
+    return keep
+
+
 def filter_weights(module: nn.Module) -> torch.Tensor:
     """A conv or linear weight as one row per output channel (N × rest)."""
     return module.weight.detach().flatten(1)

@@ -1,4 +1,10 @@
-"""Random filter pruning: the control with the same layers and counts as L1, filters chosen by a seeded draw."""
+"""Random filter pruning: the control with the same layers and counts as L1, filters chosen by a seeded draw.
+
+With ``prune.scope: layerwise`` each layer loses exactly its ratio's count, as every layerwise method does. Under
+``prune.scope: global`` the random scores are ranked globally, so each layer loses about the global ratio (a uniform
+ratio in expectation), not the per-layer counts a global method such as slimming or RNI arrived at: it controls for
+"which filters", not for the learned layer widths.
+"""
 from __future__ import annotations
 
 import torch

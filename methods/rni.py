@@ -35,6 +35,8 @@ from bench import (
     RunContext,
     field,
     global_ratio,
+    keep_above_quantile,
+    quantile,
     register_method,
 )
 
@@ -102,34 +104,6 @@ class RecedingHooks(BaseHooks):
     def penalty(self, model: nn.Module, step: int) -> Tensor | None:
         scales = [m.weight for m in model.modules() if isinstance(m, SigmoidBatchNorm2d)]
         return self.lam * receding_penalty(torch.cat(scales), self.shift) if scales else None
-
-
-def quantile(values: Tensor, ratio: float) -> float:
-    """The ``ratio``-quantile with linear interpolation (numpy's default, which the code calls)."""
-    return float(torch.quantile(values.double(), ratio))
-
-
-def quantile_keep(scores: dict[str, Tensor], threshold: float | None, ratio: float, min_channels: int
-                  ) -> dict[str, Tensor]:
-    """The code's keep rule: per layer, keep scores > threshold (the global one, or the layer's own ``ratio``-quantile
-    when None); where fewer than ``min_channels`` pass, keep the ``min_channels`` highest instead.
-
-    The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
-    ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
-    A ratio of 0 keeps everything (the code's 0-quantile would drop each minimum).
-    """
-    keep = {}
-    for name, s in scores.items():
-        if ratio == 0:
-            keep[name] = torch.arange(s.numel())
-            continue
-        th = quantile(s, ratio) if threshold is None else threshold
-        passing = torch.nonzero(s > th).flatten()
-        if passing.numel() < min_channels:
-            top = torch.sort(s, descending=True, stable=True).indices[:min_channels]
-            passing = torch.sort(top).values
-        keep[name] = passing
-    return keep
 
 
 def bn_scale_groups(model: nn.Module, lr: float, factor: float) -> list[dict[str, Any]]:
@@ -206,11 +180,11 @@ class RNI(Method):
         scores = self.scores(model, ctx)
         floor = max(self.hparams.min_channels, ctx.target.min_keep)
         if self.hparams.scope == "layerwise":
-            return {name: quantile_keep({name: s}, None, ctx.target.ratios[name], floor)[name]
+            return {name: keep_above_quantile({name: s}, None, ctx.target.ratios[name], floor)[name]
                     for name, s in scores.items()}
         ratio = global_ratio(ctx.target, "rni")
         threshold = quantile(torch.cat(list(scores.values())), ratio)
-        keep = quantile_keep(scores, threshold, ratio, floor)
+        keep = keep_above_quantile(scores, threshold, ratio, floor)
         log.info("rni: global threshold σ(w) > %.4g keeps %d of %d channels", threshold,
                  sum(k.numel() for k in keep.values()), sum(s.numel() for s in scores.values()))
         return keep

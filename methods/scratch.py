@@ -47,6 +47,9 @@ class ScratchHparams:
                                                "(epochs × FLOPs_dense / FLOPs_pruned)")
     lr: Literal["dense", "swept"] = field("dense", doc="dense: the dense recipe's learning rate (the papers); "
                                                        "swept: the suite's retraining LR with the dense schedule")
+    max_factor: float | None = field(None, low=1, doc="Scratch-B: cap on the stretch factor FLOPs_dense / "
+                                                     "FLOPs_pruned, e.g. 2 (null: none; whether Liu et al. cap it, "
+                                                     "e.g. on ImageNet, is UNCERTAIN: the paper was not available)")
     conv_init: Literal["reset", "kaiming_fan_in", "kaiming_fan_out"] = field(
         "kaiming_fan_in", doc="conv weights after reset_parameters(): kept (PyTorch default), or Kaiming-normal "
                               "(ReLU gain) by fan-in, as this harness's CIFAR ResNets and VGGs are initialised, "
@@ -103,6 +106,8 @@ class Scratch(Method):
         if self.hparams.budget == "E":
             return dense
         factor = ctx.flops["dense"] / ctx.flops["pruned"]  # the runner measured both models of this run
+        if self.hparams.max_factor is not None:
+            factor = min(factor, self.hparams.max_factor)
         stretched = budget_recipe(dense, factor, ctx.data.steps_per_epoch(dense.batch_size))
         log.info("scratch-B: FLOPs ratio %.3f, %d steps (%d epochs) instead of %d epochs", factor,
                  stretched.max_steps, stretched.epochs, dense.epochs)

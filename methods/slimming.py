@@ -6,7 +6,10 @@ removed under one global threshold, and the network is retrained.
 
 Deviations: the code removes the channels with |γ| <= the value at sorted index int(p·N), i.e. int(p·N) + 1 channels
 for distinct scales; here exactly ceil(p·N) go (the harness's count for every global method), and every layer keeps at
-least ``prune.min_keep`` (the code has no floor and can empty a layer). γ starts at the models' 1, not the code's 0.5.
+least ``prune.min_keep`` (the code has no floor and can empty a layer). γ starts at the models' 1, not the code's 0.5,
+and conv and linear weights are the harness models' initialisation (Kaiming fan-in; PyTorch's default for linear).
+``cut: quantile`` gives the RNI code's version of this baseline ("L1-slim", and with ``lam: 0, scope: layerwise``
+its "UCS"): keep |γ| strictly above the p-quantile (global or per layer), at least ``prune.min_keep`` per layer.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from bench import (
     RunContext,
     field,
     global_ratio,
+    keep_above_quantile,
     keep_from_scores,
+    quantile,
     register_method,
 )
 
@@ -54,6 +59,9 @@ class SlimmingHparams:
     scope: Literal["global", "layerwise"] = field(
         "global", doc="global: one |γ| threshold over all pruned layers (the paper, whatever prune.scope says); "
                       "layerwise: each layer's prune.ratios value (with lam 0: RNI's 'UCS' baseline)")
+    cut: Literal["count", "quantile"] = field(
+        "count", doc="count: exactly ceil(p·n) channels go (the harness's rule); quantile: keep |γ| strictly above "
+                     "the p-quantile (the RNI code's rule for its L1-slim and UCS baselines)")
 
 
 @register_method("slimming")
@@ -88,6 +96,14 @@ class Slimming(Method):
         """The lowest |γ| go, under one global threshold or per layer (``scope``), each layer keeping prune.min_keep."""
         target = ctx.target
         self.check(model, target, ctx.input_shape)
+        scores = self.scores(model, ctx)
+        if self.hparams.cut == "quantile":
+            if self.hparams.scope == "layerwise":
+                return {name: keep_above_quantile({name: s}, None, target.ratios[name], target.min_keep)[name]
+                        for name, s in scores.items()}
+            ratio = global_ratio(target, "slimming")
+            return keep_above_quantile(scores, quantile(torch.cat(list(scores.values())), ratio), ratio,
+                                       target.min_keep)
         own = PruneTarget(layers=target.layers, ratios=target.ratios, scope=self.hparams.scope,
                           min_keep=target.min_keep)
-        return keep_from_scores(self.scores(model, ctx), own)
+        return keep_from_scores(scores, own)

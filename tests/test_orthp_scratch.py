@@ -229,6 +229,8 @@ def test_scratch_b_uses_the_flops_ratio_the_runner_measured() -> None:
     ctx.flops.update(dense=dense_flops, pruned=2 * 64_200)
     recipe = scratch.retrain_recipe(ctx.retrain, ctx)
     assert recipe.max_steps == round(2 * 8 * 153_400 / 64_200) == 38 and recipe.epochs == 5
+    capped = Scratch(ScratchHparams(budget="B", max_factor=2)).retrain_recipe(ctx.retrain, ctx)
+    assert capped.max_steps == 2 * 2 * 8 and capped.epochs == 4  # FLOPs ratio 2.39, capped at 2
 
 
 def test_scratch_end_to_end_ignores_the_swept_lr_and_b_trains_longer(write_suite, tmp_path: Path) -> None:

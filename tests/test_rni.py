@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bench.models  # noqa: F401 - registers the models
-from bench import ConfigError, PruneTarget, Recipe, RunContext
+from bench import ConfigError, PruneTarget, Recipe, RunContext, keep_above_quantile, quantile
 from bench.cli import main
 from bench.pruning import (
     PruningError,
@@ -31,8 +31,6 @@ from methods.rni import (
     RNIHparams,
     SigmoidBatchNorm2d,
     bound_batchnorms_,
-    quantile,
-    quantile_keep,
     receding_penalty,
 )
 from tests.conftest import tiny_suite
@@ -184,10 +182,10 @@ def test_the_floor_holds_when_scores_tie_at_the_threshold() -> None:
     # The code's rule counts scores >= threshold but keeps those > threshold: with the global 0.5-quantile equal to
     # a score of layer a, a would keep 2. The floor keeps a's top 3 (ties at the cut by lower index).
     a, b = torch.tensor([.1, .2, .5, .6, .7]), torch.tensor([.01, .02, .03, .04, .8, .81, .82, .83])
-    keep = quantile_keep({"a": a, "b": b}, quantile(torch.cat([a, b]), 0.5), 0.5, 3)
+    keep = keep_above_quantile({"a": a, "b": b}, quantile(torch.cat([a, b]), 0.5), 0.5, 3)
     assert quantile(torch.cat([a, b]), 0.5) == pytest.approx(0.5)
     assert keep["a"].tolist() == [2, 3, 4] and keep["b"].tolist() == [4, 5, 6, 7]
-    tied = quantile_keep({"t": torch.tensor([.3, .9, .3, .3, .1])}, 0.5, 0.5, 3)
+    tied = keep_above_quantile({"t": torch.tensor([.3, .9, .3, .3, .1])}, 0.5, 0.5, 3)
     assert tied["t"].tolist() == [0, 1, 2]
 
 

@@ -97,6 +97,18 @@ def test_global_and_layerwise_cuts_differ_as_specified() -> None:
         Slimming(SlimmingHparams()).select(model, ctx)
 
 
+def test_quantile_cut_is_the_rni_code_s_rule() -> None:
+    """RNI's code keeps |γ| strictly above the p-quantile: 7 of 64 distinct scales at p = 0.9; ceil(p·n) leaves 6."""
+    scales = torch.linspace(0.01, 0.64, 64)
+    model = bn_net(scales, torch.linspace(0.5, 1.0, 8))
+    ctx = make_context(model, ["0"], 0.9, min_keep=3)
+    counted = Slimming(SlimmingHparams(lam=0, scope="layerwise")).select(model, ctx)
+    above = Slimming(SlimmingHparams(lam=0, scope="layerwise", cut="quantile")).select(model, ctx)
+    assert counted["0"].tolist() == list(range(58, 64)) and above["0"].tolist() == list(range(57, 64))
+    ctx.target.scope = "global"
+    assert Slimming(SlimmingHparams(cut="quantile")).select(model, ctx)["0"].tolist() == list(range(57, 64))
+
+
 def test_slimming_dense_variant_only_with_a_penalty_and_needs_batchnorms() -> None:
     variant = Slimming(SlimmingHparams(lam=1e-5)).dense_variant()
     assert variant.key == {"slimming": {"lam": 1e-5}} and variant.prepare is None and variant.param_groups is None
