@@ -100,6 +100,15 @@ class Run:
     def dense_id(self) -> str:
         return content_hash(self.dense_key)
 
+    @property
+    def prune_key(self) -> dict[str, Any]:
+        """What determines the pruned model before retraining: the run's key without the retraining LR."""
+        return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"}}
+
+    @property
+    def prune_id(self) -> str:
+        return content_hash(self.prune_key)
+
     def describe(self) -> dict[str, Any]:
         """The run's coordinates in the grid, as results and reports name them."""
         return {"suite": self.suite.name, "run_id": self.run_id, "method": self.method.label,

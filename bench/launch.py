@@ -42,7 +42,7 @@ from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
 from bench.runner import FINISHED, Workspace, execute, obtain_dense
-from bench.store import DenseDir, RunDir, file_lock, read_json, write_json
+from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
         pretrain = run.suite.pretrain
         if pretrain.checkpoint or pretrain.epochs == 0 or run.dense_id in chosen:
             continue
-        if RunDir(results, run.suite.name, run.run_id).pruned.exists():
+        if PrunedDir(results, run.prune_id).model.exists():
             continue
         if not DenseDir(results, run.dense_id).done:
             chosen[run.dense_id] = run

@@ -7,6 +7,9 @@ overrides only the hooks it needs; the runner calls them in this order for every
 
 Several components can be chained in a suite (``l1 + orthp``): the first one that selects chooses the
 channels, and every component's other hooks run in order.
+
+``dense_variant``, ``phase``, ``select`` and ``after_slim`` must not depend on the swept retraining learning rate
+(``ctx.retrain.lr``): the pruned model they produce is made once and shared by the runs that differ only in it.
 """
 from __future__ import annotations
 

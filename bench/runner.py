@@ -39,6 +39,7 @@ from bench.pruning import (
 from bench.registry import MODELS
 from bench.store import (
     DenseDir,
+    PrunedDir,
     RunDir,
     file_lock,
     load_checkpoint,
@@ -259,21 +260,29 @@ def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunCon
     return ctx, deps
 
 
-def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
-                ) -> tuple[nn.Module, dict[str, Any], RunContext]:
-    """Dense model -> method phase -> selection -> removal -> after_slim; saved to ``pruned.pt`` once done."""
+def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any], RunContext]:
+    """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
+    LR share it; other processes wait on the lock), saved to ``pruned.pt``, and loaded by every run alike."""
+    shared = PrunedDir(ws.results, run.prune_id)
+    if not distributed.agree(shared.model.exists()):
+        with file_lock(shared.lock, blocking=True):
+            if not distributed.agree(shared.model.exists()):
+                remove_stale_temporaries(shared.path)
+                prune_once(run, ws, methods, shared)
+    state = load_checkpoint(shared.model)
+    model = new_model(run, ws.data.info, methods)
+    ctx, deps = run_context(run, ws, model)
+    slim(model, dict(state["keep"]), deps)
+    model.load_state_dict(state["model"])
+    record = dict(state["record"])
+    ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
+    return model.to(ws.device), record, ctx
+
+
+def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir) -> None:
+    """Dense model -> method phases -> selection -> removal -> after_slim, measured, and saved to ``shared``."""
     info = ws.data.info
     probe = jsv_probe(run, ws)
-    if distributed.agree(rd.pruned.exists()):
-        state = load_checkpoint(rd.pruned)
-        model = new_model(run, info, methods)
-        ctx, deps = run_context(run, ws, model)
-        slim(model, dict(state["keep"]), deps)
-        model.load_state_dict(state["model"])
-        record = dict(state["record"])
-        ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
-        return model.to(ws.device), record, ctx
-
     began = time.perf_counter()
     model, dense_meta = obtain_dense(run, ws, methods)
     dense_s = time.perf_counter() - began
@@ -297,7 +306,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
         phase_history += fit(model, ws.data, phase.recipe, device=ws.device, seed=run.seed,
                              phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
-                             checkpoint=rd.path / "phase.pt", progress=bar)
+                             checkpoint=shared.phase, progress=bar)
         if bar:
             bar.close()
     phase_s = time.perf_counter() - began
@@ -313,16 +322,14 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], rd: RunDir
     prune_s = time.perf_counter() - began
     kept = channel_counts(model, layers)
     record.update(measure(model, info, "pruned", run))
-    ctx.flops["pruned"] = record["flops_pruned"]
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
-    save_checkpoint(rd.pruned, {"keep": keep, "model": model.state_dict(), "record": record})
+    save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record})
     faults.point("pruned:saved")
-    (rd.path / "phase.pt").unlink(missing_ok=True)
-    return model, record, ctx
+    shared.phase.unlink(missing_ok=True)
 
 
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
@@ -392,8 +399,7 @@ def execute(run: Run, ws: Workspace) -> str:
         write_json(rd.result, result)
         if result["status"] in FINISHED:
             storage = run.suite.storage
-            for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.pruned, storage.keep_checkpoints),
-                                   (rd.model, storage.keep_final_model)):
+            for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
                 if not keep:
                     leftover.unlink(missing_ok=True)
         return result["status"]
@@ -401,7 +407,7 @@ def execute(run: Run, ws: Workspace) -> str:
 
 def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     methods = run.method.build()
-    model, record, ctx = prune_stage(run, ws, methods, rd)
+    model, record, ctx = prune_stage(run, ws, methods)
     probe = jsv_probe(run, ws)
     every = run.suite.trainability.every
 
@@ -442,6 +448,6 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
-    state = load_checkpoint(rd.pruned)
+    state = load_checkpoint(PrunedDir(ws.results, run.prune_id).model)
     save_checkpoint(rd.model, {"keep": state["keep"], "model": model.state_dict()})
     return metrics, {"phase": record["phase_history"], "retrain": history}

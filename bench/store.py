@@ -30,6 +30,7 @@ from bench.errors import CheckpointError, UserError
 log = logging.getLogger(__name__)
 
 DENSE_DIR = "_dense"
+PRUNED_DIR = "_pruned"
 LOCK_POLL_S = 5.0  # data-parallel runs: how often rank 0 retries a lock another process holds
 
 
@@ -157,7 +158,6 @@ class RunDir:
         self.path = results / suite / "runs" / run_id
         self.result = self.path / "result.json"
         self.checkpoint = self.path / "checkpoint.pt"
-        self.pruned = self.path / "pruned.pt"
         self.model = self.path / "model.pt"
         self.lock = self.path / ".lock"
 
@@ -185,6 +185,17 @@ class DenseDir:
     def done(self) -> bool:
         """Trained and recorded: ``dense.json`` is written after ``model.pt``, so it marks completion."""
         return self.meta.exists() and self.model.exists()
+
+
+class PrunedDir:
+    """Paths of one cached pruned model (before retraining), shared by the runs that differ only in the retraining
+    learning rate: a method's phase, the selection and the removal do not depend on it, so they run once."""
+
+    def __init__(self, results: Path, prune_id: str) -> None:
+        self.path = results / PRUNED_DIR / prune_id
+        self.model = self.path / "pruned.pt"
+        self.phase = self.path / "phase.pt"
+        self.lock = self.path / ".lock"
 
 
 def check_writable(results: Path) -> None:

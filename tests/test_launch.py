@@ -29,7 +29,7 @@ from bench.launch import (
     scheduler_states,
     submit_slurm,
 )
-from bench.store import DenseDir, RunDir, file_lock, save_checkpoint, write_json
+from bench.store import DenseDir, PrunedDir, RunDir, file_lock, save_checkpoint, write_json
 from tests.conftest import tiny_suite
 
 
@@ -148,7 +148,7 @@ def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, 
     assert [r.dense_id for r in dense_stage(runs, tmp_path)] == [chosen[1].dense_id]
     for run in runs:   # runs already pruned need no dense model
         if run.dense_id == chosen[1].dense_id:
-            save_checkpoint(RunDir(tmp_path, "tiny", run.run_id).pruned, {})
+            save_checkpoint(PrunedDir(tmp_path, run.prune_id).model, {})
     assert dense_stage(runs, tmp_path) == []
     no_training = invocation(write_suite(tiny_suite(pretrain={"epochs": 0})), tmp_path / "other")
     assert dense_stage(no_training.load()[1], tmp_path / "other") == []

@@ -263,7 +263,7 @@ def test_scratch_b_killed_after_pruning_resumes_with_its_flops_budget(write_suit
     suite, results = write_suite(tiny_suite(**changes), "killed.yaml"), tmp_path / "killed"
     command = [sys.executable, str(PROJECT / "bench.py"), "run", str(suite), "--results", str(results), "--quiet"]
     killed = subprocess.run(command, env=dict(os.environ, BENCH_FAULT="pruned:saved"), capture_output=True)
-    assert killed.returncode == -9 and list(results.glob("tiny/runs/*/pruned.pt"))
+    assert killed.returncode == -9 and list(results.glob("_pruned/*/pruned.pt"))
     assert subprocess.run(command, capture_output=True).returncode == 0
     resumed = json.loads(next(results.glob("tiny/runs/*/result.json")).read_text())
     assert resumed["status"] == "ok" and len(resumed["attempts"]) == 2

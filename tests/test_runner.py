@@ -205,3 +205,18 @@ def test_suite_as_run_is_kept_beside_its_results(finished: Path, tmp_path: Path,
     suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 0, "lr": [0.01]}, reference="tpp_table1"))
     assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
     assert Path(recorded_reference(tmp_path / "tiny")).name == "tpp_table1.csv"
+
+
+def test_the_runs_of_one_pruned_model_share_its_phase_and_selection(tmp_path: Path, write_suite) -> None:
+    """GReg's phase runs once for the two retraining LRs: both runs carry the very same phase record (wall-clock
+    seconds included), and their retraining starts from the same pruned model."""
+    suite = write_suite(tiny_suite(methods=[{"greg": {"delta": 0.25, "update_interval": 2, "stabilize": 4}}],
+                                   retrain={"epochs": 1, "lr": [0.05, 0.01]}, trainability={"samples": 4}))
+    assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
+    first, second = results_of(tmp_path).values()
+    assert first["lr"] != second["lr"] and len(list((tmp_path / "_pruned").iterdir())) == 1
+    assert first["history"]["phase"] and first["history"]["phase"] == second["history"]["phase"]
+    assert first["metrics"]["timings"]["phase_s"] == second["metrics"]["timings"]["phase_s"]
+    for key in ("acc_pruned", "jsv_pruned_mean", "params_pruned", "channels"):
+        assert first["metrics"][key] == second["metrics"][key]
+    assert first["history"]["retrain"][0]["train_loss"] != second["history"]["retrain"][0]["train_loss"]

@@ -26,7 +26,7 @@ from bench.launch import (
     submit_slurm,
     wait_for,
 )
-from bench.store import RunDir
+from bench.store import PrunedDir, RunDir
 from tests.conftest import tiny_suite
 
 SLEEP_ENV = "BENCH_TEST_STEP_SLEEP"
@@ -196,7 +196,7 @@ def test_cancelled_task_is_finished_by_a_resubmission(plugin: Path, write_suite,
     submission = submit_slurm(inv, suite, runs)
     assert submission is not None and set(submission.tasks) == {first.run_id, second.run_id}
     task = submission.tasks[first.run_id]
-    wait_until("the first run's phase checkpoint", (RunDir(results, "tiny", first.run_id).path / "phase.pt").exists)
+    wait_until("the first run's phase checkpoint", PrunedDir(results, first.prune_id).phase.exists)
     subprocess.run(["scancel", task], check=True, timeout=30)
     wait_until("sacct to report the cancellation", lambda: scheduler_states([task]).get(task) == "CANCELLED")
 
@@ -221,7 +221,7 @@ def test_preempted_task_requeues_and_resumes(plugin: Path, write_suite, tmp_path
     submission = submit_slurm(inv, suite, [run])
     assert submission is not None
     task, job = submission.tasks[run.run_id], submission.jobs[-1]
-    phase_checkpoint = RunDir(results, "tiny", run.run_id).path / "phase.pt"
+    phase_checkpoint = PrunedDir(results, run.prune_id).phase
     wait_until("the phase checkpoint", phase_checkpoint.exists)
     job._interrupt()   # SIGTERM then USR2, as Slurm does at preemption: submitit checkpoints and requeues
     queue_state = lambda: subprocess.run(["squeue", "-h", "-j", task, "-o", "%T"], capture_output=True,  # noqa: E731

@@ -52,8 +52,8 @@ def test_keep_options_and_corrupt_result_redone(tmp_path: Path, write_suite) -> 
     path = write_suite(suite)
     assert main(["run", str(path), "--results", str(tmp_path), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "tiny" / "runs").iterdir()
-    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == \
-        ["checkpoint.pt", "pruned.pt", "result.json"]
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["checkpoint.pt", "result.json"]
+    assert [p.name for p in (tmp_path / "_pruned").glob("*/*.pt")] == ["pruned.pt"]  # shared across LRs, kept
     (run_dir / "result.json").write_text("{ torn")
     assert main(["run", str(path), "--results", str(tmp_path), "--quiet"]) == 0
     assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
