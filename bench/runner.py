@@ -262,13 +262,13 @@ def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunCon
 
 def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any], RunContext]:
     """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
-    LR share it; other processes wait on the lock), saved to ``pruned.pt``, and loaded by every run alike."""
+    LR share it; other processes wait on the lock) and saved to ``pruned.pt``, which the other runs load."""
     shared = PrunedDir(ws.results, run.prune_id)
     if not distributed.agree(shared.model.exists()):
         with file_lock(shared.lock, blocking=True):
             if not distributed.agree(shared.model.exists()):
                 remove_stale_temporaries(shared.path)
-                prune_once(run, ws, methods, shared)
+                return prune_once(run, ws, methods, shared)  # what it saved, still in memory
     state = load_checkpoint(shared.model)
     model = new_model(run, ws.data.info, methods)
     ctx, deps = run_context(run, ws, model)
@@ -279,8 +279,10 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Modu
     return model.to(ws.device), record, ctx
 
 
-def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir) -> None:
-    """Dense model -> method phases -> selection -> removal -> after_slim, measured, and saved to ``shared``."""
+def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
+               ) -> tuple[nn.Module, dict[str, Any], RunContext]:
+    """Dense model -> method phases -> selection -> removal -> after_slim, measured, and saved to ``shared``
+    (a run that loads it instead continues with the same numbers: the kill tests check this)."""
     info = ws.data.info
     probe = jsv_probe(run, ws)
     began = time.perf_counter()
@@ -322,6 +324,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     prune_s = time.perf_counter() - began
     kept = channel_counts(model, layers)
     record.update(measure(model, info, "pruned", run))
+    ctx.flops["pruned"] = record["flops_pruned"]
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
@@ -330,6 +333,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record})
     faults.point("pruned:saved")
     shared.phase.unlink(missing_ok=True)
+    return model, record, ctx
 
 
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
@@ -353,7 +357,7 @@ def previous_attempts(rd: RunDir) -> list[dict[str, Any]]:
 
 
 def base_result(run: Run) -> dict[str, Any]:
-    return {"format": 1, **run.describe(), "status": "running", "config": run.key,
+    return {"format": 1, **run.describe(), "prune_id": run.prune_id, "status": "running", "config": run.key,
             "method_components": run.method.plain(), "ratio_value": run.ratio}
 
 

@@ -177,23 +177,28 @@ def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
 def overhead_section(workdir: Path) -> None:
     """The harness's own time per run (config, data, tracing, FLOPs, storage) against its training compute.
 
-    JSV is timed apart (it is a measurement with its own target, see benchmarks/jsv_cost.py): the runner's
-    ``jsv_stats`` is wrapped with a timer for this in-process run.
+    The measurements (JSV, with its own target, see benchmarks/jsv_cost.py, and inference latency) and reading the
+    dataset, which any training pays, are timed apart: those functions are wrapped with timers for this run.
     """
+    import bench.data
     import bench.runner
     from bench.cli import main
     print("\nharness overhead: the quickstart suite (12 runs: mlp7_linear on Fashion-MNIST, l1, random, tpp), "
           "every cost outside training")
     results = workdir / "results"
-    jsv_s = [0.0]
-    untimed = bench.runner.jsv_stats
+    spent = {"jsv": 0.0, "latency": 0.0, "data": 0.0}
+    wrapped = {"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
+               "data": (bench.data, "build_dataset")}
+    originals = {key: getattr(module, name) for key, (module, name) in wrapped.items()}
 
-    def timed_jsv(*args: object, **kwargs: object) -> object:
-        began = time.perf_counter()
-        try:
-            return untimed(*args, **kwargs)
-        finally:
-            jsv_s[0] += time.perf_counter() - began
+    def timer(key: str) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            try:
+                return originals[key](*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - began
+        return timed
 
     # One-time costs of a process (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
     # JSV call) are paid by a one-run, no-training warm-up and shown on their own line.
@@ -202,15 +207,20 @@ def overhead_section(workdir: Path) -> None:
           "--set", "methods=[l1]", "--set", "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]",
           "--set", "pretrain.epochs=0", "--set", "retrain.epochs=0"])
     warm_up = time.perf_counter() - began
-    bench.runner.jsv_stats = timed_jsv
+    for key, (module, name) in wrapped.items():
+        setattr(module, name, timer(key))
     began = time.perf_counter()
     main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--results", str(results), "--quiet"])
     wall = time.perf_counter() - began
-    bench.runner.jsv_stats = untimed
-    compute = 0.0
+    for key, (module, name) in wrapped.items():
+        setattr(module, name, originals[key])
+    compute, phases = 0.0, {}
     for path in results.glob("*/runs/*/result.json"):
-        history = json.loads(path.read_text())["history"]
-        compute += sum(r["seconds"] for r in history["phase"] + history["retrain"])
+        record = json.loads(path.read_text())
+        compute += sum(r["seconds"] for r in record["history"]["retrain"])
+        # A method's phase ran once for all the runs sharing its pruned model, and each of them records it.
+        phases[record["prune_id"]] = sum(r["seconds"] for r in record["history"]["phase"])
+    compute += sum(phases.values())
     for path in results.glob("_dense/*/dense.json"):
         compute += sum(r["seconds"] for r in json.loads(path.read_text())["history"])
     began = time.perf_counter()
@@ -219,8 +229,11 @@ def overhead_section(workdir: Path) -> None:
     row("once per process: imports, first JSV (s)", f"{warm_up:.1f}", f"{100 * warm_up / wall:.1f}%")
     row("suite wall time, after that (s)", f"{wall:.1f}")
     row("training epochs (dense, phase, retrain) (s)", f"{compute:.1f}")
-    row("JSV: dense, pruned, each epoch (s)", f"{jsv_s[0]:.1f}", f"{100 * jsv_s[0] / wall:.1f}%")
-    harness = wall - compute - jsv_s[0]
+    row("JSV: dense, pruned, each epoch (s)", f"{spent['jsv']:.1f}", f"{100 * spent['jsv'] / wall:.1f}%")
+    row("latency: dense and pruned models (s)", f"{spent['latency']:.1f}",
+        f"{100 * spent['latency'] / wall:.1f}%")
+    row("reading the dataset into memory (s)", f"{spent['data']:.1f}", f"{100 * spent['data'] / wall:.1f}%")
+    harness = wall - compute - sum(spent.values())
     row("everything else: the harness (s)", f"{harness:.1f}", f"{100 * harness / wall:.1f}%")
     row("report (s)", f"{report_s:.1f}", f"{100 * report_s / wall:.1f}%")
 
