@@ -236,7 +236,9 @@ def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs:
         print(f"suite '{suite.name}': nothing to submit ({len(runs) - len(todo)} of {len(runs)} runs finished, the "
               f"others queued or running). Follow them with: {status_command}")
         return 0
-    after = f" after the dense-model array {submission.dense_job}" if submission.dense_job else ""
+    before = [f"the dense-model array {submission.dense_job}"] if submission.dense_job else []
+    before += [f"the pruned-model array {submission.prune_job}"] if submission.prune_job else []
+    after = f" after {' and '.join(before)}" if before else ""
     print(f"suite '{suite.name}': submitted {len(submission.tasks)} runs as Slurm job array {submission.job}{after}"
           + (f"; {submission.skipped_live} more are already queued or running" if submission.skipped_live else ""))
     out, err = log_paths(submission.log_dir, f"{submission.job}_<task>")

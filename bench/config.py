@@ -152,6 +152,9 @@ class Slurm:
                                 "nodes share (default: <results>/<suite>/slurm)")
     dense_job: bool = field(True, doc="train missing dense models in a first job array and start the runs after "
                             "it (afterany), rather than letting run tasks hold GPUs while waiting for them")
+    prune_job: bool = field(True, doc="make the missing pruned models that several runs share (the same run but "
+                            "for the retraining LR) in a job array before the runs, rather than letting their tasks "
+                            "hold GPUs while one of them runs the method's phase")
 
     def validate(self) -> list[str]:
         managed = sorted(set(self.additional_parameters) & set(SUBMITIT_MANAGED))

@@ -8,9 +8,11 @@ runs and the dataset themselves, so a Slurm task's pickle is a few hundred bytes
 
 Dense models are trained in a stage of their own, one task per missing dense model, before the runs start
 (``Slurm.dense_job``; the local pool always does it). The alternative, letting every run task wait on the dense
-model's lock, would keep the GPUs of all but one task idle for the whole dense training. If a dense task fails,
-the runs still start (Slurm ``afterany``) and retry the dense model themselves under the lock, so its error is
-recorded in their result files.
+model's lock, would keep the GPUs of all but one task idle for the whole dense training. Pruned models that
+several runs share (the same run but for the retraining LR) are made likewise in a second stage
+(``Slurm.prune_job``), so a method's phase runs once while its LR siblings are not yet started. If a stage's task
+fails, the runs still start (Slurm ``afterany``) and retry it themselves under the lock, so its error is recorded
+in their result files.
 
 Slurm submissions are recorded in ``<results>/<suite>/submissions.json`` (job ids, each run's array task, the log
 folder): ``status`` joins them with sacct, and a resubmission skips runs whose task is still queued or running.
@@ -41,7 +43,7 @@ from bench import distributed
 from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
-from bench.runner import FINISHED, Workspace, execute, obtain_dense
+from bench.runner import FINISHED, Workspace, execute, obtain_dense, prune_stage
 from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,8 @@ _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] 
 
 
 def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", device: str | None = None) -> str:
-    """Execute one run (``stage="run"``; returns its status) or only train its dense model (``"dense"``).
+    """Execute one run (``stage="run"``; returns its status), or only make its dense model (``"dense"``) or its
+    pruned model (``"prune"``).
 
     The suite and dataset are loaded once per process and reused by the runs that follow in it.
     """
@@ -126,6 +129,9 @@ def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", devi
     if stage == "dense":
         obtain_dense(run, ws, run.method.build())
         return "ok"
+    if stage == "prune":
+        prune_stage(run, ws, run.method.build())
+        return "ok"
     return execute(run, ws)
 
 
@@ -141,6 +147,16 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
         if not DenseDir(results, run.dense_id).done:
             chosen[run.dense_id] = run
     return list(chosen.values())
+
+
+def pruned_stage(runs: Iterable[Run], results: Path) -> list[Run]:
+    """One run per missing pruned model that two or more of ``runs`` share (the same run but for the retraining
+    LR): made first, it spares their tasks from waiting on its lock while its phase runs."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.prune_id, []).append(run)
+    return [group[0] for prune_id, group in groups.items()
+            if len(group) > 1 and not PrunedDir(results, prune_id).model.exists()]
 
 
 def configure_worker_logging(level: int = logging.INFO, tag: str = "") -> None:
@@ -176,7 +192,8 @@ def pool_devices(invocation: Invocation, suite: Suite, workers: int) -> list[str
 
 def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: int, quiet: bool = False,
               on_done: Callable[[Run, str], None] | None = None) -> Counter[str]:
-    """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first, then the runs.
+    """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first, then the pruned models
+    several runs share, then the runs.
 
     Returns the count of each status ("ok", "diverged", "failed", "locked"). CPU workers share the cores
     (``torch`` threads = cores // workers) unless OMP_NUM_THREADS is set.
@@ -192,12 +209,13 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(slots, devices, threads, level)) as pool:
-            dense = {pool.submit(_pool_task, invocation, r.run_id, "dense"): r
-                     for r in dense_stage(todo, Path(invocation.results))}
-            for future, run in dense.items():
-                if future.exception() is not None:
-                    log.error("dense model %s (for run %s) failed: %s; its runs will retry it", run.dense_id,
-                              run.run_id, future.exception())
+            for stage, select in (("dense", dense_stage), ("prune", pruned_stage)):
+                prepared = {pool.submit(_pool_task, invocation, r.run_id, stage): r
+                            for r in select(todo, Path(invocation.results))}
+                for future, run in prepared.items():
+                    if future.exception() is not None:
+                        log.error("%s model for run %s failed: %s; its runs will retry it", stage, run.run_id,
+                                  future.exception())
             pending: dict[Future[str], Run] = {pool.submit(_pool_task, invocation, r.run_id, "run"): r for r in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -263,8 +281,10 @@ class Submission:
     tasks: dict[str, str]                      # run id -> array task id ("<job>_<index>")
     dense_job: str | None = None
     dense_tasks: dict[str, str] = field(default_factory=dict)   # dense id -> array task id
+    prune_job: str | None = None
+    prune_tasks: dict[str, str] = field(default_factory=dict)   # prune id -> array task id
     skipped_live: int = 0                      # unfinished runs left alone because their task is queued or running
-    jobs: list[Any] = field(default_factory=list, repr=False)   # submitit jobs (dense first), for waiting
+    jobs: list[Any] = field(default_factory=list, repr=False)   # submitit jobs (dense, pruned, runs), for waiting
 
     def log_paths(self, task: str) -> tuple[Path, Path]:
         """(stdout, stderr) of an array task."""
@@ -331,23 +351,37 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run]) -> Submi
     executor = make_executor(suite.slurm, log_dir, f"bench-{suite.name}-dense")
     dense_runs = dense_stage(fresh, results) if suite.slurm.dense_job else []
     dense_jobs = _sbatch(executor, [SlurmTask(invocation, r.run_id, "dense") for r in dense_runs])
-    dense_job = dense_jobs[0].job_id.split("_")[0] if dense_jobs else None
-    executor.update_parameters(job_name=f"bench-{suite.name}")
-    if dense_job:
-        executor.update_parameters(dependency=f"afterany:{dense_job}")
+    dense_job = array_id(dense_jobs)
+    prepared = list(dense_jobs)
     try:
+        prune_runs = pruned_stage(fresh, results) if suite.slurm.prune_job else []
+        executor.update_parameters(job_name=f"bench-{suite.name}-pruned")
+        if dense_job:
+            executor.update_parameters(dependency=f"afterany:{dense_job}")
+        prune_jobs = _sbatch(executor, [SlurmTask(invocation, r.run_id, "prune") for r in prune_runs])
+        prepared += prune_jobs
+        prune_job = array_id(prune_jobs)
+        executor.update_parameters(job_name=f"bench-{suite.name}")
+        if prune_job or dense_job:
+            executor.update_parameters(dependency=f"afterany:{prune_job or dense_job}")
         jobs = _sbatch(executor, [SlurmTask(invocation, r.run_id) for r in fresh])
     except UserError:
-        for job in dense_jobs:   # no runs would use them
+        for job in prepared:   # no runs would use them
             job.cancel(check=False)
         raise
     submission = Submission(
         suite=suite.name, log_dir=log_dir, job=jobs[0].job_id.split("_")[0],
         tasks={r.run_id: j.job_id for r, j in zip(fresh, jobs)}, dense_job=dense_job,
-        dense_tasks={r.dense_id: j.job_id for r, j in zip(dense_runs, dense_jobs)},
-        skipped_live=len(todo) - len(fresh), jobs=[*dense_jobs, *jobs])
+        dense_tasks={r.dense_id: j.job_id for r, j in zip(dense_runs, dense_jobs)}, prune_job=prune_job,
+        prune_tasks={r.prune_id: j.job_id for r, j in zip(prune_runs, prune_jobs)},
+        skipped_live=len(todo) - len(fresh), jobs=[*prepared, *jobs])
     record_submission(results, submission, invocation)
     return submission
+
+
+def array_id(jobs: list[Any]) -> str | None:
+    """The job id of a submitted array ("<id>" of its "<id>_<index>" tasks), None when nothing was submitted."""
+    return jobs[0].job_id.split("_")[0] if jobs else None
 
 
 def _sbatch(executor: submitit.SlurmExecutor, tasks: list[SlurmTask]) -> list[Any]:
@@ -366,7 +400,7 @@ def wait_for(submission: Submission) -> Counter[str]:
     """Block until every task of a submission has ended; count the runs' statuses (an ended task without a
     status, e.g. cancelled or out of memory, counts as "failed")."""
     statuses: Counter[str] = Counter()
-    n_dense = len(submission.dense_tasks)
+    n_prepared = len(submission.dense_tasks) + len(submission.prune_tasks)
     for i, job in enumerate(submission.jobs):
         try:
             status = job.result()
@@ -374,7 +408,7 @@ def wait_for(submission: Submission) -> Counter[str]:
             log.error("Slurm task %s did not finish: %s. Log: %s", job.job_id, str(err).strip().splitlines()[0],
                       log_paths(submission.log_dir, job.job_id)[1])
             status = "failed"
-        if i >= n_dense:
+        if i >= n_prepared:
             statuses[status] += 1
     return statuses
 
@@ -397,7 +431,8 @@ def record_submission(results: Path, submission: Submission, invocation: Invocat
     entry = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "submitted_unix": time.time(),
              "log_dir": str(submission.log_dir),
              "job": submission.job, "tasks": submission.tasks, "dense_job": submission.dense_job,
-             "dense_tasks": submission.dense_tasks, "overrides": list(invocation.overrides)}
+             "dense_tasks": submission.dense_tasks, "prune_job": submission.prune_job,
+             "prune_tasks": submission.prune_tasks, "overrides": list(invocation.overrides)}
     with file_lock(path.with_name(f".{SUBMISSIONS}.lock"), blocking=True):
         write_json(path, {"format": SUBMISSIONS_FORMAT,
                           "submissions": [*read_submissions(results, submission.suite), entry]})

@@ -22,6 +22,7 @@ from bench.launch import (
     live_tasks,
     make_executor,
     pool_devices,
+    pruned_stage,
     record_submission,
     run_in_process,
     run_local,
@@ -152,6 +153,16 @@ def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, 
     assert dense_stage(runs, tmp_path) == []
     no_training = invocation(write_suite(tiny_suite(pretrain={"epochs": 0})), tmp_path / "other")
     assert dense_stage(no_training.load()[1], tmp_path / "other") == []
+
+
+def test_pruned_stage_picks_one_run_per_missing_shared_pruned_model(write_suite, tmp_path: Path) -> None:
+    inv = invocation(write_suite(tiny_suite(seeds=[0, 1])), tmp_path)   # l1, random × 2 LRs × 2 seeds
+    _, runs, _ = inv.load()
+    chosen = pruned_stage(runs, tmp_path)
+    assert len(runs) == 8 and len(chosen) == 4 and len({r.prune_id for r in chosen}) == 4
+    save_checkpoint(PrunedDir(tmp_path, chosen[0].prune_id).model, {})
+    assert [r.run_id for r in pruned_stage(runs, tmp_path)] == [r.run_id for r in chosen[1:]]
+    assert pruned_stage([r for r in runs if r.lr == 0.05], tmp_path) == []  # nobody to share with: no stage
 
 
 def test_pool_workers_get_gpus_round_robin(write_suite, tmp_path: Path, monkeypatch) -> None:

@@ -107,7 +107,7 @@ def jobs_to_cancel(tmp_path: Path) -> Iterator[list[str]]:
     yield ids
     for record in tmp_path.rglob("submissions.json"):
         for entry in json.loads(record.read_text())["submissions"]:
-            ids += [entry["job"]] + ([entry["dense_job"]] if entry["dense_job"] else [])
+            ids += [entry["job"]] + [entry[k] for k in ("dense_job", "prune_job") if entry.get(k)]
     deadline = time.monotonic() + 15
     while ids and time.monotonic() < deadline and subprocess.run(
             ["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30).stdout.strip():
@@ -163,13 +163,18 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
 
 def test_array_gives_the_inline_results_and_resubmission_skips_live_runs(plugin: Path, write_suite, tmp_path: Path,
                                                                         jobs_to_cancel: list[str], capsys) -> None:
-    suite = str(write_suite(slurm_suite(plugin, slurm={"cpus_per_task": 1, "dense_job": True})))
+    """Two runs that differ only in the retraining LR: a dense-model array, a pruned-model array making their
+    shared pruned model (its phase) once, then the runs."""
+    suite = str(write_suite(slurm_suite(plugin, methods=["l1 + slowphase"], retrain={
+        "epochs": 2, "batch_size": 64, "lr": [0.05, 0.01]}, slurm={"cpus_per_task": 1, "dense_job": True})))
     results = tmp_path / "slurm"
     assert main(["run", suite, "--results", str(results), "--executor", "slurm", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "submitted 2 runs as Slurm job array" in out and "after the dense-model array" in out, out
+    assert "submitted 2 runs as Slurm job array" in out, out
+    assert "after the dense-model array" in out and "and the pruned-model array" in out, out
     (submission,) = read_submissions(results, "tiny")
     assert len(submission["tasks"]) == 2 and len(submission["dense_tasks"]) == 1
+    assert len(submission["prune_tasks"]) == 1
     assert main(["run", suite, "--results", str(results), "--executor", "slurm", "--quiet"]) == 0
     assert "nothing to submit" in capsys.readouterr().out   # both runs are queued or running
     assert len(read_submissions(results, "tiny")) == 1
@@ -181,6 +186,8 @@ def test_array_gives_the_inline_results_and_resubmission_skips_live_runs(plugin:
         on_slurm, inline = result(results, run_id), result(tmp_path / "inline", run_id)
         assert on_slurm["status"] == "ok", on_slurm.get("error")
         assert comparable(on_slurm) == comparable(inline)
+    first, second = (result(results, r) for r in run_ids)
+    assert first["history"]["phase"] == second["history"]["phase"]  # one phase, seconds and all, for both LRs
     assert main(["status", suite, "--results", str(results)]) == 0
     assert capsys.readouterr().out.strip().endswith("2 ok")
 
