@@ -183,7 +183,8 @@ class Storage:
     """What a finished run keeps on disk (it never changes results, so it is not part of run ids)."""
 
     keep_final_model: bool = field(True, doc="keep model.pt (the slim model and the channels kept)")
-    keep_checkpoints: bool = field(False, doc="keep pruned.pt and the last checkpoint.pt too")
+    keep_checkpoints: bool = field(False, doc="keep the last retraining checkpoint.pt too (the shared pruned "
+                                              "models under _pruned/ are a cache, kept like _dense/)")
 
 
 @dataclass

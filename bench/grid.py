@@ -5,6 +5,7 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -38,7 +39,17 @@ class MethodSpec:
         return [METHODS.get(name)(hparams) for name, hparams in self.components]
 
     def plain(self) -> list[dict[str, Any]]:
-        return [{"name": name, "hparams": to_plain(hparams)} for name, hparams in self.components]
+        """The components as they enter run ids: every hyperparameter, but those added later only when set."""
+        return [{"name": name, "hparams": {k: v for k, v in to_plain(hparams).items() if not _unkeyed(hparams, k, v)}}
+                for name, hparams in self.components]
+
+
+def _unkeyed(hparams: Any, name: str, value: Any) -> bool:
+    """Whether hyperparameter ``name`` stays out of run ids: declared ``keyed_at_default=False`` and at its default."""
+    spec = {f.name: f for f in dataclasses.fields(hparams)}.get(name)
+    if spec is None or spec.metadata.get("keyed_at_default", True) or spec.default is dataclasses.MISSING:
+        return False
+    return value == to_plain(spec.default)
 
 
 def resolve_method(entry: str | dict[str, Any], index: int) -> MethodSpec:
@@ -102,8 +113,10 @@ class Run:
 
     @property
     def prune_key(self) -> dict[str, Any]:
-        """What determines the pruned model before retraining: the run's key without the retraining LR."""
-        return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"}}
+        """What determines the pruned model before retraining and its record: the run's key without the retraining
+        LR, with the latency settings (the record holds the dense and pruned models' measured latency)."""
+        return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"},
+                           "latency": to_plain(self.suite.latency)}
 
     @property
     def prune_id(self) -> str:

@@ -43,6 +43,7 @@ from bench import distributed
 from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
+from bench.method import Method
 from bench.runner import FINISHED, Workspace, execute, obtain_dense, prune_stage
 from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 
@@ -151,12 +152,18 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
 
 def pruned_stage(runs: Iterable[Run], results: Path) -> list[Run]:
     """One run per missing pruned model that two or more of ``runs`` share (the same run but for the retraining
-    LR): made first, it spares their tasks from waiting on its lock while its phase runs."""
+    LR) and whose method has a training phase: made first, it spares their tasks from waiting on its lock while
+    the phase runs. Without a phase, making it is quick, and the first run does it."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.prune_id, []).append(run)
     return [group[0] for prune_id, group in groups.items()
-            if len(group) > 1 and not PrunedDir(results, prune_id).model.exists()]
+            if len(group) > 1 and has_phase(group[0]) and not PrunedDir(results, prune_id).model.exists()]
+
+
+def has_phase(run: Run) -> bool:
+    """Whether a component of the run's method defines its own training phase (``Method.phase`` overridden)."""
+    return any(type(m).phase is not Method.phase for m in run.method.build())
 
 
 def configure_worker_logging(level: int = logging.INFO, tag: str = "") -> None:
@@ -209,17 +216,24 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(slots, devices, threads, level)) as pool:
-            for stage, select in (("dense", dense_stage), ("prune", pruned_stage)):
-                prepared = {pool.submit(_pool_task, invocation, r.run_id, stage): r
-                            for r in select(todo, Path(invocation.results))}
-                for future, run in prepared.items():
-                    if future.exception() is not None:
-                        log.error("%s model for run %s failed: %s; its runs will retry it", stage, run.run_id,
-                                  future.exception())
-            pending: dict[Future[str], Run] = {pool.submit(_pool_task, invocation, r.run_id, "run"): r for r in todo}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            results = Path(invocation.results)
+            dense = {pool.submit(_pool_task, invocation, r.run_id, "dense"): r for r in dense_stage(todo, results)}
+            for future, run in dense.items():
+                _log_stage_error(future, "dense", run)
+            # A shared pruned model's runs start when it is made; every other run starts at once.
+            staged = {pool.submit(_pool_task, invocation, r.run_id, "prune"): r for r in pruned_stage(todo, results)}
+            waiting = {r.prune_id for r in staged.values()}
+            pending: dict[Future[str], Run] = {pool.submit(_pool_task, invocation, r.run_id, "run"): r
+                                               for r in todo if r.prune_id not in waiting}
+            while pending or staged:
+                done, _ = wait([*pending, *staged], return_when=FIRST_COMPLETED)
                 for future in done:
+                    if future in staged:
+                        made = staged.pop(future)
+                        _log_stage_error(future, "pruned", made)
+                        pending.update({pool.submit(_pool_task, invocation, r.run_id, "run"): r
+                                        for r in todo if r.prune_id == made.prune_id})
+                        continue
                     run = pending.pop(future)
                     error = future.exception()
                     if isinstance(error, BrokenProcessPool):
@@ -235,6 +249,15 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
                         "are kept; run the same command again to resume the others (perhaps with fewer --workers)."
                         ) from None
     return statuses
+
+
+def _log_stage_error(future: Future[str], stage: str, run: Run) -> None:
+    """Log a failed dense or pruned-model task (its runs retry it themselves under the lock); a dead pool raises."""
+    error = future.exception()
+    if isinstance(error, BrokenProcessPool):
+        raise error
+    if error is not None:
+        log.error("%s model for run %s failed: %s; its runs will retry it", stage, run.run_id, error)
 
 
 # ----------------------------------------------------------------------------------------- Slurm

@@ -7,7 +7,9 @@ stopped and ends with the numbers an uninterrupted run would have given.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import platform
 import time
@@ -269,6 +271,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Modu
             if not distributed.agree(shared.model.exists()):
                 remove_stale_temporaries(shared.path)
                 return prune_once(run, ws, methods, shared)  # what it saved, still in memory
+    shared.phase.unlink(missing_ok=True)  # the phase is over; a kill after saving the model may have left it
     state = load_checkpoint(shared.model)
     model = new_model(run, ws.data.info, methods)
     ctx, deps = run_context(run, ws, model)
@@ -289,6 +292,8 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     model, dense_meta = obtain_dense(run, ws, methods)
     dense_s = time.perf_counter() - began
     ctx, deps = run_context(run, ws, model)
+    # The result is shared by the runs that differ only in the retraining LR, so the hooks must not see it.
+    run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
     record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense", run)}
     ctx.flops["dense"] = record["flops_dense"]
@@ -333,6 +338,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record})
     faults.point("pruned:saved")
     shared.phase.unlink(missing_ok=True)
+    ctx.retrain = run_recipe
     return model, record, ctx
 
 

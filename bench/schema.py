@@ -20,11 +20,12 @@ T = TypeVar("T")
 
 def field(default: Any = dataclasses.MISSING, *, doc: str = "", low: float | None = None,
           high: float | None = None, low_open: bool = False, high_open: bool = False, min_items: int = 0,
-          default_factory: Any = dataclasses.MISSING) -> Any:
+          default_factory: Any = dataclasses.MISSING, keyed_at_default: bool = True) -> Any:
     """A dataclass field with a help text, optional numeric bounds (closed unless ``*_open``) and, for a
-    list (a swept axis), the fewest items it may have."""
+    list (a swept axis), the fewest items it may have. ``keyed_at_default=False`` (for an option added after
+    results exist) leaves it out of run ids while it holds its default, so those results keep their ids."""
     metadata = {"doc": doc, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
-                "min_items": min_items}
+                "min_items": min_items, "keyed_at_default": keyed_at_default}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

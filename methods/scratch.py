@@ -47,9 +47,10 @@ class ScratchHparams:
                                                "(epochs × FLOPs_dense / FLOPs_pruned)")
     lr: Literal["dense", "swept"] = field("dense", doc="dense: the dense recipe's learning rate (the papers); "
                                                        "swept: the suite's retraining LR with the dense schedule")
-    max_factor: float | None = field(None, low=1, doc="Scratch-B: cap on the stretch factor FLOPs_dense / "
-                                                     "FLOPs_pruned, e.g. 2 (null: none; whether Liu et al. cap it, "
-                                                     "e.g. on ImageNet, is UNCERTAIN: the paper was not available)")
+    max_factor: float | None = field(
+        None, low=1, keyed_at_default=False,
+        doc="Scratch-B: cap on the stretch factor FLOPs_dense / FLOPs_pruned, e.g. 2 (null: none; whether Liu et al. "
+            "cap it, e.g. on ImageNet, is UNCERTAIN: the paper was not available)")
     conv_init: Literal["reset", "kaiming_fan_in", "kaiming_fan_out"] = field(
         "kaiming_fan_in", doc="conv weights after reset_parameters(): kept (PyTorch default), or Kaiming-normal "
                               "(ReLU gain) by fan-in, as this harness's CIFAR ResNets and VGGs are initialised, "

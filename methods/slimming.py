@@ -60,8 +60,9 @@ class SlimmingHparams:
         "global", doc="global: one |γ| threshold over all pruned layers (the paper, whatever prune.scope says); "
                       "layerwise: each layer's prune.ratios value (with lam 0: RNI's 'UCS' baseline)")
     cut: Literal["count", "quantile"] = field(
-        "count", doc="count: exactly ceil(p·n) channels go (the harness's rule); quantile: keep |γ| strictly above "
-                     "the p-quantile (the RNI code's rule for its L1-slim and UCS baselines)")
+        "count", keyed_at_default=False,
+        doc="count: exactly ceil(p·n) channels go (the harness's rule); quantile: keep |γ| strictly above the "
+            "p-quantile (the RNI code's rule for its L1-slim and UCS baselines)")
 
 
 @register_method("slimming")

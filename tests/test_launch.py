@@ -156,12 +156,14 @@ def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, 
 
 
 def test_pruned_stage_picks_one_run_per_missing_shared_pruned_model(write_suite, tmp_path: Path) -> None:
-    inv = invocation(write_suite(tiny_suite(seeds=[0, 1])), tmp_path)   # l1, random × 2 LRs × 2 seeds
-    _, runs, _ = inv.load()
+    suite = tiny_suite(seeds=[0, 1], methods=["l1", {"greg": {"delta": 0.5, "stabilize": 2}}])
+    _, runs, _ = invocation(write_suite(suite), tmp_path).load()   # l1, greg × 2 LRs × 2 seeds
     chosen = pruned_stage(runs, tmp_path)
-    assert len(runs) == 8 and len(chosen) == 4 and len({r.prune_id for r in chosen}) == 4
+    # greg's two (ratio, seed) groups, each shared by two LRs; l1 has no phase, so its first run just makes it
+    assert len(runs) == 8 and len(chosen) == 2 and {r.method.label for r in chosen} == {"greg"}
+    assert len({r.prune_id for r in chosen}) == 2
     save_checkpoint(PrunedDir(tmp_path, chosen[0].prune_id).model, {})
-    assert [r.run_id for r in pruned_stage(runs, tmp_path)] == [r.run_id for r in chosen[1:]]
+    assert [r.run_id for r in pruned_stage(runs, tmp_path)] == [chosen[1].run_id]
     assert pruned_stage([r for r in runs if r.lr == 0.05], tmp_path) == []  # nobody to share with: no stage
 
 
@@ -177,7 +179,9 @@ def test_pool_workers_get_gpus_round_robin(write_suite, tmp_path: Path, monkeypa
 
 
 def test_local_pool_matches_the_inline_loop(write_suite, tmp_path: Path) -> None:
-    suite_path = write_suite(tiny_suite(retrain={"epochs": 2, "batch_size": 64, "lr": [0.05, 0.01]}))
+    """l1 and GReg (a phase, so a pruned-model stage before its two LRs' runs) in two workers, as the inline loop."""
+    suite_path = write_suite(tiny_suite(methods=["l1", {"greg": {"delta": 0.5, "stabilize": 2}}],
+                                        retrain={"epochs": 2, "batch_size": 64, "lr": [0.05, 0.01]}))
     assert main(["run", str(suite_path), "--results", str(tmp_path / "inline"), "--quiet"]) == 0
     inv = invocation(suite_path, tmp_path / "pool")
     suite, runs, _ = inv.load()
@@ -192,6 +196,9 @@ def test_local_pool_matches_the_inline_loop(write_suite, tmp_path: Path) -> None
             assert pooled["metrics"][key] == inline["metrics"][key], key
         assert [r["train_loss"] for r in pooled["history"]["retrain"]] == \
             [r["train_loss"] for r in inline["history"]["retrain"]]
+    greg = [json.loads(RunDir(tmp_path / "pool", "tiny", r.run_id).result.read_text())["history"]["phase"]
+            for r in runs if r.method.label == "greg"]
+    assert len(greg) == 2 and greg[0] and greg[0] == greg[1]  # one phase for both LRs
 
 
 # ----------------------------------------------------------------------------------------- records and status

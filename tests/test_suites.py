@@ -5,12 +5,13 @@ The paper-protocol suites (ResNet56, VGG, ImageNet) need GPUs and the real datas
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench.cli import main
+from bench.cli import main, prepare
 from bench.data import FASHION_MNIST_SYSTEM_DIR
 from tests.conftest import PROJECT
 
@@ -25,6 +26,26 @@ def test_every_shipped_suite_validates_and_expands(suite: Path, tmp_path: Path, 
     out = capsys.readouterr().out
     assert " runs\n" in out and "pending" in out
     assert not any(tmp_path.iterdir())  # planning writes nothing
+
+
+# The first run id of every method of two shipped suites, pinned: an option added to a method must not move the
+# ids of results that already exist (declare it keyed_at_default=False), and nothing else may either.
+PINNED = {
+    "methods_cpu": {"l1": "a5077d989a45", "orthoreg": "be705286f8d7", "orthoreg_iterative": "22b8261a13de",
+                    "fisher": "f0dd3be19f8d", "rni": "43ca0adaf8fd", "slimming": "3cff3fee5c2c",
+                    "ucs": "da3c80cee00b", "greg": "6259a4f274b2"},
+    "mlp_trainability": {"l1": "0ab8e94b5a3c", "l1+orthp": "0e4017831af5", "random": "cd60a65d3fa3",
+                         "scratch": "317a8aabeb43", "tpp": "fe87a5ae79db"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_shipped_run_ids_are_pinned(name: str) -> None:
+    _, runs, _ = prepare(argparse.Namespace(suite=str(PROJECT / "suites" / f"{name}.yaml"), overrides=[], plugins=[]))
+    first: dict[str, str] = {}
+    for run in runs:
+        first.setdefault(run.method.label, run.run_id)
+    assert first == PINNED[name]
 
 
 def runs_csv(results: Path, suite: str) -> pd.DataFrame:
