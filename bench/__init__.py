@@ -13,7 +13,6 @@ from bench.method import (
                           global_ratio,
                           keep_above_quantile,
                           keep_from_scores,
-                          quantile,
                           register_method,
 )
 from bench.schema import field
@@ -22,4 +21,4 @@ from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
            "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile", "keep_from_scores",
-           "quantile", "register_method"]
+           "register_method"]

@@ -145,8 +145,8 @@ def apply_slurm_flags(args: argparse.Namespace) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    if args.device is not None and device_problem(args.device):
-        raise ConfigError(f"--device {device_problem(args.device)}")
+    if args.device is not None and (problem := device_problem(args.device)):
+        raise ConfigError(f"--device {problem}")
     if args.workers is not None and (args.executor != "local" or args.workers < 1):
         raise ConfigError("--workers N (N >= 1) goes with --executor local.")
     if args.wait and args.executor != "slurm":

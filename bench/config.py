@@ -215,8 +215,8 @@ class Suite:
         problems = []
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"'seeds' repeats a seed: {self.seeds}.")
-        if device_problem(self.device):
-            problems.append(f"'device' {device_problem(self.device)}")
+        if problem := device_problem(self.device):
+            problems.append(f"'device' {problem}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             problems.append(f"'name' {self.name!r} must be a plain directory name.")
         if isinstance(self.dataset, dict) and not isinstance(self.dataset.get("name"), str):

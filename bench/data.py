@@ -9,7 +9,6 @@ run replays exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import importlib.resources
 import importlib.util
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError, UserError
 from bench.registry import DATASETS
-from bench.schema import convert_value
+from bench.schema import convert_value, unknown_key
 
 logger = logging.getLogger(__name__)
 
@@ -849,9 +848,7 @@ def check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
     for key, value in options.items():
         path = f"dataset.{key}"
         if key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(f"unknown key '{path}'.{hint} Options of dataset '{name}': {', '.join(sorted(accepted))}.")
+            problems.append(unknown_key(path, key, sorted(accepted), f"Options of dataset '{name}'"))
             continue
         if key not in hints:
             continue

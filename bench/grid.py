@@ -40,16 +40,14 @@ class MethodSpec:
 
     def plain(self) -> list[dict[str, Any]]:
         """The components as they enter run ids: every hyperparameter, but those added later only when set."""
-        return [{"name": name, "hparams": {k: v for k, v in to_plain(hparams).items() if not _unkeyed(hparams, k, v)}}
-                for name, hparams in self.components]
+        return [{"name": name, "hparams": keyed_hparams(hparams)} for name, hparams in self.components]
 
 
-def _unkeyed(hparams: Any, name: str, value: Any) -> bool:
-    """Whether hyperparameter ``name`` stays out of run ids: declared ``keyed_at_default=False`` and at its default."""
-    spec = {f.name: f for f in dataclasses.fields(hparams)}.get(name)
-    if spec is None or spec.metadata.get("keyed_at_default", True) or spec.default is dataclasses.MISSING:
-        return False
-    return value == to_plain(spec.default)
+def keyed_hparams(hparams: Any) -> dict[str, Any]:
+    """A method's hyperparameters as plain data, without those declared ``keyed_at_default=False`` at their default."""
+    values = to_plain(hparams)
+    return {f.name: values[f.name] for f in dataclasses.fields(hparams)
+            if f.metadata.get("keyed_at_default", True) or values[f.name] != to_plain(f.default)}
 
 
 def resolve_method(entry: str | dict[str, Any], index: int) -> MethodSpec:

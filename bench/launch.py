@@ -143,7 +143,7 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
         pretrain = run.suite.pretrain
         if pretrain.checkpoint or pretrain.epochs == 0 or run.dense_id in chosen:
             continue
-        if PrunedDir(results, run.prune_id).model.exists():
+        if PrunedDir(results, run.prune_id).done:
             continue
         if not DenseDir(results, run.dense_id).done:
             chosen[run.dense_id] = run
@@ -158,7 +158,7 @@ def pruned_stage(runs: Iterable[Run], results: Path) -> list[Run]:
     for run in runs:
         groups.setdefault(run.prune_id, []).append(run)
     return [group[0] for prune_id, group in groups.items()
-            if len(group) > 1 and has_phase(group[0]) and not PrunedDir(results, prune_id).model.exists()]
+            if len(group) > 1 and has_phase(group[0]) and not PrunedDir(results, prune_id).done]
 
 
 def has_phase(run: Run) -> bool:
@@ -216,23 +216,23 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(slots, devices, threads, level)) as pool:
+            def start(runs: Iterable[Run], stage: str) -> dict[Future[str], Run]:
+                return {pool.submit(_pool_task, invocation, r.run_id, stage): r for r in runs}
+
             results = Path(invocation.results)
-            dense = {pool.submit(_pool_task, invocation, r.run_id, "dense"): r for r in dense_stage(todo, results)}
-            for future, run in dense.items():
+            for future, run in start(dense_stage(todo, results), "dense").items():
                 _log_stage_error(future, "dense", run)
             # A shared pruned model's runs start when it is made; every other run starts at once.
-            staged = {pool.submit(_pool_task, invocation, r.run_id, "prune"): r for r in pruned_stage(todo, results)}
+            staged = start(pruned_stage(todo, results), "prune")
             waiting = {r.prune_id for r in staged.values()}
-            pending: dict[Future[str], Run] = {pool.submit(_pool_task, invocation, r.run_id, "run"): r
-                                               for r in todo if r.prune_id not in waiting}
+            pending = start([r for r in todo if r.prune_id not in waiting], "run")
             while pending or staged:
                 done, _ = wait([*pending, *staged], return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in staged:
                         made = staged.pop(future)
                         _log_stage_error(future, "pruned", made)
-                        pending.update({pool.submit(_pool_task, invocation, r.run_id, "run"): r
-                                        for r in todo if r.prune_id == made.prune_id})
+                        pending.update(start([r for r in todo if r.prune_id == made.prune_id], "run"))
                         continue
                     run = pending.pop(future)
                     error = future.exception()

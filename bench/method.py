@@ -183,23 +183,28 @@ def quantile(values: torch.Tensor, ratio: float) -> float:
     return float(torch.quantile(values.double(), ratio))
 
 
-def keep_above_quantile(scores: Mapping[str, torch.Tensor], threshold: float | None, ratio: float,
-                        min_channels: int) -> dict[str, torch.Tensor]:
-    """The RNI code's keep rule (for its RNI, L1-slim and UCS): per layer, keep the scores strictly above
-    ``threshold`` (a global one, or the layer's own ``ratio``-quantile when None); where fewer than
-    ``min_channels`` pass, keep the ``min_channels`` highest instead.
+def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget, scope: str, min_channels: int,
+                        method: str) -> dict[str, torch.Tensor]:
+    """The RNI code's keep rule (for its RNI, L1-slim and UCS): keep the scores strictly above the p-quantile, of
+    all layers' scores together (``scope`` global, one ratio) or of each layer's own at its ratio (layerwise);
+    where fewer than ``min_channels`` pass in a layer, keep its ``min_channels`` highest instead.
 
     The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
     ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
     A ratio of 0 keeps everything (the code's 0-quantile would drop each minimum).
     """
+    if scope == "global":
+        ratio = global_ratio(target, method)
+        threshold = quantile(torch.cat(list(scores.values())), ratio)
     keep = {}
     for name, s in scores.items():
+        if scope != "global":
+            ratio = target.ratios[name]
+            threshold = quantile(s, ratio)
         if ratio == 0:
             keep[name] = torch.arange(s.numel())
             continue
-        th = quantile(s, ratio) if threshold is None else threshold
-        passing = torch.nonzero(s > th).flatten()
+        passing = torch.nonzero(s > threshold).flatten()
         if passing.numel() < min_channels:
             top = torch.sort(s, descending=True, stable=True).indices[:min_channels]
             passing = torch.sort(top).values

@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from bench.store import (
     RunDir,
     file_lock,
     load_checkpoint,
+    making,
     read_json,
     remove_stale_temporaries,
     save_checkpoint,
@@ -192,11 +193,9 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
     info = ws.data.info
     model = new_model(run, info, methods)
     dense = DenseDir(ws.results, run.dense_id)
-    if not distributed.agree(dense.done):
-        with file_lock(dense.lock, blocking=True):
-            if not distributed.agree(dense.done):
-                remove_stale_temporaries(dense.path)
-                train_dense(run, ws, methods, model, dense)
+    with making(dense) as here:
+        if here:
+            train_dense(run, ws, methods, model, dense)
     model.load_state_dict(load_checkpoint(dense.model)["model"])
     return model.to(ws.device), read_json(dense.meta)
 
@@ -262,28 +261,35 @@ def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunCon
     return ctx, deps
 
 
-def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any], RunContext]:
+class Pruned(NamedTuple):
+    """A run's pruned model before retraining, with what was measured on the way and the channels kept."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    ctx: RunContext
+    keep: dict[str, torch.Tensor]
+
+
+def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> Pruned:
     """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
     LR share it; other processes wait on the lock) and saved to ``pruned.pt``, which the other runs load."""
     shared = PrunedDir(ws.results, run.prune_id)
-    if not distributed.agree(shared.model.exists()):
-        with file_lock(shared.lock, blocking=True):
-            if not distributed.agree(shared.model.exists()):
-                remove_stale_temporaries(shared.path)
-                return prune_once(run, ws, methods, shared)  # what it saved, still in memory
+    with making(shared) as here:
+        if here:
+            return prune_once(run, ws, methods, shared)  # what it saved, still in memory
     shared.phase.unlink(missing_ok=True)  # the phase is over; a kill after saving the model may have left it
     state = load_checkpoint(shared.model)
     model = new_model(run, ws.data.info, methods)
     ctx, deps = run_context(run, ws, model)
-    slim(model, dict(state["keep"]), deps)
+    keep = dict(state["keep"])
+    slim(model, keep, deps)
     model.load_state_dict(state["model"])
     record = dict(state["record"])
     ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
-    return model.to(ws.device), record, ctx
+    return Pruned(model.to(ws.device), record, ctx, keep)
 
 
-def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
-               ) -> tuple[nn.Module, dict[str, Any], RunContext]:
+def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir) -> Pruned:
     """Dense model -> method phases -> selection -> removal -> after_slim, measured, and saved to ``shared``
     (a run that loads it instead continues with the same numbers: the kill tests check this)."""
     info = ws.data.info
@@ -339,7 +345,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     faults.point("pruned:saved")
     shared.phase.unlink(missing_ok=True)
     ctx.retrain = run_recipe
-    return model, record, ctx
+    return Pruned(model, record, ctx, keep)
 
 
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
@@ -396,8 +402,7 @@ def execute(run: Run, ws: Workspace) -> str:
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
             result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
-            if err.metrics:
-                result.update(metrics=err.metrics, history=err.history)
+            result.update(err.partial)
         except UserError as err:
             result.update(status="failed", error=str(err))
             log.error("run %s failed: %s", run.run_id, err)
@@ -417,7 +422,7 @@ def execute(run: Run, ws: Workspace) -> str:
 
 def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     methods = run.method.build()
-    model, record, ctx = prune_stage(run, ws, methods)
+    model, record, ctx, keep = prune_stage(run, ws, methods)
     probe = jsv_probe(run, ws)
     every = run.suite.trainability.every
 
@@ -438,8 +443,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
                       optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
-        err.metrics = metrics
-        err.history = {"phase": record["phase_history"], "retrain": err.history}
+        err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history}}
         raise
     finally:
         if bar:
@@ -458,6 +462,5 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
-    state = load_checkpoint(PrunedDir(ws.results, run.prune_id).model)
-    save_checkpoint(rd.model, {"keep": state["keep"], "model": model.state_dict()})
+    save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict()})
     return metrics, {"phase": record["phase_history"], "retrain": history}

@@ -68,6 +68,13 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str, problems: list
         problems.append(f"'{path}' is {value!r}; it must be {_bounds_text(meta) or 'finite'}.")
 
 
+def unknown_key(path: str, key: Any, allowed: list[str], allowed_label: str = "Allowed here") -> str:
+    """The problem text for an unknown ``key`` at ``path``, with the closest allowed name as a suggestion."""
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown key '{path}'.{hint} {allowed_label}: {', '.join(allowed)}."
+
+
 def convert_value(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: list[str]) -> Any:
     """Check ``value`` against type ``tp``; return the converted value (or None after recording a problem)."""
     origin = get_origin(tp)
@@ -169,9 +176,7 @@ def parse(cls: type[T], data: Any, path: str = "", problems: list[str] | None = 
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(f"unknown key '{key_path}'.{hint} Allowed here: {', '.join(fields)}.")
+            problems.append(unknown_key(key_path, key, list(fields)))
             continue
         values[key] = convert_value(value, hints[key], key_path, fields[key].metadata, problems)
     for name, f in fields.items():

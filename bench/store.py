@@ -197,6 +197,27 @@ class PrunedDir:
         self.phase = self.path / "phase.pt"
         self.lock = self.path / ".lock"
 
+    @property
+    def done(self) -> bool:
+        """Made: ``pruned.pt`` is written in one atomic step."""
+        return self.model.exists()
+
+
+@contextlib.contextmanager
+def making(cache: DenseDir | PrunedDir) -> Iterator[bool]:
+    """Make a shared model once: yields True, holding its lock with stale temporaries gone, when this process must
+    make it, and False when it is done (checked again under the lock, so that of several processes, or
+    data-parallel groups, arriving together exactly one makes it and the others wait for it)."""
+    if distributed.agree(cache.done):
+        yield False
+        return
+    with file_lock(cache.lock, blocking=True):
+        if distributed.agree(cache.done):
+            yield False
+            return
+        remove_stale_temporaries(cache.path)
+        yield True
+
 
 def check_writable(results: Path) -> None:
     """Fail early, with a clear message, when the results directory cannot be created or written."""

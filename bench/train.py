@@ -77,7 +77,7 @@ class Diverged(RuntimeError):
         super().__init__(f"{phase}: the loss became NaN or infinite in epoch {epoch}")
         self.phase, self.epoch = phase, epoch          # epoch counts from 1, as the history's rows do
         self.history = list(history or [])             # the epochs finished before it
-        self.metrics: dict[str, Any] = {}              # what the run had measured before it (set by the runner)
+        self.partial: dict[str, Any] = {}              # result.json's metrics and history so far (set by the runner)
 
 
 def derive_seed(*parts: object) -> int:

@@ -150,14 +150,9 @@ def _chunk_jacobian(logits: Callable[[Tensor], Tensor], x: Tensor, basis: Tensor
     num_classes = basis.shape[0]
     if classes >= num_classes:
         return rows(x, basis).flatten(2)
-    jac: Tensor | None = None
+    jac = x.new_empty((x.shape[0], num_classes, x[0].numel()))  # input gradients have the input's dtype
     for start in range(0, num_classes, classes):
-        part = rows(x, basis[start:start + classes]).flatten(2)
-        if jac is None:
-            jac = part.new_empty((part.shape[0], num_classes, part.shape[2]))
-        jac[:, start:start + part.shape[1]] = part
-        del part
-    assert jac is not None
+        jac[:, start:start + classes] = rows(x, basis[start:start + classes]).flatten(2)
     return jac
 
 
@@ -171,13 +166,10 @@ def _singular_values(jac: Tensor, columns: int) -> Tensor:
     """
     if columns >= jac.shape[2]:
         return torch.linalg.svdvals(jac.double())
-    r: Tensor | None = None
-    for block in jac.split(columns, dim=2):
-        stacked = block.transpose(1, 2).double()
-        if r is not None:
-            stacked = torch.cat((r, stacked), dim=1)
-        r = torch.linalg.qr(stacked, mode="r").R
-    assert r is not None
+    first, *rest = jac.split(columns, dim=2)
+    r = torch.linalg.qr(first.transpose(1, 2).double(), mode="r").R
+    for block in rest:
+        r = torch.linalg.qr(torch.cat((r, block.transpose(1, 2).double()), dim=1), mode="r").R
     return torch.linalg.svdvals(r)
 
 

@@ -36,7 +36,6 @@ from bench import (
     field,
     global_ratio,
     keep_above_quantile,
-    quantile,
     register_method,
 )
 
@@ -179,12 +178,7 @@ class RNI(Method):
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         scores = self.scores(model, ctx)
         floor = max(self.hparams.min_channels, ctx.target.min_keep)
-        if self.hparams.scope == "layerwise":
-            return {name: keep_above_quantile({name: s}, None, ctx.target.ratios[name], floor)[name]
-                    for name, s in scores.items()}
-        ratio = global_ratio(ctx.target, "rni")
-        threshold = quantile(torch.cat(list(scores.values())), ratio)
-        keep = keep_above_quantile(scores, threshold, ratio, floor)
-        log.info("rni: global threshold σ(w) > %.4g keeps %d of %d channels", threshold,
+        keep = keep_above_quantile(scores, ctx.target, self.hparams.scope, floor, "rni")
+        log.info("rni: the %s σ(w) quantile cut keeps %d of %d channels", self.hparams.scope,
                  sum(k.numel() for k in keep.values()), sum(s.numel() for s in scores.values()))
         return keep

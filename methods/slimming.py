@@ -30,7 +30,6 @@ from bench import (
     global_ratio,
     keep_above_quantile,
     keep_from_scores,
-    quantile,
     register_method,
 )
 
@@ -99,12 +98,7 @@ class Slimming(Method):
         self.check(model, target, ctx.input_shape)
         scores = self.scores(model, ctx)
         if self.hparams.cut == "quantile":
-            if self.hparams.scope == "layerwise":
-                return {name: keep_above_quantile({name: s}, None, target.ratios[name], target.min_keep)[name]
-                        for name, s in scores.items()}
-            ratio = global_ratio(target, "slimming")
-            return keep_above_quantile(scores, quantile(torch.cat(list(scores.values())), ratio), ratio,
-                                       target.min_keep)
+            return keep_above_quantile(scores, target, self.hparams.scope, target.min_keep, "slimming")
         own = PruneTarget(layers=target.layers, ratios=target.ratios, scope=self.hparams.scope,
                           min_keep=target.min_keep)
         return keep_from_scores(scores, own)
