@@ -170,7 +170,8 @@ class Performance:
     channels_last: bool = field(False, doc="NHWC memory format for 4-D inputs (faster convolutions on GPUs)")
     amp: Literal["off", "bf16"] = field("off", doc="autocast forward passes to bfloat16")
     compile: bool = field(False, doc="torch.compile the model for training steps")
-    fused_optimizer: bool = field(False, doc="fused SGD kernel (CUDA)")
+    fused_optimizer: bool = field(False, doc="fused SGD: one kernel updates every parameter (CUDA and CPU); "
+                                             "differs from the default SGD in the last bits")
     sync_batchnorm: bool = field(False, doc="data-parallel runs: BatchNorm statistics of the global batch, not "
                                             "of each rank's slice (SyncBatchNorm; CUDA only)")
 

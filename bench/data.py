@@ -173,10 +173,10 @@ class TensorImageDataset(Dataset):
         channels = torch.arange(x.shape[1], device=device).view(1, -1, 1, 1)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            images = x[idx]
+            images = x.index_select(0, idx)  # same as x[idx], several times faster for small rows
             if offsets is not None or flips is not None:
                 images = self._crop_flip(images, offsets, flips, start, rows, cols, channels)
-            yield self._normalise(images, scale, shift), y[idx]
+            yield self._normalise(images, scale, shift), y.index_select(0, idx)
 
     def _crop_flip(
         self,

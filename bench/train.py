@@ -11,10 +11,10 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -129,6 +129,70 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
 EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
 
 
+class EpochStats(NamedTuple):
+    """What one pass over the training batches measured: mean loss and accuracy, optimizer steps and samples."""
+
+    loss: float
+    accuracy: float
+    steps: int
+    samples: int
+
+
+def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
+                batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                hooks: Sequence[TrainHooks] = (), *, first_step: int = 0, max_steps: int | None = None,
+                autocast: torch.autocast | None = None,
+                memory_format: torch.memory_format = torch.contiguous_format) -> EpochStats:
+    """One pass of SGD steps over ``batches`` (forward, loss, hooks, backward, update): the step every phase runs.
+
+    ``forward`` is the model or its DDP/compiled wrapper; ``first_step`` is the global step the hooks see first;
+    stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are summed on the device (no host sync
+    per step) and combined across data-parallel ranks. Benchmarks time this same function (benchmarks/perf.py).
+    """
+    device = next(model.parameters()).device
+    autocast = autocast or torch.autocast(device.type, enabled=False)
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen, step = 0, first_step
+    for x, y in batches:
+        global_batch = y.numel()
+        x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast:
+            logits = forward(x)
+            if distributed.active():
+                # DDP averages the ranks' gradients; weighting each rank's summed loss by ranks/global_batch
+                # makes that average the global batch's mean gradient even when the slices are unequal.
+                summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                loss = summed * (distributed.world_size() / global_batch)
+                loss_sum.add_(summed.detach())
+            else:
+                loss = nn.functional.cross_entropy(logits.float(), y)
+                loss_sum.add_(loss.detach(), alpha=y.numel())  # float64 accumulation, one kernel
+        correct.add_((logits.detach().argmax(1) == y).sum())
+        seen += y.numel()
+        for hook in hooks:
+            extra = hook.penalty(model, step)
+            if extra is not None:
+                loss = loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for hook in hooks:
+            hook.after_backward(model, step)
+        optimizer.step()
+        for hook in hooks:
+            hook.after_step(model, step)
+        step += 1
+        if max_steps is not None and step - first_step >= max_steps:
+            break
+    seen_t = torch.tensor(seen, device=device, dtype=torch.int64)
+    distributed.sum_across(loss_sum, correct, seen_t)
+    total = int(seen_t)
+    return EpochStats(float(loss_sum) / max(total, 1), int(correct) / max(total, 1), step - first_step, total)
+
+
 def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, seed: int, phase: str,
         hooks: Sequence[TrainHooks] = (), checkpoint: Path | None = None,
         optimizer: torch.optim.Optimizer | None = None, on_epoch_end: EpochCallback | None = None,
@@ -168,50 +232,18 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         torch.manual_seed(epoch_seed)  # dropout and any other randomness: a function of the epoch only
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = torch.zeros((), device=device, dtype=torch.int64)
-        for x, y in data.train_batches(recipe.batch_size, epoch_seed, device):
-            global_batch = y.numel()
-            x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
-            if x.dim() == 4:
-                x = x.contiguous(memory_format=memory_format)
-            with autocast:
-                logits = forward(x)
-                if distributed.active():
-                    # DDP averages the ranks' gradients; weighting each rank's summed loss by ranks/global_batch
-                    # makes that average the global batch's mean gradient even when the slices are unequal.
-                    summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-                    loss = summed * (distributed.world_size() / global_batch)
-                    loss_sum += summed.detach().double()
-                else:
-                    loss = nn.functional.cross_entropy(logits.float(), y)
-                    loss_sum += loss.detach().double() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
-            for hook in hooks:
-                extra = hook.penalty(model, step)
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for hook in hooks:
-                hook.after_backward(model, step)
-            optimizer.step()
-            for hook in hooks:
-                hook.after_step(model, step)
-            step += 1
-            if recipe.max_steps is not None and step >= recipe.max_steps:
-                break
-        distributed.sum_across(loss_sum, correct, seen)
-        train_loss = float(loss_sum) / max(int(seen), 1)
+        batches = data.train_batches(recipe.batch_size, epoch_seed, device)
+        steps_left = None if recipe.max_steps is None else recipe.max_steps - step
+        stats = train_epoch(forward, model, batches, optimizer, hooks, first_step=step, max_steps=steps_left,
+                            autocast=autocast, memory_format=memory_format)
+        step += stats.steps
+        train_loss = stats.loss
         if not math.isfinite(train_loss):
             raise Diverged(phase, epoch + 1, history)
         scheduler.step()
         test_loss, test_acc = evaluate(model, data, eval_batch_size, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
-                               "train_acc": int(correct) / max(int(seen), 1), "test_loss": test_loss,
+                               "train_acc": stats.accuracy, "test_loss": test_loss,
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
         if on_epoch_end is not None:
             row.update(on_epoch_end(model, epoch + 1))

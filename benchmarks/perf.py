@@ -14,26 +14,33 @@ import argparse
 import copy
 import gzip
 import json
+import multiprocessing
+import os
 import pickle
+import queue
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from bench.config import Performance  # noqa: E402
 from bench.data import FASHION_MNIST_SYSTEM_DIR, build_dataset  # noqa: E402
 from bench.measure import count_flops, measure_latency  # noqa: E402
 from bench.method import PruneTarget, keep_from_scores  # noqa: E402
 from bench.plugins import load_builtin  # noqa: E402
 from bench.pruning import prunable_layers, slim, trace_dependencies  # noqa: E402
 from bench.registry import MODELS  # noqa: E402
+from bench.train import Recipe, make_optimizer, train_epoch  # noqa: E402
 
 
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -50,23 +57,55 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
 
 
 def train_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
-                device: torch.device) -> tuple[float, int]:
-    """Seconds and samples for ``steps`` SGD steps (forward, cross-entropy, backward, update), data included."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    seen, began = 0, time.perf_counter()
-    for i, (x, y) in enumerate(batches):
-        if i == steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += y.numel()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - began, seen
+                device: torch.device, performance: Performance | None = None) -> tuple[float, int]:
+    """Seconds and samples for ``steps`` of the harness's own training step, data included.
+
+    The step is ``bench.train.train_epoch`` (forward, cross-entropy, backward, SGD with momentum and weight decay,
+    running loss and accuracy), the function every phase of every run calls, with ``performance``'s options.
+    """
+    performance = performance or Performance()
+    optimizer = make_optimizer(model, Recipe(epochs=1, lr=0.01, performance=performance))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=performance.amp == "bf16")
+    memory_format = torch.channels_last if performance.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    on_device = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches)
+    began = time.perf_counter()
+    stats = train_epoch(model, model, on_device, optimizer, max_steps=steps, autocast=autocast,
+                        memory_format=memory_format)  # ends by reading the loss: the device has finished
+    return time.perf_counter() - began, stats.samples
+
+
+def training_flops(model: nn.Module, shape: tuple[int, ...], batch_size: int, device: torch.device) -> int:
+    """FLOPs of one training step's forward and backward (matmuls and convolutions), as FlopCounterMode counts
+    them on a copy of the model: exact where "3x forward" is not (the input layer computes no input gradient)."""
+    twin = copy.deepcopy(model).train()
+    x = torch.randn(batch_size, *shape, device=device)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(twin(x), y).backward()
+    return int(counter.get_total_flops())
+
+
+def linear_matmuls_seconds(model: nn.Module, batch_size: int, device: torch.device, repeats: int = 50) -> float:
+    """Seconds of only the matrix multiplies of one training step of an MLP, at its shapes: per layer the
+    forward addmm, the weight gradient and (past the input layer) the input gradient; best of ``repeats``."""
+    products = []
+    for i, layer in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+        out_f, in_f = layer.weight.shape
+        a, w = torch.randn(batch_size, in_f, device=device), torch.randn(out_f, in_f, device=device)
+        g, bias = torch.randn(batch_size, out_f, device=device), torch.randn(out_f, device=device)
+        products += [(torch.addmm, (bias, a, w.t())), (torch.mm, (g.t(), a))]
+        if i > 0:
+            products.append((torch.mm, (g, w)))
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        for op, operands in products:
+            op(*operands)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def iterate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
@@ -139,19 +178,40 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         f"{data_theirs / data_ours:.1f}x faster")
     torch.manual_seed(0)
     model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
-    twin = copy.deepcopy(model)
+    twin, fused_twin = copy.deepcopy(model), copy.deepcopy(model)
+    fast = fast_options(device)
     train_steps(model, ours(), 3, device)  # warm-up (allocator, kernels)
     t_ours, n_ours = train_steps(model, ours(), steps, device)
     t_theirs, n_theirs = train_steps(twin, theirs(), steps, device)
-    epoch_ours, epoch_theirs = t_ours / steps * steps_per_epoch, t_theirs / steps * steps_per_epoch
-    row(f"training epoch, from {steps} steps (s)", f"ours {epoch_ours:.1f}", f"DataLoader {epoch_theirs:.1f}",
+    t_fast, n_fast = train_steps(fused_twin, ours(), steps, device, fast)
+    per_epoch = steps_per_epoch / steps
+    epoch_ours, epoch_theirs, epoch_fast = t_ours * per_epoch, t_theirs * per_epoch, t_fast * per_epoch
+    row(f"training epoch, from {steps} steps (s)", f"ours {epoch_ours:.2f}", f"DataLoader {epoch_theirs:.2f}",
         f"{epoch_theirs / epoch_ours:.2f}x faster")
-    flops = 3 * count_flops(model, shape)  # forward + backward ≈ 3 forward passes
-    achieved = flops * n_ours / t_ours / 1e9
-    row("throughput (samples/s)", f"{n_ours / t_ours:,.0f}")
-    row("achieved GFLOP/s (3x forward FLOPs)", f"{achieved:.1f}", f"{100 * achieved / peak:.0f}% of peak")
-    bound = flops * 128 * steps_per_epoch / (peak * 1e9)
-    row("epoch vs its matmul-bound time", f"{epoch_ours / bound:.1f}x", f"bound {bound:.2f} s")
+    row(f"  with {describe(fast)} (s)", f"{epoch_fast:.2f}", "", f"{epoch_ours / epoch_fast:.2f}x faster")
+    flops = training_flops(model, shape, 128, device)
+    achieved = flops * (n_ours / 128) / t_ours / 1e9
+    row("throughput (samples/s)", f"{n_ours / t_ours:,.0f}", f"{n_fast / t_fast:,.0f}")
+    row("achieved GFLOP/s (counted step FLOPs)", f"{achieved:.1f}", f"{100 * achieved / peak:.0f}% of peak")
+    bound = flops * steps_per_epoch / (peak * 1e9)
+    row("epoch vs its matmul-bound time", f"{epoch_ours / bound:.1f}x", f"{epoch_fast / bound:.1f}x",
+        f"bound {bound:.3f} s")
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        alone = linear_matmuls_seconds(model, 128, device) * steps_per_epoch
+        row("its matmuls alone, at these shapes (s)", f"{alone:.3f}", f"{alone / bound:.1f}x the bound",
+            f"epoch {epoch_fast / alone:.1f}x them")
+
+
+def fast_options(device: torch.device) -> Performance:
+    """The speed options worth having on ``device``: fused SGD; on CUDA also channels_last and bf16 autocast."""
+    if device.type == "cuda":
+        return Performance(fused_optimizer=True, channels_last=True, amp="bf16")
+    return Performance(fused_optimizer=True)
+
+
+def describe(performance: Performance) -> str:
+    names = [name for name, value in vars(performance).items() if value != getattr(Performance(), name)]
+    return "performance: " + ", ".join(names)
 
 
 def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
@@ -172,6 +232,74 @@ def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
         speedups = [base[b] / measure_latency(small, (3, 32, 32), b)["median_ms"] for b in batch_sizes]
         flop_ratio = dense_flops / count_flops(small, (3, 32, 32))
         row(f"{ratio}", f"{flop_ratio:.2f}x", *(f"{s:.2f}x" for s in speedups))
+
+
+def _packed_worker(model_name: str, dataset: tuple[str, str | None, int | None], shape: tuple[int, int, int],
+                   steps: int, threads: int, device: str, barrier: Any, results: Any) -> None:
+    """One of several training processes sharing the machine (or one GPU): build, warm up, wait for the others,
+    then time ``steps`` harness training steps with the fast options."""
+    torch.set_num_threads(threads)
+    load_builtin()
+    name, root, size = dataset
+    data = build_dataset(name, {}, Path(root) if root else None, size)
+    torch.manual_seed(0)
+    model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
+    fast = fast_options(torch.device(device))
+    train_steps(model, data.train_batches(128, 0, device), 3, torch.device(device), fast)
+    barrier.wait()
+    results.put(train_steps(model, data.train_batches(128, 1, device), steps, torch.device(device), fast))
+
+
+def packed_throughput(model_name: str, dataset: tuple[str, str | None, int | None], shape: tuple[int, int, int],
+                      steps: int, processes: int, device: torch.device) -> tuple[float, float | None]:
+    """Samples/s of ``processes`` concurrent trainings in all (each with cores/processes threads on CPU), timed
+    from their common start to the last one's end, and on CUDA the mean GPU utilisation meanwhile (None when
+    unavailable): how the local executor's --workers packs small runs onto one machine or GPU."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes + 1), context.Queue()  # this process starts the clock too
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    workers = [context.Process(target=_packed_worker, args=(model_name, dataset, shape, steps, threads, str(device),
+                                                             barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    utilisation: list[float] = []
+    timings = []
+    while len(timings) < processes:
+        if device.type == "cuda":
+            try:
+                utilisation.append(torch.cuda.utilization(device))  # NVML, through the pynvml package
+            except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable: report "n/a"
+                pass
+        try:
+            timings.append(results.get(timeout=0.1))
+        except queue.Empty:
+            continue
+    for worker in workers:
+        worker.join()
+    throughput = sum(samples for _, samples in timings) / max(seconds for seconds, _ in timings)
+    return throughput, (sum(utilisation) / len(utilisation) if utilisation else None)
+
+
+def packing_section(root: Path, device: torch.device, processes: int, steps: int, peak: float) -> None:
+    """Several small runs at once vs one at a time, the same step: does packing fill the machine (or the GPU)?"""
+    print(f"\npacking: {processes} training processes at once vs one (harness step, batch 128, "
+          f"{describe(fast_options(device))})")
+    row("model", "1 run, samples/s", f"{processes} runs, samples/s", "packed vs one")
+    cases = [("mlp7_linear", ("fashion_mnist", None, 32), (1, 32, 32), max(steps, 200), 60000),
+             ("resnet56", ("cifar10", str(root), None), (3, 32, 32), steps, 50000)]
+    write_fake_cifar(root)
+    for model_name, dataset, shape, n, epoch_samples in cases:
+        (alone, busy_alone), (packed, busy_packed) = (packed_throughput(model_name, dataset, shape, n, k, device)
+                                                      for k in (1, processes))
+        row(model_name, f"{alone:,.0f}", f"{packed:,.0f}", f"{packed / alone:.2f}x")
+        if device.type == "cuda":
+            row("  GPU utilisation", *(f"{b:.0f}%" if b is not None else "n/a (pynvml)" for b in (busy_alone,
+                                                                                                    busy_packed)))
+        model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
+        bound = training_flops(model, shape, 128, device) / 128 * epoch_samples / (peak * 1e9)
+        row("  epoch of work (s), vs matmul-bound", f"{epoch_samples / alone:.2f}", f"{epoch_samples / packed:.2f}",
+            f"{epoch_samples / packed / bound:.1f}x bound {bound:.3f} s")
 
 
 def overhead_section(workdir: Path) -> None:
@@ -238,7 +366,7 @@ def overhead_section(workdir: Path) -> None:
     row("report (s)", f"{report_s:.1f}", f"{100 * report_s / wall:.1f}%")
 
 
-SECTIONS = ("mlp", "resnet", "latency", "overhead")
+SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead")
 
 
 def main() -> None:
@@ -246,6 +374,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per pipeline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline pipeline")
+    parser.add_argument("--pack", type=int, default=2, help="training processes run at once in the packing section")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="what to measure (default: everything)")
     args = parser.parse_args()
@@ -270,6 +399,8 @@ def main() -> None:
                 pipeline_section("CIFAR-10-shaped (50k random images, crop+flip)", model_name,
                                  lambda: cifar.train_batches(128, 0, device), lambda: cifar_loader,
                                  cifar.steps_per_epoch(128), args.steps, peak, device, (3, 32, 32))
+        if "packing" in args.sections:
+            packing_section(root, device, args.pack, min(args.steps, 10), peak)
         if "latency" in args.sections:
             latency_section(device, (1, 128))
         if "overhead" in args.sections:

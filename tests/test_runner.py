@@ -180,11 +180,11 @@ def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_s
 
 
 def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite) -> None:
-    """channels_last and bf16 autocast work end to end (on CPU here) and are recorded in the run's identity."""
+    """channels_last, bf16 autocast and fused SGD work end to end (on CPU here) and enter the run's identity."""
     base = tiny_suite(model="resnet20", methods=["l1"], pretrain={"epochs": 1, "batch_size": 32, "lr": 0.05},
                       dataset={"name": "synthetic", "num_train": 64, "num_test": 32},
                       retrain={"epochs": 1, "batch_size": 32, "lr": [0.05]}, trainability={"enabled": False})
-    fast = dict(base, performance={"channels_last": True, "amp": "bf16"})
+    fast = dict(base, performance={"channels_last": True, "amp": "bf16", "fused_optimizer": True})
     for name, suite in (("base", base), ("fast", fast)):
         assert main(["run", str(write_suite(suite, f"{name}.yaml")), "--results", str(tmp_path / name),
                      "--quiet"]) == 0

@@ -1,0 +1,71 @@
+"""The training step every phase runs (bench.train.train_epoch): what it measures, where it stops, the fused SGD."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from bench.config import Performance
+from bench.train import BaseHooks, Recipe, make_optimizer, train_epoch
+
+
+def batches(sizes: list[int], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)) for n in sizes]
+
+
+class StepRecorder(BaseHooks):
+    def __init__(self) -> None:
+        self.penalty_steps: list[int] = []
+        self.after_step_steps: list[int] = []
+
+    def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        self.penalty_steps.append(step)
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        self.after_step_steps.append(step)
+
+
+def test_an_epoch_measures_the_loss_and_accuracy_of_the_steps_it_took() -> None:
+    """Sample-weighted mean loss and accuracy over the batches actually trained on (uneven sizes), each measured
+    before its own update, as a plain replay of the same SGD steps computes them; it stops after max_steps."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    replay = copy.deepcopy(model)
+    data = batches([5, 3, 4, 7])
+    hooks = StepRecorder()
+    recipe = Recipe(epochs=1, lr=0.1)
+    stats = train_epoch(model, model, data, make_optimizer(model, recipe), [hooks], first_step=10, max_steps=3)
+
+    optimizer = make_optimizer(replay, recipe)
+    loss_sum, correct = 0.0, 0
+    for x, y in data[:3]:
+        logits = replay(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert stats.steps == 3 and stats.samples == 12
+    assert abs(stats.loss - loss_sum / 12) < 1e-6 and stats.accuracy == correct / 12
+    assert hooks.penalty_steps == hooks.after_step_steps == [10, 11, 12]  # global step numbers
+    assert torch.equal(model.weight, replay.weight)  # the fourth batch was not trained on
+
+
+def test_fused_sgd_follows_the_default_sgd() -> None:
+    """performance.fused_optimizer (CPU too): the same update as the default SGD, up to rounding."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    fused = copy.deepcopy(plain)
+    data = batches([8] * 20, seed=1)
+    results = []
+    for model, performance in ((plain, Performance()), (fused, Performance(fused_optimizer=True))):
+        optimizer = make_optimizer(model, Recipe(epochs=1, lr=0.1, performance=performance))
+        assert optimizer.defaults.get("fused") is (True if performance.fused_optimizer else None)
+        results.append(train_epoch(model, model, data, optimizer))
+    assert abs(results[0].loss - results[1].loss) < 1e-5
+    for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
