@@ -235,9 +235,9 @@ def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
 
 
 def _packed_worker(model_name: str, dataset: tuple[str, str | None, int | None], shape: tuple[int, int, int],
-                   steps: int, threads: int, device: str, barrier: Any, results: Any) -> None:
-    """One of several training processes sharing the machine (or one GPU): build, warm up, wait for the others,
-    then time ``steps`` harness training steps with the fast options."""
+                   steps: int, threads: int, device: str, ready: Any, start: Any, results: Any) -> None:
+    """One of several training processes sharing the machine (or one GPU): build, warm up, say so, wait for the
+    start signal, then time ``steps`` harness training steps with the fast options."""
     torch.set_num_threads(threads)
     load_builtin()
     name, root, size = dataset
@@ -246,8 +246,24 @@ def _packed_worker(model_name: str, dataset: tuple[str, str | None, int | None],
     model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
     fast = fast_options(torch.device(device))
     train_steps(model, data.train_batches(128, 0, device), 3, torch.device(device), fast)
-    barrier.wait()
+    ready.put(True)
+    start.wait()
     results.put(train_steps(model, data.train_batches(128, 1, device), steps, torch.device(device), fast))
+
+
+def _gather(messages: Any, count: int, workers: list[Any], each_poll: Callable[[], None] = lambda: None) -> list[Any]:
+    """``count`` messages from the workers' queue, polling; a worker that died makes this raise, not hang."""
+    received: list[Any] = []
+    while len(received) < count:
+        each_poll()
+        try:
+            received.append(messages.get(timeout=0.1))
+        except queue.Empty:
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a packed training process failed (exit code {failed[0]}); see its error above") \
+                    from None
+    return received
 
 
 def packed_throughput(model_name: str, dataset: tuple[str, str | None, int | None], shape: tuple[int, int, int],
@@ -256,25 +272,25 @@ def packed_throughput(model_name: str, dataset: tuple[str, str | None, int | Non
     from their common start to the last one's end, and on CUDA the mean GPU utilisation meanwhile (None when
     unavailable): how the local executor's --workers packs small runs onto one machine or GPU."""
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(processes + 1), context.Queue()  # this process starts the clock too
+    ready, start, results = context.Queue(), context.Event(), context.Queue()
     threads = max(1, (os.cpu_count() or 1) // processes)
-    workers = [context.Process(target=_packed_worker, args=(model_name, dataset, shape, steps, threads, str(device),
-                                                             barrier, results)) for _ in range(processes)]
+    workers = [context.Process(target=_packed_worker, daemon=True,
+                               args=(model_name, dataset, shape, steps, threads, str(device), ready, start, results))
+               for _ in range(processes)]
     for worker in workers:
         worker.start()
-    barrier.wait()
     utilisation: list[float] = []
-    timings = []
-    while len(timings) < processes:
+
+    def sample_utilisation() -> None:
         if device.type == "cuda":
             try:
                 utilisation.append(torch.cuda.utilization(device))  # NVML, through the pynvml package
-            except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable: report "n/a"
+            except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable: reported as "n/a"
                 pass
-        try:
-            timings.append(results.get(timeout=0.1))
-        except queue.Empty:
-            continue
+
+    _gather(ready, processes, workers)
+    start.set()
+    timings = _gather(results, processes, workers, sample_utilisation)
     for worker in workers:
         worker.join()
     throughput = sum(samples for _, samples in timings) / max(seconds for seconds, _ in timings)

@@ -1,12 +1,13 @@
 """Cost of a regularising method's training step relative to a plain SGD step, measured side by side.
 
-Every method named with ``--methods`` that has a ``phase()`` is timed through its phase hooks, exactly as ``fit`` runs
-them (penalty, backward, after_backward, optimizer step, after_step), at one step of its phase (by default the last,
-where a schedule such as TPP's is at full strength with every term active); a method without a phase is timed through
-its dense-training variant (model change, optimizer groups and hooks: OrthoReg, RNI, Network Slimming). The plain step
-is the same loop without hooks. Steps are timed in interleaved rounds (the order rotates each round), so a busy machine
-slows all rows alike; the table gives the median seconds per step and the median over rounds of each round's ratio to
-plain SGD (pairing steps timed moments apart cancels most of the drift of a shared machine).
+Every method named with ``--methods`` that has a ``phase()`` is timed through its phase hooks by the harness's
+own training step, ``bench.train.train_epoch`` (penalty, backward, after_backward, optimizer step, after_step), at
+one step of its phase (by default the last, where a schedule such as TPP's is at full strength with every term
+active); a method without a phase is timed through its dense-training variant (model change, optimizer groups and
+hooks: OrthoReg, RNI, Network Slimming). The plain step is the same function without hooks. Steps are timed in
+interleaved rounds (the order rotates each round), so a busy machine slows all rows alike; the table gives the
+median seconds per step and the median over rounds of each round's ratio to plain SGD (pairing steps timed moments
+apart cancels most of the drift of a shared machine).
 
     python benchmarks/step_cost.py --methods tpp --threads 1    (the harness must be importable: pip install -e .)
 """
@@ -20,7 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import ConfigError, UserError
@@ -29,7 +29,7 @@ from bench.plugins import load_builtin
 from bench.pruning import prunable_layers, trace_dependencies
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import parse
-from bench.train import Recipe, TrainHooks, make_optimizer
+from bench.train import Recipe, TrainHooks, make_optimizer, train_epoch
 
 Step = Callable[[], None]
 
@@ -49,24 +49,9 @@ def context(model: nn.Module, model_name: str, data: object, ratio: float, batch
 
 def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimizer: torch.optim.Optimizer,
                   hooks: Sequence[TrainHooks], step: int) -> Step:
-    """One iteration of ``bench.train.fit``'s loop body at a fixed step counter (no data loading, no logging)."""
-    x, y = batch
-
-    def run() -> None:
-        loss = F.cross_entropy(model(x), y)
-        for hook in hooks:
-            extra = hook.penalty(model, step)
-            if extra is not None:
-                loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for hook in hooks:
-            hook.after_backward(model, step)
-        optimizer.step()
-        for hook in hooks:
-            hook.after_step(model, step)
-
-    return run
+    """One step of the harness's own training loop (``bench.train.train_epoch``, which every phase runs) on one
+    batch, at a fixed step counter (no data loading, no logging)."""
+    return lambda: train_epoch(model, model, [batch], optimizer, hooks, first_step=step)
 
 
 def method_step(name: str, dense: nn.Module, ctx: RunContext, batch: tuple[torch.Tensor, torch.Tensor],

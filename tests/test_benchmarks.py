@@ -1,0 +1,77 @@
+"""The benchmark commands (benchmarks/*.py) run, count what they claim to count and refuse bad names."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from bench.plugins import load_builtin
+from bench.registry import MODELS
+from tests.conftest import PROJECT
+
+
+def benchmark(name: str) -> ModuleType:
+    """A benchmark script as a module, importable by name in spawned processes too (the packing section's)."""
+    folder = str(PROJECT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # spawned children inherit sys.path
+    return importlib.import_module(name)
+
+
+def test_a_training_step_is_counted_exactly() -> None:
+    """mlp7_linear at batch B: forward, weight gradients and input gradients past the first layer (the input needs
+    none), 2 FLOPs per multiply-add; the old "3x forward" estimate overcounted the first layer's input gradient."""
+    perf = benchmark("perf")
+    load_builtin()
+    model = MODELS.get("mlp7_linear").build(num_classes=10, in_channels=1)
+    b = 16
+    forward = 2 * b * (1024 * 100 + 5 * 100 * 100 + 100 * 10)
+    input_grads = 2 * b * (5 * 100 * 100 + 100 * 10)
+    assert perf.training_flops(model, (1, 32, 32), b, torch.device("cpu")) == 2 * forward + input_grads
+    assert all(p.grad is None for p in model.parameters())  # counted on a copy
+
+
+def test_perf_times_the_harness_step_and_the_mlp_matmuls() -> None:
+    perf = benchmark("perf")
+    load_builtin()
+    torch.manual_seed(0)
+    model = MODELS.get("mlp7_linear").build(num_classes=10, in_channels=1)
+    batches = [(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))) for _ in range(4)]
+    before = model.layers[0].weight.detach().clone()
+    seconds, samples = perf.train_steps(model, batches, 3, torch.device("cpu"), perf.fast_options(torch.device("cpu")))
+    assert seconds > 0 and samples == 96 and not torch.equal(before, model.layers[0].weight)
+    assert perf.linear_matmuls_seconds(model, 32, torch.device("cpu"), repeats=2) > 0
+    assert perf.describe(perf.fast_options(torch.device("cpu"))) == "performance: fused_optimizer"
+
+
+def test_packing_runs_several_trainings_at_once(tmp_path: Path) -> None:
+    """Two spawned training processes on synthetic data report their combined throughput."""
+    perf = benchmark("perf")
+    samples_per_s, utilisation = perf.packed_throughput("mlp7_linear", ("synthetic", None, 32), (3, 32, 32), 3, 2,
+                                                        torch.device("cpu"))
+    assert samples_per_s > 0 and utilisation is None
+
+
+def test_step_cost_times_each_regulariser_through_the_harness_step(capsys: pytest.CaptureFixture[str]) -> None:
+    step_cost = benchmark("step_cost")
+    assert step_cost.main(["--model", "resnet20", "--methods", "tpp,slimming", "--batch-size", "8", "--repeats", "1",
+                           "--per-block", "1", "--warmup", "1"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"sgd", "tpp", "slimming"}
+    assert rows["sgd"][-1] == "1.000" and rows["slimming"][1] == "dense"  # slimming regularises dense training
+    assert float(rows["tpp"][-1]) > 0
+
+
+def test_step_cost_refuses_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchmark("step_cost").main(["--model", "resnet20", "--methods", "nope", "--batch-size", "8"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_packed_process_that_fails_is_reported_not_waited_for() -> None:
+    perf = benchmark("perf")
+    with pytest.raises(RuntimeError, match="packed training process failed"):
+        perf.packed_throughput("no_such_model", ("synthetic", None, 32), (3, 32, 32), 3, 1, torch.device("cpu"))
