@@ -70,7 +70,8 @@ def train_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     model.to(memory_format=memory_format)
     on_device = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches)
     began = time.perf_counter()
-    stats = train_epoch(model, model, on_device, optimizer, max_steps=steps, autocast=autocast,
+    forward = torch.compile(model) if performance.compile else model  # compiled once per model, cached after
+    stats = train_epoch(forward, model, on_device, optimizer, max_steps=steps, autocast=autocast,
                         memory_format=memory_format)  # ends by reading the loss: the device has finished
     return time.perf_counter() - began, stats.samples
 
@@ -170,7 +171,8 @@ def row(label: str, *cells: str) -> None:
 
 
 def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callable, steps_per_epoch: int,
-                     steps: int, peak: float, device: torch.device, shape: tuple[int, int, int]) -> None:
+                     steps: int, peak: float, device: torch.device, shape: tuple[int, int, int],
+                     try_compile: bool = False) -> None:
     """One model/dataset: data-only epoch and training throughput, harness pipeline vs DataLoader pipeline."""
     print(f"\n{name}: {model_name}, batch 128, {steps_per_epoch} steps per epoch")
     data_ours, data_theirs = iterate(ours(), device), iterate(theirs(), device)
@@ -178,7 +180,7 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         f"{data_theirs / data_ours:.1f}x faster")
     torch.manual_seed(0)
     model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
-    twin, fused_twin = copy.deepcopy(model), copy.deepcopy(model)
+    twin, fused_twin, compiled_twin = (copy.deepcopy(model) for _ in range(3))
     fast = fast_options(device)
     train_steps(model, ours(), 3, device)  # warm-up (allocator, kernels)
     t_ours, n_ours = train_steps(model, ours(), steps, device)
@@ -188,7 +190,13 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
     epoch_ours, epoch_theirs, epoch_fast = t_ours * per_epoch, t_theirs * per_epoch, t_fast * per_epoch
     row(f"training epoch, from {steps} steps (s)", f"ours {epoch_ours:.2f}", f"DataLoader {epoch_theirs:.2f}",
         f"{epoch_theirs / epoch_ours:.2f}x faster")
-    row(f"  with {describe(fast)} (s)", f"{epoch_fast:.2f}", "", f"{epoch_ours / epoch_fast:.2f}x faster")
+    row(f"  with {describe(fast)} (s)", f"{epoch_fast:.2f}", "", f"speed-up {epoch_ours / epoch_fast:.2f}x")
+    if try_compile:  # torch.compile: compiling (for every batch shape the timed steps meet) in an untimed warm-up
+        compiled = Performance(compile=True)
+        train_steps(compiled_twin, ours(), steps, device, compiled)
+        t_compiled, _ = train_steps(compiled_twin, ours(), steps, device, compiled)
+        row(f"  with {describe(compiled)} (s)", f"{t_compiled * per_epoch:.2f}", "",
+            f"speed-up {t_ours / t_compiled:.2f}x")
     flops = training_flops(model, shape, 128, device)
     achieved = flops * (n_ours / 128) / t_ours / 1e9
     row("throughput (samples/s)", f"{n_ours / t_ours:,.0f}", f"{n_fast / t_fast:,.0f}")
@@ -390,6 +398,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per pipeline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline pipeline")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the training epochs with performance.compile (torch.compile; needs a C++ "
+                             "compiler on CPU; adds its compilation time to the run, not to the figures)")
     parser.add_argument("--pack", type=int, default=2, help="training processes run at once in the packing section")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="what to measure (default: everything)")
@@ -406,7 +417,7 @@ def main() -> None:
             loader = torchvision_fashion_mnist(root, 128, args.workers)
             pipeline_section("Fashion-MNIST (60k, resized to 32x32)", "mlp7_linear",
                              lambda: fmnist.train_batches(128, 0, device), lambda: loader,
-                             fmnist.steps_per_epoch(128), len(loader), peak, device, (1, 32, 32))
+                             fmnist.steps_per_epoch(128), len(loader), peak, device, (1, 32, 32), args.compile)
         if "resnet" in args.sections:
             write_fake_cifar(root)
             cifar = build_dataset("cifar10", {}, root, None)
@@ -414,7 +425,7 @@ def main() -> None:
             for model_name in ("resnet20", "resnet56"):
                 pipeline_section("CIFAR-10-shaped (50k random images, crop+flip)", model_name,
                                  lambda: cifar.train_batches(128, 0, device), lambda: cifar_loader,
-                                 cifar.steps_per_epoch(128), args.steps, peak, device, (3, 32, 32))
+                                 cifar.steps_per_epoch(128), args.steps, peak, device, (3, 32, 32), args.compile)
         if "packing" in args.sections:
             packing_section(root, device, args.pack, min(args.steps, 10), peak)
         if "latency" in args.sections:
