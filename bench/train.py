@@ -149,6 +149,8 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Modul
     stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are summed on the device (no host sync
     per step) and combined across data-parallel ranks. Benchmarks time this same function (benchmarks/perf.py).
     """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"train_epoch: max_steps must be at least 1, got {max_steps}")
     device = next(model.parameters()).device
     autocast = autocast or torch.autocast(device.type, enabled=False)
     model.train()
@@ -232,10 +234,12 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         torch.manual_seed(epoch_seed)  # dropout and any other randomness: a function of the epoch only
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        batches = data.train_batches(recipe.batch_size, epoch_seed, device)
         steps_left = None if recipe.max_steps is None else recipe.max_steps - step
-        stats = train_epoch(forward, model, batches, optimizer, hooks, first_step=step, max_steps=steps_left,
-                            autocast=autocast, memory_format=memory_format)
+        # The batch generator is passed, not kept: one stopped early (max_steps) is closed on return, with any
+        # DataLoader workers it holds.
+        stats = train_epoch(forward, model, data.train_batches(recipe.batch_size, epoch_seed, device), optimizer,
+                            hooks, first_step=step, max_steps=steps_left, autocast=autocast,
+                            memory_format=memory_format)
         step += stats.steps
         train_loss = stats.loss
         if not math.isfinite(train_loss):

@@ -1,11 +1,15 @@
 """Performance figures of the harness on this machine, each measured side by side in one run.
 
-    python benchmarks/perf.py [--steps 30] [--device cpu] [--sections mlp resnet latency overhead]
+    python benchmarks/perf.py [--steps 30] [--device cpu] [--pack 2] [--compile]
+                              [--sections mlp resnet packing latency overhead]
 
 Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
 Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
-dataset, per-sample transforms, DataLoader); inference latency of dense versus slimmed resnet56 at each
-pruning ratio beside the FLOP ratio; and the harness's own overhead per run against its compute.
+dataset, per-sample transforms, DataLoader), with the fast options (and torch.compile with --compile); several
+training processes packed on the machine (or one GPU) against one; inference latency of dense versus slimmed
+resnet56 at each pruning ratio beside the FLOP ratio; the harness's own overhead per run against its compute,
+and the quickstart suite on a local pool against one process. Every training step is the harness's own
+(``bench.train.train_epoch``).
 Regulariser step costs and JSV costs have their own commands (benchmarks/step_cost.py, benchmarks/jsv_cost.py).
 """
 from __future__ import annotations
@@ -180,12 +184,13 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         f"{data_theirs / data_ours:.1f}x faster")
     torch.manual_seed(0)
     model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
-    twin, fused_twin, compiled_twin = (copy.deepcopy(model) for _ in range(3))
+    twin, fast_twin, bare_twin, compiled_twin = (copy.deepcopy(model) for _ in range(4))
     fast = fast_options(device)
     train_steps(model, ours(), 3, device)  # warm-up (allocator, kernels)
+    train_steps(fast_twin, ours(), 3, device, fast)
     t_ours, n_ours = train_steps(model, ours(), steps, device)
     t_theirs, n_theirs = train_steps(twin, theirs(), steps, device)
-    t_fast, n_fast = train_steps(fused_twin, ours(), steps, device, fast)
+    t_fast, n_fast = train_steps(fast_twin, ours(), steps, device, fast)
     per_epoch = steps_per_epoch / steps
     epoch_ours, epoch_theirs, epoch_fast = t_ours * per_epoch, t_theirs * per_epoch, t_fast * per_epoch
     row(f"training epoch, from {steps} steps (s)", f"ours {epoch_ours:.2f}", f"DataLoader {epoch_theirs:.2f}",
@@ -197,17 +202,42 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         t_compiled, _ = train_steps(compiled_twin, ours(), steps, device, compiled)
         row(f"  with {describe(compiled)} (s)", f"{t_compiled * per_epoch:.2f}", "",
             f"speed-up {t_ours / t_compiled:.2f}x")
+    mlp = not any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if mlp:  # what the harness's step costs beyond the textbook loop (its running loss and accuracy)
+        bare_steps(bare_twin, ours(), 3, device)
+        t_bare = bare_steps(bare_twin, ours(), steps, device)
+        row("  a bare PyTorch loop on the same batches (s)", f"{t_bare * per_epoch:.2f}", "",
+            f"harness step +{100 * (t_ours / t_bare - 1):.0f}%")
     flops = training_flops(model, shape, 128, device)
     achieved = flops * (n_ours / 128) / t_ours / 1e9
-    row("throughput (samples/s)", f"{n_ours / t_ours:,.0f}", f"{n_fast / t_fast:,.0f}")
-    row("achieved GFLOP/s (counted step FLOPs)", f"{achieved:.1f}", f"{100 * achieved / peak:.0f}% of peak")
+    row("throughput (samples/s)", f"ours {n_ours / t_ours:,.0f}", f"fast {n_fast / t_fast:,.0f}",
+        f"DataLoader {n_theirs / t_theirs:,.0f}")
+    row("achieved GFLOP/s (counted step FLOPs)", f"ours {achieved:.1f}", f"{100 * achieved / peak:.0f}% of peak")
     bound = flops * steps_per_epoch / (peak * 1e9)
-    row("epoch vs its matmul-bound time", f"{epoch_ours / bound:.1f}x", f"{epoch_fast / bound:.1f}x",
+    row("epoch vs its float32 matmul-bound time", f"ours {epoch_ours / bound:.1f}x", f"fast {epoch_fast / bound:.1f}x",
         f"bound {bound:.3f} s")
-    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if mlp:
         alone = linear_matmuls_seconds(model, 128, device) * steps_per_epoch
-        row("its matmuls alone, at these shapes (s)", f"{alone:.3f}", f"{alone / bound:.1f}x the bound",
-            f"epoch {epoch_fast / alone:.1f}x them")
+        row("its float32 matmuls alone, these shapes (s)", f"{alone:.3f}", f"{alone / bound:.1f}x the bound",
+            f"fast epoch {epoch_fast / alone:.1f}x")
+
+
+def bare_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+               device: torch.device) -> float:
+    """Seconds for ``steps`` steps of the textbook loop (forward, cross-entropy, backward, SGD), no bookkeeping:
+    the baseline for what the harness's own step adds."""
+    optimizer = make_optimizer(model, Recipe(epochs=1, lr=0.01))
+    model.train()
+    began = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if i == steps:
+            break
+        loss = nn.functional.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    float(loss)  # waits for the device
+    return time.perf_counter() - began
 
 
 def fast_options(device: torch.device) -> Performance:
@@ -218,6 +248,7 @@ def fast_options(device: torch.device) -> Performance:
 
 
 def describe(performance: Performance) -> str:
+    """The options set away from their defaults, for row labels ("performance: fused_optimizer")."""
     names = [name for name, value in vars(performance).items() if value != getattr(Performance(), name)]
     return "performance: " + ", ".join(names)
 
@@ -293,14 +324,18 @@ def packed_throughput(model_name: str, dataset: tuple[str, str | None, int | Non
         if device.type == "cuda":
             try:
                 utilisation.append(torch.cuda.utilization(device))  # NVML, through the pynvml package
-            except Exception:  # noqa: BLE001 - pynvml missing or NVML unusable: reported as "n/a"
+            except Exception:  # noqa: BLE001 - NVML unusable (e.g. no pynvml package): reported as "n/a"
                 pass
 
-    _gather(ready, processes, workers)
-    start.set()
-    timings = _gather(results, processes, workers, sample_utilisation)
-    for worker in workers:
-        worker.join()
+    try:
+        _gather(ready, processes, workers)
+        start.set()
+        timings = _gather(results, processes, workers, sample_utilisation)
+    finally:  # on a failure the others would wait for the start signal forever
+        for worker in workers:
+            if worker.exitcode is None and not start.is_set():
+                worker.terminate()
+            worker.join()
     throughput = sum(samples for _, samples in timings) / max(seconds for seconds, _ in timings)
     return throughput, (sum(utilisation) / len(utilisation) if utilisation else None)
 
@@ -318,7 +353,7 @@ def packing_section(root: Path, device: torch.device, processes: int, steps: int
                                                       for k in (1, processes))
         row(model_name, f"{alone:,.0f}", f"{packed:,.0f}", f"{packed / alone:.2f}x")
         if device.type == "cuda":
-            row("  GPU utilisation", *(f"{b:.0f}%" if b is not None else "n/a (pynvml)" for b in (busy_alone,
+            row("  GPU utilisation", *(f"{b:.0f}%" if b is not None else "n/a (NVML)" for b in (busy_alone,
                                                                                                     busy_packed)))
         model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
         bound = training_flops(model, shape, 128, device) / 128 * epoch_samples / (peak * 1e9)
@@ -326,7 +361,7 @@ def packing_section(root: Path, device: torch.device, processes: int, steps: int
             f"{epoch_samples / packed / bound:.1f}x bound {bound:.3f} s")
 
 
-def overhead_section(workdir: Path) -> None:
+def overhead_section(workdir: Path, workers: int) -> None:
     """The harness's own time per run (config, data, tracing, FLOPs, storage) against its training compute.
 
     The measurements (JSV, with its own target, see benchmarks/jsv_cost.py, and inference latency) and reading the
@@ -352,18 +387,22 @@ def overhead_section(workdir: Path) -> None:
                 spent[key] += time.perf_counter() - began
         return timed
 
+    def run_quickstart(*options: str) -> float:
+        """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS``; a failed run stops the benchmark."""
+        began = time.perf_counter()
+        status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *options])
+        if status != 0:
+            raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
+        return time.perf_counter() - began
+
     # One-time costs of a process (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
     # JSV call) are paid by a one-run, no-training warm-up and shown on their own line.
-    began = time.perf_counter()
-    main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--results", str(workdir / "warm-up"), "--quiet",
-          "--set", "methods=[l1]", "--set", "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]",
-          "--set", "pretrain.epochs=0", "--set", "retrain.epochs=0"])
-    warm_up = time.perf_counter() - began
+    warm_up = run_quickstart("--results", str(workdir / "warm-up"), "--set", "methods=[l1]", "--set",
+                             "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]", "--set", "pretrain.epochs=0",
+                             "--set", "retrain.epochs=0")
     for key, (module, name) in wrapped.items():
         setattr(module, name, timer(key))
-    began = time.perf_counter()
-    main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--results", str(results), "--quiet"])
-    wall = time.perf_counter() - began
+    wall = run_quickstart("--results", str(results))
     for key, (module, name) in wrapped.items():
         setattr(module, name, originals[key])
     compute, phases = 0.0, {}
@@ -388,11 +427,8 @@ def overhead_section(workdir: Path) -> None:
     harness = wall - compute - sum(spent.values())
     row("everything else: the harness (s)", f"{harness:.1f}", f"{100 * harness / wall:.1f}%")
     row("report (s)", f"{report_s:.1f}", f"{100 * report_s / wall:.1f}%")
-    workers = 2
-    began = time.perf_counter()  # the same suite again, from nothing, its runs packed on a local pool
-    main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--results", str(workdir / "packed"), "--quiet",
-          "--executor", "local", "--workers", str(workers)])
-    packed = time.perf_counter() - began
+    # the same suite again, from nothing, its runs packed on a local pool
+    packed = run_quickstart("--results", str(workdir / "packed"), "--executor", "local", "--workers", str(workers))
     row(f"the suite with --executor local --workers {workers} (s)", f"{packed:.1f}", f"{wall / packed:.2f}x faster")
 
 
@@ -437,7 +473,7 @@ def main() -> None:
         if "latency" in args.sections:
             latency_section(device, (1, 128))
         if "overhead" in args.sections:
-            overhead_section(root)
+            overhead_section(root, args.pack)
 
 
 if __name__ == "__main__":

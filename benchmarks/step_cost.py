@@ -31,7 +31,7 @@ from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import parse
 from bench.train import Recipe, TrainHooks, make_optimizer, train_epoch
 
-Step = Callable[[], None]
+Step = Callable[[], object]  # one timed training step; what it returns is ignored
 
 
 def context(model: nn.Module, model_name: str, data: object, ratio: float, batch_size: int, size: int,

@@ -62,8 +62,8 @@ def test_step_cost_times_each_regulariser_through_the_harness_step(capsys: pytes
                            "--per-block", "1", "--warmup", "1"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"sgd", "tpp", "slimming"}
-    assert rows["sgd"][-1] == "1.000" and rows["slimming"][1] == "dense"  # slimming regularises dense training
-    assert float(rows["tpp"][-1]) > 0
+    assert rows["slimming"][1] == "dense"  # slimming regularises dense training
+    assert rows["tpp"][1].isdigit() and int(rows["tpp"][1]) > 0  # TPP: timed at the last step of its phase
 
 
 def test_step_cost_refuses_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:

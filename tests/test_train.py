@@ -3,19 +3,25 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
 from bench.config import Performance
-from bench.train import BaseHooks, Recipe, make_optimizer, train_epoch
+from bench.plugins import load_builtin
+from bench.registry import DATASETS
+from bench.train import BaseHooks, Recipe, fit, make_optimizer, train_epoch
 
 
 def batches(sizes: list[int], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random (inputs, labels) batches of the given sizes: 6 features, 3 classes."""
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)) for n in sizes]
 
 
 class StepRecorder(BaseHooks):
+    """Hooks that note the step numbers the loop hands them."""
+
     def __init__(self) -> None:
         self.penalty_steps: list[int] = []
         self.after_step_steps: list[int] = []
@@ -69,3 +75,24 @@ def test_fused_sgd_follows_the_default_sgd() -> None:
     assert abs(results[0].loss - results[1].loss) < 1e-5
     for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("max_steps", "steps_per_epoch_row"), [(None, [4, 8, 12]), (9, [4, 8, 9]), (8, [4, 8]),
+                                                                 (5, [4, 5])])
+def test_fit_stops_after_max_steps_mid_epoch_or_at_a_boundary(max_steps: int | None,
+                                                               steps_per_epoch_row: list[int]) -> None:
+    """100 samples at batch 32 is 4 steps an epoch (the last batch partial); a step budget ends the phase where it
+    runs out, and an epoch boundary reached exactly ends it without an empty epoch."""
+    load_builtin()
+    data = DATASETS.get("synthetic")(root=None, num_train=100, num_test=20, channels=1, size=8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    recipe = Recipe(epochs=3, lr=0.05, batch_size=32, max_steps=max_steps)
+    history = fit(model, data, recipe, device=torch.device("cpu"), seed=0, phase="test")
+    assert [row["step"] for row in history] == steps_per_epoch_row
+
+
+def test_a_step_budget_below_one_is_refused() -> None:
+    model = nn.Linear(6, 3)
+    with pytest.raises(ValueError, match="max_steps must be at least 1"):
+        train_epoch(model, model, batches([4]), make_optimizer(model, Recipe(epochs=1, lr=0.1)), max_steps=0)
