@@ -236,7 +236,7 @@ def bare_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    float(loss)  # waits for the device
+    float(loss.detach())  # waits for the device
     return time.perf_counter() - began
 
 
