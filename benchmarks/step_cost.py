@@ -34,12 +34,11 @@ from bench.train import Recipe, TrainHooks, make_optimizer, train_epoch
 Step = Callable[[], object]  # one timed training step; what it returns is ignored
 
 
-def context(model: nn.Module, model_name: str, data: object, ratio: float, batch_size: int, size: int,
+def context(model: nn.Module, model_name: str, data: object, ratio: float, batch_size: int, shape: tuple[int, ...],
             device: torch.device) -> RunContext:
     """The run context the harness would give a method for ``model`` pruned at ``ratio`` on its usual layers."""
     entry = MODELS.get(model_name)
     layers = prunable_layers(model, entry.default_layers, entry.default_skip)
-    shape = (1, 3, size, size)
     deps = trace_dependencies(model, torch.zeros(shape, device=device), layers)
     return RunContext(target=PruneTarget(layers, {n: ratio for n in layers}, "layerwise"), data=data, device=device,
                       seed=0, nonlinearity=entry.nonlinearity, batchnorm_of={n: d.batchnorm for n, d in deps.items()},
@@ -103,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3, help="input channels (1 for mlp7_linear as on MNIST)")
     parser.add_argument("--ratio", type=float, default=0.5, help="layerwise pruning ratio on the model's usual layers")
     parser.add_argument("--step", type=int, default=None, help="phase step to time (default: each phase's last)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds (the median is reported)")
@@ -126,10 +126,12 @@ def report(args: argparse.Namespace) -> None:
     load_builtin()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    dense = MODELS.get(args.model).build(num_classes=10, in_channels=3).to(device)
-    data = DATASETS.get("synthetic")(root=None, num_train=args.batch_size, num_test=1, size=args.image_size)
+    dense = MODELS.get(args.model).build(num_classes=10, in_channels=args.channels).to(device)
+    data = DATASETS.get("synthetic")(root=None, num_train=args.batch_size, num_test=1, size=args.image_size,
+                                     channels=args.channels)
     batch = next(iter(data.train_batches(args.batch_size, 0, device)))
-    ctx = context(dense, args.model, data, args.ratio, args.batch_size, args.image_size, device)
+    ctx = context(dense, args.model, data, args.ratio, args.batch_size,
+                  (1, args.channels, args.image_size, args.image_size), device)
 
     plain = copy.deepcopy(dense).train()
     steps: dict[str, Step] = {"sgd": training_step(plain, batch, make_optimizer(plain, ctx.retrain), [], 0)}
