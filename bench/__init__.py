@@ -14,11 +14,12 @@ from bench.method import (
                           keep_above_quantile,
                           keep_from_scores,
                           register_method,
+                          scoped,
 )
 from bench.schema import field
 from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
-           "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile", "keep_from_scores",
+           "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile", "keep_from_scores", "scoped",
            "register_method"]

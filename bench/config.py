@@ -82,7 +82,8 @@ class Prune:
     layers: list[str] | None = field(None, doc="glob patterns on module names; default: the model's usual layers")
     skip: list[str] | None = field(None, doc="patterns never pruned; default: the model's usual skips")
     scope: Literal["layerwise", "global"] = "layerwise"
-    min_keep: int = field(1, low=1, doc="global scope: filters every layer keeps at least")
+    min_keep: int = field(1, low=1, doc="filters every layer keeps at least, under global ranking "
+                         "and in the quantile cuts (rni, slimming cut: quantile); layerwise count cuts ignore it")
 
     def validate(self) -> list[str]:
         problems = []

@@ -6,6 +6,7 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -101,11 +102,11 @@ class Run:
     dense_key: dict[str, Any]
     key: dict[str, Any]
 
-    @property
+    @functools.cached_property  # hashed once; the run is frozen
     def run_id(self) -> str:
         return content_hash(self.key)
 
-    @property
+    @functools.cached_property  # hashed once; the run is frozen
     def dense_id(self) -> str:
         return content_hash(self.dense_key)
 
@@ -116,7 +117,7 @@ class Run:
         return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"},
                            "latency": to_plain(self.suite.latency)}
 
-    @property
+    @functools.cached_property  # hashed once; the run is frozen
     def prune_id(self) -> str:
         return content_hash(self.prune_key)
 

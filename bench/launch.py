@@ -44,7 +44,7 @@ from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
 from bench.method import Method
-from bench.runner import FINISHED, Workspace, execute, obtain_dense, prune_stage
+from bench.runner import FINISHED, Workspace, execute, make_pruned, obtain_dense
 from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", devi
         obtain_dense(run, ws, run.method.build())
         return "ok"
     if stage == "prune":
-        prune_stage(run, ws, run.method.build())
+        make_pruned(run, ws, run.method.build())
         return "ok"
     return execute(run, ws)
 
@@ -393,7 +393,7 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run]) -> Submi
             job.cancel(check=False)
         raise
     submission = Submission(
-        suite=suite.name, log_dir=log_dir, job=jobs[0].job_id.split("_")[0],
+        suite=suite.name, log_dir=log_dir, job=array_id(jobs),
         tasks={r.run_id: j.job_id for r, j in zip(fresh, jobs)}, dense_job=dense_job,
         dense_tasks={r.dense_id: j.job_id for r, j in zip(dense_runs, dense_jobs)}, prune_job=prune_job,
         prune_tasks={r.prune_id: j.job_id for r, j in zip(prune_runs, prune_jobs)},

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +39,7 @@ class PruneTarget:
     layers: list[str]                # prunable layer names, in forward order
     ratios: dict[str, float]         # the requested ratio of each layer (layerwise) or the global ratio
     scope: str                       # "layerwise" or "global"
-    min_keep: int = 1                # global scope: filters each layer keeps at least
+    min_keep: int = 1                # floor per layer: global ranking and quantile cuts, not layerwise counts
 
 
 @dataclass
@@ -113,8 +113,12 @@ class Method:
         return recipe
 
     def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
-        """Raise ConfigError if this method cannot run on this dense model and selection; called before any work."""
-        return None
+        """Raise ConfigError if this method cannot run on this dense model and selection; called before any work.
+
+        By default: a method with its own ``scope`` hyperparameter set to global needs one ratio for every layer."""
+        scope = getattr(self.hparams, "scope", None)
+        if scope is not None:
+            scoped(target, scope, getattr(self, "name", type(self).__name__))
 
     def retrain_param_groups(self, model: nn.Module, recipe: Recipe, ctx: RunContext) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups for retraining (own LR or weight decay for some parameters); None: one group.
@@ -178,27 +182,34 @@ def global_ratio(target: PruneTarget, method: str) -> float:
     return ratios.pop()
 
 
+def scoped(target: PruneTarget, scope: str, method: str) -> PruneTarget:
+    """``target`` under a method's own ``scope`` option (ConfigError when global meets a per-layer profile)."""
+    if scope == "global":
+        global_ratio(target, method)
+    return replace(target, scope=scope)
+
+
 def quantile(values: torch.Tensor, ratio: float) -> float:
     """The ``ratio``-quantile with linear interpolation (numpy's default)."""
     return float(torch.quantile(values.double(), ratio))
 
 
-def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget, scope: str, min_channels: int,
-                        method: str) -> dict[str, torch.Tensor]:
+def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget, min_channels: int
+                        ) -> dict[str, torch.Tensor]:
     """The RNI code's keep rule (for its RNI, L1-slim and UCS): keep the scores strictly above the p-quantile, of
-    all layers' scores together (``scope`` global, one ratio) or of each layer's own at its ratio (layerwise);
+    all layers' scores together (``target.scope`` global, one ratio) or of each layer's own at its ratio (layerwise);
     where fewer than ``min_channels`` pass in a layer, keep its ``min_channels`` highest instead.
 
     The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
     ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
     A ratio of 0 keeps everything (the code's 0-quantile would drop each minimum).
     """
-    if scope == "global":
-        ratio = global_ratio(target, method)
+    if target.scope == "global":
+        ratio = global_ratio(target, "the quantile cut")
         threshold = quantile(torch.cat(list(scores.values())), ratio)
     keep = {}
     for name, s in scores.items():
-        if scope != "global":
+        if target.scope != "global":
             ratio = target.ratios[name]
             threshold = quantile(s, ratio)
         if ratio == 0:

@@ -270,13 +270,21 @@ class Pruned(NamedTuple):
     keep: dict[str, torch.Tensor]
 
 
-def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> Pruned:
+def make_pruned(run: Run, ws: Workspace, methods: list[Method]) -> None:
+    """Make the run's shared pruned model unless it exists (the pruned-model stage of the pool and Slurm)."""
+    shared = PrunedDir(ws.results, run.prune_id)
+    with making(shared) as here:
+        if here:
+            prune_once(run, ws, methods, shared, jsv_probe(run, ws))
+
+
+def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Tensor | None) -> Pruned:
     """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
     LR share it; other processes wait on the lock) and saved to ``pruned.pt``, which the other runs load."""
     shared = PrunedDir(ws.results, run.prune_id)
     with making(shared) as here:
         if here:
-            return prune_once(run, ws, methods, shared)  # what it saved, still in memory
+            return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
     shared.phase.unlink(missing_ok=True)  # the phase is over; a kill after saving the model may have left it
     state = load_checkpoint(shared.model)
     model = new_model(run, ws.data.info, methods)
@@ -289,11 +297,11 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method]) -> Pruned:
     return Pruned(model.to(ws.device), record, ctx, keep)
 
 
-def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir) -> Pruned:
+def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir, probe: torch.Tensor | None
+               ) -> Pruned:
     """Dense model -> method phases -> selection -> removal -> after_slim, measured, and saved to ``shared``
     (a run that loads it instead continues with the same numbers: the kill tests check this)."""
     info = ws.data.info
-    probe = jsv_probe(run, ws)
     began = time.perf_counter()
     model, dense_meta = obtain_dense(run, ws, methods)
     dense_s = time.perf_counter() - began
@@ -422,8 +430,8 @@ def execute(run: Run, ws: Workspace) -> str:
 
 def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     methods = run.method.build()
-    model, record, ctx, keep = prune_stage(run, ws, methods)
     probe = jsv_probe(run, ws)
+    model, record, ctx, keep = prune_stage(run, ws, methods, probe)
     every = run.suite.trainability.every
 
     def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:

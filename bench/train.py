@@ -129,6 +129,12 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
 EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
 
 
+def step_settings(performance: Performance, device: torch.device) -> tuple[torch.autocast, torch.memory_format]:
+    """The autocast context and the input memory format that ``performance`` asks for on ``device``."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=performance.amp == "bf16")
+    return autocast, torch.channels_last if performance.channels_last else torch.contiguous_format
+
+
 class EpochStats(NamedTuple):
     """What one pass over the training batches measured: mean loss and accuracy, optimizer steps and samples."""
 
@@ -206,11 +212,10 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     entries (e.g. Jacobian statistics) to an epoch's history row. Raises ``Diverged`` on a NaN loss.
     """
     perf = recipe.performance
-    memory_format = torch.channels_last if perf.channels_last else torch.contiguous_format
+    autocast, memory_format = step_settings(perf, device)
     model.to(device, memory_format=memory_format)
     forward = distributed.wrap(model, device, perf.sync_batchnorm)  # DDP when data-parallel, else the model
     forward = torch.compile(forward) if perf.compile else forward
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=perf.amp == "bf16")
     optimizer = optimizer or make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
     history: list[dict[str, Any]] = []

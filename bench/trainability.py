@@ -139,20 +139,24 @@ def _activation_sizes(model: nn.Module, state: dict[str, Tensor], sample: Tensor
 
 
 def _chunk_jacobian(logits: Callable[[Tensor], Tensor], x: Tensor, basis: Tensor, classes: int) -> Tensor:
-    """Jacobians ``(n, K, D)`` of the samples ``x``, pulling back ``classes`` rows of ``basis`` at a time."""
+    """Jacobians ``(n, K, D)`` of the samples ``x``: one forward pass per sample, pulling back ``classes`` rows of
+    ``basis`` at a time."""
 
     def pull_back(sample: Tensor, cotangents: Tensor) -> Tensor:
         """Rows ``cotangents @ d logits(sample) / d sample`` of one sample, as ``jacrev`` computes them."""
         _, vjp_fn = vjp(logits, sample)
         return vmap(vjp_fn)(cotangents)[0]
 
-    rows = vmap(pull_back, in_dims=(0, None))
     num_classes = basis.shape[0]
     if classes >= num_classes:
-        return rows(x, basis).flatten(2)
+        return vmap(pull_back, in_dims=(0, None))(x, basis).flatten(2)
+    # plan_chunks splits the classes only when samples go one at a time: keep each sample's forward pass (its
+    # vjp) for all of its class chunks rather than repeating it per chunk.
     jac = x.new_empty((x.shape[0], num_classes, x[0].numel()))  # input gradients have the input's dtype
-    for start in range(0, num_classes, classes):
-        jac[:, start:start + classes] = rows(x, basis[start:start + classes]).flatten(2)
+    for i, sample in enumerate(x):
+        _, vjp_fn = vjp(logits, sample)
+        for start in range(0, num_classes, classes):
+            jac[i, start:start + classes] = vmap(vjp_fn)(basis[start:start + classes])[0].flatten(1)
     return jac
 
 

@@ -48,7 +48,6 @@ from bench.train import Recipe, evaluate, fit
 from bench.trainability import DEFAULT_MAX_BYTES, jsv_stats
 
 TARGET = 0.05  # JSV at most 5 % of a retraining epoch
-CIFAR_STEPS_PER_EPOCH = 391  # 50,000 images at batch 128
 SETUPS = {  # model -> dataset, its options, the description printed
     "mlp7_linear": ("fashion_mnist", {}, "Fashion-MNIST 60k/10k"),
     "resnet56": ("synthetic", {"num_train": 50_000, "num_test": 10_000, "channels": 3, "size": 32},

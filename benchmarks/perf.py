@@ -44,7 +44,8 @@ from bench.method import PruneTarget, keep_from_scores  # noqa: E402
 from bench.plugins import load_builtin  # noqa: E402
 from bench.pruning import prunable_layers, slim, trace_dependencies  # noqa: E402
 from bench.registry import MODELS  # noqa: E402
-from bench.train import Recipe, make_optimizer, train_epoch  # noqa: E402
+from bench.train import Recipe, make_optimizer, step_settings, train_epoch  # noqa: E402
+from methods.l1 import mean_abs_weight  # noqa: E402
 
 
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -69,8 +70,7 @@ def train_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     """
     performance = performance or Performance()
     optimizer = make_optimizer(model, Recipe(epochs=1, lr=0.01, performance=performance))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=performance.amp == "bf16")
-    memory_format = torch.channels_last if performance.channels_last else torch.contiguous_format
+    autocast, memory_format = step_settings(performance, device)
     model.to(memory_format=memory_format)
     on_device = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in batches)
     began = time.perf_counter()
@@ -140,6 +140,8 @@ def torchvision_fashion_mnist(root: Path, batch_size: int, workers: int) -> torc
 def write_fake_cifar(root: Path, n_train: int = 50000) -> None:
     """CIFAR-10's python format with random pixels: both pipelines read the same 50k-image files."""
     folder = root / "cifar-10-batches-py"
+    if (folder / "test_batch").exists():  # written whole (seeded) by an earlier section
+        return
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     per = n_train // 5
@@ -184,7 +186,8 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         f"{data_theirs / data_ours:.1f}x faster")
     torch.manual_seed(0)
     model = MODELS.get(model_name).build(num_classes=10, in_channels=shape[0]).to(device)
-    twin, fast_twin, bare_twin, compiled_twin = (copy.deepcopy(model) for _ in range(4))
+    pristine = copy.deepcopy(model)  # the start for every variant
+    twin, fast_twin = copy.deepcopy(pristine), copy.deepcopy(pristine)
     fast = fast_options(device)
     train_steps(model, ours(), 3, device)  # warm-up (allocator, kernels)
     train_steps(fast_twin, ours(), 3, device, fast)
@@ -197,13 +200,14 @@ def pipeline_section(name: str, model_name: str, ours: Callable, theirs: Callabl
         f"{epoch_theirs / epoch_ours:.2f}x faster")
     row(f"  with {describe(fast)} (s)", f"{epoch_fast:.2f}", "", f"speed-up {epoch_ours / epoch_fast:.2f}x")
     if try_compile:  # torch.compile: compiling (for every batch shape the timed steps meet) in an untimed warm-up
-        compiled = Performance(compile=True)
+        compiled, compiled_twin = Performance(compile=True), copy.deepcopy(pristine)
         train_steps(compiled_twin, ours(), steps, device, compiled)
         t_compiled, _ = train_steps(compiled_twin, ours(), steps, device, compiled)
         row(f"  with {describe(compiled)} (s)", f"{t_compiled * per_epoch:.2f}", "",
             f"speed-up {t_ours / t_compiled:.2f}x")
     mlp = not any(isinstance(m, nn.Conv2d) for m in model.modules())
     if mlp:  # what the harness's step costs beyond the textbook loop (its running loss and accuracy)
+        bare_twin = copy.deepcopy(pristine)
         bare_steps(bare_twin, ours(), 3, device)
         t_bare = bare_steps(bare_twin, ours(), steps, device)
         row("  a bare PyTorch loop on the same batches (s)", f"{t_bare * per_epoch:.2f}", "",
@@ -260,8 +264,7 @@ def latency_section(device: torch.device, batch_sizes: tuple[int, ...]) -> None:
     dense = MODELS.get("resnet56").build(num_classes=10, in_channels=3).to(device).eval()
     layers = prunable_layers(dense, ["layer*.*.conv1"])
     deps = trace_dependencies(dense, torch.zeros(1, 3, 32, 32, device=device), layers)
-    modules = dict(dense.named_modules())
-    scores = {n: modules[n].weight.detach().abs().flatten(1).mean(1) for n in layers}
+    scores = mean_abs_weight(dense, layers)
     dense_flops = count_flops(dense, (3, 32, 32))
     base = {b: measure_latency(dense, (3, 32, 32), b)["median_ms"] for b in batch_sizes}
     row("ratio", "FLOP ratio", *(f"speed-up b={b}" for b in batch_sizes))

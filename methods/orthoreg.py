@@ -49,7 +49,6 @@ from bench import (
     DenseVariant,
     Method,
     Phase,
-    PruneTarget,
     Recipe,
     RunContext,
     Schedule,
@@ -252,10 +251,6 @@ class OrthoReg(Method):
         super().__init__(hparams)
         self.pruned: dict[str, set[int]] = {}
 
-    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
-        if self.hparams.scope == "global":
-            global_ratio(target, "orthoreg")
-
     def dense_variant(self) -> DenseVariant | None:
         if self.hparams.protocol != "early_bird" or self.hparams.lam == 0:
             return None
@@ -302,7 +297,7 @@ class OrthoReg(Method):
         last = done == rounds
         sizes = {name: s.numel() for name, s in scores.items()}
         if hp.scope == "global":
-            ratio = global_ratio(ctx.target, "orthoreg")
+            ratio = global_ratio(ctx.target, self.name)
             share = ratio if last else cumulative_fraction(ratio, rounds, done)
             total = sum(sizes.values())
             due = math.ceil(round(share * total, 6)) if last else round(share * total)

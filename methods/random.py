@@ -1,4 +1,4 @@
-"""Random filter pruning: the control with the same layers and counts as L1, filters chosen by a seeded draw.
+"""Random filter pruning: the control with the same layers (and, layerwise, counts) as L1, chosen by a seeded draw.
 
 With ``prune.scope: layerwise`` each layer loses exactly its ratio's count, as every layerwise method does. Under
 ``prune.scope: global`` the random scores are ranked globally, so each layer loses about the global ratio (a uniform
@@ -17,7 +17,7 @@ from bench import Method, RunContext, register_method
 class Random(Method):
     """Uniformly random scores from the run's selection generator (seeded by the run's seed)."""
 
-    description = "random filters (seeded), same layers and counts as the magnitude methods: a control"
+    description = "random filters (seeded), same layers (and, layerwise, counts) as the magnitude methods: a control"
 
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())

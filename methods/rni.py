@@ -30,13 +30,12 @@ from bench import (
     ConfigError,
     DenseVariant,
     Method,
-    PruneTarget,
     Recipe,
     RunContext,
     field,
-    global_ratio,
     keep_above_quantile,
     register_method,
+    scoped,
 )
 
 log = logging.getLogger(__name__)
@@ -159,10 +158,6 @@ class RNI(Method):
         """The code fine-tunes "with the same optimiser groups" as dense training (no regulariser)."""
         return bn_scale_groups(model, recipe.lr, self.hparams.bn_lr_factor) if self.hparams.retrain_groups else None
 
-    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
-        if self.hparams.scope == "global":
-            global_ratio(target, "rni")
-
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """σ(w) of the bounded BatchNorm after each target layer."""
         scores = {}
@@ -178,7 +173,7 @@ class RNI(Method):
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         scores = self.scores(model, ctx)
         floor = max(self.hparams.min_channels, ctx.target.min_keep)
-        keep = keep_above_quantile(scores, ctx.target, self.hparams.scope, floor, "rni")
+        keep = keep_above_quantile(scores, scoped(ctx.target, self.hparams.scope, self.name), floor)
         log.info("rni: the %s σ(w) quantile cut keeps %d of %d channels", self.hparams.scope,
                  sum(k.numel() for k in keep.values()), sum(s.numel() for s in scores.values()))
         return keep

@@ -106,10 +106,9 @@ class Scratch(Method):
             dense = dataclasses.replace(dense, lr=recipe.lr)
         if self.hparams.budget == "E":
             return dense
-        factor = ctx.flops["dense"] / ctx.flops["pruned"]  # the runner measured both models of this run
-        if self.hparams.max_factor is not None:
-            factor = min(factor, self.hparams.max_factor)
+        ratio = ctx.flops["dense"] / ctx.flops["pruned"]  # the runner measured both models of this run
+        factor = ratio if self.hparams.max_factor is None else min(ratio, self.hparams.max_factor)
         stretched = budget_recipe(dense, factor, ctx.data.steps_per_epoch(dense.batch_size))
-        log.info("scratch-B: FLOPs ratio %.3f, %d steps (%d epochs) instead of %d epochs", factor,
-                 stretched.max_steps, stretched.epochs, dense.epochs)
+        log.info("scratch-B: FLOPs ratio %.3f (budget factor %.3f), %d steps (%d epochs) instead of %d epochs", ratio,
+                 factor, stretched.max_steps, stretched.epochs, dense.epochs)
         return stretched

@@ -24,13 +24,12 @@ from bench import (
     ConfigError,
     DenseVariant,
     Method,
-    PruneTarget,
     RunContext,
     field,
-    global_ratio,
     keep_above_quantile,
     keep_from_scores,
     register_method,
+    scoped,
 )
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -76,10 +75,6 @@ class Slimming(Method):
             return None
         return DenseVariant(key={"slimming": {"lam": self.hparams.lam}}, hooks=[SparsityHooks(self.hparams.lam)])
 
-    def check(self, model: nn.Module, target: PruneTarget, input_shape: tuple[int, ...]) -> None:
-        if self.hparams.scope == "global":
-            global_ratio(target, "slimming")
-
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
         """|γ| of the BatchNorm after each target layer."""
         scores = {}
@@ -93,12 +88,10 @@ class Slimming(Method):
         return scores
 
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
-        """The lowest |γ| go, under one global threshold or per layer (``scope``), each layer keeping prune.min_keep."""
-        target = ctx.target
-        self.check(model, target, ctx.input_shape)
+        """The lowest |γ| go (``cut: count``) or those not above the p-quantile (``quantile``), under one global
+        threshold or per layer (``scope``); prune.min_keep floors each layer except in a layerwise count cut."""
+        own = scoped(ctx.target, self.hparams.scope, self.name)
         scores = self.scores(model, ctx)
         if self.hparams.cut == "quantile":
-            return keep_above_quantile(scores, target, self.hparams.scope, target.min_keep, "slimming")
-        own = PruneTarget(layers=target.layers, ratios=target.ratios, scope=self.hparams.scope,
-                          min_keep=target.min_keep)
+            return keep_above_quantile(scores, own, own.min_keep)
         return keep_from_scores(scores, own)

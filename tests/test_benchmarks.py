@@ -49,21 +49,21 @@ def test_perf_times_the_harness_step_and_the_mlp_matmuls() -> None:
 
 
 def test_packing_runs_several_trainings_at_once(tmp_path: Path) -> None:
-    """Two spawned training processes on synthetic data report their combined throughput."""
+    """Two spawned training processes on synthetic data run to the end and report a throughput."""
     perf = benchmark("perf")
     samples_per_s, utilisation = perf.packed_throughput("mlp7_linear", ("synthetic", None, 32), (3, 32, 32), 3, 2,
                                                         torch.device("cpu"))
     assert samples_per_s > 0 and utilisation is None
 
 
-def test_step_cost_times_each_regulariser_through_the_harness_step(capsys: pytest.CaptureFixture[str]) -> None:
+def test_step_cost_times_each_regulariser(capsys: pytest.CaptureFixture[str]) -> None:
     step_cost = benchmark("step_cost")
     assert step_cost.main(["--model", "resnet20", "--methods", "tpp,slimming", "--batch-size", "8", "--repeats", "1",
                            "--per-block", "1", "--warmup", "1"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"sgd", "tpp", "slimming"}
     assert rows["slimming"][1] == "dense"  # slimming regularises dense training
-    assert rows["tpp"][1].isdigit() and int(rows["tpp"][1]) > 0  # TPP: timed at the last step of its phase
+    assert rows["tpp"][1].isdigit() and int(rows["tpp"][1]) > 0  # TPP: timed at a step of its phase
 
 
 def test_step_cost_refuses_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:

@@ -111,3 +111,12 @@ def test_run_ids_follow_content_not_presentation(write_suite) -> None:
     assert base[0].dense_id == longer[0].dense_id  # retraining does not change the dense model
     labelled = expand(load_suite(write_suite(tiny_suite(methods=[{"l1": {"label": "magnitude"}}]), "d.yaml")))
     assert labelled[0].run_id == base[0].run_id and labelled[0].describe()["method"] == "magnitude"
+
+
+def test_each_speed_option_alone_enters_the_ids(write_suite) -> None:
+    """Options that change numerics in the last bits (fused SGD, bf16, channels_last, compile) each give new ids."""
+    base = expand(load_suite(write_suite(tiny_suite())))
+    for i, option in enumerate([{"fused_optimizer": True}, {"amp": "bf16"}, {"channels_last": True},
+                                {"compile": True}]):
+        fast = expand(load_suite(write_suite(tiny_suite(performance=option), f"fast{i}.yaml")))
+        assert fast[0].dense_id != base[0].dense_id and fast[0].run_id != base[0].run_id, option

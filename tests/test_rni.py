@@ -183,12 +183,11 @@ def test_the_floor_holds_when_scores_tie_at_the_threshold() -> None:
     # The code's rule counts scores >= threshold but keeps those > threshold: with the global 0.5-quantile equal to
     # a score of layer a, a would keep 2. The floor keeps a's top 3 (ties at the cut by lower index).
     a, b = torch.tensor([.1, .2, .5, .6, .7]), torch.tensor([.01, .02, .03, .04, .8, .81, .82, .83])
-    keep = keep_above_quantile({"a": a, "b": b}, PruneTarget(["a", "b"], {"a": 0.5, "b": 0.5}, "global"), "global", 3,
-                               "rni")
+    keep = keep_above_quantile({"a": a, "b": b}, PruneTarget(["a", "b"], {"a": 0.5, "b": 0.5}, "global"), 3)
     assert quantile(torch.cat([a, b]), 0.5) == pytest.approx(0.5)
     assert keep["a"].tolist() == [2, 3, 4] and keep["b"].tolist() == [4, 5, 6, 7]
     tied = keep_above_quantile({"t": torch.tensor([.3, .9, .3, .3, .1])}, PruneTarget(["t"], {"t": 0.5}, "layerwise"),
-                               "layerwise", 3, "rni")  # its own median, 0.3, is tied three times
+                               3)  # its own median, 0.3, is tied three times
     assert tied["t"].tolist() == [0, 1, 2]
 
 

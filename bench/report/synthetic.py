@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.train import Diverged
+
 RunKey = tuple[str, float, float, int]  # (method, ratio, lr, seed)
 
 
@@ -40,6 +42,9 @@ def default_accuracy(method: str, ratio: float, lr: float, seed: int) -> float:
     base = 0.93 - 0.2 * ratio ** 3 + 0.01 * (_unit("skill", method) - 0.5)
     penalty = 0.08 * ratio * (1 - trainability) * (math.log10(0.01 / lr) if lr < 0.01 else 0.0)
     return base - penalty + 0.003 * (2 * _unit("noise", method, ratio, lr, seed) - 1)
+
+
+AFTER_RETRAINING = ("acc_final", "acc_best", "acc_trainability", "jsv_final", "timings")  # metric name prefixes
 
 
 def _metrics(method: str, ratio: float, lr: float, seed: int, acc: float, epochs: int
@@ -95,19 +100,16 @@ def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Itera
                         "dataset": dataset, "ratio": f"{ratio:g}", "lr": lr, "seed": seed, "status": status,
                         "config": {"synthetic": True}, "method_components": [{"name": method, "hparams": {}}],
                         "ratio_value": ratio, "started": "2026-01-01T00:00:00+0000"}
-                    if status == "ok":
+                    if status in ("ok", "diverged"):
                         metrics, history = _metrics(method, ratio, lr, seed, accuracy(*key), epochs)
+                    if status == "ok":
                         metrics.update(extra_metrics or {})
                         result.update(metrics=metrics, history={"phase": [], "retrain": history},
                                       finished="2026-01-01T00:01:00+0000")
                     elif status == "diverged":  # as the runner writes it: what it measured before retraining
-                        metrics, history = _metrics(method, ratio, lr, seed, accuracy(*key), epochs)
-                        before = {k: v for k, v in metrics.items() if not k.startswith(("acc_final", "acc_best",
-                                                                                         "acc_trainability",
-                                                                                         "jsv_final", "timings"))}
+                        before = {k: v for k, v in metrics.items() if not k.startswith(AFTER_RETRAINING)}
                         result.update(metrics=before, history={"phase": [], "retrain": history[:1]},
-                                      diverged={"phase": "retrain", "epoch": 2},
-                                      error="retrain: the loss became NaN or infinite in epoch 2")
+                                      diverged={"phase": "retrain", "epoch": 2}, error=str(Diverged("retrain", 2)))
                     elif status == "failed":
                         result.update(error="RuntimeError: CUDA out of memory", traceback="Traceback ...")
                     path = root / suite / "runs" / result["run_id"] / "result.json"
