@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--suite", dest="suites", action="append", default=[], metavar="NAME_OR_FILE",
                         help="only this suite (repeatable); a suite file (.yaml) also supplies its 'reference'")
     report.add_argument("--filter", dest="query", metavar="EXPR", help="keep the runs where this pandas query on "
-                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == '0.9'\"")
+                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == 0.9\"; the report goes "
+                        "beside the full one, to <suite>/report/filtered/<name>/")
     report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
@@ -184,7 +185,7 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
                           "leave it off for CPU data-parallel runs.")
     results = Path(args.results)
     check_writable(results)
-    record_suite(results, suite, suite_dir)
+    record_suite(results, suite, suite_dir, runs)
     unfinished = distributed.agree([r.run_id for r in runs
                                     if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")])
     todo = [r for r in runs if r.run_id in unfinished]
@@ -212,11 +213,14 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     return 1 if statuses["failed"] else 0
 
 
-def record_suite(results: Path, suite: Suite, suite_dir: Path) -> None:
-    """Keep the suite as run beside its results (``suite.json``), so ``report`` finds e.g. its reference."""
+def record_suite(results: Path, suite: Suite, suite_dir: Path, runs: list[Run]) -> None:
+    """Keep the suite as run beside its results: ``suite.json`` (so ``report`` finds e.g. its reference) and
+    ``manifest.json`` (its runs, so reports never pool runs of another configuration)."""
+    from bench.manifest import Manifest, write_manifest
     from bench.schema import to_plain
     from bench.store import write_json
 
+    write_manifest(results / suite.name, Manifest.of(suite.name, runs))
     record = to_plain(suite)
     if suite.reference:
         from bench.report.references import resolve  # imports the reporter's plotting stack: only when needed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,12 @@ LOCK_POLL_S = 5.0  # data-parallel runs: how often rank 0 retries a lock another
 
 class StorageError(UserError):
     """The results directory cannot be written (permissions, a full disk)."""
+
+
+def content_hash(data: Any, length: int = 12) -> str:
+    """A short, stable hash of JSON-able data (keys sorted, floats by repr): run, prune, dense and config ids."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -207,6 +207,28 @@ def test_suite_as_run_is_kept_beside_its_results(finished: Path, tmp_path: Path,
     assert Path(recorded_reference(tmp_path / "tiny")).name == "tpp_table1.csv"
 
 
+def test_a_suite_rerun_with_another_recipe_is_reported_apart(finished: Path, tmp_path: Path) -> None:
+    """Issue 14: the same suite run again with --set into one folder; the report holds only the runs of the suite
+    as last run (its manifest) and names the others, never averaging 2- and 3-epoch runs as seeds."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(finished / "results", results)
+    args = ["--results", str(results), "--set", "retrain.epochs=2", "--set", "retrain.lr=[0.1,0.01]"]
+    assert main(["run", str(finished / "suite.yaml"), *args, "--quiet"]) == 0
+    manifest = json.loads((results / "tiny" / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 4 and manifest["config"]["retrain"]["epochs"] == 2 and manifest["seeds"] == [0]
+    assert {e["lr"] for e in manifest["runs"].values()} == {0.1, 0.01}
+    assert all(e["prune_id"] and e["dense_id"] for e in manifest["runs"].values())
+    assert main(["report", "--results", str(results), "--workers", "1"]) == 0
+    report = results / "tiny" / "report"
+    runs = pd.read_csv(report / "runs.csv")
+    assert set(runs.run_id) == set(manifest["runs"]) and set(runs.epochs_done) == {2}
+    assert pd.read_csv(report / "tables" / "accuracy.csv").n.max() == 1  # one seed: one run per cell
+    left = pd.read_csv(report / "tables" / "left_out.csv")
+    assert left.runs.sum() == 4 and "retrain.epochs 3 (suite: 2)" in left.reason[0]
+
+
 def test_the_runs_of_one_pruned_model_share_its_phase_and_selection(tmp_path: Path, write_suite) -> None:
     """GReg's phase runs once for the two retraining LRs: both runs carry the very same phase record (wall-clock
     seconds included), and their retraining starts from the same pruned model."""

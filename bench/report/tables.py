@@ -467,3 +467,22 @@ def problem_table(runs: pd.DataFrame) -> Table | None:
                  "the retraining epochs they finished, the mean JSV of their pruned model when it was measured (a "
                  "diverged run keeps it: a value near 0 says the pruned network was hard to train), and the first "
                  "line of their error; their result.json holds the rest.", header, rows, data.reset_index(drop=True))
+
+
+def left_out_table(left_out: pd.DataFrame) -> Table | None:
+    """Runs in the suite's folder that belong to another configuration (or no longer to the suite), grouped by why:
+    listed apart, never averaged in."""
+    if left_out.empty:
+        return None
+    header = [(KEY, "runs"), (KEY, "statuses"), (KEY, "why left out"), (KEY, "run ids")]
+    rows, data = [], []
+    for reason, group in left_out.groupby("reason", sort=False):
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(group.status.value_counts().items()))
+        ids = list(group.run_id)
+        rows.append([str(len(group)), statuses, str(reason), ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")])
+        data.append({"runs": len(group), "statuses": statuses, "reason": reason, "run_ids": " ".join(ids)})
+    note = ("Result files in this suite's folder that are not runs of the suite as last run: made with another "
+            "configuration (e.g. an earlier `--set`), or with a method, ratio, LR or seed since dropped from the "
+            "suite. They are not in any other table. To keep a variant's results apart, run it under its own name: "
+            "`--set name=<suite>-<variant>`.")
+    return Table("left_out", "Runs left out of this report", note, header, rows, pd.DataFrame(data))
