@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.report import plots, tables
+from bench.report import plots, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
 from bench.report.references import load_reference
@@ -68,11 +68,17 @@ def render_plots(jobs: list[tuple[Callable[..., Plot | None], tuple[Any, ...]]],
 
 
 def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | None, workers: int | None = None
-                ) -> list[Item]:
-    """Every table and figure of one suite's report, in reading order."""
+                ) -> tuple[list[Item], list[str]]:
+    """Every table and figure of one suite's report, in reading order, and its headline (sentences)."""
     runs, history = data.runs, data.history
     methods = [m for m in styles.order if m in set(runs.method)]
-    items = [Item("Runs by status", table=tables.status_table(runs, methods))]
+    selections = verdict.select_lrs(runs, methods)
+    comparisons = verdict.compare(selections)
+    items = [Item("Verdict", table=verdict.verdict_table(selections, comparisons, verdict.selected_by(runs)))]
+    paired = verdict.paired_table(comparisons)
+    items.append(Item("Paired comparisons", table=paired) if paired is not None else
+                 Item("Paired comparisons", missing="needs finished runs of two or more methods at a ratio."))
+    items.append(Item("Runs by status", table=tables.status_table(runs, methods)))
     for extra in (tables.problem_table(runs), tables.left_out_table(data.left_out)):
         if extra is not None:
             items.append(Item(extra.title, table=extra))
@@ -92,7 +98,7 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))
-    return items
+    return items, verdict.headline(runs, selections, comparisons)
 
 
 def _facts(data: Results, query: str | None, reference: pd.DataFrame | None) -> list[str]:
@@ -118,9 +124,11 @@ def _facts(data: Results, query: str | None, reference: pd.DataFrame | None) -> 
     return facts
 
 
-def _summary(suite: str, facts: list[str], items: list[Item]) -> str:
-    """summary.md: every table in Markdown and every figure as a linked image, with their notes."""
+def _summary(suite: str, facts: list[str], headline: list[str], items: list[Item]) -> str:
+    """summary.md: the headline, then every table in Markdown and every figure as a linked image, with notes."""
     lines = [f"# {suite}", "", *[f"{f}  " for f in facts], ""]
+    if headline:
+        lines += ["## What this suite found", "", *[f"- {line}" for line in headline], ""]
     for item in items:
         if item.table is not None:
             lines += [f"## {item.table.title}", "", item.table.note, "", to_markdown(item.table)]
@@ -147,7 +155,7 @@ def write_suite_report(data: Results, directory: Path, suite: str, styles: Metho
                        ) -> list[Path]:
     """Write one suite's report into ``directory``; returns the files written."""
     began = time.perf_counter()
-    items = suite_items(data, styles, reference, workers)
+    items, headline = suite_items(data, styles, reference, workers)
     written: list[Path] = []
 
     def save(path: Path, payload: bytes) -> None:
@@ -171,8 +179,8 @@ def write_suite_report(data: Results, directory: Path, suite: str, styles: Metho
         else:
             sections.append(Section(plots.file_stem(item.title.lower()), item.title, f"Not shown: {item.missing}"))
     facts = _facts(data, query, reference)
-    save(directory / "summary.md", _summary(suite, facts, items).encode())
-    save(directory / "index.html", page(f"Pruning benchmark report: {suite}", facts, sections).encode())
+    save(directory / "summary.md", _summary(suite, facts, headline, items).encode())
+    save(directory / "index.html", page(f"Pruning benchmark report: {suite}", facts, sections, headline).encode())
     for folder in ("tables", "figures"):
         _remove_stale(directory / folder, set(written))
     log.info("suite '%s': report with %d files in %s (%.1f s)", suite, len(written), directory,

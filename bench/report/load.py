@@ -23,10 +23,13 @@ from bench.store import DENSE_DIR, content_hash
 log = logging.getLogger(__name__)
 
 COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "status", "acc_dense",
-           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense",
-           "flops_pruned", "jsv_dense", "jsv_pruned", "jsv_final", "wall_s"]
+           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "acc_val_dense", "acc_val_pruned",
+           "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned", "jsv_dense", "jsv_pruned",
+           "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
-                 "error", "config_id"]
+                 "error", "num_classes", "dense_id", "config_id"]
+# Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
+KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
 HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status", "epoch", "epoch_lr", "train_loss",
                    "test_acc", "jsv_mean"]
@@ -87,8 +90,8 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["status"] = str(result.get("status") or "unknown")
     if row["run_id"] is None or row["method"] is None:
         raise ValueError("no 'run_id' or 'method'")
-    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense",
-                "params_pruned", "flops_dense", "flops_pruned"):
+    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "acc_val_dense",
+                "acc_val_pruned", "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned"):
         row[key] = _number(metrics.get(key))
     for stage in ("dense", "pruned", "final"):
         row[f"jsv_{stage}"] = _number(metrics.get(f"jsv_{stage}_mean"))
@@ -104,8 +107,11 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["ratio_value"] = ratio_value
     row["ratio"] = str(row["ratio"])
     row.update(started=result.get("started"), finished=result.get("finished"), error=result.get("error"))
+    row["num_classes"] = _number(result.get("num_classes")) or KNOWN_CLASSES.get(str(row["dataset"]))
     config = result.get("config")
     row["config_id"] = content_hash(fixed_config(config)) if isinstance(config, dict) else None
+    dense = config.get("dense") if isinstance(config, dict) else None
+    row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
     row.update(_latency(metrics))
     retrain = (result.get("history") or {}).get("retrain") or []
     row["epochs_done"] = len(retrain)
@@ -143,7 +149,7 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
         if column not in runs:
             runs[column] = None
     runs = runs[COLUMNS + EXTRA_COLUMNS + latency]
-    for column in ("lr", "seed", "ratio_value"):
+    for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
         runs[column] = pd.to_numeric(runs[column])
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     for column in ("lr", "seed", "epoch", "epoch_lr", "train_loss", "test_acc", "jsv_mean"):
