@@ -21,10 +21,11 @@ import torch
 from bench import distributed
 from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
-from bench.grid import Run, expand
+from bench.grid import Run
 from bench.plugins import load_builtin, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import describe
+from bench.session import load_runs
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
@@ -107,32 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
-    """Load plugins and the suite, validate it and expand it into runs (nothing is written)."""
-    load_builtin()
-    for plugin in args.plugins:
-        load_plugin(plugin)
-    suite_path = Path(args.suite)
-    suite = load_suite(suite_path, args.overrides)
-    suite_dir = suite_path.resolve().parent
-    for plugin in suite.plugins:
-        load_plugin(plugin, suite_dir)
-    try:
-        runs = expand(suite, suite_dir, getattr(args, "data_root", None))
-    except ConfigError as err:
-        raise ConfigError(err.problems, str(suite_path)) from None
-    return suite, runs, suite_dir
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available here. Use --device cpu.")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} GPU(s) "
-                          "(cuda:0 ...). Pick one of them or 'cuda'.")
-    return device
+    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written)."""
+    return load_runs(args.suite, args.overrides, args.plugins, getattr(args, "data_root", None))
 
 
 def apply_slurm_flags(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@ sacct), the dense-model stage, the run lock, and the local worker pool against t
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import stat
@@ -56,8 +57,9 @@ def test_slurm_section_is_typed_and_maps_to_sbatch_flags(write_suite, tmp_path: 
     assert executor.max_num_timeout == 3
 
 
-def test_slurm_defaults_leave_cluster_settings_alone(write_suite, tmp_path: Path) -> None:
+def test_slurm_defaults_leave_cluster_settings_alone(write_suite, tmp_path: Path, monkeypatch) -> None:
     suite = load_suite(write_suite(tiny_suite()))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, as on a laptop: the script is still built
     script = make_executor(suite.slurm, tmp_path, "x")._make_submission_file_text("true", "uid")
     assert "--partition" not in script and "--mem" not in script and "--gpus" not in script
     assert "#SBATCH --time=240\n" in script and "#SBATCH --cpus-per-task=4\n" in script
@@ -107,6 +109,15 @@ def test_executor_options_are_checked(write_suite, tmp_path: Path) -> None:
     assert main(["run", suite, "--results", str(tmp_path), "--workers", "2"]) == 2  # --workers needs local
     assert main(["run", suite, "--results", str(tmp_path), "--wait"]) == 2          # --wait needs slurm
     assert not (tmp_path / "tiny").exists()
+
+
+def test_launch_does_not_import_the_command_line() -> None:
+    """The executors sit below the CLI: what both need (loading a suite, the device) lives in bench.session."""
+    tree = ast.parse((Path(__file__).parents[1] / "bench" / "launch.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "bench.session" in imported and not any(name == "bench.cli" or name.startswith("bench.cli.")
+                                                   for name in imported)
 
 
 # ----------------------------------------------------------------------------------------- workers
