@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
 
-    status = sub.add_parser("status", help="show each run as pending, running, ok, failed or diverged",
-                            description="Each run's state from its result file and, for runs submitted to Slurm, "
-                            "from the scheduler (sacct), with counts and the logs of failed runs.")
+    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed or diverged",
+                            description="Each run's state from its result file and lock (a started run whose "
+                            "process is gone is interrupted) and, for runs submitted to Slurm, from the scheduler "
+                            "(sacct), with counts and the logs of failed runs.")
     _add_suite_arguments(status)
 
     report = sub.add_parser("report", help="write tables, figures and an HTML page of the results",
@@ -184,8 +185,9 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
                 bar.update()
     done = len(runs) - len(todo)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "nothing to do"
-    log.warning("suite '%s': %s%s. Results in %s", suite.name, summary,
-                f" ({done} already finished)" if done else "", results / suite.name)
+    level = logging.WARNING if statuses["failed"] else logging.INFO  # success is news, not a warning
+    log.log(level, "suite '%s': %s%s. Results in %s", suite.name, summary,
+            f" ({done} already finished)" if done else "", results / suite.name)
     return 1 if statuses["failed"] else 0
 
 
@@ -250,11 +252,11 @@ def command_status(args: argparse.Namespace) -> int:
     rows = run_states(runs, Path(args.results))
     width = max(len(r.run.method.label) for r in rows)
     print(f"suite '{suite.name}': {len(runs)} runs")
-    print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  {'state':8}  {'task':10}  detail")
+    print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  {'state':11}  {'task':10}  detail")
     for r in rows:
         d = r.run.describe()
         print(f"{r.run.run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  "
-              f"{r.state:8}  {r.task or '-':10}  {r.detail}")
+              f"{r.state:11}  {r.task or '-':10}  {r.detail}")
     counts = Counter(r.state for r in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     logs = [r for r in rows if r.log is not None and r.state in ("failed", "running")]

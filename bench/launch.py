@@ -513,7 +513,8 @@ def live_tasks(results: Path, suite_name: str) -> dict[str, str]:
 
 @dataclass
 class RunState:
-    """One run's state for ``status``: pending, running, ok, failed or diverged, with its task and a detail."""
+    """One run's state for ``status``: pending, running, interrupted, ok, failed or diverged, with its task and a
+    detail."""
 
     run: Run
     state: str
@@ -555,7 +556,10 @@ def _run_state(run: Run, rd: RunDir, latest: TaskRecord | None, states: dict[str
     if file_status == "running":
         attempt = (read_json(rd.result).get("attempts") or [{}])[-1]
         where = f" on {attempt['host']} (pid {attempt['pid']})" if "host" in attempt else ""
-        return RunState(run, "running", task, f"started{where}; if that process is gone, run again to resume")
+        with file_lock(rd.lock, blocking=False) as free:  # a live runner holds the run's lock; a dead one cannot
+            if free:
+                return RunState(run, "interrupted", task, f"run again to resume (last started{where})")
+        return RunState(run, "running", task, f"started{where}")
     if task:
         known = "sacct does not know it (yet)" if job_state == "UNKNOWN" else "no sacct here to ask the scheduler"
         return RunState(run, "pending", task, f"submitted; {known}")

@@ -1,6 +1,8 @@
 """The command line as a user meets it: help, listing, planning, and bad input (exit 2, no traceback, no files)."""
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +124,17 @@ def test_yaml_error_names_file_and_line(tmp_path: Path, write_suite) -> None:
     path = write_suite("name: x\nmodel: [\n")
     out = bench("plan", str(path))
     assert out.returncode == 2 and str(path) in out.stderr and "line" in out.stderr
+
+
+def test_success_is_info_and_a_rerun_with_nothing_to_do_shows_no_bar(write_suite, tmp_path: Path, capsys,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    suite = str(write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
+                                       pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05})))
+    command = ["run", suite, "--results", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="bench"):
+        assert main(command) == 0
+        assert re.search(r"(^|\r)tiny: 100%", capsys.readouterr().err, re.M)   # the suite's bar, while there is work
+        assert main(command) == 0
+    assert not re.search(r"(^|\r)tiny: ", capsys.readouterr().err, re.M)       # no empty bar
+    summaries = [(r.levelname, r.getMessage().split(".")[0]) for r in caplog.records if "Results in" in r.getMessage()]
+    assert summaries == [("INFO", "suite 'tiny': 1 ok"), ("INFO", "suite 'tiny': nothing to do (1 already finished)")]

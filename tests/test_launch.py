@@ -252,7 +252,7 @@ def test_status_joins_result_files_with_the_scheduler(write_suite, tmp_path: Pat
     write_json(RunDir(tmp_path, "tiny", ids[8]).result, {"status": "running",
                                                          "attempts": [{"host": "node1", "pid": 42}]})
     states = {s.run.run_id: s for s in run_states(runs, tmp_path)}
-    expected = ["ok", "running", "pending", "failed", "failed", "pending", "failed", "diverged", "running",
+    expected = ["ok", "running", "pending", "failed", "failed", "pending", "failed", "diverged", "interrupted",
                 "pending", "pending", "pending"]
     assert [states[i].state for i in ids] == expected
     assert states[ids[3]].detail.startswith("Slurm task CANCELLED")
@@ -264,8 +264,23 @@ def test_status_joins_result_files_with_the_scheduler(write_suite, tmp_path: Pat
 
     assert main(["status", str(suite_path), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 diverged; 3 failed; 1 ok; 5 pending; 2 running" in out
+    assert "1 diverged; 3 failed; 1 interrupted; 1 ok; 5 pending; 1 running" in out
     assert f"log of {ids[3]} (failed): {log_dir / '7_3_0_log.err'}" in out
+
+
+def test_status_tells_a_running_run_from_an_interrupted_one_by_its_lock(write_suite, tmp_path: Path, capsys) -> None:
+    """Not by the recorded pid, which may be reused or on another host: a live runner holds the run's lock."""
+    suite_path = write_suite(tiny_suite())
+    _, runs, _ = invocation(suite_path, tmp_path).load()
+    rd = RunDir(tmp_path, "tiny", runs[0].run_id)
+    write_json(rd.result, {"status": "running", "attempts": [{"host": "elsewhere", "pid": os.getpid()}]})
+    with file_lock(rd.lock, blocking=False):
+        assert run_states(runs, tmp_path)[0].state == "running"
+    state = run_states(runs, tmp_path)[0]
+    assert (state.state, state.detail) == ("interrupted", "run again to resume (last started on elsewhere (pid "
+                                           f"{os.getpid()}))")
+    assert main(["status", str(suite_path), "--results", str(tmp_path)]) == 0
+    assert "1 interrupted; 3 pending" in capsys.readouterr().out
 
 
 def test_status_without_submissions_or_sacct(write_suite, tmp_path: Path, monkeypatch) -> None:
