@@ -24,13 +24,18 @@ from bench.errors import ConfigError, UserError
 from bench.grid import Run
 from bench.plugins import load_builtin, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
-from bench.schema import describe
+from bench.schema import describe, describe_keywords
 from bench.session import load_runs
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
 
 log = logging.getLogger("bench")
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every command takes."""
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "method × ratio × retraining LR × seed. Finished runs are skipped, interrupted ones resume.")
     _add_suite_arguments(run)
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
                      help="inline: one run after another in this process (default); local: a pool of --workers "
                      "processes; slurm: submit one job array (a task per run) and return")
@@ -102,9 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
 
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
-                             description="List registered methods (with hyperparameters), models or datasets.")
+                             description="List registered methods (with hyperparameters), models or datasets (with "
+                             "options).")
     listing.add_argument("what", choices=["methods", "models", "datasets"])
     listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE")
+    for command in sub.choices.values():
+        _add_common_arguments(command)
     return parser
 
 
@@ -303,9 +310,14 @@ def command_list(args: argparse.Namespace) -> int:
             entry = MODELS.get(name)
             print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
     else:
+        from bench.data import _OPTION_LOW  # the lower bounds check_dataset_options enforces
+
         for name in DATASETS:
-            doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+            builder = DATASETS.get(name)
+            doc = (builder.__doc__ or "").strip().splitlines()
             print(f"{name:14} {doc[0] if doc else ''}")
+            for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=_OPTION_LOW):
+                print(f"    {option} = {default!r}  ({type_name})")
     return 0
 
 

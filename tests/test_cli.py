@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
+from bench.cli import build_parser, main
 from bench.runner import model_entry
 from tests.conftest import PROJECT, tiny_suite
 
@@ -21,7 +21,7 @@ def bench(*args: str, cwd: Path = PROJECT) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["report"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["status"], ["report"], ["list"]])
 def test_every_command_has_help(command: list[str]) -> None:
     out = bench(*command, "--help")
     assert out.returncode == 0 and "usage: bench.py" in out.stdout
@@ -31,6 +31,26 @@ def test_list_shows_registered_names(capsys) -> None:
     for what, expected in (("methods", "l1"), ("models", "resnet56"), ("datasets", "fashion_mnist")):
         assert main(["list", what]) == 0
         assert expected in capsys.readouterr().out
+
+
+def test_list_datasets_shows_their_options_with_types_defaults_and_bounds(capsys) -> None:
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    synthetic = out[out.index("synthetic "):]
+    assert "    num_classes = 10  (an integer >= 2)\n" in synthetic and "    seed = 0  (an integer)\n" in synthetic
+    assert "    num_workers = 4  (an integer >= 0)\n" in out[out.index("imagenet "):]
+    assert "root" not in out.replace("<root>", "")   # where data live is --data-root, not an option
+
+
+def test_list_methods_shows_bounds(capsys) -> None:
+    assert main(["list", "methods"]) == 0
+    assert re.search(r"\n    \w+ = [\d.]+  \(a number >= 0 and < 1\)", capsys.readouterr().out)  # e.g. a momentum
+
+
+@pytest.mark.parametrize("command", [["run", "s.yaml"], ["plan", "s.yaml"], ["status", "s.yaml"], ["report"],
+                                     ["list", "models"]])
+def test_every_command_takes_quiet(command: list[str]) -> None:
+    assert build_parser().parse_args([*command, "--quiet"]).quiet is True
 
 
 def test_plan_lists_runs_without_writing(write_suite, tmp_path: Path, capsys) -> None:
