@@ -165,6 +165,18 @@ def test_plugin_method_from_an_outside_file(tmp_path: Path, write_suite) -> None
     assert result["status"] == "ok" and result["method"] == "l2_plugin"
 
 
+def test_a_plugin_scoring_too_few_layers_is_named_and_leaves_no_pruned_folder(tmp_path: Path, write_suite) -> None:
+    plugin = tmp_path / "half.py"
+    plugin.write_text(PLUGIN.replace('"l2_plugin"', '"half_plugin"').replace("in ctx.target.layers",
+                                                                             "in ctx.target.layers[1:]"))
+    suite = write_suite(tiny_suite(methods=["half_plugin"], retrain={"epochs": 1, "lr": [0.05]}))
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--plugin", str(plugin), "--quiet"]) == 1
+    (result,) = results_of(tmp_path / "r").values()
+    assert result["status"] == "failed" and "traceback" not in result
+    assert result["error"].startswith("method 'half_plugin': scores() returned no score for layer 'layers.0';")
+    assert list((tmp_path / "r" / "_pruned").iterdir()) == []   # the failed pruning left no folder behind
+
+
 def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_suite) -> None:
     suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 2, "lr": [1.0e6, 0.01]}))
     assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
