@@ -36,8 +36,8 @@ from bench.pruning import (
     prunable_layers,
     slim,
     trace_dependencies,
-    unmatched_patterns,
 )
+from bench.pruning import select_layers as named_layers
 from bench.registry import MODELS
 from bench.store import (
     DenseDir,
@@ -91,16 +91,9 @@ def select_layers(model: nn.Module, run: Run) -> list[str]:
     """The prunable layers the suite names (or the model's usual ones); unmatched patterns are errors."""
     entry = model_entry(run)
     prune = run.suite.prune
-    patterns = prune.layers if prune.layers is not None else list(entry.default_layers)
     skip = prune.skip if prune.skip is not None else ([] if prune.layers is not None else list(entry.default_skip))
-    missing = unmatched_patterns(model, patterns)
-    if missing:
-        examples = ", ".join(prunable_layers(model, ["*"])[:6])
-        raise ConfigError(f"prune.layers: {', '.join(repr(p) for p in missing)} match no Conv2d or Linear layer of "
-                          f"model '{run.suite.model}'. Layer names look like: {examples}, ...")
-    layers = prunable_layers(model, patterns, skip)
-    if not layers:
-        raise ConfigError(f"prune.layers/skip: no layer of model '{run.suite.model}' is left to prune.")
+    layers = named_layers(model, run.suite.model, prune.layers, prune.skip, entry.default_layers,
+                                   entry.default_skip)
     if isinstance(run.ratio, dict):
         unused = [p for p in run.ratio if not prunable_layers(model, [p], skip) or
                   not set(prunable_layers(model, [p], skip)) & set(layers)]
