@@ -9,6 +9,7 @@ epoch's seed, so a resumed run replays exactly the batches an uninterrupted one 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -46,6 +47,7 @@ class DatasetInfo:
     num_train: int
     num_test: int
     source: str | None = None  # not the dataset's usual full data (e.g. MNIST_SUBSET_SOURCE); see data_source
+    num_val: int = 0  # training images held out as the validation split (option ``validation``); not in num_train
 
 
 def concrete_device(device: torch.device | str) -> torch.device:
@@ -62,7 +64,11 @@ def check_batch_size(batch_size: int) -> None:
 
 
 class Dataset(ABC):
-    """A train/test split with seeded, resumable epochs; what the training loop and diagnostics consume."""
+    """A train/test split with seeded, resumable epochs; what the training loop and diagnostics consume.
+
+    With a validation split (``info.num_val > 0``) the training split is what is left of the training images:
+    ``train_batches``, ``probe`` and ``steps_per_epoch`` never see the held-out ones.
+    """
 
     info: DatasetInfo
 
@@ -80,6 +86,11 @@ class Dataset(ABC):
     @abstractmethod
     def probe(self, n: int, seed: int) -> Tensor:
         """``n`` training inputs picked by a generator seeded with ``seed``, eval transform, on CPU (for Jacobians)."""
+
+    def validation_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
+        """The held-out validation split in a fixed order with the eval transform; empty when nothing is held out
+        (a dataset that takes the ``validation`` option overrides this)."""
+        return iter(())
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Batches in one training epoch (the last partial batch counts)."""
@@ -108,23 +119,26 @@ class TensorImageDataset(Dataset):
         std: Sequence[float],
         crop_padding: int = 0,
         hflip: bool = False,
+        validation: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.info = info
         self._train = train
         self._test = test
+        self._validation = validation if validation is not None else (train[0][:0], train[1][:0])
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift, one fused op per batch.
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
         self._crop_padding = crop_padding
         self._hflip = hflip
-        self._on_device: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
+        self._on_device: dict[torch.device, dict[str, tuple[Tensor, Tensor]]] = {}
 
-    def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Train/test images and labels plus normalisation constants on ``device``, copied there once."""
+    def _tensors(self, device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
+        """Each split's images and labels, and the normalisation constants ("norm"), on ``device``, copied once."""
         if device not in self._on_device:
-            parts = (*self._train, *self._test, self._scale, self._shift)
-            self._on_device[device] = tuple(t.to(device) for t in parts)  # type: ignore[assignment]
+            parts = {"train": self._train, "test": self._test, "validation": self._validation,
+                     "norm": (self._scale, self._shift)}
+            self._on_device[device] = {k: (a.to(device), b.to(device)) for k, (a, b) in parts.items()}
         return self._on_device[device]
 
     def _normalise(self, images: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -136,7 +150,8 @@ class TensorImageDataset(Dataset):
         """One shuffled, augmented epoch; all random draws happen on CPU, so the batches do not depend on the device."""
         check_batch_size(batch_size)
         device = concrete_device(device)
-        x, y, _, _, scale, shift = self._tensors(device)
+        on_device = self._tensors(device)
+        (x, y), (scale, shift) = on_device["train"], on_device["norm"]
         n = self.info.num_train
         gen = torch.Generator().manual_seed(epoch_seed)
         order = torch.randperm(n, generator=gen).to(device)
@@ -182,9 +197,17 @@ class TensorImageDataset(Dataset):
 
     def test_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         """The test split in stored order, normalised, no augmentation."""
+        return self._in_order("test", batch_size, device)
+
+    def validation_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
+        """The held-out validation split in index order, normalised, no augmentation (empty when none is held out)."""
+        return self._in_order("validation", batch_size, device)
+
+    def _in_order(self, split: str, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         check_batch_size(batch_size)
-        _, _, x, y, scale, shift = self._tensors(concrete_device(device))
-        for start in range(0, self.info.num_test, batch_size):
+        on_device = self._tensors(concrete_device(device))
+        (x, y), (scale, shift) = on_device[split], on_device["norm"]
+        for start in range(0, x.shape[0], batch_size):
             yield self._normalise(x[start : start + batch_size], scale, shift), y[start : start + batch_size]
 
     def probe(self, n: int, seed: int) -> Tensor:
@@ -241,8 +264,9 @@ def make_tensor_dataset(
     std: Sequence[float],
     image_size: int | None,
     augment: bool = False,
+    validation: int = 0,
 ) -> TensorImageDataset:
-    """Validate, optionally resize, and wrap loaded uint8 splits."""
+    """Validate, optionally resize, and wrap loaded uint8 splits, holding ``validation`` training images out."""
     for images, labels in (train, test):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] != labels.shape[0]:
             raise DataError(
@@ -255,6 +279,10 @@ def make_tensor_dataset(
             raise DataError(f"dataset '{name}': image_size must be positive, got {image_size}")
         train = (resize_images(train[0], image_size), train[1])
         test = (resize_images(test[0], image_size), test[1])
+    held = None
+    if validation:
+        rest, out = validation_split(name, train[1], validation, num_classes)
+        train, held = (train[0][rest], train[1][rest]), (train[0][out], train[1][out])
     info = DatasetInfo(
         name=name,
         num_classes=num_classes,
@@ -262,10 +290,38 @@ def make_tensor_dataset(
         image_size=train[0].shape[-1],
         num_train=train[0].shape[0],
         num_test=test[0].shape[0],
+        num_val=validation,
     )
-    return TensorImageDataset(info, train, test, mean, std, crop_padding=4 if augment else 0, hflip=augment)
+    return TensorImageDataset(info, train, test, mean, std, crop_padding=4 if augment else 0, hflip=augment,
+                              validation=held)
 
 
+def validation_split(name: str, labels: Tensor, n: int, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(rest, held out): sorted indices of the training images to train on and the ``n`` held out for validation.
+
+    Class-stratified: class c gives the first ``round(n * share_c)`` of a seeded permutation of its images, rounded
+    by largest remainder (ties to the lower class) so the total is exactly ``n``. The generator is seeded from the
+    dataset's name and ``n`` alone, so every run of every method and seed holds out the same images.
+    """
+    total = labels.numel()
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < total:
+        raise DataError(f"dataset.validation: {n!r} is not a number of training images to hold out; dataset '{name}' "
+                        f"has {total} training images, so give an integer in 0..{total - 1}.")
+    digest = hashlib.sha256(f"{name}/validation/{n}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    counts = torch.bincount(labels, minlength=num_classes)
+    exact = counts.double() * n / total
+    quota = exact.floor().long()
+    largest_remainders = torch.argsort(exact - quota, descending=True, stable=True)
+    quota[largest_remainders[: n - int(quota.sum())]] += 1
+    held = []
+    for cls in range(num_classes):
+        members = torch.nonzero(labels == cls).flatten()
+        held.append(members[torch.randperm(len(members), generator=gen)[: int(quota[cls])]])
+    out = torch.cat(held).sort().values
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[out] = False
+    return torch.nonzero(keep).flatten(), out
 
 
 def torchvision_download(name: str, cls_name: str, root: Path | None) -> None:

@@ -92,7 +92,7 @@ _CIFAR100 = _CifarSpec("cifar100", "cifar-100-python", ("train",), "test", b"fin
                        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100")
 
 
-def _cifar(spec: _CifarSpec, root: Path | None, image_size: int | None, download: bool) -> Dataset:
+def _cifar(spec: _CifarSpec, root: Path | None, image_size: int | None, download: bool, validation: int) -> Dataset:
     """Load a CIFAR variant from ``<root>/<spec.folder>``, downloading it first when asked and missing."""
     directory = root / spec.folder if root is not None else None
     names = (*spec.train_files, spec.test_file)
@@ -114,7 +114,7 @@ def _cifar(spec: _CifarSpec, root: Path | None, image_size: int | None, download
     parts = [_read_cifar_pickle(p, spec.label_key) for p in paths]
     train = (torch.cat([x for x, _ in parts[:-1]]), torch.cat([y for _, y in parts[:-1]]))
     dataset = make_tensor_dataset(spec.name, spec.num_classes, train, parts[-1], spec.mean, spec.std, image_size,
-                                  augment=True)
+                                  augment=True, validation=validation)
     logger.info(
         "%s: %d train / %d test images from %s in %.2f s",
         spec.name,
@@ -127,12 +127,16 @@ def _cifar(spec: _CifarSpec, root: Path | None, image_size: int | None, download
 
 
 @DATASETS.register("cifar10")
-def cifar10(*, root: Path | None, image_size: int | None = None, download: bool = False) -> Dataset:
+def cifar10(
+    *, root: Path | None, image_size: int | None = None, download: bool = False, validation: int = 0
+) -> Dataset:
     """CIFAR-10, 50k/10k 32x32 colour images in 10 classes (<root>/cifar-10-batches-py); crop+flip augmentation."""
-    return _cifar(_CIFAR10, root, image_size, download)
+    return _cifar(_CIFAR10, root, image_size, download, validation)
 
 
 @DATASETS.register("cifar100")
-def cifar100(*, root: Path | None, image_size: int | None = None, download: bool = False) -> Dataset:
+def cifar100(
+    *, root: Path | None, image_size: int | None = None, download: bool = False, validation: int = 0
+) -> Dataset:
     """CIFAR-100, 50k/10k 32x32 colour images in 100 fine classes (<root>/cifar-100-python); crop+flip augmentation."""
-    return _cifar(_CIFAR100, root, image_size, download)
+    return _cifar(_CIFAR100, root, image_size, download, validation)

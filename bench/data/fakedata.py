@@ -27,6 +27,7 @@ def synthetic(
     channels: int = 3,
     size: int = 32,
     seed: int = 0,
+    validation: int = 0,
 ) -> Dataset:
     """Seeded random images for tests: each class is a smooth random prototype plus per-sample noise (learnable).
 
@@ -55,4 +56,4 @@ def synthetic(
     # Normalise with the training set's own per-channel statistics.
     pixels = train[0].float().div_(255).transpose(0, 1).reshape(channels, -1)
     mean, std = pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
-    return make_tensor_dataset("synthetic", num_classes, train, test, mean, std, image_size)
+    return make_tensor_dataset("synthetic", num_classes, train, test, mean, std, image_size, validation=validation)

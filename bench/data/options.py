@@ -15,7 +15,7 @@ from bench.schema import convert_value, unknown_key
 
 # Smallest allowed value of the integer dataset options with these names (any dataset's, plugins' too).
 _OPTION_LOW = {"image_size": 1, "num_train": 1, "num_test": 1, "num_classes": 2, "channels": 1, "size": 1,
-               "num_workers": 0}
+               "num_workers": 0, "validation": 0}
 
 # Datasets whose data can differ from their usual full set depending on which files exist; see data_source.
 _DATA_SOURCES = {"mnist": mnist_source}
