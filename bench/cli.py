@@ -314,7 +314,7 @@ def command_list(args: argparse.Namespace) -> int:
             entry = MODELS.get(name)
             print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
     else:
-        from bench.data import _OPTION_LOW  # the lower bounds check_dataset_options enforces
+        from bench.data.options import _OPTION_LOW  # the lower bounds check_dataset_options enforces
 
         for name in DATASETS:
             builder = DATASETS.get(name)
