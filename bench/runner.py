@@ -171,6 +171,12 @@ def retrain_recipe(run: Run) -> Recipe:
                   weight_decay=r.weight_decay, schedule=r.schedule, performance=run.suite.performance)
 
 
+def suite_performance(recipe: Recipe, run: Run) -> Recipe:
+    """``recipe`` with the suite's speed options: they enter the run id, so every phase trains with them, whatever
+    recipe a method built (TPP's 110,001-step phase ran fp32, NCHW and uncompiled before this was enforced)."""
+    return dataclasses.replace(recipe, performance=run.suite.performance)
+
+
 # ----------------------------------------------------------------------------------------- dense model
 
 def load_user_checkpoint(model: nn.Module, path: Path) -> None:
@@ -321,11 +327,12 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         phase = method.phase(model, ctx)
         if phase is None:
             continue
+        recipe = suite_performance(phase.recipe, run)
         optimizer = None
         if phase.param_groups is not None:
-            optimizer = make_optimizer(model, phase.recipe, phase.param_groups(model))
+            optimizer = make_optimizer(model, recipe, phase.param_groups(model))
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
-        phase_history += fit(model, ws.data, phase.recipe, device=ws.device, seed=run.seed,
+        phase_history += fit(model, ws.data, recipe, device=ws.device, seed=run.seed,
                              phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
                              checkpoint=shared.phase, progress=bar)
         if bar:
@@ -442,6 +449,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     recipe = retrain_recipe(run)
     for method in methods:
         recipe = method.retrain_recipe(recipe, ctx)
+    recipe = suite_performance(recipe, run)
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]

@@ -129,6 +129,42 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
 EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
 
 
+#: torch.compile's backend for ``performance.compile``; tests and ``selftest --quick`` on CPU may pick "eager".
+COMPILE_BACKEND = "inductor"
+
+
+def compile_forward(forward: nn.Module) -> nn.Module:
+    """``torch.compile(forward)`` after clearing dynamo's caches.
+
+    Dynamo keys its caches on the code of ``forward`` (shared by every model of a class) and, past its recompile
+    limit (8 guard sets), silently runs eager: without the reset, the ninth pruned architecture trained in one
+    process (a suite, a pool worker) would say ``compile`` and train uncompiled. The reset also frees the earlier
+    models the caches hold; the cost is a compilation per ``fit``, which each new architecture pays anyway.
+    """
+    torch._dynamo.reset()
+    return torch.compile(forward, backend=COMPILE_BACKEND)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a counter that ``torch._dynamo.reset`` leaves alone)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def applied_performance(model: nn.Module, optimizer: torch.optim.Optimizer, autocast: torch.autocast,
+                        graphs: int) -> dict[str, Any]:
+    """The speed options a phase really trained with, read off the objects it used (not off its recipe): autocast's
+    dtype, the memory format of the model's 4-D weights (None without any), the optimizer's fused flag, and
+    whether dynamo compiled any graph (``graphs``) during the phase."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return {"amp": "bf16" if autocast._enabled and autocast.fast_dtype == torch.bfloat16 else "off",
+            "channels_last": all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+            if weights else None,  # None: no convolution to lay out
+            "fused_optimizer": bool(optimizer.defaults.get("fused")),
+            "compile": graphs > 0}
+
+
 def step_settings(performance: Performance, device: torch.device) -> tuple[torch.autocast, torch.memory_format]:
     """The autocast context and the input memory format that ``performance`` asks for on ``device``."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=performance.amp == "bf16")
@@ -215,7 +251,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     autocast, memory_format = step_settings(perf, device)
     model.to(device, memory_format=memory_format)
     forward = distributed.wrap(model, device, perf.sync_batchnorm)  # DDP when data-parallel, else the model
-    forward = torch.compile(forward) if perf.compile else forward
+    forward = compile_forward(forward) if perf.compile else forward
+    graphs_before = compiled_graphs()
     optimizer = optimizer or make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
     history: list[dict[str, Any]] = []
@@ -254,6 +291,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
                                "train_acc": stats.accuracy, "test_loss": test_loss,
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
+        if not perf.is_default():  # what really ran: a phase that ignored the options would show here
+            row["performance"] = applied_performance(model, optimizer, autocast, compiled_graphs() - graphs_before)
         if on_epoch_end is not None:
             row.update(on_epoch_end(model, epoch + 1))
         history.append(row)
