@@ -96,3 +96,23 @@ def test_a_step_budget_below_one_is_refused() -> None:
     model = nn.Linear(6, 3)
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         train_epoch(model, model, batches([4]), make_optimizer(model, Recipe(epochs=1, lr=0.1)), max_steps=0)
+
+
+def test_the_tenth_architecture_in_one_process_still_compiles(monkeypatch) -> None:
+    """performance.compile on ten architectures trained one after another in one process (a suite's pruned models
+    in one worker): each fit compiles its own graph. Dynamo's recompile limit (8) would otherwise send the ninth and
+    tenth to eager while their runs say ``compile``. The eager backend keeps the test fast; the caching is dynamo's."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr("bench.train.COMPILE_BACKEND", "eager", raising=False)
+    load_builtin()
+    data = DATASETS.get("synthetic")(root=None, num_train=16, num_test=8, channels=1, size=4)
+    recipe = Recipe(epochs=1, lr=0.05, batch_size=16, performance=Performance(compile=True))
+    compiled = []
+    for width in range(2, 12):  # ten hidden widths: ten architectures sharing nn.Sequential.forward's code
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 10))
+        before = counters["stats"]["unique_graphs"]
+        (row,) = fit(model, data, recipe, device=torch.device("cpu"), seed=0, phase="test")
+        compiled.append(counters["stats"]["unique_graphs"] > before)
+        assert row["performance"]["compile"] == compiled[-1]
+    assert compiled == [True] * 10
