@@ -159,6 +159,7 @@ def command_run(args: argparse.Namespace) -> int:
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
     if args.nproc > 1 and not distributed.requested():  # the suite is valid: start the group, each runs this command
+        distributed.check_gpus_for(args.nproc, args.device or suite.device)
         return distributed.spawn(args.nproc, main, args.argv)
     try:
         return _run_suite(args, suite, runs, suite_dir)
