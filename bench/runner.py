@@ -51,7 +51,7 @@ from bench.store import (
     save_checkpoint,
     write_json,
 )
-from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer
+from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer, release_memory
 from bench.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
@@ -427,6 +427,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
+        release_memory(ws.device)
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):

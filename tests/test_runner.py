@@ -242,3 +242,27 @@ def test_the_runs_of_one_pruned_model_share_its_phase_and_selection(tmp_path: Pa
     for key in ("acc_pruned", "jsv_pruned_mean", "params_pruned", "channels"):
         assert first["metrics"][key] == second["metrics"][key]
     assert first["history"]["retrain"][0]["train_loss"] != second["history"]["retrain"][0]["train_loss"]
+
+
+def test_a_finished_run_leaves_no_model_behind(tmp_path: Path, write_suite, monkeypatch) -> None:
+    """Runs one after another in one process (a suite, a pool worker) must not accumulate memory: after a compiled
+    suite no model of its runs is alive (dynamo's caches held the last one, and on a GPU its memory)."""
+    import gc
+
+    from torch import nn
+
+    monkeypatch.setattr("bench.train.COMPILE_BACKEND", "eager", raising=False)
+    suite = write_suite(tiny_suite(methods=["l1"], pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
+                                   prune={"ratios": [0.3, 0.5]}, retrain={"epochs": 1, "batch_size": 64, "lr": [0.05]},
+                                   performance={"compile": True}, trainability={"enabled": False},
+                                   latency={"enabled": False},
+                                   dataset={"name": "synthetic", "num_train": 128, "num_test": 64, "channels": 1,
+                                            "size": 32}))
+
+    def live_modules() -> int:
+        gc.collect()
+        return sum(isinstance(o, nn.Module) for o in gc.get_objects())
+
+    before = live_modules()
+    assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
+    assert live_modules() <= before
