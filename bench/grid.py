@@ -5,18 +5,21 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.config import RESULT_FORMAT, Ratio, Suite
 from bench.data import check_dataset_options, data_source, resolve_data_root
 from bench.errors import ConfigError
 from bench.method import Method
+from bench.pruning import select_layers
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import parse, to_plain
 
@@ -40,15 +43,15 @@ class MethodSpec:
         return [METHODS.get(name)(hparams) for name, hparams in self.components]
 
     def plain(self) -> list[dict[str, Any]]:
-        """The components as they enter run ids: every hyperparameter, but those added later only when set."""
-        return [{"name": name, "hparams": keyed_hparams(hparams)} for name, hparams in self.components]
-
-
-def keyed_hparams(hparams: Any) -> dict[str, Any]:
-    """A method's hyperparameters as plain data, without those declared ``keyed_at_default=False`` at their default."""
-    values = to_plain(hparams)
-    return {f.name: values[f.name] for f in dataclasses.fields(hparams)
-            if f.metadata.get("keyed_at_default", True) or values[f.name] != to_plain(f.default)}
+        """The components as they enter run ids: every hyperparameter, but those added later only when set, and
+        the method's ``version`` once a fix has changed its results (version 1 stays out, so old ids hold)."""
+        plain = []
+        for name, hparams in self.components:
+            entry = {"name": name, "hparams": to_plain(hparams, keyed=True)}
+            if (version := METHODS.get(name).version) != 1:
+                entry["version"] = version
+            plain.append(entry)
+        return plain
 
 
 def resolve_method(entry: str | dict[str, Any], index: int) -> MethodSpec:
@@ -115,7 +118,7 @@ class Run:
         """What determines the pruned model before retraining and its record: the run's key without the retraining
         LR, with the latency settings (the record holds the dense and pruned models' measured latency)."""
         return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"},
-                           "latency": to_plain(self.suite.latency)}
+                           "latency": to_plain(self.suite.latency, keyed=True)}
 
     @functools.cached_property  # hashed once; the run is frozen
     def prune_id(self) -> str:
@@ -140,7 +143,7 @@ def file_digest(path: Path) -> str:
 def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
     """The dense recipe, or the digest of the checkpoint the dense model is loaded from."""
     if not suite.pretrain.checkpoint:
-        return to_plain(suite.pretrain)
+        return to_plain(suite.pretrain, keyed=True)
     path = resolve_path(suite.pretrain.checkpoint, suite_dir)
     if not path.is_file():
         raise ConfigError(f"pretrain.checkpoint '{path}' not found. Give the path of a saved state_dict.")
@@ -153,12 +156,31 @@ def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain:
     and, only when set so default suites keep their ids, the speed options that change numerics and the data
     actually used when it is not the dataset's full set (``source``, from bench.data.data_source)."""
     key = {"format": RESULT_FORMAT, "model": suite.model, "dataset": suite.dataset_name,
-           "dataset_options": suite.dataset_options, "pretrain": pretrain, "seed": seed, "variants": variants}
+           "dataset_options": keyed_dataset_options(suite.dataset_name, suite.dataset_options), "pretrain": pretrain,
+           "seed": seed, "variants": variants}
     if not suite.performance.is_default():
-        key["performance"] = to_plain(suite.performance)
+        key["performance"] = to_plain(suite.performance, keyed=True)
     if source is not None:
         key["data_source"] = source
     return key
+
+
+def keyed_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's options as they enter ids: those written at the builder's default stay out (like every option
+    added later), so writing ``validation: 0`` or ``num_train: 512`` gives the id of not writing it."""
+    defaults = {p.name: p.default for p in inspect.signature(DATASETS.get(name)).parameters.values()
+                if p.default is not inspect.Parameter.empty} if name in DATASETS else {}
+    return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
+
+
+def resolved_layers(suite: Suite) -> list[str]:
+    """The layers the suite prunes, by name (its patterns, or the model's usual ones, resolved on the
+    architecture): what enters the prune key, so changing a model's default layers cannot reuse old results."""
+    entry = MODELS.get(suite.model)
+    with torch.device("meta"):  # names only: no memory, no initialisation cost
+        model = entry.build(num_classes=10, in_channels=3)
+    prune = suite.prune
+    return select_layers(model, suite.model, prune.layers, prune.skip, entry.default_layers, entry.default_skip)
 
 
 def resolve_path(path: str, suite_dir: Path | None) -> Path:
@@ -200,6 +222,7 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
         raise ConfigError(f"methods: {', '.join(duplicates)} appear twice; give one of them a "
                           f"'{LABEL_KEY}' option so results can tell them apart.")
     pretrain = pretrain_identity(suite, suite_dir)
+    layers = resolved_layers(suite)
     source = data_source(suite.dataset_name, suite.dataset_options, suite_data_root(suite, suite_dir, data_root))
     runs = []
     for spec in specs:
@@ -208,9 +231,10 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
             for lr in suite.retrain.lr:
                 for seed in suite.seeds:
                     dk = dense_key(suite, seed, variants, pretrain, source)
-                    retrain = to_plain(suite.retrain) | {"lr": lr}
-                    prune = to_plain(suite.prune) | {"ratios": None, "ratio": ratio}
+                    retrain = to_plain(suite.retrain, keyed=True) | {"lr": lr}
+                    prune = to_plain(suite.prune, keyed=True) | {"ratios": None, "ratio": ratio, "layers": layers}
+                    prune.pop("skip")  # the resolved layers already leave the skipped ones out
                     key = {"dense": dk, "prune": prune, "method": spec.plain(), "retrain": retrain,
-                           "trainability": to_plain(suite.trainability)}
+                           "trainability": to_plain(suite.trainability, keyed=True)}
                     runs.append(Run(suite, spec, ratio, lr, seed, dk, key))
     return runs

@@ -86,6 +86,9 @@ class Method:
     Hparams: ClassVar[type] = NoHparams
     description: ClassVar[str] = ""
     selects: ClassVar[bool] = True      # False for components that only act after removal (re-initialisers)
+    # Raise when a fix changes the method's results: a version other than 1 enters run ids, so results made before
+    # the fix are not reused (version 1 stays out of ids, so existing results keep theirs).
+    version: ClassVar[int] = 1
 
     def __init__(self, hparams: Any) -> None:
         self.hparams = hparams

@@ -23,7 +23,7 @@ from torch.fx import GraphModule, Node, Tracer
 from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
-from bench.errors import UserError
+from bench.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,23 @@ def prunable_layers(model: nn.Module, patterns: Sequence[str], skip: Sequence[st
         and any(fnmatch.fnmatchcase(name, p) for p in patterns)
         and not any(fnmatch.fnmatchcase(name, s) for s in skip)
     ]
+
+
+def select_layers(model: nn.Module, model_name: str, layers: Sequence[str] | None, skip: Sequence[str] | None,
+                  default_layers: Sequence[str], default_skip: Sequence[str]) -> list[str]:
+    """The prunable layers a suite names (``layers``/``skip`` patterns, or the model's defaults when ``layers`` is
+    None), in module order; a pattern that matches nothing, or nothing left to prune, is a ConfigError."""
+    patterns = list(layers) if layers is not None else list(default_layers)
+    skipped = list(skip) if skip is not None else ([] if layers is not None else list(default_skip))
+    missing = unmatched_patterns(model, patterns)
+    if missing:
+        examples = ", ".join(prunable_layers(model, ["*"])[:6])
+        raise ConfigError(f"prune.layers: {', '.join(repr(p) for p in missing)} match no Conv2d or Linear layer of "
+                          f"model '{model_name}'. Layer names look like: {examples}, ...")
+    selected = prunable_layers(model, patterns, skipped)
+    if not selected:
+        raise ConfigError(f"prune.layers/skip: no layer of model '{model_name}' is left to prune.")
+    return selected
 
 
 def unmatched_patterns(model: nn.Module, patterns: Sequence[str]) -> list[str]:

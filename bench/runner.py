@@ -36,8 +36,8 @@ from bench.pruning import (
     prunable_layers,
     slim,
     trace_dependencies,
-    unmatched_patterns,
 )
+from bench.pruning import select_layers as named_layers
 from bench.registry import MODELS
 from bench.store import (
     DenseDir,
@@ -91,16 +91,9 @@ def select_layers(model: nn.Module, run: Run) -> list[str]:
     """The prunable layers the suite names (or the model's usual ones); unmatched patterns are errors."""
     entry = model_entry(run)
     prune = run.suite.prune
-    patterns = prune.layers if prune.layers is not None else list(entry.default_layers)
     skip = prune.skip if prune.skip is not None else ([] if prune.layers is not None else list(entry.default_skip))
-    missing = unmatched_patterns(model, patterns)
-    if missing:
-        examples = ", ".join(prunable_layers(model, ["*"])[:6])
-        raise ConfigError(f"prune.layers: {', '.join(repr(p) for p in missing)} match no Conv2d or Linear layer of "
-                          f"model '{run.suite.model}'. Layer names look like: {examples}, ...")
-    layers = prunable_layers(model, patterns, skip)
-    if not layers:
-        raise ConfigError(f"prune.layers/skip: no layer of model '{run.suite.model}' is left to prune.")
+    layers = named_layers(model, run.suite.model, prune.layers, prune.skip, entry.default_layers,
+                                   entry.default_skip)
     if isinstance(run.ratio, dict):
         unused = [p for p in run.ratio if not prunable_layers(model, [p], skip) or
                   not set(prunable_layers(model, [p], skip)) & set(layers)]
@@ -228,8 +221,10 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
     # The last epoch already evaluated this very model; evaluate only when nothing was trained here.
     acc = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
     save_checkpoint(dense.model, {"model": model.state_dict()})
+    # The images it trained on: the training set less any validation split (none when loaded from a checkpoint).
+    trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
     write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
-                            "seconds": time.perf_counter() - began})
+                            "num_train": trained_on, "seconds": time.perf_counter() - began})
     dense.checkpoint.unlink(missing_ok=True)
     log.info("dense model %s: test accuracy %.4f", run.dense_id, acc)
 
@@ -244,6 +239,14 @@ def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any
     if latency.enabled:
         found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats)
     return found
+
+
+def validation_metrics(model: nn.Module, ws: Workspace) -> dict[str, float]:
+    """``val_loss`` and ``val_acc`` on the dataset's validation split; nothing when it has none."""
+    if not ws.data.info.num_val:
+        return {}
+    loss, acc = evaluate(model, ws.data, 1000, ws.device, "validation")
+    return {"val_loss": loss, "val_acc": acc}
 
 
 def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
@@ -315,7 +318,10 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     # The result is shared by the runs that differ only in the retraining LR, so the hooks must not see it.
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
-    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense", run)}
+    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], "num_train": info.num_train,
+                              **measure(model, info, "dense", run)}
+    if info.num_val:
+        record["acc_val_dense"] = validation_metrics(model, ws)["val_acc"]
     ctx.flops["dense"] = record["flops_dense"]
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
     total = channel_counts(model, layers)
@@ -347,6 +353,8 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         method.after_slim(model, ctx)
     model.to(ws.device)
     _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
+    if info.num_val:
+        record["acc_val_pruned"] = validation_metrics(model, ws)["val_acc"]
     prune_s = time.perf_counter() - began
     kept = channel_counts(model, layers)
     record.update(measure(model, info, "pruned", run))
@@ -443,9 +451,10 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     every = run.suite.trainability.every
 
     def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
-        if probe is None or every == 0 or epoch % every:
-            return {}
-        return {f"jsv_{k}": v for k, v in jsv(net, probe).items()}
+        row = validation_metrics(net, ws)
+        if probe is not None and every and not epoch % every:
+            row.update({f"jsv_{k}": v for k, v in jsv(net, probe).items()})
+        return row
 
     recipe = retrain_recipe(run)
     for method in methods:
@@ -470,6 +479,8 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     metrics["acc_final"] = acc_final
     metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
     metrics["acc_trainability"] = trainability_accuracy(history, recipe)
+    if ws.data.info.num_val:
+        metrics["acc_val_final"] = history[-1]["val_acc"] if history else validation_metrics(model, ws)["val_acc"]
     if probe is not None:
         last = history[-1] if history else {}
         if "jsv_mean" in last:  # the last epoch measured this very model

@@ -207,14 +207,23 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def to_plain(obj: Any) -> Any:
-    """A dataclass tree as plain JSON-able data (for hashing and result files)."""
+def to_plain(obj: Any, keyed: bool = False) -> Any:
+    """A dataclass tree as plain JSON-able data (for result files); ``keyed=True`` gives what enters run ids:
+    every field, except those declared ``keyed_at_default=False`` while they hold their default, at any depth."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        plain = {f.name: to_plain(getattr(obj, f.name), keyed) for f in dataclasses.fields(obj)}
+        if keyed:
+            plain = {f.name: plain[f.name] for f in dataclasses.fields(obj)
+                     if f.metadata.get("keyed_at_default", True) or plain[f.name] != to_plain(_default(f), True)}
+        return plain
     if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
+        return [to_plain(v, keyed) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v, keyed) for k, v in obj.items()}
     return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 

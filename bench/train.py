@@ -108,15 +108,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) on the test split, in eval mode; the model's mode is restored."""
+def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device, split: str = "test"
+             ) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) on the test split (or ``split="validation"``, the held-out training
+    images), in eval mode; the model's mode is restored."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     count = torch.zeros((), device=device, dtype=torch.int64)
     ranks, rank = distributed.world_size(), distributed.rank()
-    for i, (x, y) in enumerate(data.test_batches(batch_size, device)):
+    batches = data.validation_batches if split == "validation" else data.test_batches
+    for i, (x, y) in enumerate(batches(batch_size, device)):
         if i % ranks != rank:  # data-parallel: each rank evaluates every ranks-th batch; the sums are combined
             continue
         logits = model(x)

@@ -1,6 +1,7 @@
 """Suite schema, overrides, grid expansion and run ids."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,67 @@ def test_run_ids_are_pinned(write_suite) -> None:
     assert runs[0].dense_id == PINNED_DENSE_ID
 
 
-PINNED_IDS = ["96f0dda37df0", "74ccca3b7e19", "ca1171050f91", "1c27cdf1b74a"]
-PINNED_DENSE_ID = "bcdd8e8b7e42"
+# Re-keyed once on 2026-12-03 (the run-id policy of issue 14): the prune key holds the resolved layer names, and a
+# dataset option written at its default (num_train: 512 here) stays out of the dense key.
+PINNED_IDS = ["d514e8a1f7b4", "e87f95944933", "e0f84e8eeca3", "a4500477daea"]
+PINNED_DENSE_ID = "72bdf655cc9b"
+
+
+def test_an_option_written_at_its_default_keeps_the_id(write_suite) -> None:
+    """One rule everywhere: dataset options, suite sections and method hyperparameters at their default stay out."""
+    base = expand(load_suite(write_suite(tiny_suite())))
+    dataset = dict(tiny_suite()["dataset"], num_classes=10, seed=0)  # both the synthetic builder's defaults
+    explicit = expand(load_suite(write_suite(tiny_suite(dataset=dataset), "b.yaml")))
+    assert [r.run_id for r in explicit] == [r.run_id for r in base] and explicit[0].dense_id == base[0].dense_id
+    other = expand(load_suite(write_suite(tiny_suite(dataset=dict(dataset, seed=1)), "c.yaml")))
+    assert other[0].dense_id != base[0].dense_id  # a value off its default does enter
+
+
+def test_the_resolved_layers_enter_the_prune_key_not_the_patterns(write_suite, monkeypatch) -> None:
+    base = expand(load_suite(write_suite(tiny_suite())))  # mlp7_relu's default layers
+    layers = base[0].key["prune"]["layers"]
+    assert layers == [f"layers.{i}" for i in range(6)] and "skip" not in base[0].key["prune"]
+    spelled = expand(load_suite(write_suite(tiny_suite(prune={"ratios": [0.5], "layers": list(layers)}), "b.yaml")))
+    assert [r.run_id for r in spelled] == [r.run_id for r in base]  # the same layers, however written
+    # A model whose default layers change must not reuse old results.
+    from bench.registry import MODELS
+
+    entry = MODELS.get("mlp7_relu")
+    monkeypatch.setitem(MODELS._entries, "mlp7_relu", dataclasses.replace(entry, default_layers=("layers.[0-4]",)))
+    moved = expand(load_suite(write_suite(tiny_suite(), "c.yaml")))
+    assert moved[0].key["prune"]["layers"] == layers[:5] and moved[0].run_id != base[0].run_id
+    assert moved[0].dense_id == base[0].dense_id  # the dense model does not depend on what is pruned
+
+
+def test_a_method_version_enters_the_ids_only_past_1(write_suite, monkeypatch) -> None:
+    from bench.registry import METHODS
+
+    base = expand(load_suite(write_suite(tiny_suite())))
+    assert "version" not in base[0].key["method"][0]
+    monkeypatch.setattr(METHODS.get("l1"), "version", 2)
+    fixed = expand(load_suite(write_suite(tiny_suite(), "b.yaml")))
+    assert fixed[0].key["method"][0]["version"] == 2 and fixed[0].run_id != base[0].run_id
+    assert fixed[2].run_id == base[2].run_id and base[2].method.label == "random"  # random is unchanged
+
+
+def test_keyed_plain_drops_later_options_at_their_default_at_any_depth() -> None:
+    from dataclasses import dataclass
+
+    from bench.schema import field, to_plain
+
+    @dataclass
+    class Inner:
+        old: int = 1
+        new: int = field(0, keyed_at_default=False)
+
+    @dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=Inner)
+        added: str = field("x", keyed_at_default=False)
+
+    assert to_plain(Outer(), keyed=True) == {"inner": {"old": 1}}
+    assert to_plain(Outer(Inner(new=3), "y"), keyed=True) == {"inner": {"old": 1, "new": 3}, "added": "y"}
+    assert to_plain(Outer()) == {"inner": {"old": 1, "new": 0}, "added": "x"}  # results keep every value
 
 
 def test_run_ids_follow_content_not_presentation(write_suite) -> None:

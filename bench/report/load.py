@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "status", "acc_dense",
            "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense",
-           "flops_pruned", "jsv_dense", "jsv_pruned", "jsv_final", "wall_s"]
+           "flops_pruned", "jsv_dense", "jsv_pruned", "jsv_final", "wall_s", "acc_val_dense", "acc_val_pruned",
+           "acc_val_final"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
                  "error"]
 HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status", "epoch", "epoch_lr", "train_loss",
@@ -78,7 +79,7 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     if row["run_id"] is None or row["method"] is None:
         raise ValueError("no 'run_id' or 'method'")
     for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense",
-                "params_pruned", "flops_dense", "flops_pruned"):
+                "params_pruned", "flops_dense", "flops_pruned", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
         row[key] = _number(metrics.get(key))
     for stage in ("dense", "pruned", "final"):
         row[f"jsv_{stage}"] = _number(metrics.get(f"jsv_{stage}_mean"))

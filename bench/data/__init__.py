@@ -1,0 +1,48 @@
+"""Image-classification datasets for the benchmark, registered by name in ``DATASETS``; one module per source.
+
+``base`` holds the interface and the in-memory tensor dataset; ``idx`` (Fashion-MNIST, MNIST), ``cifar``,
+``folder`` (ImageNet) and ``fakedata`` (synthetic) each register their builders when imported, which this package
+does; ``options`` checks a suite's options and builds the dataset. Plugins import everything from ``bench.data``.
+"""
+
+from bench.data.base import (
+    DATA_ROOT_ENV,
+    DataError,
+    Dataset,
+    DatasetInfo,
+    TensorImageDataset,
+    resize_images,
+    resolve_data_root,
+)
+from bench.data.cifar import _read_cifar_pickle, cifar10, cifar100
+from bench.data.fakedata import synthetic
+from bench.data.folder import ImageFolderDataset, imagenet
+from bench.data.idx import _IDX_STEMS, FASHION_MNIST_SYSTEM_DIR, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
+from bench.data.options import build_dataset, check_dataset_options, data_source
+from bench.registry import DATASETS
+
+__all__ = [
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "MNIST_SUBSET_SOURCE",
+    "DataError",
+    "Dataset",
+    "DatasetInfo",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "_IDX_STEMS",  # private, kept for the tests that write files under these names
+    "_read_cifar_pickle",  # private, kept for the tests of the restricted unpickler
+    "build_dataset",
+    "check_dataset_options",
+    "cifar10",
+    "cifar100",
+    "data_source",
+    "fashion_mnist",
+    "imagenet",
+    "mnist",
+    "read_idx",
+    "resize_images",
+    "resolve_data_root",
+    "synthetic",
+]
