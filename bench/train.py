@@ -117,11 +117,8 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device,
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     count = torch.zeros((), device=device, dtype=torch.int64)
-    ranks, rank = distributed.world_size(), distributed.rank()
-    batches = data.validation_batches if split == "validation" else data.test_batches
-    for i, (x, y) in enumerate(batches(batch_size, device)):
-        if i % ranks != rank:  # data-parallel: each rank evaluates every ranks-th batch; the sums are combined
-            continue
+    # data-parallel: each rank evaluates (and loads) only every ranks-th batch; the sums are combined
+    for x, y in data.eval_shards(split, batch_size, device, distributed.rank(), distributed.world_size()):
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -197,15 +194,17 @@ class EpochStats(NamedTuple):
 
 
 def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
-                batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 hooks: Sequence[TrainHooks] = (), *, first_step: int = 0, max_steps: int | None = None,
                 autocast: torch.autocast | None = None,
                 memory_format: torch.memory_format = torch.contiguous_format) -> EpochStats:
     """One pass of SGD steps over ``batches`` (forward, loss, hooks, backward, update): the step every phase runs.
 
-    ``forward`` is the model or its DDP/compiled wrapper; ``first_step`` is the global step the hooks see first;
-    stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are summed on the device (no host sync
-    per step) and combined across data-parallel ranks. Benchmarks time this same function (benchmarks/perf.py).
+    ``batches`` are (inputs, labels), sliced here for this rank when data-parallel, or already this rank's slice as
+    (inputs, labels, global batch size). ``forward`` is the model or its DDP/compiled wrapper; ``first_step`` is
+    the global step the hooks see first; stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are
+    summed on the device (no host sync per step) and combined across data-parallel ranks. Benchmarks time this same
+    function (benchmarks/perf.py).
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"train_epoch: max_steps must be at least 1, got {max_steps}")
@@ -215,9 +214,13 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Modul
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, step = 0, first_step
-    for x, y in batches:
-        global_batch = y.numel()
-        x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
+    for batch in batches:
+        if len(batch) == 3:  # already this rank's slice (``Dataset.train_shards``), with the global batch's size
+            x, y, global_batch = batch
+        else:
+            x, y = batch
+            global_batch = y.numel()
+            x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
         if x.dim() == 4:
             x = x.contiguous(memory_format=memory_format)
         with autocast:
@@ -295,7 +298,10 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         steps_left = None if recipe.max_steps is None else recipe.max_steps - step
         # The batch generator is passed, not kept: one stopped early (max_steps) is closed on return, with any
         # DataLoader workers it holds.
-        stats = train_epoch(forward, model, data.train_batches(recipe.batch_size, epoch_seed, device), optimizer,
+        batches = (data.train_shards(recipe.batch_size, epoch_seed, device, distributed.rank(),
+                                     distributed.world_size()) if distributed.active()
+                   else data.train_batches(recipe.batch_size, epoch_seed, device))
+        stats = train_epoch(forward, model, batches, optimizer,
                             hooks, first_step=step, max_steps=steps_left, autocast=autocast,
                             memory_format=memory_format)
         step += stats.steps
