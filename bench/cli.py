@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
 
+    selftest = sub.add_parser("selftest", help="check that this machine runs the harness: every method, the speed "
+                              "options, memory, latency, JSV, data parallelism, the pool",
+                              description="Tiny suites on synthetic data that prove this machine ready; one PASS/FAIL "
+                              "line per check, exit status 0 only when all pass. Run it first on a new (GPU) node.")
+    selftest.add_argument("--device", default="auto", help="auto (default: cuda when a GPU is visible), cpu or cuda")
+    selftest.add_argument("--nproc", type=int, default=1, metavar="N",
+                          help="also run a data-parallel run in N processes against one (N >= 2)")
+    selftest.add_argument("--quick", action="store_true",
+                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU)")
+
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets (with "
                              "options).")
@@ -145,6 +155,7 @@ def command_run(args: argparse.Namespace) -> int:
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
     if args.nproc > 1 and not distributed.requested():  # the suite is valid: start the group, each runs this command
+        distributed.check_gpus_for(args.nproc, args.device or suite.device)
         return distributed.spawn(args.nproc, main, args.argv)
     try:
         return _run_suite(args, suite, runs, suite_dir)
@@ -325,8 +336,17 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_selftest(args: argparse.Namespace) -> int:
+    from bench.selftest import selftest
+
+    if device_problem(args.device) or args.nproc < 1:
+        raise ConfigError(f"selftest: --device {args.device} --nproc {args.nproc}: use auto, cpu or cuda[:N], N >= 1.")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return selftest(device, args.nproc, args.quick)
+
+
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "list": command_list}
+            "list": command_list, "selftest": command_selftest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,7 +73,45 @@ def initialize(device: torch.device) -> torch.device:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
     log.info("rank %d of %d on %s (%s)", dist.get_rank(), dist.get_world_size(), device, backend)
+    if device.type == "cuda":
+        refuse_shared_gpus(device)
     return device
+
+
+def check_gpus_for(nproc: int, device: str) -> None:
+    """Before ``--nproc`` spawns its ranks on this machine: CUDA ranks need a GPU each (ConfigError otherwise)."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    visible = torch.cuda.device_count() if cuda else 0
+    if cuda and nproc > visible:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, {visible} visible (NCCL cannot put two ranks "
+                          f"on one GPU); use --nproc {visible} or fewer, or --device cpu.")
+
+
+def shared_gpus(placements: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+    """The GPUs (host, device UUID) that two or more ranks landed on, with those ranks; ``placements[rank]``."""
+    ranks: dict[tuple[str, str], list[int]] = {}
+    for i, placement in enumerate(placements):
+        ranks.setdefault(tuple(placement), []).append(i)  # type: ignore[arg-type]
+    return {gpu: on for gpu, on in ranks.items() if len(on) > 1}
+
+
+def refuse_shared_gpus(device: torch.device) -> None:
+    """Fail every rank alike when ranks on one node resolved to the same physical GPU (``LOCAL_RANK`` modulo the
+    visible GPUs: more ranks than GPUs), with how many GPUs the run needs; ranks on distinct GPUs, e.g. Slurm tasks
+    that each see one GPU as cuda:0, pass. Compares device UUIDs, which are unique per physical GPU."""
+    placements: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(placements, (socket.gethostname(), str(torch.cuda.get_device_properties(device).uuid)))
+    shared = shared_gpus(placements)
+    if shared:
+        from bench.errors import UserError
+
+        host = next(iter(shared))[0]
+        needed = sum(1 for h, _ in placements if h == host)
+        raise UserError(f"data-parallel ranks {', '.join(map(str, sorted(r for on in shared.values() for r in on)))} "
+                        f"share a GPU on {host}: the run needs {needed} GPUs there, {torch.cuda.device_count()} "
+                        "visible. Start as many ranks per node as it has GPUs.")
 
 
 def shutdown() -> None:

@@ -175,9 +175,14 @@ _worker: dict[str, Any] = {}
 
 
 def _init_pool_worker(slots: Any, devices: list[str] | None, threads: int | None, level: int) -> None:
-    """Pool initializer: take a worker slot, pick its device (``cuda:{slot % n_gpus}``) and thread count."""
+    """Pool initializer: take a worker slot, pick its device (``cuda:{slot % n_gpus}``) and thread count.
+
+    The worker's GPU becomes its current device, so CUDA's context and any allocation made without an explicit
+    device (library workspaces, ``torch.cuda`` calls) land there, not on GPU 0."""
     slot = slots.get()
     _worker["device"] = devices[slot] if devices else None
+    if _worker["device"] is not None and _worker["device"].startswith("cuda"):
+        torch.cuda.set_device(_worker["device"])
     if threads:
         torch.set_num_threads(threads)
     configure_worker_logging(level, f" [worker {slot}]")
@@ -188,8 +193,14 @@ def _pool_task(invocation: Invocation, run_id: str, stage: str) -> str:
 
 
 def pool_devices(invocation: Invocation, suite: Suite, workers: int) -> list[str] | None:
-    """Per-worker devices when the suite may use GPUs and some are visible: worker i gets ``cuda:{i % n_gpus}``."""
+    """Per-worker devices when the suite may use GPUs and some are visible: worker i gets ``cuda:{i % n_gpus}``;
+    with ``cuda:N`` every worker gets GPU N (said in a warning when there are several workers)."""
     name = invocation.device_name(suite)
+    if name.startswith("cuda:"):
+        if workers > 1:
+            log.warning("device '%s': all %d workers share that one GPU; --device cuda (or auto) spreads them over "
+                        "the %d visible GPUs", name, workers, torch.cuda.device_count())
+        return [name] * workers
     n_gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
     return [f"cuda:{i % n_gpus}" for i in range(workers)] if n_gpus else None
 
@@ -349,14 +360,35 @@ def make_executor(options: Slurm, log_dir: Path, job_name: str) -> submitit.Slur
     return executor
 
 
+GPU_REQUESTS = ("gres", "gpus", "gpus-per-node", "gpus_per_node")  # additional_parameters that ask Slurm for GPUs
+
+
+def task_gpus(options: Slurm) -> int | None:
+    """GPUs a Slurm task of these options sees (0: none asked for; None: asked for, count unknown)."""
+    if options.gpus_per_task > 0:
+        return options.gpus_per_task
+    for key in GPU_REQUESTS:
+        value = str(options.additional_parameters.get(key, ""))
+        if value:
+            count = value.rsplit(":", 1)[-1]  # gres "gpu:2", "gpu:a100:2"; gpus "2", "a100:2"
+            return int(count) if count.isdigit() else None
+    return 0
+
+
 def check_slurm_device(invocation: Invocation, suite: Suite) -> None:
-    """A suite that needs CUDA must ask Slurm for a GPU; ``auto`` without one trains on CPU (a warning)."""
+    """A suite that needs CUDA must ask Slurm for a GPU; ``auto`` without one trains on CPU (a warning).
+
+    Slurm shows a task only its own GPUs, numbered from cuda:0, so ``cuda:N`` past them would fail every task."""
     name = invocation.device_name(suite)
-    asks_gpu = suite.slurm.gpus_per_task > 0 or any(k in suite.slurm.additional_parameters
-                                                    for k in ("gres", "gpus", "gpus-per-node", "gpus_per_node"))
+    gpus = task_gpus(suite.slurm)
+    asks_gpu = gpus != 0
     if name.startswith("cuda") and not asks_gpu:
         raise ConfigError(f"device '{name}' needs a GPU in each Slurm task: set slurm.gpus_per_task (e.g. "
                           "--gpus-per-task 1) or slurm.additional_parameters.gres, or use --device cpu.")
+    index = torch.device(name).index if name.startswith("cuda") else None
+    if index is not None and gpus is not None and index >= gpus:
+        raise ConfigError(f"device '{name}': each Slurm task sees only the {gpus} GPU(s) it asked for, as cuda:0"
+                          f"{f' to cuda:{gpus - 1}' if gpus > 1 else ''}; use --device cuda (the task's own GPU).")
     if name == "auto" and not asks_gpu:
         log.warning("slurm.gpus_per_task is 0: the runs will train on the nodes' CPUs")
 

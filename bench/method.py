@@ -61,7 +61,9 @@ class RunContext:
 
 @dataclass
 class Phase:
-    """A method's own training phase between the dense model and selection (e.g. TPP's regularisation)."""
+    """A method's own training phase between the dense model and selection (e.g. TPP's regularisation).
+
+    The harness trains it with the suite's ``performance`` options, whatever ``recipe.performance`` says."""
 
     recipe: Recipe
     hooks: list[TrainHooks]

@@ -51,7 +51,7 @@ from bench.store import (
     save_checkpoint,
     write_json,
 )
-from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer
+from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer, release_memory
 from bench.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,12 @@ def retrain_recipe(run: Run) -> Recipe:
     r = run.suite.retrain
     return Recipe(epochs=r.epochs, lr=run.lr, batch_size=r.batch_size, momentum=r.momentum, nesterov=r.nesterov,
                   weight_decay=r.weight_decay, schedule=r.schedule, performance=run.suite.performance)
+
+
+def suite_performance(recipe: Recipe, run: Run) -> Recipe:
+    """``recipe`` with the suite's speed options: they enter the run id, so every phase trains with them, whatever
+    recipe a method built (TPP's 110,001-step phase ran fp32, NCHW and uncompiled before this was enforced)."""
+    return dataclasses.replace(recipe, performance=run.suite.performance)
 
 
 # ----------------------------------------------------------------------------------------- dense model
@@ -327,11 +333,12 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         phase = method.phase(model, ctx)
         if phase is None:
             continue
+        recipe = suite_performance(phase.recipe, run)
         optimizer = None
         if phase.param_groups is not None:
-            optimizer = make_optimizer(model, phase.recipe, phase.param_groups(model))
+            optimizer = make_optimizer(model, recipe, phase.param_groups(model))
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
-        phase_history += fit(model, ws.data, phase.recipe, device=ws.device, seed=run.seed,
+        phase_history += fit(model, ws.data, recipe, device=ws.device, seed=run.seed,
                              phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
                              checkpoint=shared.phase, progress=bar)
         if bar:
@@ -429,6 +436,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
+        release_memory(ws.device)
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
@@ -452,6 +460,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     recipe = retrain_recipe(run)
     for method in methods:
         recipe = method.retrain_recipe(recipe, ctx)
+    recipe = suite_performance(recipe, run)
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]

@@ -7,9 +7,11 @@ epoch and resumes from its checkpoint; each epoch's data order and random state 
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,11 +117,8 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device,
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     count = torch.zeros((), device=device, dtype=torch.int64)
-    ranks, rank = distributed.world_size(), distributed.rank()
-    batches = data.validation_batches if split == "validation" else data.test_batches
-    for i, (x, y) in enumerate(batches(batch_size, device)):
-        if i % ranks != rank:  # data-parallel: each rank evaluates every ranks-th batch; the sums are combined
-            continue
+    # data-parallel: each rank evaluates (and loads) only every ranks-th batch; the sums are combined
+    for x, y in data.eval_shards(split, batch_size, device, distributed.rank(), distributed.world_size()):
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -130,6 +129,53 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device,
 
 
 EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
+
+
+#: torch.compile's backend for ``performance.compile``; tests and ``selftest --quick`` on CPU may pick "eager".
+COMPILE_BACKEND = "inductor"
+
+
+def compile_forward(forward: nn.Module) -> nn.Module:
+    """``torch.compile(forward)`` after clearing dynamo's caches.
+
+    Dynamo keys its caches on the code of ``forward`` (shared by every model of a class) and, past its recompile
+    limit (8 guard sets), silently runs eager: without the reset, the ninth pruned architecture trained in one
+    process (a suite, a pool worker) would say ``compile`` and train uncompiled. The reset also frees the earlier
+    models the caches hold; the cost is a compilation per ``fit``, which each new architecture pays anyway.
+    """
+    torch._dynamo.reset()
+    return torch.compile(forward, backend=COMPILE_BACKEND)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a finished run leaves behind in a process that goes on to other runs: dynamo's compiled graphs (they
+    hold the run's last model and its tensors) and, on CUDA, the allocator's cached blocks, so memory stays flat
+    across a suite."""
+    if "torch._dynamo" in sys.modules:  # imported only by a compiled run
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a counter that ``torch._dynamo.reset`` leaves alone)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def applied_performance(model: nn.Module, optimizer: torch.optim.Optimizer, autocast: torch.autocast,
+                        graphs: int) -> dict[str, Any]:
+    """The speed options a phase really trained with, read off the objects it used (not off its recipe): autocast's
+    dtype, the memory format of the model's 4-D weights (None without any), the optimizer's fused flag, and
+    whether dynamo compiled any graph (``graphs``) during the phase."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return {"amp": "bf16" if autocast._enabled and autocast.fast_dtype == torch.bfloat16 else "off",
+            "channels_last": all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+            if weights else None,  # None: no convolution to lay out
+            "fused_optimizer": bool(optimizer.defaults.get("fused")),
+            "compile": graphs > 0}
 
 
 def step_settings(performance: Performance, device: torch.device) -> tuple[torch.autocast, torch.memory_format]:
@@ -148,15 +194,17 @@ class EpochStats(NamedTuple):
 
 
 def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
-                batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 hooks: Sequence[TrainHooks] = (), *, first_step: int = 0, max_steps: int | None = None,
                 autocast: torch.autocast | None = None,
                 memory_format: torch.memory_format = torch.contiguous_format) -> EpochStats:
     """One pass of SGD steps over ``batches`` (forward, loss, hooks, backward, update): the step every phase runs.
 
-    ``forward`` is the model or its DDP/compiled wrapper; ``first_step`` is the global step the hooks see first;
-    stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are summed on the device (no host sync
-    per step) and combined across data-parallel ranks. Benchmarks time this same function (benchmarks/perf.py).
+    ``batches`` are (inputs, labels), sliced here for this rank when data-parallel, or already this rank's slice as
+    (inputs, labels, global batch size). ``forward`` is the model or its DDP/compiled wrapper; ``first_step`` is
+    the global step the hooks see first; stops early after ``max_steps`` (at least 1) steps. Loss and accuracy are
+    summed on the device (no host sync per step) and combined across data-parallel ranks. Benchmarks time this same
+    function (benchmarks/perf.py).
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"train_epoch: max_steps must be at least 1, got {max_steps}")
@@ -166,9 +214,13 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Modul
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, step = 0, first_step
-    for x, y in batches:
-        global_batch = y.numel()
-        x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
+    for batch in batches:
+        if len(batch) == 3:  # already this rank's slice (``Dataset.train_shards``), with the global batch's size
+            x, y, global_batch = batch
+        else:
+            x, y = batch
+            global_batch = y.numel()
+            x, y = distributed.shard(x, y)  # data-parallel: this rank's slice of the global batch
         if x.dim() == 4:
             x = x.contiguous(memory_format=memory_format)
         with autocast:
@@ -218,7 +270,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     autocast, memory_format = step_settings(perf, device)
     model.to(device, memory_format=memory_format)
     forward = distributed.wrap(model, device, perf.sync_batchnorm)  # DDP when data-parallel, else the model
-    forward = torch.compile(forward) if perf.compile else forward
+    forward = compile_forward(forward) if perf.compile else forward
+    graphs_before = compiled_graphs()
     optimizer = optimizer or make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
     history: list[dict[str, Any]] = []
@@ -245,7 +298,10 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         steps_left = None if recipe.max_steps is None else recipe.max_steps - step
         # The batch generator is passed, not kept: one stopped early (max_steps) is closed on return, with any
         # DataLoader workers it holds.
-        stats = train_epoch(forward, model, data.train_batches(recipe.batch_size, epoch_seed, device), optimizer,
+        batches = (data.train_shards(recipe.batch_size, epoch_seed, device, distributed.rank(),
+                                     distributed.world_size()) if distributed.active()
+                   else data.train_batches(recipe.batch_size, epoch_seed, device))
+        stats = train_epoch(forward, model, batches, optimizer,
                             hooks, first_step=step, max_steps=steps_left, autocast=autocast,
                             memory_format=memory_format)
         step += stats.steps
@@ -257,6 +313,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
                                "train_acc": stats.accuracy, "test_loss": test_loss,
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
+        if not perf.is_default():  # what really ran: a phase that ignored the options would show here
+            row["performance"] = applied_performance(model, optimizer, autocast, compiled_graphs() - graphs_before)
         if on_epoch_end is not None:
             row.update(on_epoch_end(model, epoch + 1))
         history.append(row)

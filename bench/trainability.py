@@ -7,13 +7,18 @@ gradients well.  TPP's own code computes the Jacobian on a batch in whatever mod
 compute it **per sample in eval mode** (BatchNorm uses running statistics), which makes the metric a
 property of the network alone, independent of the probe batch composition.
 
+The Jacobian is built in full float32 on every device: TF32 (cuBLAS matmuls and cuDNN convolutions, on by default
+for cuDNN on Ampere and later) is switched off for the computation, so a GPU's JSV equals the CPU's within float32
+rounding; the singular values themselves are float64.
+
 Memory is bounded by a byte budget (:func:`plan_chunks`): samples, classes pulled back per backward pass and
 input columns of the float64 reduction are chunked so that 1000-class ImageNet models fit as well as 10-class ones.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,6 +124,23 @@ def plan_chunks(
     return ChunkPlan(samples=samples, classes=classes, columns=columns)
 
 
+#: The TF32 switches of PyTorch's precision API (``fp32_precision``: "ieee" is full float32, "tf32" reduced).
+TF32_SWITCHES = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """No TF32 in matmuls and convolutions inside the block (restored after): the JSV's precision is float32's."""
+    saved = [switch.fp32_precision for switch in TF32_SWITCHES]
+    try:
+        for switch in TF32_SWITCHES:
+            switch.fp32_precision = "ieee"
+        yield
+    finally:
+        for switch, value in zip(TF32_SWITCHES, saved):
+            switch.fp32_precision = value
+
+
 def _activation_sizes(model: nn.Module, state: dict[str, Tensor], sample: Tensor) -> tuple[Tensor, int, int]:
     """Logits of one sample, and the summed and largest output element counts of the model's leaf modules."""
     sizes: list[int] = []
@@ -198,7 +220,8 @@ def jacobian_singular_values(
     :func:`_singular_values`).  Without a budget, ``vmap(jacrev(f))`` pulls all ``K`` classes back at once, which
     for that ResNet-50 needs over 10 GB per sample.  ``chunk_size`` caps the samples per chunk (``None``: as many
     as the budget allows; the budget may lower it further; 50 keeps CPU tensors small enough to be fast).
-    Singular values are descending per row.  The model's train/eval mode is restored afterwards.
+    Singular values are descending per row.  The model's train/eval mode is restored afterwards, and TF32 is off
+    meanwhile (:func:`full_float32`).
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -216,25 +239,27 @@ def jacobian_singular_values(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        out, saved, largest = _activation_sizes(model, state, inputs[0].to(device))
-        num_classes, input_numel = out.numel(), inputs[0].numel()
-        plan = plan_chunks(
-            inputs.shape[0], num_classes, input_numel,
-            itemsize=max(inputs.element_size(), out.element_size()), saved_numel=saved,
-            largest_activation=largest, max_bytes=max_bytes, max_samples=chunk_size,
-        )
-        logger.debug("JSV of %d samples, %d classes, %d inputs: %s", inputs.shape[0], num_classes, input_numel, plan)
-        jac_bytes = num_classes * input_numel * out.element_size()
-        if jac_bytes > max_bytes:
-            logger.warning("one sample's %d x %d Jacobian (%.3g MiB) exceeds the JSV memory budget (%.3g MiB)",
-                           num_classes, input_numel, jac_bytes / 2**20, max_bytes / 2**20)
-        basis = torch.eye(num_classes, dtype=out.dtype, device=device)
-        del out
-        values = []
-        for chunk in inputs.split(plan.samples):
-            jac = _chunk_jacobian(logits, chunk.to(device), basis, plan.classes)  # (n, num_classes, C*H*W)
-            values.append(_singular_values(jac, plan.columns))
-            del jac  # before the next chunk's Jacobian is built
+        with full_float32():
+            out, saved, largest = _activation_sizes(model, state, inputs[0].to(device))
+            num_classes, input_numel = out.numel(), inputs[0].numel()
+            plan = plan_chunks(
+                inputs.shape[0], num_classes, input_numel,
+                itemsize=max(inputs.element_size(), out.element_size()), saved_numel=saved,
+                largest_activation=largest, max_bytes=max_bytes, max_samples=chunk_size,
+            )
+            logger.debug("JSV of %d samples, %d classes, %d inputs: %s", inputs.shape[0], num_classes, input_numel,
+                         plan)
+            jac_bytes = num_classes * input_numel * out.element_size()
+            if jac_bytes > max_bytes:
+                logger.warning("one sample's %d x %d Jacobian (%.3g MiB) exceeds the JSV memory budget (%.3g MiB)",
+                               num_classes, input_numel, jac_bytes / 2**20, max_bytes / 2**20)
+            basis = torch.eye(num_classes, dtype=out.dtype, device=device)
+            del out
+            values = []
+            for chunk in inputs.split(plan.samples):
+                jac = _chunk_jacobian(logits, chunk.to(device), basis, plan.classes)  # (n, num_classes, C*H*W)
+                values.append(_singular_values(jac, plan.columns))
+                del jac  # before the next chunk's Jacobian is built
     finally:
         for module, training in modes:
             module.training = training

@@ -23,6 +23,7 @@ import os
 import pickle
 import queue
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -48,6 +49,12 @@ from bench.train import Recipe, make_optimizer, step_settings, train_epoch  # no
 from methods.l1 import mean_abs_weight  # noqa: E402
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): every clock here stops after this."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
     """Best float32 GFLOP/s of a square matrix multiply: the ceiling the training figures are compared with."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
@@ -55,8 +62,7 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     for _ in range(repeats):
         began = time.perf_counter()
         torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         best = min(best, time.perf_counter() - began)
     return 2 * size ** 3 / best / 1e9
 
@@ -107,8 +113,7 @@ def linear_matmuls_seconds(model: nn.Module, batch_size: int, device: torch.devi
         began = time.perf_counter()
         for op, operands in products:
             op(*operands)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         best = min(best, time.perf_counter() - began)
     return best
 
@@ -118,6 +123,7 @@ def iterate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.
     began = time.perf_counter()
     for x, y in batches:
         x.to(device), y.to(device)
+    synchronize(device)  # the copies (and the harness's on-device augmentation) are asynchronous on CUDA
     return time.perf_counter() - began
 
 
@@ -135,6 +141,24 @@ def torchvision_fashion_mnist(root: Path, batch_size: int, workers: int) -> torc
                                     transforms.Normalize((0.2860,), (0.3530,))])
     dataset = datasets.FashionMNIST(str(root), train=True, download=False, transform=transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def fashion_mnist_root(root: Path, system: Path = FASHION_MNIST_SYSTEM_DIR, n_train: int = 60000) -> Path | None:
+    """Where the Fashion-MNIST sections read from: None for Debian's files in ``system``, or, where they are missing
+    (a GPU node without the Debian package), ``root``, after writing random images of its shape there in its format
+    (IDX, torchvision's raw layout): both pipelines then read the same files, as with the real ones."""
+    if any(system.glob("*.gz")):
+        return None
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("t10k", 10000)):
+        pixels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g).numpy().tobytes()
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g).numpy().tobytes()
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x803, n, 28, 28) + pixels)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + labels)
+    print(f"Fashion-MNIST is not installed ({system}): its sections use random images of its shape")
+    return root
 
 
 def write_fake_cifar(root: Path, n_train: int = 50000) -> None:
@@ -343,12 +367,14 @@ def packed_throughput(model_name: str, dataset: tuple[str, str | None, int | Non
     return throughput, (sum(utilisation) / len(utilisation) if utilisation else None)
 
 
-def packing_section(root: Path, device: torch.device, processes: int, steps: int, peak: float) -> None:
+def packing_section(root: Path, device: torch.device, processes: int, steps: int, peak: float,
+                    fashion_root: Path | None = None) -> None:
     """Several small runs at once vs one at a time, the same step: does packing fill the machine (or the GPU)?"""
     print(f"\npacking: {processes} training processes at once vs one (harness step, batch 128, "
           f"{describe(fast_options(device))})")
     row("model", "1 run, samples/s", f"{processes} runs, samples/s", "packed vs one")
-    cases = [("mlp7_linear", ("fashion_mnist", None, 32), (1, 32, 32), max(steps, 200), 60000),
+    fashion = str(fashion_root) if fashion_root else None
+    cases = [("mlp7_linear", ("fashion_mnist", fashion, 32), (1, 32, 32), max(steps, 200), 60000),
              ("resnet56", ("cifar10", str(root), None), (3, 32, 32), steps, 50000)]
     write_fake_cifar(root)
     for model_name, dataset, shape, n, epoch_samples in cases:
@@ -364,7 +390,7 @@ def packing_section(root: Path, device: torch.device, processes: int, steps: int
             f"{epoch_samples / packed / bound:.1f}x bound {bound:.3f} s")
 
 
-def overhead_section(workdir: Path, workers: int) -> None:
+def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = None) -> None:
     """The harness's own time per run (config, data, tracing, FLOPs, storage) against its training compute.
 
     The measurements (JSV, with its own target, see benchmarks/jsv_cost.py, and inference latency) and reading the
@@ -393,7 +419,8 @@ def overhead_section(workdir: Path, workers: int) -> None:
     def run_quickstart(*options: str) -> float:
         """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS``; a failed run stops the benchmark."""
         began = time.perf_counter()
-        status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *options])
+        data = ["--data-root", str(fashion_root)] if fashion_root else []
+        status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *data, *options])
         if status != 0:
             raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
         return time.perf_counter() - began
@@ -457,8 +484,9 @@ def main() -> None:
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s (2048x2048, best of 10)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        fashion_root = fashion_mnist_root(root) if {"mlp", "packing", "overhead"} & set(args.sections) else None
         if "mlp" in args.sections:
-            fmnist = build_dataset("fashion_mnist", {}, None, 32)
+            fmnist = build_dataset("fashion_mnist", {}, fashion_root, 32)
             loader = torchvision_fashion_mnist(root, 128, args.workers)
             pipeline_section("Fashion-MNIST (60k, resized to 32x32)", "mlp7_linear",
                              lambda: fmnist.train_batches(128, 0, device), lambda: loader,
@@ -472,11 +500,11 @@ def main() -> None:
                                  lambda: cifar.train_batches(128, 0, device), lambda: cifar_loader,
                                  cifar.steps_per_epoch(128), args.steps, peak, device, (3, 32, 32), args.compile)
         if "packing" in args.sections:
-            packing_section(root, device, args.pack, min(args.steps, 10), peak)
+            packing_section(root, device, args.pack, min(args.steps, 10), peak, fashion_root)
         if "latency" in args.sections:
             latency_section(device, (1, 128))
         if "overhead" in args.sections:
-            overhead_section(root, args.pack)
+            overhead_section(root, args.pack, fashion_root)
 
 
 if __name__ == "__main__":

@@ -76,51 +76,105 @@ class GrowthSchedule:
 
 
 class GrowingL2Hooks(BaseHooks):
-    """grad += λ(t)·w on the picked filters; tracks the magnitude ratios that can stop the growth early."""
+    """grad += λ(t)·w on the picked filters; tracks the magnitude ratios that can stop the growth early.
+
+    The ratios, the early stop and λ live on the model's device as tensors, so a step never waits for the device
+    (no value is read back to the host); ``ratio_average`` and ``stopped_at`` read them when asked (checkpoints)."""
 
     def __init__(self, schedule: GrowthSchedule, stop_ratio: float, pruned: dict[str, Tensor]) -> None:
         self.schedule = schedule
         self.stop_ratio = stop_ratio
         self.pruned = pruned
-        self.ratio_average: dict[str, float] = {}
-        self.stopped_at: int | None = None  # the update count at which every layer reached stop_ratio
+        self._ratios: dict[str, Tensor] = {}    # float64 running ratios, on the device
+        self._stop: Tensor | None = None        # int64: the update count at which growth stopped, 0 while growing
+        self._saved: dict[str, Any] | None = None  # a loaded state, moved to the device when the model is seen
+        self._model: nn.Module | None = None
+        self._layers: list[tuple[nn.Module, Tensor, Tensor]] = []  # (layer, pruned, kept indices on its device)
+        self._logged = False
+
+    @property
+    def ratio_average(self) -> dict[str, float]:
+        """The running kept/pruned magnitude ratio of each layer (read from the device)."""
+        if self._saved is not None:
+            return dict(self._saved["ratio_average"])
+        return {name: float(value) for name, value in self._ratios.items()}
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The update count at which every layer reached ``stop_ratio``, None while λ still grows."""
+        if self._saved is not None:
+            return self._saved["stopped_at"]
+        return int(self._stop) or None if self._stop is not None else None
 
     def strength(self, step: int) -> float:
         """λ at iteration ``step``."""
         return self.schedule.delta * self.schedule.updates(step, self.stopped_at)
 
-    @torch.no_grad()
-    def _update_ratios(self, model: nn.Module, step: int) -> None:
-        """At an update iteration of the growth: the running kept/pruned magnitude ratios and the early stop."""
+    def _bind(self, model: nn.Module) -> list[tuple[nn.Module, Tensor, Tensor]]:
+        """Each pruned layer with its pruned and kept indices on its device (cached), and the state there."""
+        if model is self._model:
+            return self._layers
+        self._layers = []
         for name, index in self.pruned.items():
-            magnitude = filter_weights(model.get_submodule(name)).abs().mean(dim=1)
-            kept = torch.ones_like(magnitude, dtype=torch.bool)
-            kept[index.to(magnitude.device)] = False
-            ratio = float(magnitude[kept].mean() / magnitude[~kept].mean())
-            previous = self.ratio_average.get(name)
-            self.ratio_average[name] = ratio if previous is None else 0.9 * previous + 0.1 * ratio
-        if self.ratio_average and all(r >= self.stop_ratio for r in self.ratio_average.values()):
-            self.stopped_at = step // self.schedule.update_interval + 1
-            log.info("greg: every layer's magnitude ratio reached %g at iteration %d (λ = %g); λ is held from here",
-                     self.stop_ratio, step, self.strength(step))
+            module = model.get_submodule(name)
+            kept = torch.ones(module.weight.shape[0], dtype=torch.bool)
+            kept[index.cpu()] = False
+            device = module.weight.device
+            self._layers.append((module, index.to(device), torch.nonzero(kept).flatten().to(device)))
+        device = next(model.parameters()).device
+        saved = self._saved or {"ratio_average": {}, "stopped_at": None}
+        if self._saved is None and self._stop is not None:  # rebinding: keep the state, on the new device
+            saved = {"ratio_average": self.ratio_average, "stopped_at": self.stopped_at}
+        self._ratios = {name: torch.tensor(value, dtype=torch.float64, device=device)
+                        for name, value in saved["ratio_average"].items()}
+        self._stop = torch.tensor(saved["stopped_at"] or 0, dtype=torch.int64, device=device)
+        self._saved, self._model = None, model
+        return self._layers
+
+    @torch.no_grad()
+    def _update_ratios(self, step: int) -> None:
+        """At an update iteration of the growth: the running kept/pruned magnitude ratios and the early stop (both
+        frozen once growth has stopped), computed on the device."""
+        growing = self._stop == 0
+        for name, (module, pruned, kept) in zip(self.pruned, self._layers):
+            magnitude = filter_weights(module).abs().mean(dim=1)
+            ratio = (magnitude.index_select(0, kept).mean() / magnitude.index_select(0, pruned).mean()).double()
+            previous = self._ratios.get(name)
+            updated = ratio if previous is None else 0.9 * previous + 0.1 * ratio
+            self._ratios[name] = updated if previous is None else torch.where(growing, updated, previous)
+        if self._ratios:
+            reached = torch.stack([r >= self.stop_ratio for r in self._ratios.values()]).all()
+            self._stop = torch.where(growing & reached, step // self.schedule.update_interval + 1, self._stop)
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, step: int) -> None:
-        growing = self.stopped_at is None and step // self.schedule.update_interval < self.schedule.max_updates
-        if growing and step % self.schedule.update_interval == 0:
-            self._update_ratios(model, step)
-        lam = self.strength(step)
-        for name, index in self.pruned.items():
-            weight = model.get_submodule(name).weight
-            index = index.to(weight.device)
-            weight.grad.index_add_(0, index, weight.index_select(0, index), alpha=lam)
+        layers = self._bind(model)
+        if step % self.schedule.update_interval == 0 and step // self.schedule.update_interval < \
+                self.schedule.max_updates:
+            self._update_ratios(step)
+        if not layers:
+            return
+        cap = torch.where(self._stop > 0, self._stop, self.schedule.max_updates)
+        lam = self.schedule.delta * torch.clamp(cap, max=step // self.schedule.update_interval + 1).double()
+        for module, pruned, _ in layers:
+            weight = module.weight
+            # grad[pruned] += λ·w[pruned], as index_add_(alpha=λ) computes it, with λ a device tensor
+            grown = torch.addcmul(weight.grad.index_select(0, pruned), weight.index_select(0, pruned),
+                                  lam.to(weight.dtype))
+            weight.grad.index_copy_(0, pruned, grown)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ratio_average": dict(self.ratio_average), "stopped_at": self.stopped_at}
+        state = {"ratio_average": self.ratio_average, "stopped_at": self.stopped_at}
+        if state["stopped_at"] is not None and not self._logged:  # read once per epoch: no per-step wait for it
+            self._logged = True
+            log.info("greg: every layer's magnitude ratio reached %g at update %d (λ = %g); λ is held from there",
+                     self.stop_ratio, state["stopped_at"], self.schedule.delta * state["stopped_at"])
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ratio_average = dict(state["ratio_average"])
-        self.stopped_at = state["stopped_at"]
+        self._saved = {"ratio_average": dict(state["ratio_average"]), "stopped_at": state["stopped_at"]}
+        self._logged = state["stopped_at"] is not None
+        self._model = None
 
 
 @register_method("greg")

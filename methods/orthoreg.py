@@ -182,14 +182,17 @@ def drop_lowest(scores: dict[str, Tensor], counts: dict[str, int] | int, floors:
     return result
 
 
+def filter_indices(model: nn.Module, pruned: dict[str, set[int]]) -> dict[str, Tensor]:
+    """The pruned filters of each layer as an index tensor on that layer's device (layers with none left out)."""
+    return {name: torch.tensor(sorted(indices), dtype=torch.long, device=model.get_submodule(name).weight.device)
+            for name, indices in pruned.items() if indices}
+
+
 @torch.no_grad()
-def zero_filters_(model: nn.Module, ctx: RunContext, pruned: dict[str, set[int]]) -> None:
+def zero_filters_(model: nn.Module, ctx: RunContext, indices: dict[str, Tensor]) -> None:
     """Zero the pruned filters' weights, biases and BatchNorm scale and shift, so those channels output 0."""
-    for name, indices in pruned.items():
-        if not indices:
-            continue
+    for name, index in indices.items():
         module = model.get_submodule(name)
-        index = torch.tensor(sorted(indices), dtype=torch.long, device=module.weight.device)
         bn = ctx.batchnorm_of.get(name)
         for owner in [module] + ([model.get_submodule(bn)] if bn is not None else []):
             for param in (owner.weight, owner.bias):
@@ -221,22 +224,29 @@ class OrthoRegHparams:
 
 
 class RoundHooks(BaseHooks):
-    """Iterative protocol: zero r_i of the remaining filters at the end of each round but the last, keep them zero."""
+    """Iterative protocol: zero r_i of the remaining filters at the end of each round but the last, keep them zero.
+
+    The pruned filters' indices are kept on the device between rounds: a step creates no tensor from host data."""
 
     def __init__(self, method: OrthoReg, ctx: RunContext, round_steps: int) -> None:
         self.method, self.ctx, self.round_steps = method, ctx, round_steps
+        self._indices: tuple[nn.Module, dict[str, Tensor]] | None = None  # (model, indices) of method.pruned
 
     def after_step(self, model: nn.Module, step: int) -> None:
         done = (step + 1) // self.round_steps
         if (step + 1) % self.round_steps == 0 and done < self.method.hparams.rounds:
             self.method.prune_round(model, self.ctx, done)
-        zero_filters_(model, self.ctx, self.method.pruned)
+            self._indices = None
+        if self._indices is None or self._indices[0] is not model:
+            self._indices = (model, filter_indices(model, self.method.pruned))
+        zero_filters_(model, self.ctx, self._indices[1])
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruned": {name: sorted(s) for name, s in self.method.pruned.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.pruned = {name: set(s) for name, s in state["pruned"].items()}
+        self._indices = None
 
 
 @register_method("orthoreg")
@@ -310,7 +320,7 @@ class OrthoReg(Method):
                 due = math.ceil(round(share * n, 6)) if last else round(share * n)
                 counts[name] = due - len(self.pruned.get(name, set()))
         self.pruned = drop_lowest(scores, counts, self.floors(model, ctx), self.pruned)
-        zero_filters_(model, ctx, self.pruned)
+        zero_filters_(model, ctx, filter_indices(model, self.pruned))
         log.info("orthoreg: after round %d of %d, %d of %d filters pruned", done, rounds,
                  sum(len(s) for s in self.pruned.values()), sum(sizes.values()))
 

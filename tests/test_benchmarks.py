@@ -56,6 +56,24 @@ def test_packing_runs_several_trainings_at_once(tmp_path: Path) -> None:
     assert samples_per_s > 0 and utilisation is None
 
 
+def test_perf_needs_no_installed_fashion_mnist(tmp_path: Path) -> None:
+    """On a node without Debian's Fashion-MNIST (a GPU node), perf.py writes random images in its format, which both
+    the harness's loader and torchvision's read; with the files installed it uses them (None: the default place)."""
+    from bench.data import build_dataset
+
+    perf = benchmark("perf")
+    root = perf.fashion_mnist_root(tmp_path, system=tmp_path / "not-installed", n_train=256)
+    assert root == tmp_path
+    data = build_dataset("fashion_mnist", {}, root, 32)
+    assert (data.info.num_train, data.info.num_test, data.info.in_channels) == (256, 10000, 1)
+    x, _ = next(iter(perf.torchvision_fashion_mnist(root, 8, 0)))
+    assert x.shape == (8, 1, 32, 32)
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "train-images-idx3-ubyte.gz").touch()
+    assert perf.fashion_mnist_root(tmp_path / "other", system=installed) is None
+
+
 def test_step_cost_times_each_regulariser(capsys: pytest.CaptureFixture[str]) -> None:
     step_cost = benchmark("step_cost")
     assert step_cost.main(["--model", "resnet20", "--methods", "tpp,slimming", "--batch-size", "8", "--repeats", "1",

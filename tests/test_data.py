@@ -311,6 +311,41 @@ def test_imagenet_image_folder(tmp_path: Path) -> None:
         build_dataset("imagenet", {"num_workers": 0}, tmp_path / "missing", None)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_imagenet_ranks_decode_only_their_share(tmp_path: Path, workers: int) -> None:
+    """Data-parallel ImageNet: each of two ranks decodes only its slice of every global batch (the files it opens,
+    seen by an audit hook, split the epoch's files between the ranks) and only its evaluation batches, and the
+    slices together are the one-process batches, bit for bit. With workers, the loader and its workers persist from
+    one pass to the next."""
+    import sys
+
+    _image_folder(tmp_path)
+    opened: list[str] = []
+    sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and str(args[0]).startswith(
+        str(tmp_path)) else None)
+    ds = build_dataset("imagenet", {"num_workers": workers}, tmp_path, 32)
+    whole = list(ds.train_batches(4, 7, CPU))
+    shards, reads = [], []
+    for rank in range(2):
+        opened.clear()
+        shards.append(list(ds.train_shards(4, 7, CPU, rank, 2)))
+        reads.append(set(opened))
+        assert [size for _, _, size in shards[rank]] == [4, 2]
+    if workers == 0:  # the audit hook sees the opens of this process only
+        assert len(reads[0]) == len(reads[1]) == 3 and not reads[0] & reads[1]
+        assert {Path(p).parent.parent.name for p in reads[0] | reads[1]} == {"train"}
+    for (x, y), (x0, y0, _), (x1, y1, _) in zip(whole, *shards, strict=True):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    opened.clear()
+    evaluated = [list(ds.eval_shards("test", 3, CPU, rank, 2)) for rank in range(2)]
+    assert [[len(y) for _, y in batches] for batches in evaluated] == [[3], [1]]
+    if workers == 0:
+        assert len(set(opened)) == 4  # each validation image once, by the rank that evaluates it
+    else:
+        loader = ds._loaders[(id(ds._train), "cpu")][0]
+        assert loader._iterator is not None and loader.persistent_workers
+
+
 def test_resolve_data_root_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_DATA_ROOT", "/env")
     assert resolve_data_root("/cli", "/suite") == Path("/cli")

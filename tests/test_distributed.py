@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.distributed import swap_in_sync_batchnorms, unwrap
+from bench.distributed import check_gpus_for, shared_gpus, swap_in_sync_batchnorms, unwrap
 from bench.errors import ConfigError
 from bench.plugins import load_builtin
 from bench.registry import MODELS
@@ -79,6 +79,32 @@ def test_data_parallel_flags_are_checked(write_suite, tmp_path: Path) -> None:
         done = bench("run", suite, "--results", str(tmp_path / "r"), *extra)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_more_cuda_ranks_than_gpus_are_refused_before_any_process_starts(write_suite, tmp_path: Path, capsys,
+                                                                        monkeypatch) -> None:
+    """--nproc 2 on a one-GPU machine would put two NCCL ranks on one GPU ("Duplicate GPU detected"): refused with
+    exit 2 and the GPU count, before spawning. Only the GPU count is faked; with two GPUs the check lets it pass."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    suite = str(write_suite(SUITE))
+    for device in ("cuda", "auto"):
+        assert main(["run", suite, "--results", str(tmp_path / "r"), "--nproc", "2", "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "needs 2 GPUs, 1 visible" in err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_gpus_for(2, "cuda")
+    check_gpus_for(4, "cpu")
+
+
+def test_ranks_sharing_a_physical_gpu_are_found_by_uuid() -> None:
+    """After joining the group, ranks compare (host, GPU UUID): two local ranks on one GPU are caught; Slurm tasks
+    that each see their own GPU as cuda:0 (distinct UUIDs) and GPUs on different hosts are not."""
+    assert shared_gpus([("n1", "GPU-a"), ("n1", "GPU-a")]) == {("n1", "GPU-a"): [0, 1]}
+    two_nodes = [("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-c"), ("n2", "GPU-c")]
+    assert shared_gpus(two_nodes) == {("n2", "GPU-c"): [2, 3]}
+    assert shared_gpus([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-c")]) == {}
 
 
 def test_a_bad_suite_fails_once_before_any_process_starts(write_suite, tmp_path: Path) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
+import queue
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from bench.cli import main
 from bench.config import load_suite
@@ -17,6 +21,7 @@ from bench.errors import ConfigError, UserError
 from bench.launch import (
     Invocation,
     Submission,
+    _init_pool_worker,
     check_slurm_device,
     dense_stage,
     latest_tasks,
@@ -104,6 +109,24 @@ def test_submission_needs_sbatch_and_a_gpu_request_for_cuda(write_suite, tmp_pat
     check_slurm_device(inv, gres)
 
 
+def test_slurm_refuses_a_gpu_index_past_the_tasks_own(write_suite, tmp_path: Path) -> None:
+    """Slurm shows each task only its own GPUs from cuda:0, so device cuda:1 with one GPU per task would fail every
+    array task (and every resubmission) without a result: refused at submission; indices the task has pass."""
+    inv = invocation(write_suite(tiny_suite()), tmp_path)
+
+    def suite(device: str, **slurm: Any) -> Any:
+        return load_suite(write_suite(tiny_suite(device=device, slurm=slurm)))
+
+    with pytest.raises(ConfigError, match="sees only the 1 GPU"):
+        check_slurm_device(inv, suite("cuda:1", gpus_per_task=1))
+    with pytest.raises(ConfigError, match="cuda:0 to cuda:1"):
+        check_slurm_device(inv, suite("cuda:2", additional_parameters={"gres": "gpu:a100:2"}))
+    for device, slurm in (("cuda:0", {"gpus_per_task": 1}), ("cuda:1", {"gpus_per_task": 2}),
+                          ("cuda:1", {"additional_parameters": {"gres": "gpu:a100:2"}}),
+                          ("cuda:3", {"additional_parameters": {"gres": "gpu"}})):   # a count Slurm decides
+        check_slurm_device(inv, suite(device, **slurm))
+
+
 def test_executor_options_are_checked(write_suite, tmp_path: Path) -> None:
     suite = str(write_suite(tiny_suite()))
     assert main(["run", suite, "--results", str(tmp_path), "--workers", "2"]) == 2  # --workers needs local
@@ -187,6 +210,28 @@ def test_pool_workers_get_gpus_round_robin(write_suite, tmp_path: Path, monkeypa
     assert pool_devices(inv, cpu, 3) is None
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
     assert pool_devices(inv, auto, 3) is None
+
+
+def test_pool_workers_on_one_named_gpu_say_so_and_make_it_current(write_suite, tmp_path: Path, monkeypatch,
+                                                                   caplog) -> None:
+    """device cuda:1 pins every worker to GPU 1, with a warning that they share it (it used to drop the per-worker
+    choice silently); a worker makes its GPU the current device, or CUDA's context would open on GPU 0. The second
+    half runs the real initializer: on this GPU-less machine its torch.cuda.set_device call fails for want of a
+    driver, which shows that it made the call."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    pinned = load_suite(write_suite(tiny_suite(device="cuda:1")))
+    inv = invocation(write_suite(tiny_suite(device="cuda:1")), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="bench.launch"):
+        assert pool_devices(inv, pinned, 2) == ["cuda:1", "cuda:1"]
+    assert "all 2 workers share that one GPU" in caplog.text
+    slots: queue.Queue[int] = queue.Queue()
+    slots.put(0)
+    _init_pool_worker(slots, None, None, logging.WARNING)  # CPU workers never touch CUDA
+    slots.put(0)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the GPU-less half of this test does not apply")
+    with pytest.raises(RuntimeError, match="NVIDIA driver|CUDA"):
+        _init_pool_worker(slots, ["cuda:1"], None, logging.WARNING)
 
 
 def test_local_pool_matches_the_inline_loop(write_suite, tmp_path: Path) -> None:

@@ -191,21 +191,42 @@ def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_s
     assert "acc_final" not in diverged["metrics"] and diverged["history"]["retrain"] == []
 
 
-def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite) -> None:
-    """channels_last, bf16 autocast and fused SGD work end to end (on CPU here) and enter the run's identity."""
+PHASE_METHODS = [{"tpp": {"delta": 0.5, "update_interval": 1, "stabilize": 21, "zero_out_interval": 1}},
+                 {"greg": {"delta": 0.5, "update_interval": 1, "stabilize": 2}},
+                 {"orthoreg": {"protocol": "iterative", "round_epochs": 1, "importance_samples": 32}}]
+
+
+def test_speed_options_run_on_cpu_and_enter_the_run_id(tmp_path: Path, write_suite, monkeypatch) -> None:
+    """channels_last, bf16 autocast, fused SGD and compile work end to end (on CPU here), enter the run's identity
+    and are really applied in every phase: dense training, the methods' own phases (TPP, GReg, OrthoReg) and
+    retraining."""
+    monkeypatch.setattr("bench.train.COMPILE_BACKEND", "eager", raising=False)  # inductor would take minutes on CPU
     base = tiny_suite(model="resnet20", methods=["l1"], pretrain={"epochs": 1, "batch_size": 32, "lr": 0.05},
-                      dataset={"name": "synthetic", "num_train": 64, "num_test": 32},
-                      retrain={"epochs": 1, "batch_size": 32, "lr": [0.05]}, trainability={"enabled": False})
-    fast = dict(base, performance={"channels_last": True, "amp": "bf16", "fused_optimizer": True})
+                      dataset={"name": "synthetic", "num_train": 64, "num_test": 32, "size": 16},
+                      retrain={"epochs": 1, "batch_size": 16, "lr": [0.05]}, trainability={"enabled": False},
+                      latency={"enabled": False})
+    options = {"channels_last": True, "amp": "bf16", "fused_optimizer": True, "compile": True}
+    fast = dict(base, methods=["l1", *PHASE_METHODS], performance=options)
     for name, suite in (("base", base), ("fast", fast)):
         assert main(["run", str(write_suite(suite, f"{name}.yaml")), "--results", str(tmp_path / name),
                      "--quiet"]) == 0
-    (plain,), (quick,) = results_of(tmp_path / "base").values(), results_of(tmp_path / "fast").values()
+    by_method = {name: {r["method"]: r for r in results_of(tmp_path / name).values()} for name in ("base", "fast")}
+    plain, quick = by_method["base"]["l1"], by_method["fast"]["l1"]
     assert plain["status"] == quick["status"] == "ok"
     assert plain["run_id"] != quick["run_id"]
     assert quick["config"]["dense"]["performance"]["amp"] == "bf16" and "performance" not in plain["config"]["dense"]
     assert plain["metrics"]["acc_final"] != quick["metrics"]["acc_final"] or \
         plain["history"]["retrain"][0]["train_loss"] != quick["history"]["retrain"][0]["train_loss"]
+    (dense,) = (tmp_path / "fast" / "_dense").glob("*/dense.json")
+    for method, result in by_method["fast"].items():
+        assert result["status"] == "ok", (method, result.get("error"))
+        phases = {"dense": json.loads(dense.read_text())["history"], **result["history"]}
+        if method != "l1":
+            assert phases["phase"], method
+        for phase, rows in phases.items():
+            for row in rows:
+                assert row["performance"] == options, (method, phase, row.get("performance"))
+    assert all("performance" not in row for rows in plain["history"].values() for row in rows)
 
 
 def test_suite_as_run_is_kept_beside_its_results(finished: Path, tmp_path: Path, write_suite) -> None:
@@ -254,3 +275,30 @@ def test_the_runs_of_one_pruned_model_share_its_phase_and_selection(tmp_path: Pa
     for key in ("acc_pruned", "jsv_pruned_mean", "params_pruned", "channels"):
         assert first["metrics"][key] == second["metrics"][key]
     assert first["history"]["retrain"][0]["train_loss"] != second["history"]["retrain"][0]["train_loss"]
+
+
+def test_a_finished_run_leaves_no_model_behind(tmp_path: Path, write_suite, monkeypatch) -> None:
+    """Runs one after another in one process (a suite, a pool worker) must not accumulate memory: after a compiled
+    suite no model of its runs is alive (dynamo's caches held the last one, and on a GPU its memory)."""
+    import gc
+    import warnings
+
+    from torch import nn
+
+    monkeypatch.setattr("bench.train.COMPILE_BACKEND", "eager", raising=False)
+    suite = write_suite(tiny_suite(methods=["l1"], pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
+                                   prune={"ratios": [0.3, 0.5]}, retrain={"epochs": 1, "batch_size": 64, "lr": [0.05]},
+                                   performance={"compile": True}, trainability={"enabled": False},
+                                   latency={"enabled": False},
+                                   dataset={"name": "synthetic", "num_train": 128, "num_test": 64, "channels": 1,
+                                            "size": 32}))
+
+    def live_modules() -> int:
+        gc.collect()
+        with warnings.catch_warnings():  # some objects gc finds warn when inspected (deprecated torch aliases)
+            warnings.simplefilter("ignore")
+            return sum(isinstance(o, nn.Module) for o in gc.get_objects())
+
+    before = live_modules()
+    assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
+    assert live_modules() <= before

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.config import Performance
 from bench.plugins import load_builtin
@@ -96,3 +97,69 @@ def test_a_step_budget_below_one_is_refused() -> None:
     model = nn.Linear(6, 3)
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         train_epoch(model, model, batches([4]), make_optimizer(model, Recipe(epochs=1, lr=0.1)), max_steps=0)
+
+
+def test_the_tenth_architecture_in_one_process_still_compiles(monkeypatch) -> None:
+    """performance.compile on ten architectures trained one after another in one process (a suite's pruned models
+    in one worker): each fit compiles its own graph. Dynamo's recompile limit (8) would otherwise send the ninth and
+    tenth to eager while their runs say ``compile``. The eager backend keeps the test fast; the caching is dynamo's."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr("bench.train.COMPILE_BACKEND", "eager", raising=False)
+    load_builtin()
+    data = DATASETS.get("synthetic")(root=None, num_train=16, num_test=8, channels=1, size=4)
+    recipe = Recipe(epochs=1, lr=0.05, batch_size=16, performance=Performance(compile=True))
+    compiled = []
+    for width in range(2, 12):  # ten hidden widths: ten architectures sharing nn.Sequential.forward's code
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 10))
+        before = counters["stats"]["unique_graphs"]
+        (row,) = fit(model, data, recipe, device=torch.device("cpu"), seed=0, phase="test")
+        compiled.append(counters["stats"]["unique_graphs"] > before)
+        assert row["performance"]["compile"] == compiled[-1]
+    assert compiled == [True] * 10
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device (or copy host data to it) on a GPU: reading a
+    value back, indexing with a boolean mask (a hidden nonzero), creating a tensor from Python data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        name = func.overloadpacket.__name__
+        boolean_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or [])
+        if name in ("_local_scalar_dense", "lift_fresh", "nonzero", "masked_select") or boolean_index:
+            self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_regularisers_add_no_host_sync_to_a_step() -> None:
+    """GReg's growing L2 (magnitude ratios and its early stop included) and OrthoReg's iterative rounds (keeping the
+    pruned filters at zero) make no step wait for the device: over 8 steps (4 of GReg's ratio updates) they issue
+    exactly the host syncs of a plain SGD step, which reads its loss back once, at the end of the epoch."""
+    from types import SimpleNamespace
+
+    from methods.greg import GrowingL2Hooks, GrowthSchedule
+    from methods.orthoreg import OrthoPenalty, OrthoReg, OrthoRegHparams, RoundHooks
+
+    def syncs(hooks: list[BaseHooks]) -> list[str]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+        g = torch.Generator().manual_seed(0)
+        data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(8)]
+        optimizer = make_optimizer(model, Recipe(epochs=1, lr=0.01))
+        train_epoch(model, model, data[:1], optimizer, hooks)  # binds the hooks to the model (once per phase)
+        with HostSyncCounter() as counter:
+            train_epoch(model, model, data, optimizer, hooks, first_step=1)
+        return counter.syncs
+
+    orthoreg = OrthoReg(OrthoRegHparams(protocol="iterative"))
+    orthoreg.pruned = {"0": {1, 3}}
+    rounds = RoundHooks(orthoreg, SimpleNamespace(batchnorm_of={"0": "1"}), round_steps=1000)
+    greg = GrowingL2Hooks(GrowthSchedule(0.1, 1.0, 2, 3), 1e9, {"0": torch.tensor([1, 3])})
+    plain = syncs([])
+    assert syncs([greg]) == plain
+    assert syncs([OrthoPenalty(0.01), rounds]) == plain

@@ -211,3 +211,23 @@ def test_invalid_budget_and_chunk_size_rejected() -> None:
         jacobian_singular_values(model, inputs, max_bytes=0)
     with pytest.raises(ValueError, match="chunk_size"):
         jacobian_singular_values(model, inputs, chunk_size=0)
+
+
+def test_the_jacobian_is_built_without_tf32() -> None:
+    """With TF32 on for matmuls and convolutions (cuDNN's default on Ampere and later), the JSV's forward and backward
+    passes still run at full float32 precision, and the user's settings are restored afterwards."""
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [switch.fp32_precision for switch in switches]
+    seen = []
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    model[0].register_forward_hook(lambda *_: seen.append([s.fp32_precision for s in switches]))
+    try:
+        for switch in switches:
+            switch.fp32_precision = "tf32"
+        jsv_stats(model, torch.randn(2, 1, 4, 4))
+        after = [s.fp32_precision for s in switches]
+    finally:
+        for switch, value in zip(switches, saved):
+            switch.fp32_precision = value
+    assert seen and all(values == ["ieee", "ieee"] for values in seen)
+    assert after == ["tf32", "tf32"]

@@ -92,6 +92,23 @@ class Dataset(ABC):
         (a dataset that takes the ``validation`` option overrides this)."""
         return iter(())
 
+    def train_shards(self, batch_size: int, epoch_seed: int, device: torch.device | str, rank: int, ranks: int
+                     ) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Data parallelism: this rank's contiguous slice (``tensor_split``) of each global batch of ``train_batches``,
+        with the global batch's size. Here sliced after loading (cheap for tensor-resident data); a dataset that
+        decodes files overrides it to load only the slice."""
+        for x, y in self.train_batches(batch_size, epoch_seed, device):
+            yield x.tensor_split(ranks)[rank], y.tensor_split(ranks)[rank], y.numel()
+
+    def eval_shards(self, split: str, batch_size: int, device: torch.device | str, rank: int, ranks: int
+                    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Data parallelism: every ``ranks``-th batch of the ``split`` ("test" or "validation"), from the
+        ``rank``-th; the ranks' sums together cover the split once."""
+        batches = self.validation_batches if split == "validation" else self.test_batches
+        for i, batch in enumerate(batches(batch_size, device)):
+            if i % ranks == rank:
+                yield batch
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """Batches in one training epoch (the last partial batch counts)."""
         check_batch_size(batch_size)

@@ -57,6 +57,30 @@ class _TransformedFolder(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+class _BatchList(torch.utils.data.Sampler):
+    """A DataLoader batch sampler whose batches are set before each pass, so the loader (and its workers) persist."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _chunks(keys: list[Any], size: int) -> list[list[Any]]:
+    """``keys`` in consecutive batches of ``size`` (the last one partial)."""
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
+
+def _slice(batch: list[Any], rank: int, ranks: int) -> list[Any]:
+    """The ``rank``-th of ``ranks`` contiguous pieces of ``batch``, sized as ``torch.tensor_split`` sizes them."""
+    bounds = torch.arange(len(batch)).tensor_split(ranks)[rank]
+    return batch[int(bounds[0]):int(bounds[-1]) + 1] if bounds.numel() else []
+
+
 class ImageFolderDataset(Dataset):
     """ImageNet-style ``train/`` and ``val/`` class folders, decoded and augmented by DataLoader workers.
 
@@ -81,51 +105,74 @@ class ImageFolderDataset(Dataset):
         self._num_workers = num_workers
         self._rest: Sequence[int] = rest if rest is not None else range(len(train))
         self._validation = torch.utils.data.Subset(probe_view, held or [])
+        self._loaders: dict[tuple[int, str], tuple[torch.utils.data.DataLoader, _BatchList]] = {}
 
-    def _loader(
-        self,
-        dataset: torch.utils.data.Dataset,
-        batch_size: int,
-        device: torch.device,
-        sampler: list[tuple[int, int]] | None = None,
-    ) -> torch.utils.data.DataLoader:
-        # An own generator keeps the DataLoader from drawing its worker base seed from torch's global RNG.
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self._num_workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(0),
-        )
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaders": {}}  # DataLoader workers stay with the process that started them
+
+    def _loader(self, dataset: torch.utils.data.Dataset, device: torch.device, batches: list[list[Any]]
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``dataset`` keyed by ``batches`` (lists of indices or (index, seed) keys), on ``device``.
+
+        One DataLoader per dataset and device, kept with its workers alive from pass to pass (persistent workers;
+        its batch sampler is refilled before each pass), so an epoch does not pay for starting them again."""
+        key = (id(dataset), device.type)
+        if key not in self._loaders:
+            sampler = _BatchList()
+            # An own generator keeps the DataLoader from drawing its worker base seed from torch's global RNG.
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, num_workers=self._num_workers, pin_memory=device.type == "cuda",
+                persistent_workers=self._num_workers > 0, generator=torch.Generator().manual_seed(0))
+            self._loaders[key] = (loader, sampler)
+        loader, sampler = self._loaders[key]
+        sampler.batches = [b for b in batches if b]
+        shape = (0, self.info.in_channels, self.info.image_size, self.info.image_size)
+        loaded = iter(loader)
+        for batch in batches:  # an empty slice (a rank past a short last batch) is made here, not loaded
+            images, labels = next(loaded) if batch else (torch.zeros(shape), torch.zeros(0, dtype=torch.int64))
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def _epoch_keys(self, epoch_seed: int) -> list[tuple[int, int]]:
+        """One epoch's (index, augmentation seed) keys in order, drawn from a generator seeded with ``epoch_seed``."""
+        gen = torch.Generator().manual_seed(epoch_seed)
+        n = self.info.num_train
+        order = [self._rest[i] for i in torch.randperm(n, generator=gen).tolist()]
+        seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
+        return list(zip(order, seeds, strict=True))
 
     def train_batches(
         self, batch_size: int, epoch_seed: int, device: torch.device | str
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch: order and every sample's augmentation seed drawn from a generator seeded with ``epoch_seed``."""
         check_batch_size(batch_size)
-        device = concrete_device(device)
-        gen = torch.Generator().manual_seed(epoch_seed)
-        n = self.info.num_train
-        order = [self._rest[i] for i in torch.randperm(n, generator=gen).tolist()]
-        seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
-        for images, labels in self._loader(self._train, batch_size, device, list(zip(order, seeds, strict=True))):
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        keys = self._epoch_keys(epoch_seed)
+        return self._loader(self._train, concrete_device(device), _chunks(keys, batch_size))
+
+    def train_shards(self, batch_size: int, epoch_seed: int, device: torch.device | str, rank: int, ranks: int
+                     ) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """This rank's slice of each global batch, decoding only its own images: the keys are sliced before loading
+        (as ``tensor_split`` slices a loaded batch), so the ranks' slices together are the one-process batch."""
+        check_batch_size(batch_size)
+        chunks = _chunks(self._epoch_keys(epoch_seed), batch_size)
+        mine = [_slice(chunk, rank, ranks) for chunk in chunks]
+        for (images, labels), chunk in zip(self._loader(self._train, concrete_device(device), mine), chunks):
+            yield images, labels, len(chunk)
 
     def test_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         """The validation folder in ImageFolder's (sorted) order with the eval transform."""
-        return self._in_order(self._test, batch_size, device)
+        return self.eval_shards("test", batch_size, device, 0, 1)
 
     def validation_batches(self, batch_size: int, device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         """The training images held out (option ``validation``) in index order with the eval transform."""
-        return self._in_order(self._validation, batch_size, device) if self.info.num_val else iter(())
+        return self.eval_shards("validation", batch_size, device, 0, 1)
 
-    def _in_order(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device | str
-                  ) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_shards(self, split: str, batch_size: int, device: torch.device | str, rank: int, ranks: int
+                    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every ``ranks``-th batch of the split from the ``rank``-th, decoding only those images."""
         check_batch_size(batch_size)
-        device = concrete_device(device)
-        for images, labels in self._loader(dataset, batch_size, device):
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        dataset = self._validation if split == "validation" else self._test
+        batches = _chunks(list(range(len(dataset))), batch_size)[rank::ranks]
+        return self._loader(dataset, concrete_device(device), batches)
 
     def probe(self, n: int, seed: int) -> Tensor:
         """``n`` training images chosen by ``seed`` with the eval transform (resize + centre crop), on CPU."""
