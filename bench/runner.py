@@ -3,7 +3,8 @@
 Every method goes through this same pipeline with the same dense model, the same physical removal, the
 same retraining loop and the same measurements; only the method's hooks differ. Each stage leaves a file
 (the cached dense model, ``pruned.pt``, the retraining ``checkpoint.pt``), so a killed run resumes where it
-stopped and ends with the numbers an uninterrupted run would have given.
+stopped and ends with the numbers an uninterrupted run would have given. A derived file found corrupt (a cached
+model, a checkpoint) is moved aside with a warning and made again.
 """
 from __future__ import annotations
 
@@ -40,13 +41,17 @@ from bench.pruning import (
 from bench.pruning import select_layers as named_layers
 from bench.registry import MODELS
 from bench.store import (
+    CorruptFileError,
     DenseDir,
     PrunedDir,
     RunDir,
     file_lock,
+    file_sha256,
     load_checkpoint,
     making,
+    move_aside,
     read_json,
+    remove_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
     write_json,
@@ -181,16 +186,56 @@ def load_user_checkpoint(model: nn.Module, path: Path) -> None:
                               "Check the suite's model and dataset (number of classes).") from None
 
 
+MAKE_ATTEMPTS = 3  # a shared model found corrupt is made again; one still corrupt after that is a disk problem
+
+
 def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any]]:
-    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock)."""
+    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock); a
+    corrupt cached model is moved aside and trained again. The returned record holds its ``sha256``."""
     info = ws.data.info
     model = new_model(run, info, methods)
     dense = DenseDir(ws.results, run.dense_id)
-    with making(dense) as here:
-        if here:
-            train_dense(run, ws, methods, model, dense)
-    model.load_state_dict(load_checkpoint(dense.model)["model"])
-    return model.to(ws.device), read_json(dense.meta)
+    for _ in range(MAKE_ATTEMPTS):
+        with making(dense) as here:
+            if here:
+                train_dense(run, ws, methods, model, dense)
+        state = load_shared(dense)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            return model.to(ws.device), {**read_json(dense.meta), "sha256": file_sha256(dense.model)}
+    raise CheckpointError(f"the dense model '{dense.model}' was made again but is still unreadable; check the disk.")
+
+
+def load_shared(cache: DenseDir | PrunedDir) -> dict[str, Any] | None:
+    """A cached model's state, or None when it was corrupt: then it is moved aside (under the cache's lock, unless
+    another process made it again meanwhile) with a warning, for the caller to make it again."""
+    try:
+        return load_checkpoint(cache.model)
+    except CorruptFileError as err:
+        problem = err.problem
+    with file_lock(cache.lock, blocking=True):
+        try:
+            return load_checkpoint(cache.model)  # made again by another process while we waited for the lock
+        except CorruptFileError as err:
+            problem = err.problem
+        except CheckpointError:  # moved aside by another process, which has not made it again yet
+            return None
+        target = move_aside(cache.model)
+    log.warning("%s was corrupt (%s): moved aside to %s; making it again", cache.model, problem, target)
+    return None
+
+
+def usable_checkpoint(path: Path, restart: str) -> Path:
+    """A stage's resumable checkpoint ``path``; when it exists but is corrupt it is moved aside with a warning and the
+    stage restarts (``restart``: from where, in words). Call holding the stage's lock."""
+    if not distributed.agree(path.exists()):
+        return path
+    try:
+        load_checkpoint(path)
+    except CorruptFileError as err:
+        target = move_aside(path)
+        log.warning("%s was corrupt (%s): moved aside to %s; %s", path, err.problem, target, restart)
+    return path
 
 
 def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
@@ -208,7 +253,8 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
             optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
         bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
-                      checkpoint=dense.checkpoint, optimizer=optimizer, progress=bar)
+                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"),
+                      optimizer=optimizer, progress=bar)
         if bar:
             bar.close()
     model.to(ws.device)
@@ -217,7 +263,7 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
     save_checkpoint(dense.model, {"model": model.state_dict()})
     write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
                             "seconds": time.perf_counter() - began})
-    dense.checkpoint.unlink(missing_ok=True)
+    remove_checkpoint(dense.checkpoint)
     log.info("dense model %s: test accuracy %.4f", run.dense_id, acc)
 
 
@@ -275,11 +321,17 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
     """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
     LR share it; other processes wait on the lock) and saved to ``pruned.pt``, which the other runs load."""
     shared = PrunedDir(ws.results, run.prune_id)
-    with making(shared) as here:
-        if here:
-            return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
-    shared.phase.unlink(missing_ok=True)  # the phase is over; a kill after saving the model may have left it
-    state = load_checkpoint(shared.model)
+    for _ in range(MAKE_ATTEMPTS):
+        with making(shared) as here:
+            if here:
+                return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
+        state = load_shared(shared)
+        if state is not None:
+            break
+    else:
+        raise CheckpointError(f"the pruned model '{shared.model}' was made again but is still unreadable; check the "
+                              "disk.")
+    remove_checkpoint(shared.phase)  # the phase is over; a kill after saving the model may have left it
     model = new_model(run, ws.data.info, methods)
     ctx, deps = run_context(run, ws, model)
     keep = dict(state["keep"])
@@ -302,7 +354,8 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     # The result is shared by the runs that differ only in the retraining LR, so the hooks must not see it.
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
-    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense", run)}
+    record: dict[str, Any] = {"acc_dense": dense_meta["acc"], **measure(model, info, "dense", run),
+                              "dense_sha256": dense_meta["sha256"]}
     ctx.flops["dense"] = record["flops_dense"]
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
     total = channel_counts(model, layers)
@@ -320,7 +373,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
         phase_history += fit(model, ws.data, phase.recipe, device=ws.device, seed=run.seed,
                              phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
-                             checkpoint=shared.phase, progress=bar)
+                             checkpoint=usable_checkpoint(shared.phase, "the phase restarts"), progress=bar)
         if bar:
             bar.close()
     phase_s = time.perf_counter() - began
@@ -342,9 +395,10 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
                    "phase_history": phase_history,
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
-    save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record})
+    save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
+                                   "prune_id": run.prune_id, "dense_id": run.dense_id})
     faults.point("pruned:saved")
-    shared.phase.unlink(missing_ok=True)
+    remove_checkpoint(shared.phase)
     ctx.retrain = run_recipe
     return Pruned(model, record, ctx, keep)
 
@@ -399,8 +453,7 @@ def execute(run: Run, ws: Workspace) -> str:
         write_json(rd.result, result)
         began = time.perf_counter()
         try:
-            metrics, history = _execute_stages(run, ws, rd)
-            result.update(status="ok", metrics=metrics, history=history)
+            result.update(_execute_stages(run, ws, rd), status="ok")
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
             result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
@@ -411,18 +464,19 @@ def execute(run: Run, ws: Workspace) -> str:
         except Exception as err:  # a bug or a resource problem: record it, keep the suite going
             result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             log.error("run %s failed: %s: %s", run.run_id, type(err).__name__, err)
-        result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result["finished"] = result["attempts"][-1]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
                 if not keep:
-                    leftover.unlink(missing_ok=True)
+                    remove_checkpoint(leftover)
         return result["status"]
 
 
-def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> dict[str, Any]:
+    """The stages of one run; returns its result's metrics, history and the sha256 of the dense model it used."""
     methods = run.method.build()
     probe = jsv_probe(run, ws)
     model, record, ctx, keep = prune_stage(run, ws, methods, probe)
@@ -440,12 +494,15 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
     optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
-    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
+    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings", "dense_sha256")}
+    lineage = {"dense_sha256": record.get("dense_sha256")}  # None for a pruned model saved before digests
     try:
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
-                      optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
+                      optimizer=optimizer, on_epoch_end=on_epoch_end, progress=bar,
+                      checkpoint=usable_checkpoint(rd.checkpoint, "retraining restarts from the pruned model"))
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
-        err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history}}
+        err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history},
+                       **lineage}
         raise
     finally:
         if bar:
@@ -465,4 +522,4 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
     save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict()})
-    return metrics, {"phase": record["phase_history"], "retrain": history}
+    return {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": history}, **lineage}
