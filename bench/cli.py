@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
 
-    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed or diverged",
-                            description="Each run's state from its result file and lock (a started run whose "
-                            "process is gone is interrupted) and, for runs submitted to Slurm, from the scheduler "
+    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed, diverged "
+                            "or corrupt", description="Each run's state from its result file and lock (a started "
+                            "run whose process is gone is interrupted; an unreadable result.json is corrupt, with "
+                            "the parse error) and, for runs submitted to Slurm, from the scheduler "
                             "(sacct), with counts and the logs of failed runs.")
     _add_suite_arguments(status)
 

@@ -439,7 +439,7 @@ def execute(run: Run, ws: Workspace) -> str:
         if status in FINISHED:
             return status
         if status == "corrupt":
-            log.warning("run %s: %s is not readable JSON; the run is done again", run.run_id, rd.result)
+            log.warning("run %s: %s is corrupt (%s); the run is done again", run.run_id, rd.result, rd.problem())
         remove_stale_temporaries(rd.path)
         result = base_result(run)
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

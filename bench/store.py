@@ -93,17 +93,6 @@ def write_json(path: Path, data: Any) -> None:
     write_bytes(path, json.dumps(data, indent=1, allow_nan=True).encode())
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object; a corrupt file raises CheckpointError naming it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"'{path}' is not a readable JSON file ({err}). Delete it to redo that run.") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"'{path}' does not hold a JSON object. Delete it to redo that run.")
-    return data
-
-
 class CorruptFileError(CheckpointError):
     """A file that exists but cannot be read as what it should be (truncated, overwritten, digest mismatch)."""
 
@@ -111,6 +100,19 @@ class CorruptFileError(CheckpointError):
         self.path, self.problem = path, problem
         super().__init__(f"'{path}' is corrupt ({problem}); delete it, or run `bench.py verify --fix`, to redo "
                          "that step.")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object; a missing file raises CheckpointError, a corrupt one CorruptFileError, naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{path}' not found.") from None
+    except (OSError, ValueError) as err:
+        raise CorruptFileError(path, f"not readable JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"it holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def digest_path(path: Path) -> Path:
@@ -286,12 +288,23 @@ class RunDir:
 
     def status(self) -> str:
         """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending' or 'corrupt'."""
-        if not self.result.exists():
-            return "pending"
         try:
             return str(read_json(self.result).get("status", "corrupt"))
-        except CheckpointError:
+        except CorruptFileError:
             return "corrupt"
+        except CheckpointError:  # not found
+            return "pending"
+
+    def problem(self) -> str | None:
+        """Why the run's result.json is corrupt (the parse error), or None when it is readable or absent."""
+        try:
+            if "status" not in read_json(self.result):
+                return "no 'status' in it"
+        except CorruptFileError as err:
+            return err.problem
+        except CheckpointError:
+            return None
+        return None
 
 
 class DenseDir:
