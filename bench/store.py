@@ -167,7 +167,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CorruptFileError(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        first = (str(err).splitlines() or [""])[0]
+        raise CorruptFileError(path, f"{type(err).__name__}: {first[:120]}{'...' if len(first) > 120 else ''}"
                                ) from None
     if not isinstance(state, dict):
         raise CorruptFileError(path, f"it holds a {type(state).__name__}, not a dict of tensors")
