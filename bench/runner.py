@@ -46,8 +46,8 @@ from bench.store import (
     PrunedDir,
     RunDir,
     file_lock,
-    file_sha256,
     load_checkpoint,
+    load_with_digest,
     making,
     move_aside,
     read_json,
@@ -199,23 +199,25 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
         with making(dense) as here:
             if here:
                 train_dense(run, ws, methods, model, dense)
-        state = load_shared(dense)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            return model.to(ws.device), {**read_json(dense.meta), "sha256": file_sha256(dense.model)}
+        loaded = load_shared(dense)
+        if loaded is not None:
+            model.load_state_dict(loaded[0]["model"])
+            return model.to(ws.device), {**read_json(dense.meta), "sha256": loaded[1]}
     raise CheckpointError(f"the dense model '{dense.model}' was made again but is still unreadable; check the disk.")
 
 
-def load_shared(cache: DenseDir | PrunedDir) -> dict[str, Any] | None:
-    """A cached model's state, or None when it was corrupt: then it is moved aside (under the cache's lock, unless
-    another process made it again meanwhile) with a warning, for the caller to make it again."""
+def load_shared(cache: DenseDir | PrunedDir) -> tuple[dict[str, Any], str] | None:
+    """A cached model's state and sha256, or None when it was corrupt: then it is moved aside (under the cache's
+    lock, unless another process made it again meanwhile) with a warning, for the caller to make it again."""
     try:
-        return load_checkpoint(cache.model)
-    except CorruptFileError as err:
-        problem = err.problem
+        return load_with_digest(cache.model)
+    except CorruptFileError:
+        pass
+    except CheckpointError:  # gone since it was found made: another process found it corrupt and moved it aside
+        return None
     with file_lock(cache.lock, blocking=True):
         try:
-            return load_checkpoint(cache.model)  # made again by another process while we waited for the lock
+            return load_with_digest(cache.model)  # made again by another process while we waited for the lock
         except CorruptFileError as err:
             problem = err.problem
         except CheckpointError:  # moved aside by another process, which has not made it again yet
@@ -325,8 +327,9 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
         with making(shared) as here:
             if here:
                 return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
-        state = load_shared(shared)
-        if state is not None:
+        loaded = load_shared(shared)
+        if loaded is not None:
+            state = loaded[0]
             break
     else:
         raise CheckpointError(f"the pruned model '{shared.model}' was made again but is still unreadable; check the "

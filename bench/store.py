@@ -154,14 +154,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> str:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` after checking its sha256; a missing file raises CheckpointError,
     an unreadable one CorruptFileError, both naming the file."""
+    return load_with_digest(path, map_location)[0]
+
+
+def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """``load_checkpoint``, and the sha256 of the very bytes loaded."""
     try:
         payload = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found.") from None
     except OSError as err:
         raise CorruptFileError(path, f"{type(err).__name__}: {err}") from None
-    expected = stored_digest(path)
-    if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
+    expected, digest = stored_digest(path), hashlib.sha256(payload).hexdigest()
+    if expected is not None and digest != expected:
         raise CorruptFileError(path, f"its sha256 differs from the one saved beside it in {digest_path(path).name}; "
                                f"{len(payload)} bytes")
     try:
@@ -172,7 +177,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                                ) from None
     if not isinstance(state, dict):
         raise CorruptFileError(path, f"it holds a {type(state).__name__}, not a dict of tensors")
-    return state
+    return state, digest
 
 
 def remove_checkpoint(path: Path) -> None:
