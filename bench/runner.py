@@ -192,10 +192,9 @@ MAKE_ATTEMPTS = 3  # a shared model found corrupt is made again; one still corru
 def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any]]:
     """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock); a
     corrupt cached model is moved aside and trained again. The returned record holds its ``sha256``."""
-    info = ws.data.info
-    model = new_model(run, info, methods)
     dense = DenseDir(ws.results, run.dense_id)
     for _ in range(MAKE_ATTEMPTS):
+        model = new_model(run, ws.data.info, methods)  # afresh: an attempt that found its model corrupt trained this
         with making(dense) as here:
             if here:
                 train_dense(run, ws, methods, model, dense)
