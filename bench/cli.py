@@ -1,4 +1,4 @@
-"""The command line: ``run``, ``plan``, ``status``, ``report`` and ``list``.
+"""The command line: ``run``, ``plan``, ``status``, ``report``, ``list``, ``verify`` and ``gc``.
 
 Errors a user can fix exit with status 2.
 """
@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
 
-    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed or diverged",
-                            description="Each run's state from its result file and lock (a started run whose "
-                            "process is gone is interrupted) and, for runs submitted to Slurm, from the scheduler "
+    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed, diverged "
+                            "or corrupt", description="Each run's state from its result file and lock (a started "
+                            "run whose process is gone is interrupted; an unreadable result.json is corrupt, with "
+                            "the parse error) and, for runs submitted to Slurm, from the scheduler "
                             "(sacct), with counts and the logs of failed runs.")
     _add_suite_arguments(status)
 
@@ -121,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "options).")
     listing.add_argument("what", choices=["methods", "models", "datasets"])
     listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE")
+    verify = sub.add_parser("verify", help="check every result, checkpoint and cached model of a results folder",
+                            description="Read every result.json, checkpoint and cached model (their sha256 checked) "
+                            "and check each against what refers to it: a finished run's model.pt keeps the channels "
+                            "its result records, a pruned model belongs to its prune id and to the dense model now "
+                            "cached. Prints what is corrupt, orphaned (nothing refers to it; looked for only without "
+                            "SUITE) or stale; exit 0 only when all is well.")
+    verify.add_argument("suite", nargs="?", help="only this suite (its name, or its YAML file) and the cached models "
+                        "it refers to")
+    verify.add_argument("--results", default="results", help="results directory (default: results/)")
+    verify.add_argument("--fix", action="store_true", help="move what is wrong aside (<file>.<kind>-<time>, kept for "
+                        "inspection), so that the next run makes it again")
+
+    gc = sub.add_parser("gc", help="delete cached models and checkpoints no unfinished run needs",
+                        description="Delete the cached dense and pruned models that no unfinished run of any suite in "
+                        "the folder needs, leftover checkpoints (a finished run's, unless its suite keeps them; a "
+                        "run's no longer in its suite), files set aside by verify --fix or a self-healed cache, and "
+                        "stale temporaries; print the space freed. Never a result.json or a finished run's model.pt, "
+                        "never anything a live run holds a lock on.")
+    gc.add_argument("--results", default="results", help="results directory (default: results/)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--keep-dense", action="store_true", help="keep every cached dense model (the expensive ones)")
     for command in sub.choices.values():
         _add_common_arguments(command)
     return parser
@@ -345,8 +367,56 @@ def command_selftest(args: argparse.Namespace) -> int:
     return selftest(device, args.nproc, args.quick)
 
 
+def command_verify(args: argparse.Namespace) -> int:
+    from bench import maintenance
+
+    name = load_suite(args.suite).name if args.suite and Path(args.suite).suffix in (".yaml", ".yml") else args.suite
+    checked = maintenance.verify(Path(args.results), name)
+    for f in checked.findings:
+        print(f"{f.kind:9} {f.path}: {f.detail}")
+    counts = Counter(f.kind for f in checked.findings)
+    print(f"verify: {', '.join(f'{n} {what}' for what, n in checked.checked.items())} checked; "
+          + (", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "all well") + ".")
+    if checked.set_aside:
+        print(f"{len(checked.set_aside)} files set aside earlier, kept for inspection (gc deletes them).")
+    if not args.fix:
+        return 1 if checked.findings else 0
+    moved, busy = maintenance.fix(checked.findings)
+    for _, targets in moved:
+        print(f"moved aside: {', '.join(str(t) for t in targets) or 'nothing (already gone)'}")
+    for finding in busy:
+        print(f"not fixed, a live run holds {finding.lock}: {finding.path}")
+    if moved:
+        print(f"{len(moved)} fixed; run the suites again to make what was moved aside.")
+    return 1 if busy else 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def command_gc(args: argparse.Namespace) -> int:
+    from bench import maintenance
+
+    removals, unknown = maintenance.collect(Path(args.results), args.keep_dense)
+    for suite in unknown:
+        log.warning("suite '%s' has no manifest.json: gc knows only its started runs; run it again to record one",
+                    suite)
+    freed = files = 0
+    for removal in removals:
+        size, count = removal.size, len(removal.files)
+        if not args.dry_run and not maintenance.remove(removal):
+            print(f"skipped, in use (a live run holds {removal.lock}): {removal.folder or removal.files[0].parent}")
+            continue
+        what = f"{removal.folder}/ ({count} files)" if removal.folder else ", ".join(str(p) for p in removal.files)
+        print(f"{'would delete' if args.dry_run else 'deleted'} {_megabytes(size):>9}  {what}  [{removal.why}]")
+        freed, files = freed + size, files + count
+    print(f"gc: {'would free' if args.dry_run else 'freed'} {_megabytes(freed)} in {files} files.")
+    return 0
+
+
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "list": command_list, "selftest": command_selftest}
+            "list": command_list, "verify": command_verify, "gc": command_gc, "selftest": command_selftest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,9 @@ from bench.errors import ConfigError
 from bench.schema import field, parse
 
 RESULT_FORMAT = 1  # bump when a change to the harness alters results, so old run ids no longer match
+# Nodes of a YAML document with its aliases expanded: the largest shipped suite has a few hundred; an alias bomb
+# (a few lines, each level repeating the one above nine times) reaches 9^9, gigabytes once built.
+MAX_YAML_NODES = 100_000
 
 
 def device_problem(name: str) -> str | None:
@@ -255,6 +258,48 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses, before building anything, a document whose aliases expand past
+    MAX_YAML_NODES nodes (or refer to themselves): what a process would otherwise build, validate or print."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML document expands, through its aliases (*name), to more than "
+                              f"{MAX_YAML_NODES:,} values; a suite needs far fewer. Write the values out, or "
+                              "use fewer aliases.")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError("the YAML document is nested too deeply to be a suite.") from None
+    finally:
+        loader.dispose()
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias expanded, counted once per distinct node (``sizes``:
+    the counts so far by node id; -1 while a node is being counted, so an alias inside itself is refused)."""
+    known = sizes.get(id(node))
+    if known == -1:
+        raise ConfigError("the YAML document has an alias inside the value it names (*name within &name); a suite "
+                          "cannot refer to itself.")
+    if known is not None:
+        return known
+    sizes[id(node)] = -1
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1
+    for child in children:
+        total = min(total + expanded_size(child, sizes), MAX_YAML_NODES + 1)  # capped: never a huge integer
+    sizes[id(node)] = total
+    return total
+
+
 def parse_override(expression: str) -> tuple[list[str], Any]:
     """``retrain.lr=[0.1,0.01]`` -> (["retrain", "lr"], [0.1, 0.01]); the value is read as YAML."""
     key, sep, text = expression.partition("=")
@@ -262,7 +307,9 @@ def parse_override(expression: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not p for p in parts):
         raise ConfigError(f"--set '{expression}' must look like key.path=value, e.g. retrain.epochs=2.")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
+    except ConfigError as err:
+        raise ConfigError(f"--set '{expression}': {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set '{expression}': the value is not valid YAML ({err.problem}).") from None
     return parts, value
@@ -290,7 +337,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"suite file '{path}' not found. Give the path of a YAML suite, e.g. suites/quickstart.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -6,7 +6,6 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from bench.method import Method
 from bench.pruning import select_layers
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import parse, to_plain
-from bench.store import content_hash
+from bench.store import content_hash, hash_file
 
 LABEL_KEY = "label"  # reserved key in a method's options: the name results show for that entry
 
@@ -125,14 +124,6 @@ class Run:
                 "lr": self.lr, "seed": self.seed}
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file (a dense checkpoint's identity enters the dense id)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
     """The dense recipe, or the digest of the checkpoint the dense model is loaded from."""
@@ -141,7 +132,7 @@ def pretrain_identity(suite: Suite, suite_dir: Path | None) -> dict[str, Any]:
     path = resolve_path(suite.pretrain.checkpoint, suite_dir)
     if not path.is_file():
         raise ConfigError(f"pretrain.checkpoint '{path}' not found. Give the path of a saved state_dict.")
-    return {"checkpoint_sha256": file_digest(path)}
+    return {"checkpoint_sha256": hash_file(path)}  # its identity enters the dense id
 
 
 def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain: dict[str, Any],

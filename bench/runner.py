@@ -3,7 +3,8 @@
 Every method goes through this same pipeline with the same dense model, the same physical removal, the
 same retraining loop and the same measurements; only the method's hooks differ. Each stage leaves a file
 (the cached dense model, ``pruned.pt``, the retraining ``checkpoint.pt``), so a killed run resumes where it
-stopped and ends with the numbers an uninterrupted run would have given.
+stopped and ends with the numbers an uninterrupted run would have given. A derived file found corrupt (a cached
+model, a checkpoint) is moved aside with a warning and made again.
 """
 from __future__ import annotations
 
@@ -40,13 +41,17 @@ from bench.pruning import (
 from bench.pruning import select_layers as named_layers
 from bench.registry import MODELS
 from bench.store import (
+    CorruptFileError,
     DenseDir,
     PrunedDir,
     RunDir,
     file_lock,
     load_checkpoint,
+    load_with_digest,
     making,
+    move_aside,
     read_json,
+    remove_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
     write_json,
@@ -187,16 +192,57 @@ def load_user_checkpoint(model: nn.Module, path: Path) -> None:
                               "Check the suite's model and dataset (number of classes).") from None
 
 
+MAKE_ATTEMPTS = 3  # a shared model found corrupt is made again; one still corrupt after that is a disk problem
+
+
 def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any]]:
-    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock)."""
-    info = ws.data.info
-    model = new_model(run, info, methods)
+    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock); a
+    corrupt cached model is moved aside and trained again. The returned record holds its ``sha256``."""
     dense = DenseDir(ws.results, run.dense_id)
-    with making(dense) as here:
-        if here:
-            train_dense(run, ws, methods, model, dense)
-    model.load_state_dict(load_checkpoint(dense.model)["model"])
-    return model.to(ws.device), read_json(dense.meta)
+    for _ in range(MAKE_ATTEMPTS):
+        model = new_model(run, ws.data.info, methods)  # afresh: an attempt that found its model corrupt trained this
+        with making(dense) as here:
+            if here:
+                train_dense(run, ws, methods, model, dense)
+        loaded = load_shared(dense)
+        if loaded is not None:
+            model.load_state_dict(loaded[0]["model"])
+            return model.to(ws.device), {**read_json(dense.meta), "sha256": loaded[1]}
+    raise CheckpointError(f"the dense model '{dense.model}' was made again but is still unreadable; check the disk.")
+
+
+def load_shared(cache: DenseDir | PrunedDir) -> tuple[dict[str, Any], str] | None:
+    """A cached model's state and sha256, or None when it was corrupt: then it is moved aside (under the cache's
+    lock, unless another process made it again meanwhile) with a warning, for the caller to make it again."""
+    try:
+        return load_with_digest(cache.model)
+    except CorruptFileError:
+        pass
+    except CheckpointError:  # gone since it was found made: another process found it corrupt and moved it aside
+        return None
+    with file_lock(cache.lock, blocking=True):
+        try:
+            return load_with_digest(cache.model)  # made again by another process while we waited for the lock
+        except CorruptFileError as err:
+            problem = err.problem
+        except CheckpointError:  # moved aside by another process, which has not made it again yet
+            return None
+        target = move_aside(cache.model)
+    log.warning("%s was corrupt (%s): moved aside to %s; making it again", cache.model, problem, target)
+    return None
+
+
+def usable_checkpoint(path: Path, restart: str) -> Path:
+    """A stage's resumable checkpoint ``path``; when it exists but is corrupt it is moved aside with a warning and the
+    stage restarts (``restart``: from where, in words). Call holding the stage's lock."""
+    if not distributed.agree(path.exists()):
+        return path
+    try:
+        load_checkpoint(path)
+    except CorruptFileError as err:
+        target = move_aside(path)
+        log.warning("%s was corrupt (%s): moved aside to %s; %s", path, err.problem, target, restart)
+    return path
 
 
 def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
@@ -214,7 +260,8 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
             optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
         bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
-                      checkpoint=dense.checkpoint, optimizer=optimizer, progress=bar)
+                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"),
+                      optimizer=optimizer, progress=bar)
         if bar:
             bar.close()
     model.to(ws.device)
@@ -225,7 +272,7 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
     trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
     write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
                             "num_train": trained_on, "seconds": time.perf_counter() - began})
-    dense.checkpoint.unlink(missing_ok=True)
+    remove_checkpoint(dense.checkpoint)
     log.info("dense model %s: test accuracy %.4f", run.dense_id, acc)
 
 
@@ -291,11 +338,18 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
     """The pruned model before retraining: computed once per prune id (the runs that differ only in the retraining
     LR share it; other processes wait on the lock) and saved to ``pruned.pt``, which the other runs load."""
     shared = PrunedDir(ws.results, run.prune_id)
-    with making(shared) as here:
-        if here:
-            return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
-    shared.phase.unlink(missing_ok=True)  # the phase is over; a kill after saving the model may have left it
-    state = load_checkpoint(shared.model)
+    for _ in range(MAKE_ATTEMPTS):
+        with making(shared) as here:
+            if here:
+                return prune_once(run, ws, methods, shared, probe)  # what it saved, still in memory
+        loaded = load_shared(shared)
+        if loaded is not None:
+            state = loaded[0]
+            break
+    else:
+        raise CheckpointError(f"the pruned model '{shared.model}' was made again but is still unreadable; check the "
+                              "disk.")
+    remove_checkpoint(shared.phase)  # the phase is over; a kill after saving the model may have left it
     model = new_model(run, ws.data.info, methods)
     ctx, deps = run_context(run, ws, model)
     keep = dict(state["keep"])
@@ -319,7 +373,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
     record: dict[str, Any] = {"acc_dense": dense_meta["acc"], "num_train": info.num_train,
-                              **measure(model, info, "dense", run)}
+                              **measure(model, info, "dense", run), "dense_sha256": dense_meta["sha256"]}
     if info.num_val:
         record["acc_val_dense"] = validation_metrics(model, ws)["val_acc"]
     ctx.flops["dense"] = record["flops_dense"]
@@ -340,7 +394,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
         phase_history += fit(model, ws.data, recipe, device=ws.device, seed=run.seed,
                              phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
-                             checkpoint=shared.phase, progress=bar)
+                             checkpoint=usable_checkpoint(shared.phase, "the phase restarts"), progress=bar)
         if bar:
             bar.close()
     phase_s = time.perf_counter() - began
@@ -364,9 +418,10 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
                    "phase_history": phase_history,
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
-    save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record})
+    save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
+                                   "prune_id": run.prune_id, "dense_id": run.dense_id})
     faults.point("pruned:saved")
-    shared.phase.unlink(missing_ok=True)
+    remove_checkpoint(shared.phase)
     ctx.retrain = run_recipe
     return Pruned(model, record, ctx, keep)
 
@@ -407,7 +462,7 @@ def execute(run: Run, ws: Workspace) -> str:
         if status in FINISHED:
             return status
         if status == "corrupt":
-            log.warning("run %s: %s is not readable JSON; the run is done again", run.run_id, rd.result)
+            log.warning("run %s: %s is corrupt (%s); the run is done again", run.run_id, rd.result, rd.problem())
         remove_stale_temporaries(rd.path)
         result = base_result(run)
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -421,8 +476,7 @@ def execute(run: Run, ws: Workspace) -> str:
         write_json(rd.result, result)
         began = time.perf_counter()
         try:
-            metrics, history = _execute_stages(run, ws, rd)
-            result.update(status="ok", metrics=metrics, history=history)
+            result.update(_execute_stages(run, ws, rd), status="ok")
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
             result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
@@ -433,7 +487,7 @@ def execute(run: Run, ws: Workspace) -> str:
         except Exception as err:  # a bug or a resource problem: record it, keep the suite going
             result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             log.error("run %s failed: %s: %s", run.run_id, type(err).__name__, err)
-        result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result["finished"] = result["attempts"][-1]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
         release_memory(ws.device)
@@ -441,11 +495,12 @@ def execute(run: Run, ws: Workspace) -> str:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
                 if not keep:
-                    leftover.unlink(missing_ok=True)
+                    remove_checkpoint(leftover)
         return result["status"]
 
 
-def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> dict[str, Any]:
+    """The stages of one run; returns its result's metrics, history and the sha256 of the dense model it used."""
     methods = run.method.build()
     probe = jsv_probe(run, ws)
     model, record, ctx, keep = prune_stage(run, ws, methods, probe)
@@ -465,12 +520,15 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
     optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
-    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
+    metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings", "dense_sha256")}
+    lineage = {"dense_sha256": record.get("dense_sha256")}  # None for a pruned model saved before digests
     try:
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
-                      optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
+                      optimizer=optimizer, on_epoch_end=on_epoch_end, progress=bar,
+                      checkpoint=usable_checkpoint(rd.checkpoint, "retraining restarts from the pruned model"))
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
-        err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history}}
+        err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history},
+                       **lineage}
         raise
     finally:
         if bar:
@@ -492,4 +550,4 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
     save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict()})
-    return metrics, {"phase": record["phase_history"], "retrain": history}
+    return {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": history}, **lineage}

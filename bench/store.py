@@ -6,7 +6,12 @@ Layout (``DIR`` is the results directory)::
     DIR/<suite>/runs/<run id>/checkpoint.pt  the latest resumable state while the run is unfinished
     DIR/<suite>/runs/<run id>/model.pt       the final slim model (state dict + the channels kept)
     DIR/_dense/<dense id>/model.pt           dense models, trained once and shared by every run that needs one
+    DIR/_pruned/<prune id>/pruned.pt         pruned models before retraining, shared by the runs that differ in LR
     DIR/<suite>/report/                      what ``bench.py report`` writes
+
+Every model and checkpoint has its sha256 beside it (``model.pt.sha256``), checked when it is loaded, so a
+corrupt file is told from a good one even when it still unpickles. An unreadable derived file is moved aside
+(``model.pt.corrupt-<time>``, kept for inspection) and made again.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DENSE_DIR = "_dense"
 PRUNED_DIR = "_pruned"
+DIGEST_SUFFIX = ".sha256"
+ASIDE_NAME = re.compile(r"\.[a-z]+-\d{8}T\d{6}-\d+(\.sha256)?$")  # what move_aside names a file
 LOCK_POLL_S = 5.0  # data-parallel runs: how often rank 0 retries a lock another process holds
 
 
@@ -85,39 +93,131 @@ def write_json(path: Path, data: Any) -> None:
     write_bytes(path, json.dumps(data, indent=1, allow_nan=True).encode())
 
 
+class CorruptFileError(CheckpointError):
+    """A file that exists but cannot be read as what it should be (truncated, overwritten, digest mismatch)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"'{path}' is corrupt ({problem}); delete it, or run `bench.py verify --fix`, to redo "
+                         "that step.")
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object; a corrupt file raises CheckpointError naming it."""
+    """Read a JSON object; a missing file raises CheckpointError, a corrupt one CorruptFileError, naming it."""
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{path}' not found.") from None
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"'{path}' is not a readable JSON file ({err}). Delete it to redo that run.") from None
+        raise CorruptFileError(path, f"not readable JSON: {err}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"'{path}' does not hold a JSON object. Delete it to redo that run.")
+        raise CorruptFileError(path, f"it holds a JSON {type(data).__name__}, not an object")
     return data
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a dict of tensors and plain data (loadable with weights_only=True).
+def digest_path(path: Path) -> Path:
+    """Where the sha256 of ``path`` is kept: ``model.pt`` -> ``model.pt.sha256``."""
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def stored_digest(path: Path) -> str | None:
+    """The sha256 recorded beside ``path`` when it was saved, or None (saved before digests, or its write was cut
+    off between the file and its digest)."""
+    try:
+        text = digest_path(path).read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 else None
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> str:
+    """Atomically ``torch.save`` a dict of tensors and plain data (loadable with weights_only=True), with its sha256
+    beside it; returns the digest.
 
     Serialised in memory first: ``torch.save`` into a file turns a full disk into an opaque RuntimeError
-    ("enforce fail at inline_container.cc"), whereas the writer names it."""
+    ("enforce fail at inline_container.cc"), whereas the writer names it. The old digest goes first, so a kill
+    between the two writes leaves a file without a digest (loaded unchecked), never one with a wrong digest."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_bytes(path, buffer.getbuffer())
+    payload = buffer.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest()
+
+    def write() -> None:
+        digest_path(path).unlink(missing_ok=True)
+        _write_here(path, lambda handle: handle.write(payload))
+        _write_here(digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
+
+    distributed.main_only(write, f"write '{path}'")
+    return digest
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; anything unreadable raises CheckpointError naming the file."""
+    """Load a checkpoint with ``weights_only=True`` after checking its sha256; a missing file raises CheckpointError,
+    an unreadable one CorruptFileError, both naming the file."""
+    return load_with_digest(path, map_location)[0]
+
+
+def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """``load_checkpoint``, and the sha256 of the very bytes loaded."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        payload = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found.") from None
+    except OSError as err:
+        raise CorruptFileError(path, f"{type(err).__name__}: {err}") from None
+    expected, digest = stored_digest(path), hashlib.sha256(payload).hexdigest()
+    if expected is not None and digest != expected:
+        raise CorruptFileError(path, f"its sha256 differs from the one saved beside it in {digest_path(path).name}; "
+                               f"{len(payload)} bytes")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"checkpoint '{path}' cannot be loaded ({type(err).__name__}: {err}). "
-                              "It may be truncated or not a state dict; delete it to redo that step.") from None
+        first = (str(err).splitlines() or [""])[0]
+        raise CorruptFileError(path, f"{type(err).__name__}: {first[:120]}{'...' if len(first) > 120 else ''}"
+                               ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a dict of tensors.")
-    return state
+        raise CorruptFileError(path, f"it holds a {type(state).__name__}, not a dict of tensors")
+    return state, digest
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a saved model or checkpoint and its digest (the digest last: a file is never left with a wrong one)."""
+    path.unlink(missing_ok=True)
+    digest_path(path).unlink(missing_ok=True)
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file we saved: the one stored beside it, else computed from its bytes."""
+    return stored_digest(path) or hash_file(path)
+
+
+def move_aside(path: Path, why: str = "corrupt") -> Path | None:
+    """Rename ``path`` (and its digest) to ``<name>.<why>-<time>`` in the same folder, kept for inspection and out of
+    the way of the file made again; returns the new name (None when it is already gone). Rank 0 only."""
+    target = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    if not distributed.is_main():
+        return target
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(digest_path(path), digest_path(target))
+    return target
+
+
+def is_set_aside(path: Path) -> bool:
+    """Whether ``path`` is a file ``move_aside`` renamed (``model.pt.corrupt-...``, or its digest)."""
+    return ASIDE_NAME.search(path.name) is not None
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -194,12 +294,23 @@ class RunDir:
 
     def status(self) -> str:
         """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending' or 'corrupt'."""
-        if not self.result.exists():
-            return "pending"
         try:
             return str(read_json(self.result).get("status", "corrupt"))
-        except CheckpointError:
+        except CorruptFileError:
             return "corrupt"
+        except CheckpointError:  # not found
+            return "pending"
+
+    def problem(self) -> str | None:
+        """Why the run's result.json is corrupt (the parse error), or None when it is readable or absent."""
+        try:
+            if "status" not in read_json(self.result):
+                return "no 'status' in it"
+        except CorruptFileError as err:
+            return err.problem
+        except CheckpointError:
+            return None
+        return None
 
 
 class DenseDir:

@@ -174,7 +174,7 @@ def test_single_lr_leaves_out_the_lr_tables(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- loading
 
-def test_a_corrupt_file_is_named_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_corrupt_file_is_named_and_listed_as_corrupt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_synthetic_results(tmp_path, "s", ["l1"], [0.5], [0.01], [0, 1])
     broken = tmp_path / "s" / "runs" / "broken000000" / "result.json"
     broken.parent.mkdir(parents=True)
@@ -184,8 +184,12 @@ def test_a_corrupt_file_is_named_and_skipped(tmp_path: Path, caplog: pytest.LogC
     not_a_run.write_text("[1, 2]")
     with caplog.at_level(logging.WARNING, logger="bench.report.load"):
         loaded = load_results(tmp_path)
-    assert len(loaded.runs) == 2 and len(loaded.history) == 2 * 6
+    assert len(loaded.runs) == 4 and len(loaded.history) == 2 * 6
     assert str(broken) in caplog.text and str(not_a_run) in caplog.text
+    corrupt = loaded.runs[loaded.runs.status == "corrupt"].set_index("run_id")
+    assert sorted(corrupt.index) == ["broken000000", "listlist0000"]  # no manifest: method unknown, no numbers
+    assert str(broken) in corrupt.error["broken000000"] and "line 1 column" in corrupt.error["broken000000"]
+    assert corrupt.acc_final.isna().all() and set(corrupt.method) == {"unknown"}
 
 
 def test_filter_query_and_bad_filters(tmp_path: Path) -> None:

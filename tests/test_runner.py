@@ -48,7 +48,8 @@ def test_every_run_has_a_complete_result(finished: Path) -> None:
             assert m[f"latency_{model}"]["median_ms"] > 0 and m[f"latency_{model}"]["batch_size"] == 64
         assert result["environment"]["packages"]["torch"] and result["environment"]["device"] == "cpu"
         run_dir = finished / "results" / "tiny" / "runs" / run_id
-        assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["model.pt", "result.json"]
+        kept = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+        assert kept == ["model.pt", "model.pt.sha256", "result.json"]
     dense = list((finished / "results" / "_dense").iterdir())
     assert len(dense) == 1  # one dense model shared by all four runs
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -16,12 +17,14 @@ import pytest
 from bench.cli import main
 from bench.errors import CheckpointError
 from bench.store import (
+    CorruptFileError,
     PrunedDir,
     StorageError,
     file_lock,
     load_checkpoint,
     making,
     read_json,
+    remove_checkpoint,
     save_checkpoint,
     write_json,
 )
@@ -49,8 +52,23 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="bad.json"):
         read_json(tmp_path / "bad.json")
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="bad.pt.*cannot be loaded"):
+    with pytest.raises(CorruptFileError, match="bad.pt.*is corrupt"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_that_still_loads_but_differs_from_its_digest_is_corrupt(tmp_path: Path) -> None:
+    import torch
+    path = tmp_path / "model.pt"
+    digest = save_checkpoint(path, {"w": torch.ones(3)})
+    assert (tmp_path / "model.pt.sha256").read_text().strip() == digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_checkpoint(path)["w"].tolist() == [1.0, 1.0, 1.0]
+    other = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, other)
+    path.write_bytes(other.getvalue())  # a whole, loadable file, but not the one saved
+    with pytest.raises(CorruptFileError, match="sha256 differs"):
+        load_checkpoint(path)
+    remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoints_refuse_pickled_code(tmp_path: Path) -> None:
@@ -66,7 +84,8 @@ def test_keep_options_and_corrupt_result_redone(tmp_path: Path, write_suite) -> 
     path = write_suite(suite)
     assert main(["run", str(path), "--results", str(tmp_path), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "tiny" / "runs").iterdir()
-    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["checkpoint.pt", "result.json"]
+    kept = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    assert kept == ["checkpoint.pt", "checkpoint.pt.sha256", "result.json"]
     assert [p.name for p in (tmp_path / "_pruned").glob("*/*.pt")] == ["pruned.pt"]  # shared across LRs, kept
     (run_dir / "result.json").write_text("{ torn")
     assert main(["run", str(path), "--results", str(tmp_path), "--quiet"]) == 0

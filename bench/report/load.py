@@ -1,7 +1,8 @@
 """Every result.json under a results directory -> one tidy runs DataFrame and one per-epoch history DataFrame.
 
 Runs that are running, failed or diverged stay in the table with their status (the report shows them); a
-corrupt result file is named in a warning and skipped. A pandas query string can narrow the runs.
+corrupt result file stays too, as status ``corrupt`` with the file and the parse error (its coordinates from the
+suite's manifest). A pandas query string can narrow the runs.
 """
 from __future__ import annotations
 
@@ -121,12 +122,24 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     return row, history
 
 
+def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None) -> dict[str, Any]:
+    """The runs.csv row of an unreadable result file: status ``corrupt``, the file and the parse error as its error,
+    and the run's coordinates from the suite's manifest when it lists the run."""
+    run_id = path.parent.name
+    entry = (manifest.runs.get(run_id) if manifest else None) or {"method": "unknown"}
+    row, _ = flatten_result({**entry, "run_id": run_id, "status": "corrupt",
+                             "error": f"{path} is not readable JSON ({problem})"}, suite)
+    row["dense_id"] = entry.get("dense_id")
+    return row
+
+
 def load_results(results: Path, suites: list[str] | None = None, query: str | None = None) -> Results:
     """Every run's result.json under ``results`` (optionally only some suites, then a pandas ``query``)."""
     rows: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
     wanted = set(suites or [])
+    manifests: dict[str, Manifest | None] = {}  # read only for suites with a corrupt result file
     for path in sorted(results.glob("*/runs/*/result.json")):
         suite = path.parents[2].name
         if suite == DENSE_DIR or (wanted and suite not in wanted):
@@ -137,7 +150,11 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
                 raise ValueError("not a JSON object")
             row, rows_history = flatten_result(data, suite)
         except (OSError, ValueError, TypeError, AttributeError) as err:
-            log.warning("skipping corrupt result file %s (%s)", path, err)
+            log.warning("corrupt result file %s (%s): reported as corrupt; run the suite again to redo the run",
+                        path, err)
+            if suite not in manifests:
+                manifests[suite] = read_manifest(path.parents[2])
+            rows.append(corrupt_row(path, suite, f"{type(err).__name__}: {err}", manifests[suite]))
             continue
         if row["config_id"] is not None:
             configs.setdefault(row["config_id"], fixed_config(data["config"]))
@@ -189,6 +206,8 @@ def suite_runs(data: Results, suite: str, suite_dir: Path) -> Results:
 def _reason(row: Any, reference: dict[str, Any], reference_id: str | None, configs: dict[str, dict[str, Any]],
             manifest: Manifest | None) -> str:
     """Why a run is not part of its suite's report, in words."""
+    if row.status == "corrupt":
+        return "its result.json is corrupt and the suite's manifest does not list it"
     if row.config_id is None or row.config_id not in configs:
         return "no configuration recorded in its result.json"
     if row.config_id != reference_id:

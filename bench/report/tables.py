@@ -435,7 +435,7 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
 # ----------------------------------------------------------------------------------------- status
 
 def status_table(runs: pd.DataFrame, methods: list[str]) -> Table:
-    """How many runs of each method are ok, running, failed or diverged."""
+    """How many runs of each method are ok, running, failed, diverged or corrupt."""
     statuses = sorted(runs.status.unique())
     counts = runs.groupby(["method", "status"]).size()
     header = [(KEY, "method")] + [("runs", s) for s in statuses] + [("runs", "total")]
@@ -445,7 +445,8 @@ def status_table(runs: pd.DataFrame, methods: list[str]) -> Table:
         rows.append([method] + [str(n) for n in numbers] + [str(sum(numbers))])
         data.append({"method": method, **dict(zip(statuses, numbers)), "total": sum(numbers)})
     note = ("Every result file found, by status. 'running' also covers runs that were interrupted; run the suite "
-            "again to resume them. Failed and diverged runs are listed below and are never averaged in.")
+            "again to resume them. Failed, diverged and corrupt runs (an unreadable result.json: run the suite again "
+            "to redo them) are listed below and are never averaged in.")
     return Table("status", "Runs by status", note, header, rows, pd.DataFrame(data))
 
 
@@ -462,7 +463,8 @@ def problem_table(runs: pd.DataFrame) -> Table | None:
         jsv = "" if pd.isna(r.jsv_pruned) else f"{r.jsv_pruned:.3g}"
         rows.append([r.run_id, r.method, r.ratio, f"{r.lr:g}", str(r.seed), r.status, str(r.epochs_done), jsv, error])
     data = bad[["run_id", "method", "ratio", "lr", "seed", "status", "epochs_done", "jsv_pruned", "error"]]
-    return Table("problems", "Runs that did not finish", "Running (or interrupted), failed and diverged runs with "
+    return Table("problems", "Runs that did not finish", "Running (or interrupted), failed, diverged and corrupt "
+                 "runs (corrupt: the result.json named in the error cannot be read) with "
                  "the retraining epochs they finished, the mean JSV of their pruned model when it was measured (a "
                  "diverged run keeps it: a value near 0 says the pruned network was hard to train), and the first "
                  "line of their error; their result.json holds the rest.", header, rows, data.reset_index(drop=True))
