@@ -22,7 +22,7 @@ ALPHA = 0.05  # family-wise error rate of the paired comparisons at one ratio
 CHANCE_MARGIN = 5.0  # points above chance at which a mean accuracy still counts as "fell to chance"
 BY_VALIDATION = "validation"
 BY_TEST = "test (optimistic)"
-UNFINISHED = ("running", "unknown")  # no outcome yet: left out of every verdict, never counted at chance
+UNFINISHED = ("running", "unknown", "corrupt", "interrupted")  # no outcome: left out, never counted at chance
 
 
 def outcomes(runs: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -257,8 +257,11 @@ def headline(runs: pd.DataFrame, selections: list[Selection], comparisons: list[
         rival = next(s for s in here if s.method == weakest.method)
         margin = reference.acc.mean - rival.acc.mean
         seeds = reference.acc.n
-        if weakest.resolved:
+        if weakest.resolved and ratio in winners(selections, comparisons):
             verdict = f"resolved against every method by these {seeds} seeds (largest p Holm {_p(weakest.p_holm)})"
+        elif weakest.resolved:
+            verdict = (f"{weakest.method} is ahead on test by a resolved margin (p Holm {_p(weakest.p_holm)}), so "
+                       "the method chosen at selection does not win")
         elif seeds < 2:
             verdict = "not resolved: one seed allows no test"
         else:
