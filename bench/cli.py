@@ -347,13 +347,13 @@ def command_list(args: argparse.Namespace) -> int:
             entry = MODELS.get(name)
             print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
     else:
-        from bench.data.options import _OPTION_LOW  # the lower bounds check_dataset_options enforces
+        from bench.data import OPTION_LOW  # the lower bounds check_dataset_options enforces
 
         for name in DATASETS:
             builder = DATASETS.get(name)
             doc = (builder.__doc__ or "").strip().splitlines()
             print(f"{name:14} {doc[0] if doc else ''}")
-            for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=_OPTION_LOW):
+            for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=OPTION_LOW):
                 print(f"    {option} = {default!r}  ({type_name})")
     return 0
 

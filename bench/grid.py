@@ -6,7 +6,6 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 
 from bench.config import RESULT_FORMAT, Ratio, Suite
-from bench.data import check_dataset_options, data_source, resolve_data_root
+from bench.data import check_dataset_options, data_source, keyed_dataset_options, resolve_data_root
 from bench.errors import ConfigError
 from bench.method import Method
 from bench.pruning import select_layers
@@ -148,14 +147,6 @@ def dense_key(suite: Suite, seed: int, variants: list[dict[str, Any]], pretrain:
     if source is not None:
         key["data_source"] = source
     return key
-
-
-def keyed_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A dataset's options as they enter ids: those written at the builder's default stay out (like every option
-    added later), so writing ``validation: 0`` or ``num_train: 512`` gives the id of not writing it."""
-    defaults = {p.name: p.default for p in inspect.signature(DATASETS.get(name)).parameters.values()
-                if p.default is not inspect.Parameter.empty} if name in DATASETS else {}
-    return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
 
 
 def resolved_layers(suite: Suite) -> list[str]:

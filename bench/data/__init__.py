@@ -18,7 +18,7 @@ from bench.data.cifar import _read_cifar_pickle, cifar10, cifar100
 from bench.data.fakedata import synthetic
 from bench.data.folder import ImageFolderDataset, imagenet
 from bench.data.idx import _IDX_STEMS, FASHION_MNIST_SYSTEM_DIR, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
-from bench.data.options import build_dataset, check_dataset_options, data_source
+from bench.data.options import OPTION_LOW, build_dataset, check_dataset_options, data_source, keyed_dataset_options
 from bench.registry import DATASETS
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "FASHION_MNIST_SYSTEM_DIR",
     "MNIST_SUBSET_SOURCE",
+    "OPTION_LOW",
     "DataError",
     "Dataset",
     "DatasetInfo",
@@ -40,6 +41,7 @@ __all__ = [
     "data_source",
     "fashion_mnist",
     "imagenet",
+    "keyed_dataset_options",
     "mnist",
     "read_idx",
     "resize_images",

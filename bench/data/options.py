@@ -14,7 +14,7 @@ from bench.registry import DATASETS
 from bench.schema import convert_value, unknown_key
 
 # Smallest allowed value of the integer dataset options with these names (any dataset's, plugins' too).
-_OPTION_LOW = {"image_size": 1, "num_train": 1, "num_test": 1, "num_classes": 2, "channels": 1, "size": 1,
+OPTION_LOW = {"image_size": 1, "num_train": 1, "num_test": 1, "num_classes": 2, "channels": 1, "size": 1,
                "num_workers": 0, "validation": 0}
 
 # Datasets whose data can differ from their usual full set depending on which files exist; see data_source.
@@ -47,13 +47,21 @@ def check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
         if key not in hints:
             continue
         found: list[str] = []
-        low = _OPTION_LOW.get(key)
+        low = OPTION_LOW.get(key)
         try:
             convert_value(value, hints[key], path, {"low": low} if low is not None else {}, found)
         except TypeError:  # an annotation the schema does not know (e.g. Path): passed on unchecked
             continue
         problems.extend(found)
     return problems
+
+
+def keyed_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset's options as they enter ids: those written at the builder's default stay out (like every option
+    added later), so writing ``validation: 0`` or ``num_train: 512`` gives the id of not writing it."""
+    defaults = {p.name: p.default for p in inspect.signature(DATASETS.get(name)).parameters.values()
+                if p.default is not inspect.Parameter.empty} if name in DATASETS else {}
+    return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
 
 
 def build_dataset(name: str, options: Mapping[str, Any], root: Path | None, image_size: int | None) -> Dataset:

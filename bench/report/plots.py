@@ -83,6 +83,20 @@ def chance_percent(runs: pd.DataFrame) -> float:
     return 100.0 / float(classes.median()) if len(classes) else math.nan
 
 
+CHANCE_STYLE = {"color": "0.6", "linestyle": (0, (1, 3)), "linewidth": 0.9}  # one look for chance in every figure
+
+
+def _chance_handle(chance: float) -> list[Line2D]:
+    """The legend entry of the chance line, when chance is known."""
+    return [] if math.isnan(chance) else [Line2D([], [], label="chance", **CHANCE_STYLE)]
+
+
+def _chance_line(ax: Axes, chance: float) -> None:
+    """Mark chance accuracy (100 / classes) across a panel, when it is known."""
+    if not math.isnan(chance):
+        ax.axhline(chance, **CHANCE_STYLE)
+
+
 def file_stem(text: str) -> str:
     """A safe file-name part for a ratio label (profiles contain ':', ',' and '*')."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "ratio"
@@ -164,7 +178,7 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     lrs = sorted(learning_rates(ok))
     chance = chance_percent(runs)
     handles = styles.handles(methods) + [Line2D([], [], color="0.4", linestyle="--", label="dense")]
-    handles += [Line2D([], [], color="0.6", linestyle=":", label="chance")] if not math.isnan(chance) else []
+    handles += _chance_handle(chance)
     with _style():
         rows, columns = _grid_shape(len(ratios))
         fig, axes = _figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
@@ -176,8 +190,7 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                           styles.markers[method])
             if not math.isnan(dense):
                 ax.axhline(dense, color="0.4", linestyle="--", linewidth=0.8)
-            if not math.isnan(chance):
-                ax.axhline(chance, color="0.6", linestyle=":", linewidth=0.9)
+            _chance_line(ax, chance)
             _log(ax, "x")
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("retraining LR")
@@ -209,7 +222,7 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     handles = styles.handles(methods) + [Line2D([], [], color="0.2", linestyle=dashes[lr], label=lr_label(lr))
                                          for lr in lrs]
     chance = chance_percent(runs)
-    handles += [Line2D([], [], color="0.6", linestyle=(0, (1, 3)), label="chance")] if not math.isnan(chance) else []
+    handles += _chance_handle(chance)
     with _style():
         lines = 1 if numeric else max(r.count(",") + 1 for r in ratios)  # a profile: one pattern per line
         fig, axes = _figure(1, 1, (5.0, 3.2), [h.get_label() for h in handles], bottom_extra=0.14 * (lines - 1))
@@ -220,8 +233,7 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                 if x:
                     _band(ax, [position[r] for r in x], [acc[(r, method, lr)] for r in x], styles.colours[method],
                           dashes[lr], styles.markers[method])
-        if not math.isnan(chance):
-            ax.axhline(chance, color="0.6", linestyle=(0, (1, 3)), linewidth=0.9)
+        _chance_line(ax, chance)
         if not numeric:
             ax.set_xticks([position[r] for r in ratios], [r.replace(",", "\n") for r in ratios])
         ax.set_xlabel("pruning ratio")
