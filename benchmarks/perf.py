@@ -1,7 +1,7 @@
 """Performance figures of the harness on this machine, each measured side by side in one run.
 
     python benchmarks/perf.py [--steps 30] [--device cpu] [--pack 2] [--compile]
-                              [--sections mlp resnet packing latency overhead]
+                              [--sections mlp resnet packing latency overhead validation]
 
 Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
 Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
@@ -15,6 +15,7 @@ Regulariser step costs and JSV costs have their own commands (benchmarks/step_co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gzip
 import json
@@ -26,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +365,50 @@ def packing_section(root: Path, device: torch.device, processes: int, steps: int
             f"{epoch_samples / packed / bound:.1f}x bound {bound:.3f} s")
 
 
+@contextlib.contextmanager
+def timing(wrapped: dict[str, tuple[Any, str]]) -> Iterator[dict[str, float]]:
+    """Seconds spent in each of the functions ``{key: (module, name)}`` while the block runs: for its duration they
+    are replaced by timing wrappers (callers that look the name up at call time go through them)."""
+    spent = dict.fromkeys(wrapped, 0.0)
+    originals = {key: getattr(module, name) for key, (module, name) in wrapped.items()}
+
+    def timer(key: str) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            try:
+                return originals[key](*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - began
+        return timed
+
+    for key, (module, name) in wrapped.items():
+        setattr(module, name, timer(key))
+    try:
+        yield spent
+    finally:
+        for key, (module, name) in wrapped.items():
+            setattr(module, name, originals[key])
+
+
+def run_quickstart(*options: str) -> float:
+    """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS``; a failed run stops the benchmark."""
+    from bench.cli import main
+
+    began = time.perf_counter()
+    status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *options])
+    if status != 0:
+        raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
+    return time.perf_counter() - began
+
+
+def warm_up_quickstart(workdir: Path) -> float:
+    """Pay a process's one-time costs (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
+    JSV call) with a one-run, no-training quickstart; its wall seconds."""
+    return run_quickstart("--results", str(workdir / "warm-up"), "--set", "methods=[l1]", "--set",
+                          "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]", "--set", "pretrain.epochs=0",
+                          "--set", "retrain.epochs=0")
+
+
 def overhead_section(workdir: Path, workers: int) -> None:
     """The harness's own time per run (config, data, tracing, FLOPs, storage) against its training compute.
 
@@ -376,38 +421,11 @@ def overhead_section(workdir: Path, workers: int) -> None:
     print("\nharness overhead: the quickstart suite (12 runs: mlp7_linear on Fashion-MNIST, l1, random, tpp), "
           "every cost outside training; then the suite on a local pool")
     results = workdir / "results"
-    spent = {"jsv": 0.0, "latency": 0.0, "data": 0.0}
-    wrapped = {"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
-               "data": (bench.data, "build_dataset")}
-    originals = {key: getattr(module, name) for key, (module, name) in wrapped.items()}
-
-    def timer(key: str) -> Callable[..., object]:
-        def timed(*args: object, **kwargs: object) -> object:
-            began = time.perf_counter()
-            try:
-                return originals[key](*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - began
-        return timed
-
-    def run_quickstart(*options: str) -> float:
-        """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS``; a failed run stops the benchmark."""
-        began = time.perf_counter()
-        status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *options])
-        if status != 0:
-            raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
-        return time.perf_counter() - began
-
-    # One-time costs of a process (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
-    # JSV call) are paid by a one-run, no-training warm-up and shown on their own line.
-    warm_up = run_quickstart("--results", str(workdir / "warm-up"), "--set", "methods=[l1]", "--set",
-                             "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]", "--set", "pretrain.epochs=0",
-                             "--set", "retrain.epochs=0")
-    for key, (module, name) in wrapped.items():
-        setattr(module, name, timer(key))
-    wall = run_quickstart("--results", str(results))
-    for key, (module, name) in wrapped.items():
-        setattr(module, name, originals[key])
+    # One-time costs of a process are paid by a warm-up and shown on their own line.
+    warm_up = warm_up_quickstart(workdir)
+    with timing({"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
+                 "data": (bench.data, "build_dataset")}) as spent:
+        wall = run_quickstart("--results", str(results))
     compute, phases = 0.0, {}
     for path in results.glob("*/runs/*/result.json"):
         record = json.loads(path.read_text())
@@ -435,7 +453,29 @@ def overhead_section(workdir: Path, workers: int) -> None:
     row(f"the suite with --executor local --workers {workers} (s)", f"{packed:.1f}", f"{wall / packed:.2f}x faster")
 
 
-SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead")
+def validation_section(workdir: Path) -> None:
+    """What a validation split costs a run: the quickstart suite with ``dataset.validation=5000``, the evaluations of
+    the split timed (``bench.runner.validation_metrics``, wrapped for this run), beside the same suite without it.
+
+    The share that counts is the evaluations' time in the wall time of the suite with the split (target <= 5%); the
+    two wall times differ mostly because the split leaves 55,000 of the 60,000 images to train on.
+    """
+    import bench.runner
+    print("\nvalidation split: the quickstart suite (12 runs, 6 retraining epochs each) without and with "
+          "dataset.validation=5000")
+    warm_up_quickstart(workdir)
+    without = run_quickstart("--results", str(workdir / "without-validation"))
+    with timing({"validation": (bench.runner, "validation_metrics")}) as spent:
+        held = run_quickstart("--results", str(workdir / "with-validation"), "--set",
+                              'dataset={"name": "fashion_mnist", "validation": 5000}')
+    share = spent["validation"] / held
+    row("suite wall time, no split: 60,000 images (s)", f"{without:.1f}")
+    row("suite wall time, validation=5000: 55,000 (s)", f"{held:.1f}", f"{held / without:.3f}x")
+    row("evaluating the split, 5,000 images (s)", f"{spent['validation']:.1f}",
+        f"{100 * share:.2f}% of its wall", "ok (<= 5%)" if share <= 0.05 else "OVER 5%")
+
+
+SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead", "validation")
 
 
 def main() -> None:
@@ -477,6 +517,8 @@ def main() -> None:
             latency_section(device, (1, 128))
         if "overhead" in args.sections:
             overhead_section(root, args.pack)
+        if "validation" in args.sections:
+            validation_section(root)
 
 
 if __name__ == "__main__":
