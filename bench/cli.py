@@ -21,15 +21,21 @@ import torch
 from bench import distributed
 from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
-from bench.grid import Run, expand
+from bench.grid import Run
 from bench.plugins import load_builtin, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
-from bench.schema import describe
+from bench.schema import describe, describe_keywords
+from bench.session import load_runs
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
 
 log = logging.getLogger("bench")
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every command takes."""
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "method × ratio × retraining LR × seed. Finished runs are skipped, interrupted ones resume.")
     _add_suite_arguments(run)
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
                      help="inline: one run after another in this process (default); local: a pool of --workers "
                      "processes; slurm: submit one job array (a task per run) and return")
@@ -81,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
 
-    status = sub.add_parser("status", help="show each run as pending, running, ok, failed or diverged",
-                            description="Each run's state from its result file and, for runs submitted to Slurm, "
-                            "from the scheduler (sacct), with counts and the logs of failed runs.")
+    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed or diverged",
+                            description="Each run's state from its result file and lock (a started run whose "
+                            "process is gone is interrupted) and, for runs submitted to Slurm, from the scheduler "
+                            "(sacct), with counts and the logs of failed runs.")
     _add_suite_arguments(status)
 
     report = sub.add_parser("report", help="write tables, figures and an HTML page of the results",
@@ -94,45 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--suite", dest="suites", action="append", default=[], metavar="NAME_OR_FILE",
                         help="only this suite (repeatable); a suite file (.yaml) also supplies its 'reference'")
     report.add_argument("--filter", dest="query", metavar="EXPR", help="keep the runs where this pandas query on "
-                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == '0.9'\"")
+                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == 0.9\"; the report goes "
+                        "beside the full one, to <suite>/report/filtered/<name>/")
     report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
 
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
-                             description="List registered methods (with hyperparameters), models or datasets.")
+                             description="List registered methods (with hyperparameters), models or datasets (with "
+                             "options).")
     listing.add_argument("what", choices=["methods", "models", "datasets"])
     listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE")
+    for command in sub.choices.values():
+        _add_common_arguments(command)
     return parser
 
 
 def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
-    """Load plugins and the suite, validate it and expand it into runs (nothing is written)."""
-    load_builtin()
-    for plugin in args.plugins:
-        load_plugin(plugin)
-    suite_path = Path(args.suite)
-    suite = load_suite(suite_path, args.overrides)
-    suite_dir = suite_path.resolve().parent
-    for plugin in suite.plugins:
-        load_plugin(plugin, suite_dir)
-    try:
-        runs = expand(suite, suite_dir, getattr(args, "data_root", None))
-    except ConfigError as err:
-        raise ConfigError(err.problems, str(suite_path)) from None
-    return suite, runs, suite_dir
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available here. Use --device cpu.")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} GPU(s) "
-                          "(cuda:0 ...). Pick one of them or 'cuda'.")
-    return device
+    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written)."""
+    return load_runs(args.suite, args.overrides, args.plugins, getattr(args, "data_root", None))
 
 
 def apply_slurm_flags(args: argparse.Namespace) -> None:
@@ -184,7 +170,7 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
                           "leave it off for CPU data-parallel runs.")
     results = Path(args.results)
     check_writable(results)
-    record_suite(results, suite, suite_dir)
+    record_suite(results, suite, suite_dir, runs)
     unfinished = distributed.agree([r.run_id for r in runs
                                     if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")])
     todo = [r for r in runs if r.run_id in unfinished]
@@ -207,16 +193,20 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
                 bar.update()
     done = len(runs) - len(todo)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "nothing to do"
-    log.warning("suite '%s': %s%s. Results in %s", suite.name, summary,
-                f" ({done} already finished)" if done else "", results / suite.name)
+    level = logging.WARNING if statuses["failed"] else logging.INFO  # success is news, not a warning
+    log.log(level, "suite '%s': %s%s. Results in %s", suite.name, summary,
+            f" ({done} already finished)" if done else "", results / suite.name)
     return 1 if statuses["failed"] else 0
 
 
-def record_suite(results: Path, suite: Suite, suite_dir: Path) -> None:
-    """Keep the suite as run beside its results (``suite.json``), so ``report`` finds e.g. its reference."""
+def record_suite(results: Path, suite: Suite, suite_dir: Path, runs: list[Run]) -> None:
+    """Keep the suite as run beside its results: ``suite.json`` (so ``report`` finds e.g. its reference) and
+    ``manifest.json`` (its runs, so reports never pool runs of another configuration)."""
+    from bench.manifest import Manifest, write_manifest
     from bench.schema import to_plain
     from bench.store import write_json
 
+    write_manifest(results / suite.name, Manifest.of(suite.name, runs))
     record = to_plain(suite)
     if suite.reference:
         from bench.report.references import resolve  # imports the reporter's plotting stack: only when needed
@@ -273,11 +263,11 @@ def command_status(args: argparse.Namespace) -> int:
     rows = run_states(runs, Path(args.results))
     width = max(len(r.run.method.label) for r in rows)
     print(f"suite '{suite.name}': {len(runs)} runs")
-    print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  {'state':8}  {'task':10}  detail")
+    print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  {'state':11}  {'task':10}  detail")
     for r in rows:
         d = r.run.describe()
         print(f"{r.run.run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  "
-              f"{r.state:8}  {r.task or '-':10}  {r.detail}")
+              f"{r.state:11}  {r.task or '-':10}  {r.detail}")
     counts = Counter(r.state for r in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     logs = [r for r in rows if r.log is not None and r.state in ("failed", "running")]
@@ -324,9 +314,14 @@ def command_list(args: argparse.Namespace) -> int:
             entry = MODELS.get(name)
             print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
     else:
+        from bench.data.options import _OPTION_LOW  # the lower bounds check_dataset_options enforces
+
         for name in DATASETS:
-            doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+            builder = DATASETS.get(name)
+            doc = (builder.__doc__ or "").strip().splitlines()
             print(f"{name:14} {doc[0] if doc else ''}")
+            for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=_OPTION_LOW):
+                print(f"    {option} = {default!r}  ({type_name})")
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,9 @@ from bench.method import Method
 from bench.pruning import select_layers
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import parse, to_plain
+from bench.store import content_hash
 
 LABEL_KEY = "label"  # reserved key in a method's options: the name results show for that entry
-
-
-def content_hash(data: Any, length: int = 12) -> str:
-    """A short, stable hash of JSON-able data (keys sorted, floats by repr)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
 from bench.method import Method
 from bench.runner import FINISHED, Workspace, execute, make_pruned, obtain_dense
+from bench.session import load_runs, resolve_device
 from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,7 @@ class Invocation:
 
     def load(self) -> tuple[Suite, list[Run], Path]:
         """Load plugins and the suite, and expand its runs (what the command line does)."""
-        from bench.cli import prepare
-
-        return prepare(argparse.Namespace(suite=self.suite, overrides=list(self.overrides), plugins=list(self.plugins),
-                                          data_root=self.data_root))
+        return load_runs(self.suite, self.overrides, self.plugins, self.data_root)
 
     def device_name(self, suite: Suite) -> str:
         """The device the command line or else the suite asks for (auto, cpu, cuda, cuda:N)."""
@@ -96,7 +94,6 @@ class Invocation:
 
     def workspace(self, suite: Suite, suite_dir: Path, device: str | None = None) -> Workspace:
         """Build the suite's dataset and the workspace runs execute in (``device`` overrides the usual choice)."""
-        from bench.cli import resolve_device
         from bench.data import build_dataset
         from bench.registry import MODELS
 
@@ -328,9 +325,18 @@ def default_log_dir(results: Path, suite: Suite) -> Path:
     return results / suite.name / "slurm"
 
 
+class SlurmExecutor(submitit.SlurmExecutor):
+    """submitit's Slurm executor without its ``srun`` probe at construction, so that the sbatch script can be built
+    (and tested) on a machine without Slurm; ``submit_slurm`` checks for ``sbatch`` itself, with a message to act on."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 2  # submitit's value when srun is found; only its constructor and AutoExecutor ask
+
+
 def make_executor(options: Slurm, log_dir: Path, job_name: str) -> submitit.SlurmExecutor:
     """A submitit Slurm executor whose sbatch options come from the suite's ``slurm:`` section."""
-    executor = submitit.SlurmExecutor(folder=log_dir, max_num_timeout=options.max_num_timeout, python=options.python)
+    executor = SlurmExecutor(folder=log_dir, max_num_timeout=options.max_num_timeout, python=options.python)
     params: dict[str, Any] = {
         "job_name": job_name, "time": options.timeout_min, "nodes": 1, "ntasks_per_node": options.tasks_per_run,
         "cpus_per_task": options.cpus_per_task, "array_parallelism": options.array_parallelism,
@@ -507,7 +513,8 @@ def live_tasks(results: Path, suite_name: str) -> dict[str, str]:
 
 @dataclass
 class RunState:
-    """One run's state for ``status``: pending, running, ok, failed or diverged, with its task and a detail."""
+    """One run's state for ``status``: pending, running, interrupted, ok, failed or diverged, with its task and a
+    detail."""
 
     run: Run
     state: str
@@ -549,7 +556,10 @@ def _run_state(run: Run, rd: RunDir, latest: TaskRecord | None, states: dict[str
     if file_status == "running":
         attempt = (read_json(rd.result).get("attempts") or [{}])[-1]
         where = f" on {attempt['host']} (pid {attempt['pid']})" if "host" in attempt else ""
-        return RunState(run, "running", task, f"started{where}; if that process is gone, run again to resume")
+        with file_lock(rd.lock, blocking=False) as free:  # a live runner holds the run's lock; a dead one cannot
+            if free:
+                return RunState(run, "interrupted", task, f"run again to resume (last started{where})")
+        return RunState(run, "running", task, f"started{where}")
     if task:
         known = "sacct does not know it (yet)" if job_state == "UNKNOWN" else "no sacct here to ask the scheduler"
         return RunState(run, "pending", task, f"submitted; {known}")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, UserError
 from bench.pruning import num_pruned
 from bench.registry import METHODS
 from bench.train import Recipe, TrainHooks
@@ -105,7 +105,7 @@ class Method:
 
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         """Kept output-channel indices per target layer; by default the highest ``scores``."""
-        return keep_from_scores(self.scores(model, ctx), ctx.target)
+        return keep_from_scores(checked_scores(self, model, self.scores(model, ctx), ctx.target.layers), ctx.target)
 
     def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
         """Called on the physically pruned model before retraining (re-initialisation, for example)."""
@@ -142,6 +142,22 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return decorate
+
+
+def checked_scores(method: Method, model: nn.Module, scores: Mapping[str, torch.Tensor], layers: list[str]
+                   ) -> Mapping[str, torch.Tensor]:
+    """``scores`` when they give one value per output channel of every target layer; else a UserError naming the
+    method, its ``scores()`` hook and the layer (a plugin's mistake would otherwise surface as a bare KeyError)."""
+    name = getattr(method, "name", type(method).__name__)
+    for layer in layers:
+        if layer not in scores:
+            raise UserError(f"method '{name}': scores() returned no score for layer '{layer}'; it must score every "
+                            f"layer of ctx.target.layers ({len(layers)} layers, it scored {len(scores)}).")
+        channels = model.get_submodule(layer).weight.shape[0]
+        if scores[layer].numel() != channels:
+            raise UserError(f"method '{name}': scores() returned {scores[layer].numel()} values for layer '{layer}', "
+                            f"which has {channels} output channels; give one score per output channel.")
+    return scores
 
 
 def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) -> dict[str, torch.Tensor]:

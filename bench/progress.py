@@ -30,7 +30,8 @@ class Progress:
         self.quiet = quiet
 
     def suite(self, total: int, description: str) -> tqdm:
-        return tqdm(total=total, desc=description, unit="run", disable=self.quiet, dynamic_ncols=True)
+        """The suite's bar over ``total`` runs; none when there is nothing to do."""
+        return tqdm(total=total, desc=description, unit="run", disable=self.quiet or total == 0, dynamic_ncols=True)
 
     def phase(self, description: str) -> PhaseBar:
         return PhaseBar(description, self.quiet)

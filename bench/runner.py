@@ -407,6 +407,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["attempts"] = previous_attempts(rd) + [{"started": result["started"], "host": platform.node(),
                                                        "pid": os.getpid()}]
         result["environment"] = environment.describe(ws.device)
+        result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import types
 from collections.abc import Mapping
@@ -197,14 +198,38 @@ def parse(cls: type[T], data: Any, path: str = "", problems: list[str] | None = 
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each field: what ``bench.py list methods`` prints."""
+    """(name, type with its bounds, default, help) for each field: what ``bench.py list methods`` prints."""
     hints = get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+        rows.append((f.name, _typed(hints[f.name], f.metadata), default, f.metadata.get("doc", "")))
     return rows
+
+
+def describe_keywords(func: Any, skip: tuple[str, ...] = (), lows: Mapping[str, float] | None = None
+                      ) -> list[tuple[str, str, Any, str]]:
+    """(name, type with its bounds, default, help) for each keyword option of a function (a dataset builder), as
+    ``describe`` gives them for a dataclass; ``lows`` are the options' inclusive lower bounds."""
+    try:
+        hints = get_type_hints(func)
+    except (NameError, TypeError):  # a plugin's annotations that do not resolve: names and defaults only
+        hints = {}
+    rows = []
+    for name, param in inspect.signature(func).parameters.items():
+        if name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        low = (lows or {}).get(name)
+        type_name = _typed(hints[name], {"low": low}) if name in hints else "any value"
+        rows.append((name, type_name, "required" if param.default is param.empty else param.default, ""))
+    return rows
+
+
+def _typed(tp: Any, meta: Mapping[str, Any]) -> str:
+    """A type's name with the bounds a field declares, e.g. 'an integer >= 1'."""
+    bounds = _bounds_text(meta)
+    return f"{_type_name(tp)} {bounds}" if bounds else _type_name(tp)
 
 
 def to_plain(obj: Any, keyed: bool = False) -> Any:

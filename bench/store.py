@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +40,12 @@ class StorageError(UserError):
     """The results directory cannot be written (permissions, a full disk)."""
 
 
+def content_hash(data: Any, length: int = 12) -> str:
+    """A short, stable hash of JSON-able data (keys sorted, floats by repr): run, prune, dense and config ids."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``.
 
@@ -61,12 +69,13 @@ def _write_here(path: Path, write: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-            raise StorageError(f"cannot write '{path}': {os.strerror(err.errno)}. Free space or choose "
+            reason = os.strerror(err.errno)   # "No space left on device", "Disk quota exceeded", ...
+            raise StorageError(f"{reason[0].lower()}{reason[1:]} while writing '{path}'. Free space or choose "
                                "another --results directory; the previous file is intact.") from None
         raise
 
 
-def write_bytes(path: Path, payload: bytes) -> None:
+def write_bytes(path: Path, payload: bytes | memoryview) -> None:
     """Atomically write ``payload`` to ``path``."""
     _atomic_write(path, lambda handle: handle.write(payload))
 
@@ -88,8 +97,13 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a dict of tensors and plain data (loadable with weights_only=True)."""
-    _atomic_write(path, lambda handle: torch.save(state, handle))
+    """Atomically ``torch.save`` a dict of tensors and plain data (loadable with weights_only=True).
+
+    Serialised in memory first: ``torch.save`` into a file turns a full disk into an opaque RuntimeError
+    ("enforce fail at inline_container.cc"), whereas the writer names it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -138,17 +152,34 @@ def file_lock(path: Path, blocking: bool) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def _flock(path: Path, blocking: bool) -> Iterator[bool]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    while True:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a")
+        except FileNotFoundError:  # its folder was just removed (see discard_if_empty): make it again
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                if not _is_current(handle, path):  # the holder removed the lock file meanwhile: lock the new one
+                    continue
+                yield True
+                return
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_current(handle: Any, path: Path) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open."""
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 class RunDir:
@@ -216,7 +247,22 @@ def making(cache: DenseDir | PrunedDir) -> Iterator[bool]:
             yield False
             return
         remove_stale_temporaries(cache.path)
-        yield True
+        try:
+            yield True
+        finally:
+            if not cache.done:
+                discard_if_empty(cache.path, cache.lock)
+
+
+def discard_if_empty(directory: Path, lock: Path) -> None:
+    """Remove a cache folder that holds nothing but its lock (a failed attempt saved nothing to resume from), while
+    holding that lock; a process waiting on it notices the lock file is gone and locks a new one (``_flock``)."""
+    if not distributed.is_main():
+        return
+    if {p.name for p in directory.iterdir()} <= {lock.name}:
+        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another process made the folder's new lock file meanwhile
+            directory.rmdir()
 
 
 def check_writable(results: Path) -> None:

@@ -1,6 +1,8 @@
 """The command line as a user meets it: help, listing, planning, and bad input (exit 2, no traceback, no files)."""
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
+from bench.cli import build_parser, main
 from bench.runner import model_entry
 from tests.conftest import PROJECT, tiny_suite
 
@@ -19,7 +21,7 @@ def bench(*args: str, cwd: Path = PROJECT) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["report"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["status"], ["report"], ["list"]])
 def test_every_command_has_help(command: list[str]) -> None:
     out = bench(*command, "--help")
     assert out.returncode == 0 and "usage: bench.py" in out.stdout
@@ -29,6 +31,26 @@ def test_list_shows_registered_names(capsys) -> None:
     for what, expected in (("methods", "l1"), ("models", "resnet56"), ("datasets", "fashion_mnist")):
         assert main(["list", what]) == 0
         assert expected in capsys.readouterr().out
+
+
+def test_list_datasets_shows_their_options_with_types_defaults_and_bounds(capsys) -> None:
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    synthetic = out[out.index("synthetic "):]
+    assert "    num_classes = 10  (an integer >= 2)\n" in synthetic and "    seed = 0  (an integer)\n" in synthetic
+    assert "    num_workers = 4  (an integer >= 0)\n" in out[out.index("imagenet "):]
+    assert "root" not in out.replace("<root>", "")   # where data live is --data-root, not an option
+
+
+def test_list_methods_shows_bounds(capsys) -> None:
+    assert main(["list", "methods"]) == 0
+    assert re.search(r"\n    \w+ = [\d.]+  \(a number >= 0 and < 1\)", capsys.readouterr().out)  # e.g. a momentum
+
+
+@pytest.mark.parametrize("command", [["run", "s.yaml"], ["plan", "s.yaml"], ["status", "s.yaml"], ["report"],
+                                     ["list", "models"]])
+def test_every_command_takes_quiet(command: list[str]) -> None:
+    assert build_parser().parse_args([*command, "--quiet"]).quiet is True
 
 
 def test_plan_lists_runs_without_writing(write_suite, tmp_path: Path, capsys) -> None:
@@ -122,3 +144,17 @@ def test_yaml_error_names_file_and_line(tmp_path: Path, write_suite) -> None:
     path = write_suite("name: x\nmodel: [\n")
     out = bench("plan", str(path))
     assert out.returncode == 2 and str(path) in out.stderr and "line" in out.stderr
+
+
+def test_success_is_info_and_a_rerun_with_nothing_to_do_shows_no_bar(write_suite, tmp_path: Path, capsys,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    suite = str(write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
+                                       pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05})))
+    command = ["run", suite, "--results", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="bench"):
+        assert main(command) == 0
+        assert re.search(r"(^|\r)tiny: 100%", capsys.readouterr().err, re.M)   # the suite's bar, while there is work
+        assert main(command) == 0
+    assert not re.search(r"(^|\r)tiny: ", capsys.readouterr().err, re.M)       # no empty bar
+    summaries = [(r.levelname, r.getMessage().split(".")[0]) for r in caplog.records if "Results in" in r.getMessage()]
+    assert summaries == [("INFO", "suite 'tiny': 1 ok"), ("INFO", "suite 'tiny': nothing to do (1 already finished)")]

@@ -3,6 +3,7 @@ sacct), the dense-model stage, the run lock, and the local worker pool against t
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import stat
@@ -56,8 +57,9 @@ def test_slurm_section_is_typed_and_maps_to_sbatch_flags(write_suite, tmp_path: 
     assert executor.max_num_timeout == 3
 
 
-def test_slurm_defaults_leave_cluster_settings_alone(write_suite, tmp_path: Path) -> None:
+def test_slurm_defaults_leave_cluster_settings_alone(write_suite, tmp_path: Path, monkeypatch) -> None:
     suite = load_suite(write_suite(tiny_suite()))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, as on a laptop: the script is still built
     script = make_executor(suite.slurm, tmp_path, "x")._make_submission_file_text("true", "uid")
     assert "--partition" not in script and "--mem" not in script and "--gpus" not in script
     assert "#SBATCH --time=240\n" in script and "#SBATCH --cpus-per-task=4\n" in script
@@ -107,6 +109,15 @@ def test_executor_options_are_checked(write_suite, tmp_path: Path) -> None:
     assert main(["run", suite, "--results", str(tmp_path), "--workers", "2"]) == 2  # --workers needs local
     assert main(["run", suite, "--results", str(tmp_path), "--wait"]) == 2          # --wait needs slurm
     assert not (tmp_path / "tiny").exists()
+
+
+def test_launch_does_not_import_the_command_line() -> None:
+    """The executors sit below the CLI: what both need (loading a suite, the device) lives in bench.session."""
+    tree = ast.parse((Path(__file__).parents[1] / "bench" / "launch.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "bench.session" in imported and not any(name == "bench.cli" or name.startswith("bench.cli.")
+                                                   for name in imported)
 
 
 # ----------------------------------------------------------------------------------------- workers
@@ -241,7 +252,7 @@ def test_status_joins_result_files_with_the_scheduler(write_suite, tmp_path: Pat
     write_json(RunDir(tmp_path, "tiny", ids[8]).result, {"status": "running",
                                                          "attempts": [{"host": "node1", "pid": 42}]})
     states = {s.run.run_id: s for s in run_states(runs, tmp_path)}
-    expected = ["ok", "running", "pending", "failed", "failed", "pending", "failed", "diverged", "running",
+    expected = ["ok", "running", "pending", "failed", "failed", "pending", "failed", "diverged", "interrupted",
                 "pending", "pending", "pending"]
     assert [states[i].state for i in ids] == expected
     assert states[ids[3]].detail.startswith("Slurm task CANCELLED")
@@ -253,8 +264,23 @@ def test_status_joins_result_files_with_the_scheduler(write_suite, tmp_path: Pat
 
     assert main(["status", str(suite_path), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 diverged; 3 failed; 1 ok; 5 pending; 2 running" in out
+    assert "1 diverged; 3 failed; 1 interrupted; 1 ok; 5 pending; 1 running" in out
     assert f"log of {ids[3]} (failed): {log_dir / '7_3_0_log.err'}" in out
+
+
+def test_status_tells_a_running_run_from_an_interrupted_one_by_its_lock(write_suite, tmp_path: Path, capsys) -> None:
+    """Not by the recorded pid, which may be reused or on another host: a live runner holds the run's lock."""
+    suite_path = write_suite(tiny_suite())
+    _, runs, _ = invocation(suite_path, tmp_path).load()
+    rd = RunDir(tmp_path, "tiny", runs[0].run_id)
+    write_json(rd.result, {"status": "running", "attempts": [{"host": "elsewhere", "pid": os.getpid()}]})
+    with file_lock(rd.lock, blocking=False):
+        assert run_states(runs, tmp_path)[0].state == "running"
+    state = run_states(runs, tmp_path)[0]
+    assert (state.state, state.detail) == ("interrupted", "run again to resume (last started on elsewhere (pid "
+                                           f"{os.getpid()}))")
+    assert main(["status", str(suite_path), "--results", str(tmp_path)]) == 0
+    assert "1 interrupted; 3 pending" in capsys.readouterr().out
 
 
 def test_status_without_submissions_or_sacct(write_suite, tmp_path: Path, monkeypatch) -> None:

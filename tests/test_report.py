@@ -2,6 +2,7 @@
 installed), published references and the CLI, all on synthetic result trees (no training)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from bench.report import (  # noqa: E402
     tables,
     write_reports,
 )
-from bench.report.build import render_plots  # noqa: E402
+from bench.report.build import filtered_dir, render_plots  # noqa: E402
 from bench.report.plots import MethodStyles, accuracy_vs_ratio  # noqa: E402
 from bench.report.render import to_latex, to_markdown  # noqa: E402
 from bench.report.stats import kendall_tau, mean_ci, t_quantile  # noqa: E402
@@ -34,7 +35,8 @@ from tests.conftest import tiny_suite  # noqa: E402
 PROJECT = Path(__file__).resolve().parent.parent
 QUICKSTART = {"methods": ["l1", "random"], "ratios": [0.5, 0.9], "lrs": [0.01, 0.001], "seeds": [0, 1, 2]}
 ONE_CELL = [90.0, 91.0, 93.0]  # final accuracies (%) of seeds 0, 1, 2 in one cell, for the hand-checked interval
-TABLE_NAMES = ["status", "problems", "accuracy", "lr_gap", "ranks", "rank_stability", "trainability", "efficiency"]
+TABLE_NAMES = ["verdict", "paired", "status", "problems", "accuracy", "lr_gap", "ranks", "rank_stability",
+               "trainability", "efficiency"]
 FIGURE_NAMES = ["accuracy_vs_lr", "accuracy_vs_ratio", "epochs_ratio_0.5", "epochs_ratio_0.9", "jsv_vs_accuracy"]
 
 
@@ -188,9 +190,12 @@ def test_a_corrupt_file_is_named_and_skipped(tmp_path: Path, caplog: pytest.LogC
 
 def test_filter_query_and_bad_filters(tmp_path: Path) -> None:
     write_synthetic_results(tmp_path, "s", ["l1", "tpp", "random"], [0.5, 0.9], [0.01, 0.001], [0])
-    loaded = load_results(tmp_path, query="method in ['l1','tpp'] and ratio == '0.9'")
+    loaded = load_results(tmp_path, query="method in ['l1','tpp'] and ratio == 0.9")
     assert sorted(set(loaded.runs.method)) == ["l1", "tpp"] and set(loaded.runs.ratio) == {"0.9"}
     assert len(loaded.runs) == 4 and set(loaded.history.run_id) == set(loaded.runs.run_id)
+    assert len(load_results(tmp_path, query="ratio in [0.5, 0.9] and ratio > 0.6").runs) == 6  # numbers compare
+    with pytest.raises(UserError, match=r"ratio is a number in filters; write it without quotes, e\.g\. \"ratio =="):
+        load_results(tmp_path, query="ratio == '0.9'")
     for query in ("ratio ==", "no_such_column > 1", "ratio = 0.9"):
         with pytest.raises(UserError, match="--filter"):
             load_results(tmp_path, query=query)
@@ -276,6 +281,50 @@ def test_suite_reference_key_does_not_change_run_ids(write_suite) -> None:
     assert [r.run_id for r in expand(plain)] == [r.run_id for r in expand(referenced)]
 
 
+# ----------------------------------------------------------------------------------------- one configuration per report
+
+def test_a_report_never_pools_two_configurations(tmp_path: Path) -> None:
+    """The suite run twice with different recipes into one folder: the report covers the manifest's runs only
+    (each cell at most one run per seed) and lists the others apart, saying how they differ."""
+    from bench.manifest import Manifest, write_manifest
+
+    seeds = [0, 1, 2]
+    write_synthetic_results(tmp_path, "qs", ["l1", "random"], [0.5], [0.01, 0.001], seeds, epochs=6)
+    second = write_synthetic_results(tmp_path, "qs", ["l1", "random"], [0.5], [0.1, 0.01], seeds, epochs=2,
+                                     accuracy=lambda *key: 0.2)
+    runs = {}
+    for path in second:
+        data = json.loads(path.read_text())
+        runs[data["run_id"]] = {k: data[k] for k in ("method", "ratio", "lr", "seed")}
+    config = {k: v for k, v in json.loads(second[0].read_text())["config"].items() if k != "method"}
+    config["dense"] = {k: v for k, v in config["dense"].items() if k not in ("seed", "variants")}
+    config["prune"].pop("ratio")
+    config["retrain"].pop("lr")
+    write_manifest(tmp_path / "qs", Manifest("qs", runs, config, seeds, "now"))
+    write_reports(tmp_path, workers=1)
+    report = tmp_path / "qs" / "report"
+    accuracy = pd.read_csv(report / "tables" / "accuracy.csv")
+    assert accuracy.n.max() == len(seeds)  # never more runs in a cell than seeds
+    assert len(pd.read_csv(report / "runs.csv")) == 12
+    assert set(pd.read_csv(report / "runs.csv").lr) == {0.1, 0.01}
+    left = pd.read_csv(report / "tables" / "left_out.csv")
+    assert list(left.runs) == [12] and "retrain.epochs 6 (suite: 2)" in left.reason[0]
+    summary = (report / "summary.md").read_text()
+    assert "12 other result files in the folder are listed apart" in summary and "Runs left out" in summary
+
+
+def test_without_a_manifest_the_latest_configuration_stands_for_the_suite(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "qs", ["l1"], [0.5], [0.01], [0, 1], epochs=6)
+    for path in write_synthetic_results(tmp_path, "qs", ["l1"], [0.5], [0.01], [0, 1], epochs=2):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(data | {"started": "2026-02-01T00:00:00+0000"}))
+    write_reports(tmp_path, workers=1)
+    report = tmp_path / "qs" / "report"
+    assert set(pd.read_csv(report / "runs.csv").epochs_done) == {2}
+    assert "no manifest.json" in (report / "summary.md").read_text()
+    assert pd.read_csv(report / "tables" / "left_out.csv").runs.sum() == 2
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 def test_cli_report_with_suite_file_reference_and_filter(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -289,9 +338,15 @@ def test_cli_report_with_suite_file_reference_and_filter(tmp_path: Path, capsys:
     assert "| lr 0.01: paper |" in (report / "tables" / "accuracy.md").read_text()
     assert "index.html" in capsys.readouterr().out
     assert (report / "figures" / "epochs_ratio_0.5.png").exists()
-    assert main(["report", "--results", str(results), "--filter", "ratio == '0.9'", "--workers", "1"]) == 0
-    assert not (report / "figures" / "epochs_ratio_0.5.png").exists()  # stale figure of a filtered-out ratio
-    assert "paper" not in (report / "tables" / "accuracy.md").read_text()  # no suite file, no reference
+    assert main(["report", "--results", str(results), "--filter", "ratio == 0.9", "--workers", "1"]) == 0
+    filtered = filtered_dir(results / "lr_sensitivity", "ratio == 0.9")
+    assert filtered.parent == report / "filtered" and str(filtered) in capsys.readouterr().out
+    assert not (filtered / "figures" / "epochs_ratio_0.5.png").exists()  # the filtered-out ratio is not drawn
+    assert "paper" not in (filtered / "tables" / "accuracy.md").read_text()  # no suite file, no reference
+    assert (filtered / "filter.txt").read_text() == "ratio == 0.9\n"
+    # The full report is left as it was: every run, every figure.
+    assert len(pd.read_csv(report / "runs.csv")) == 4 and len(pd.read_csv(filtered / "runs.csv")) == 2
+    assert (report / "figures" / "epochs_ratio_0.5.png").exists()
     assert main(["report", "--results", str(results), "--filter", "ratio ="]) == 2
 
 

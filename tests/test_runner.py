@@ -165,6 +165,18 @@ def test_plugin_method_from_an_outside_file(tmp_path: Path, write_suite) -> None
     assert result["status"] == "ok" and result["method"] == "l2_plugin"
 
 
+def test_a_plugin_scoring_too_few_layers_is_named_and_leaves_no_pruned_folder(tmp_path: Path, write_suite) -> None:
+    plugin = tmp_path / "half.py"
+    plugin.write_text(PLUGIN.replace('"l2_plugin"', '"half_plugin"').replace("in ctx.target.layers",
+                                                                             "in ctx.target.layers[1:]"))
+    suite = write_suite(tiny_suite(methods=["half_plugin"], retrain={"epochs": 1, "lr": [0.05]}))
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--plugin", str(plugin), "--quiet"]) == 1
+    (result,) = results_of(tmp_path / "r").values()
+    assert result["status"] == "failed" and "traceback" not in result
+    assert result["error"].startswith("method 'half_plugin': scores() returned no score for layer 'layers.0';")
+    assert list((tmp_path / "r" / "_pruned").iterdir()) == []   # the failed pruning left no folder behind
+
+
 def test_diverging_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, write_suite) -> None:
     suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 2, "lr": [1.0e6, 0.01]}))
     assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
@@ -205,6 +217,28 @@ def test_suite_as_run_is_kept_beside_its_results(finished: Path, tmp_path: Path,
     suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 0, "lr": [0.01]}, reference="tpp_table1"))
     assert main(["run", str(suite), "--results", str(tmp_path), "--quiet"]) == 0
     assert Path(recorded_reference(tmp_path / "tiny")).name == "tpp_table1.csv"
+
+
+def test_a_suite_rerun_with_another_recipe_is_reported_apart(finished: Path, tmp_path: Path) -> None:
+    """Issue 14: the same suite run again with --set into one folder; the report holds only the runs of the suite
+    as last run (its manifest) and names the others, never averaging 2- and 3-epoch runs as seeds."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(finished / "results", results)
+    args = ["--results", str(results), "--set", "retrain.epochs=2", "--set", "retrain.lr=[0.1,0.01]"]
+    assert main(["run", str(finished / "suite.yaml"), *args, "--quiet"]) == 0
+    manifest = json.loads((results / "tiny" / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 4 and manifest["config"]["retrain"]["epochs"] == 2 and manifest["seeds"] == [0]
+    assert {e["lr"] for e in manifest["runs"].values()} == {0.1, 0.01}
+    assert all(e["prune_id"] and e["dense_id"] for e in manifest["runs"].values())
+    assert main(["report", "--results", str(results), "--workers", "1"]) == 0
+    report = results / "tiny" / "report"
+    runs = pd.read_csv(report / "runs.csv")
+    assert set(runs.run_id) == set(manifest["runs"]) and set(runs.epochs_done) == {2}
+    assert pd.read_csv(report / "tables" / "accuracy.csv").n.max() == 1  # one seed: one run per cell
+    left = pd.read_csv(report / "tables" / "left_out.csv")
+    assert left.runs.sum() == 4 and "retrain.epochs 3 (suite: 2)" in left.reason[0]
 
 
 def test_the_runs_of_one_pruned_model_share_its_phase_and_selection(tmp_path: Path, write_suite) -> None:

@@ -2,15 +2,29 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import re
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.cli import main
 from bench.errors import CheckpointError
-from bench.store import StorageError, load_checkpoint, read_json, save_checkpoint, write_json
+from bench.store import (
+    PrunedDir,
+    StorageError,
+    file_lock,
+    load_checkpoint,
+    making,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
 from tests.conftest import tiny_suite
 
 
@@ -22,7 +36,7 @@ def test_full_disk_leaves_the_previous_file_intact(tmp_path: Path, monkeypatch) 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(StorageError, match="No space left on device.*previous file is intact"):
+    with pytest.raises(StorageError, match="no space left on device while writing '.*result.json'.*file is intact"):
         write_json(path, {"status": "running"})
     with pytest.raises(StorageError):
         save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 3})
@@ -57,3 +71,60 @@ def test_keep_options_and_corrupt_result_redone(tmp_path: Path, write_suite) -> 
     (run_dir / "result.json").write_text("{ torn")
     assert main(["run", str(path), "--results", str(tmp_path), "--quiet"]) == 0
     assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+
+
+class AlmostFullDisk(io.FileIO):
+    """A file on a disk with ``ROOM`` bytes left: a larger write fails with ENOSPC, as write(2) would."""
+
+    ROOM = 64 * 1024
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size > self.ROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.ROOM -= size
+        return super().write(data)
+
+
+def test_a_full_disk_fails_the_run_plainly_and_leaves_nothing_half_written(tmp_path: Path, write_suite,
+                                                                           monkeypatch) -> None:
+    """torch.save into a file would turn ENOSPC into 'enforce fail at inline_container.cc'; the run must say it."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: AlmostFullDisk(fd, "wb") if mode == "wb"
+                        else fdopen(fd, mode, *a, **k))   # result files fit, model checkpoints do not
+    results = tmp_path / "r"
+    suite = write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 1, "lr": [0.05]}))
+    assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 1
+    (result,) = (json.loads(p.read_text()) for p in results.glob("tiny/runs/*/result.json"))
+    assert result["status"] == "failed" and "traceback" not in result
+    assert re.fullmatch(r"no space left on device while writing '.*/_dense/\w+/checkpoint\.pt'\. Free space .*",
+                        result["error"])
+    assert list(results.rglob("*.tmp")) == [] and list(results.rglob("*.pt")) == []
+    assert list((results / "_dense").iterdir()) == []   # no folder of a dense model that was never saved
+
+
+def test_a_waiter_on_a_discarded_cache_folder_locks_it_anew(tmp_path: Path) -> None:
+    """A failed first attempt removes its empty folder and lock file; whoever waited on that lock must not think it
+    holds the lock (flock on a deleted file excludes nobody), but take the new lock file's."""
+    cache = PrunedDir(tmp_path, "abc")
+    waiter_holds, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def wait_then_make() -> None:
+        with making(cache) as here:
+            outcome["here"] = here
+            waiter_holds.set()
+            release.wait(30)
+
+    with pytest.raises(RuntimeError, match="pruning failed"), making(cache) as here:
+        assert here
+        waiter = threading.Thread(target=wait_then_make)
+        waiter.start()
+        time.sleep(0.3)   # let it block on the lock (the outcome is the same if it arrives later)
+        raise RuntimeError("pruning failed")
+    assert waiter_holds.wait(30) and outcome["here"] is True
+    with file_lock(cache.lock, blocking=False) as acquired:
+        assert not acquired   # the waiter's lock is the one on the current file
+    release.set()
+    waiter.join(30)
+    assert not cache.path.exists()   # it failed to make it too (it made nothing): no folder left

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -17,14 +18,14 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.report import plots, tables
-from bench.report.load import Results, apply_filter, load_results
+from bench.report import plots, tables, verdict
+from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
 from bench.report.references import load_reference
 from bench.report.render import to_csv, to_latex, to_markdown
 from bench.report.tables import Table
 from bench.report.webpage import Section, page
-from bench.store import write_bytes
+from bench.store import content_hash, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,20 @@ def render_plots(jobs: list[tuple[Callable[..., Plot | None], tuple[Any, ...]]],
 
 
 def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | None, workers: int | None = None
-                ) -> list[Item]:
-    """Every table and figure of one suite's report, in reading order."""
+                ) -> tuple[list[Item], list[str]]:
+    """Every table and figure of one suite's report, in reading order, and its headline (sentences)."""
     runs, history = data.runs, data.history
     methods = [m for m in styles.order if m in set(runs.method)]
-    items = [Item("Runs by status", table=tables.status_table(runs, methods))]
-    problems = tables.problem_table(runs)
-    if problems is not None:
-        items.append(Item(problems.title, table=problems))
+    selections = verdict.select_lrs(runs, methods)
+    comparisons = verdict.compare(selections)
+    items = [Item("Verdict", table=verdict.verdict_table(selections, comparisons, verdict.selected_by(runs)))]
+    paired = verdict.paired_table(comparisons)
+    items.append(Item("Paired comparisons", table=paired) if paired is not None else
+                 Item("Paired comparisons", missing="needs finished runs of two or more methods at a ratio."))
+    items.append(Item("Runs by status", table=tables.status_table(runs, methods)))
+    for extra in (tables.problem_table(runs), tables.left_out_table(data.left_out)):
+        if extra is not None:
+            items.append(Item(extra.title, table=extra))
     items.append(Item("Final test accuracy", table=tables.accuracy_table(runs, methods, reference)))
     optional = [("Learning-rate gap", tables.lr_gap_table(runs, methods, reference)),
                 ("Method ranks", tables.rank_table(runs, methods)),
@@ -91,11 +98,13 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))
-    return items
+    return items, verdict.headline(runs, selections, comparisons)
 
 
-def _facts(runs: pd.DataFrame, query: str | None, reference: pd.DataFrame | None) -> list[str]:
-    """The lines under the report's title: what was run, how many runs in which state, filter and reference."""
+def _facts(data: Results, query: str | None, reference: pd.DataFrame | None) -> list[str]:
+    """The lines under the report's title: what was run, how many runs in which state, which runs, filter and
+    reference."""
+    runs = data.runs
     models = ", ".join(sorted(set(runs.model.dropna().astype(str))))
     datasets = ", ".join(sorted(set(runs.dataset.dropna().astype(str))))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(runs.status.value_counts().items()))
@@ -104,6 +113,10 @@ def _facts(runs: pd.DataFrame, query: str | None, reference: pd.DataFrame | None
              f"retraining LRs: {', '.join(f'{lr:g}' for lr in tables.learning_rates(runs))}; "
              f"seeds: {', '.join(str(s) for s in sorted(runs.seed.dropna().unique()))}.",
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} by bench.py report."]
+    if data.basis:
+        facts.append(f"Runs: {data.basis}."
+                     + (f" {len(data.left_out)} other result files in the folder are listed apart (Runs left out of "
+                        "this report), never averaged in." if len(data.left_out) else ""))
     if query:
         facts.append(f"Filter: {query}")
     if reference is not None:
@@ -111,9 +124,11 @@ def _facts(runs: pd.DataFrame, query: str | None, reference: pd.DataFrame | None
     return facts
 
 
-def _summary(suite: str, facts: list[str], items: list[Item]) -> str:
-    """summary.md: every table in Markdown and every figure as a linked image, with their notes."""
+def _summary(suite: str, facts: list[str], headline: list[str], items: list[Item]) -> str:
+    """summary.md: the headline, then every table in Markdown and every figure as a linked image, with notes."""
     lines = [f"# {suite}", "", *[f"{f}  " for f in facts], ""]
+    if headline:
+        lines += ["## What this suite found", "", *[f"- {line}" for line in headline], ""]
     for item in items:
         if item.table is not None:
             lines += [f"## {item.table.title}", "", item.table.note, "", to_markdown(item.table)]
@@ -140,7 +155,7 @@ def write_suite_report(data: Results, directory: Path, suite: str, styles: Metho
                        ) -> list[Path]:
     """Write one suite's report into ``directory``; returns the files written."""
     began = time.perf_counter()
-    items = suite_items(data, styles, reference, workers)
+    items, headline = suite_items(data, styles, reference, workers)
     written: list[Path] = []
 
     def save(path: Path, payload: bytes) -> None:
@@ -163,9 +178,9 @@ def write_suite_report(data: Results, directory: Path, suite: str, styles: Metho
                                     files=f"figures/{item.plot.name}.png, .pdf"))
         else:
             sections.append(Section(plots.file_stem(item.title.lower()), item.title, f"Not shown: {item.missing}"))
-    facts = _facts(data.runs, query, reference)
-    save(directory / "summary.md", _summary(suite, facts, items).encode())
-    save(directory / "index.html", page(f"Pruning benchmark report: {suite}", facts, sections).encode())
+    facts = _facts(data, query, reference)
+    save(directory / "summary.md", _summary(suite, facts, headline, items).encode())
+    save(directory / "index.html", page(f"Pruning benchmark report: {suite}", facts, sections, headline).encode())
     for folder in ("tables", "figures"):
         _remove_stale(directory / folder, set(written))
     log.info("suite '%s': report with %d files in %s (%.1f s)", suite, len(written), directory,
@@ -189,23 +204,42 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
                   references: Mapping[str, str | Path] | None = None, workers: int | None = None) -> list[Path]:
     """Write each suite's report under ``results/<suite>/report/``; returns the files written.
 
-    ``query`` (a pandas expression on runs.csv's columns) narrows the runs; ``references`` maps a suite name to a
-    shipped reference name or a CSV path whose published numbers are printed beside ours ("*": every suite);
-    ``workers`` is the number of processes drawing figures (None: one per core, 1: none).
+    Each suite's report covers the suite as it was last run (its manifest); other runs in its folder are listed
+    apart. ``query`` (a pandas expression on runs.csv's columns) narrows the runs and writes the report beside the
+    full one, in ``report/filtered/<name>/`` (see filtered_dir); ``references`` maps a suite name to a shipped
+    reference name or a CSV path whose published numbers are printed beside ours ("*": every suite); ``workers`` is
+    the number of processes drawing figures (None: one per core, 1: none).
     """
     loaded = load_results(results, suites)
     if loaded.runs.empty:
         raise UserError(f"no results under '{results}'"
                         + (f" for suite(s) {', '.join(suites)}" if suites else "") + ". Run a suite first.")
-    data = apply_filter(loaded, query) if query else loaded
-    if data.runs.empty:
-        raise UserError(f"--filter {query!r} matched none of the {len(loaded.runs)} runs under '{results}'.")
-    styles = MethodStyles.for_methods(sorted(set(data.runs.method)))
+    parts = {suite: suite_runs(loaded, suite, results / suite) for suite in sorted(set(loaded.runs.suite))}
+    if query:
+        parts = {suite: apply_filter(part, query) for suite, part in parts.items()}
+        total = sum(len(p.runs) for p in parts.values())
+        if total == 0:
+            raise UserError(f"--filter {query!r} matched none of the {len(loaded.runs)} runs under '{results}'.")
+        parts = {suite: part for suite, part in parts.items() if len(part.runs)}
+    styles = MethodStyles.for_methods(sorted({m for p in parts.values() for m in p.runs.method}))
     references = dict(references or {})
     written: list[Path] = []
-    for suite in sorted(set(data.runs.suite)):
+    for suite, part in parts.items():
+        if part.runs.empty:  # every result in the folder belongs to another configuration
+            log.warning("suite '%s': none of its %d result files is a run of the suite as last run; nothing reported",
+                        suite, len(part.left_out))
+            continue
         spec = references.get(suite, references.get("*")) or recorded_reference(results / suite)
         reference = load_reference(spec) if spec is not None else None
-        part = data.select(data.runs.suite == suite)
-        written += write_suite_report(part, results / suite / "report", suite, styles, reference, query, workers)
+        directory = filtered_dir(results / suite, query) if query else results / suite / "report"
+        if query:
+            write_bytes(directory / "filter.txt", f"{query}\n".encode())
+        written += write_suite_report(part, directory, suite, styles, reference, query, workers)
     return written
+
+
+def filtered_dir(suite_dir: Path, query: str) -> Path:
+    """Where a filtered report goes: beside the full report, named after the query (and a hash, so two queries
+    that read alike never share a folder)."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", query).strip("_")[:48] or "filter"
+    return suite_dir / "report" / "filtered" / f"{slug}-{content_hash(query, 6)}"

@@ -5,9 +5,11 @@ corrupt result file is named in a warning and skipped. A pandas query string can
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,19 +17,24 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.store import DENSE_DIR
+from bench.manifest import Manifest, difference, fixed_config, read_manifest
+from bench.store import DENSE_DIR, content_hash
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed", "status", "acc_dense",
-           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense", "params_pruned", "flops_dense",
-           "flops_pruned", "jsv_dense", "jsv_pruned", "jsv_final", "wall_s", "acc_val_dense", "acc_val_pruned",
-           "acc_val_final"]
+           "acc_pruned", "acc_final", "acc_best", "acc_trainability", "acc_val_dense", "acc_val_pruned",
+           "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned", "jsv_dense", "jsv_pruned",
+           "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
-                 "error"]
+                 "error", "num_classes", "dense_id", "config_id"]
+# Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
+KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
 HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status", "epoch", "epoch_lr", "train_loss",
                    "test_acc", "jsv_mean"]
 LATENCY_PREFIX = "latency_"
+QUOTED_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*['"][0-9.]""")
 
 
 class FilterError(UserError):
@@ -36,15 +43,20 @@ class FilterError(UserError):
 
 @dataclass
 class Results:
-    """The loaded results: one row per run, and one row per retraining epoch of every run."""
+    """The loaded results: one row per run, one row per retraining epoch of every run, the fixed configuration
+    (``bench.manifest.fixed_config``) of each ``config_id``, and the runs set apart from this report."""
 
     runs: pd.DataFrame
     history: pd.DataFrame
+    configs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    left_out: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
+    basis: str = ""  # which runs make up the report, in words (the suite's manifest, or why not)
 
     def select(self, mask: pd.Series) -> Results:
         """The runs where ``mask`` holds, with their history."""
         runs = self.runs[mask].reset_index(drop=True)
-        return Results(runs, self.history[self.history.run_id.isin(set(runs.run_id))].reset_index(drop=True))
+        return Results(runs, self.history[self.history.run_id.isin(set(runs.run_id))].reset_index(drop=True),
+                       self.configs, self.left_out, self.basis)
 
 
 def _number(value: Any) -> float | None:
@@ -78,8 +90,8 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["status"] = str(result.get("status") or "unknown")
     if row["run_id"] is None or row["method"] is None:
         raise ValueError("no 'run_id' or 'method'")
-    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "params_dense",
-                "params_pruned", "flops_dense", "flops_pruned", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
+    for key in ("acc_dense", "acc_pruned", "acc_final", "acc_best", "acc_trainability", "acc_val_dense",
+                "acc_val_pruned", "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned"):
         row[key] = _number(metrics.get(key))
     for stage in ("dense", "pruned", "final"):
         row[f"jsv_{stage}"] = _number(metrics.get(f"jsv_{stage}_mean"))
@@ -95,6 +107,11 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["ratio_value"] = ratio_value
     row["ratio"] = str(row["ratio"])
     row.update(started=result.get("started"), finished=result.get("finished"), error=result.get("error"))
+    row["num_classes"] = _number(result.get("num_classes")) or KNOWN_CLASSES.get(str(row["dataset"]))
+    config = result.get("config")
+    row["config_id"] = content_hash(fixed_config(config)) if isinstance(config, dict) else None
+    dense = config.get("dense") if isinstance(config, dict) else None
+    row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
     row.update(_latency(metrics))
     retrain = (result.get("history") or {}).get("retrain") or []
     row["epochs_done"] = len(retrain)
@@ -108,6 +125,7 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
     """Every run's result.json under ``results`` (optionally only some suites, then a pandas ``query``)."""
     rows: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
+    configs: dict[str, dict[str, Any]] = {}
     wanted = set(suites or [])
     for path in sorted(results.glob("*/runs/*/result.json")):
         suite = path.parents[2].name
@@ -121,6 +139,8 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
         except (OSError, ValueError, TypeError, AttributeError) as err:
             log.warning("skipping corrupt result file %s (%s)", path, err)
             continue
+        if row["config_id"] is not None:
+            configs.setdefault(row["config_id"], fixed_config(data["config"]))
         rows.append(row)
         history.extend(rows_history)
     runs = pd.DataFrame(rows)
@@ -129,22 +149,71 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
         if column not in runs:
             runs[column] = None
     runs = runs[COLUMNS + EXTRA_COLUMNS + latency]
-    for column in ("lr", "seed", "ratio_value"):
+    for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
         runs[column] = pd.to_numeric(runs[column])
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     for column in ("lr", "seed", "epoch", "epoch_lr", "train_loss", "test_acc", "jsv_mean"):
         frame[column] = pd.to_numeric(frame[column])
-    loaded = Results(runs, frame)
+    loaded = Results(runs, frame, configs)
     return apply_filter(loaded, query) if query else loaded
 
 
+def suite_runs(data: Results, suite: str, suite_dir: Path) -> Results:
+    """One suite's runs as it was last run (its manifest); every other run in its folder goes to ``left_out``
+    with the reason, so a table never pools two configurations.
+
+    Without a manifest (results written before manifests existed) the configuration of the most recently started
+    run stands for the suite, and the report says so.
+    """
+    part = data.select(data.runs.suite == suite)
+    runs = part.runs
+    manifest = read_manifest(suite_dir)
+    if manifest is not None:
+        reference = manifest.config
+        reference_id = content_hash(reference)
+        members = runs.run_id.isin(set(manifest.runs))
+        basis = f"the runs of the suite as last run ({len(manifest.runs)} in manifest.json, {manifest.written})"
+    else:
+        latest = runs.sort_values("started", na_position="first").iloc[-1] if len(runs) else None
+        reference_id = latest.config_id if latest is not None else None
+        reference = data.configs.get(reference_id, {})
+        members = runs.config_id.fillna("") == (reference_id or "")
+        basis = ("no manifest.json (results from before manifests): the configuration of the most recently started "
+                 "run stands for the suite; run the suite again to record one")
+    reasons = [_reason(row, reference, reference_id, data.configs, manifest) for row in runs[~members].itertuples()]
+    left_out = runs[~members].assign(reason=reasons)[LEFT_OUT_COLUMNS].reset_index(drop=True)
+    kept = part.select(members.to_numpy())
+    return Results(kept.runs, kept.history, data.configs, left_out, basis)
+
+
+def _reason(row: Any, reference: dict[str, Any], reference_id: str | None, configs: dict[str, dict[str, Any]],
+            manifest: Manifest | None) -> str:
+    """Why a run is not part of its suite's report, in words."""
+    if row.config_id is None or row.config_id not in configs:
+        return "no configuration recorded in its result.json"
+    if row.config_id != reference_id:
+        return "another configuration: " + difference(configs[row.config_id], reference)
+    return ("same configuration, but its method, ratio, LR or seed is no longer in the suite"
+            if manifest is not None else "same configuration")
+
+
 def apply_filter(results: Results, query: str) -> Results:
-    """Keep the runs for which the pandas ``query`` holds, e.g. ``method in ['l1','tpp'] and ratio == '0.9'``."""
+    """Keep the runs for which the pandas ``query`` holds, e.g. ``method in ['l1','tpp'] and ratio == 0.9``.
+
+    ``ratio`` is a number here whenever every run has a single ratio (a per-layer profile keeps it a string)."""
+    frame = results.runs
+    numeric = bool(frame.ratio_value.notna().all())
+    if numeric and QUOTED_RATIO.search(query):
+        raise FilterError(f"--filter {query!r}: ratio is a number in filters; write it without quotes, e.g. "
+                          "\"ratio == 0.9\" or \"ratio in [0.5, 0.9]\".")
+    if numeric:
+        frame = frame.assign(ratio=frame.ratio_value)
     try:
-        mask = results.runs.eval(query)
+        mask = frame.eval(query)
     except Exception as err:  # pandas raises SyntaxError, NameError, TypeError, ValueError, KeyError, ...
         raise FilterError(f"--filter {query!r} cannot be evaluated ({type(err).__name__}: {err}). Columns: "
-                          f"{', '.join(results.runs.columns)}; ratio is a string (ratio == '0.9'), lr a number."
+                          f"{', '.join(results.runs.columns)}; ratio and lr are numbers (ratio == 0.9, lr == 0.01; "
+                          "a per-layer ratio profile is a string), method a string (method == 'l1')."
                           ) from None
     if not isinstance(mask, pd.Series) or mask.dtype != bool:
         raise FilterError(f"--filter {query!r} is not a true/false condition on the runs (e.g. \"lr == 0.01\").")

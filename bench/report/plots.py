@@ -77,6 +77,12 @@ def lr_styles(lrs: list[float]) -> dict[float, object]:
     return styles
 
 
+def chance_percent(runs: pd.DataFrame) -> float:
+    """Chance accuracy in percent (100 / classes), NaN when the results do not say how many classes."""
+    classes = runs.num_classes.dropna()
+    return 100.0 / float(classes.median()) if len(classes) else math.nan
+
+
 def file_stem(text: str) -> str:
     """A safe file-name part for a ratio label (profiles contain ':', ',' and '*')."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "ratio"
@@ -156,7 +162,9 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     ratios = ratio_order(ok)
     methods = [m for m in styles.order if m in set(ok.method)]
     lrs = sorted(learning_rates(ok))
+    chance = chance_percent(runs)
     handles = styles.handles(methods) + [Line2D([], [], color="0.4", linestyle="--", label="dense")]
+    handles += [Line2D([], [], color="0.6", linestyle=":", label="chance")] if not math.isnan(chance) else []
     with _style():
         rows, columns = _grid_shape(len(ratios))
         fig, axes = _figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
@@ -168,6 +176,8 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                           styles.markers[method])
             if not math.isnan(dense):
                 ax.axhline(dense, color="0.4", linestyle="--", linewidth=0.8)
+            if not math.isnan(chance):
+                ax.axhline(chance, color="0.6", linestyle=":", linewidth=0.9)
             _log(ax, "x")
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("retraining LR")
@@ -180,7 +190,7 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     return Plot("accuracy_vs_lr", "Accuracy against the retraining learning rate", (
         "One panel per pruning ratio: final test accuracy (mean over seeds, band: 95% t-interval) against the "
         "retraining LR. Crossing lines are the trainability bias: which method wins depends on the LR. The dashed "
-        "grey line is the dense model."), png, pdf)
+        "grey line is the dense model, the dotted one chance (100/classes)."), png, pdf)
 
 
 def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
@@ -198,6 +208,8 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     dashes = lr_styles(lrs)
     handles = styles.handles(methods) + [Line2D([], [], color="0.2", linestyle=dashes[lr], label=lr_label(lr))
                                          for lr in lrs]
+    chance = chance_percent(runs)
+    handles += [Line2D([], [], color="0.6", linestyle=(0, (1, 3)), label="chance")] if not math.isnan(chance) else []
     with _style():
         lines = 1 if numeric else max(r.count(",") + 1 for r in ratios)  # a profile: one pattern per line
         fig, axes = _figure(1, 1, (5.0, 3.2), [h.get_label() for h in handles], bottom_extra=0.14 * (lines - 1))
@@ -208,6 +220,8 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                 if x:
                     _band(ax, [position[r] for r in x], [acc[(r, method, lr)] for r in x], styles.colours[method],
                           dashes[lr], styles.markers[method])
+        if not math.isnan(chance):
+            ax.axhline(chance, color="0.6", linestyle=(0, (1, 3)), linewidth=0.9)
         if not numeric:
             ax.set_xticks([position[r] for r in ratios], [r.replace(",", "\n") for r in ratios])
         ax.set_xlabel("pruning ratio")
@@ -217,7 +231,7 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     return Plot("accuracy_vs_ratio", "Accuracy against the pruning ratio", (
         "Final test accuracy (mean, 95% t-interval band) against the pruning ratio; colour is the method, the line "
         "style the retraining LR (solid: highest, dotted: lowest). Where a method's solid and dotted lines part, "
-        "its result depends on the LR."), png, pdf)
+        "its result depends on the LR. The grey dotted line is chance (100/classes)."), png, pdf)
 
 
 def epoch_curves(runs: pd.DataFrame, history: pd.DataFrame, ratio: str, styles: MethodStyles) -> Plot | None:

@@ -1,13 +1,17 @@
-"""Small exact statistics for the report: Student-t intervals and Kendall's tau, without scipy.
+"""Small exact statistics for the report, without scipy: Student-t intervals, the paired t-test with Holm's
+correction, the seeds a difference would need, and Kendall's and Spearman's rank correlations.
 
 Seed counts are small integers, so the t distribution's CDF has a closed form (Abramowitz & Stegun 26.7.3/4)
-that bisection inverts to machine precision; scipy would be a heavy dependency for two functions.
+that bisection inverts to machine precision; it is the one t distribution of the whole reporter (intervals and
+p-values alike). scipy would be a heavy dependency for these few functions; the tests check them against
+published tables and scipy's documented values.
 """
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,6 +74,96 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[
         return mean, math.nan, 1
     half = t_quantile((1 + level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return mean, half, n
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom: the two-sided p-value of a t statistic."""
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return max(0.0, 1.0 - _t_two_sided_mass(abs(t), int(df)))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison: mean difference with its t-interval half-width, t statistic, two-sided p, pairs."""
+
+    mean: float
+    half: float
+    t: float
+    p: float
+    n: int
+    sd: float
+
+
+def paired_t_test(differences: Sequence[float] | np.ndarray, level: float = 0.95) -> PairedTest:
+    """The paired t-test of per-pair differences against zero (``scipy.stats.ttest_rel``'s statistic and
+    two-sided p); with fewer than two pairs there is no test (NaN), and all-equal differences give p 0 or 1."""
+    x = np.asarray(differences, dtype=float)
+    x = x[np.isfinite(x)]
+    mean, half, n = mean_ci(x, level)
+    if n < 2:
+        return PairedTest(mean, half, math.nan, math.nan, n, math.nan)
+    sd = float(x.std(ddof=1))
+    if sd == 0:
+        return PairedTest(mean, 0.0, math.copysign(math.inf, mean) if mean else math.nan,
+                          0.0 if mean else 1.0, n, 0.0)
+    t = mean / (sd / math.sqrt(n))
+    return PairedTest(mean, half, t, t_two_sided_p(t, n - 1), n, sd)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over the comparisons given; NaN stays NaN):
+    sort ascending, multiply the i-th smallest by (k - i), carry the running maximum, cap at 1."""
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    k = len(indexed)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (k - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def seeds_to_resolve(mean: float, sd: float, alpha: float = 0.05, most: int = 1000) -> int | None:
+    """The fewest pairs at which a paired difference of this mean and standard deviation would be significant at
+    ``alpha`` (two-sided, uncorrected): the smallest n with |mean| > t_{1-alpha/2, n-1} * sd / sqrt(n). None when
+    the mean is zero or more than ``most`` would be needed."""
+    if not math.isfinite(mean) or not math.isfinite(sd) or mean == 0:
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        if abs(mean) > t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n):
+            return n
+    return None
+
+
+def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, int]:
+    """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite, and that count;
+    NaN for fewer than three pairs or a constant side."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = int(a.size)
+    if n < 3:
+        return math.nan, n
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan, n
+    return float(np.corrcoef(ra, rb)[0, 1]), n
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(1, values.size + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:

@@ -26,9 +26,18 @@ def _unit(*parts: Any) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
-def run_id(suite: str, key: RunKey) -> str:
+def run_id(suite: str, key: RunKey, epochs: int = 6) -> str:
     """A stable 12-hex-digit id for a synthetic run (like the runner's content hashes)."""
-    return hashlib.sha256(json.dumps([suite, *key]).encode()).hexdigest()[:12]
+    parts = [suite, *key] + ([epochs] if epochs != 6 else [])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+def run_config(model: str, dataset: str, key: RunKey, epochs: int) -> dict[str, Any]:
+    """A run key shaped like the runner's (``config`` in result.json): fixed configuration plus the coordinates."""
+    method, ratio, lr, seed = key
+    return {"dense": {"model": model, "dataset": dataset, "seed": seed, "variants": []},
+            "prune": {"ratio": ratio, "scope": "layerwise"}, "method": [{"name": method, "hparams": {}}],
+            "retrain": {"epochs": epochs, "lr": lr}}
 
 
 def default_jsv(method: str) -> float:
@@ -83,9 +92,13 @@ def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Itera
                             seeds: Iterable[int] = (0, 1, 2), epochs: int = 6,
                             accuracy: Callable[[str, float, float, int], float] | None = None,
                             statuses: Mapping[RunKey, str] | None = None, model: str = "mlp7_linear",
-                            dataset: str = "fashion_mnist", extra_metrics: Mapping[str, Any] | None = None
-                            ) -> list[Path]:
-    """Write ``root/<suite>/runs/<id>/result.json`` for every method × ratio × lr × seed; returns the paths."""
+                            dataset: str = "fashion_mnist", extra_metrics: Mapping[str, Any] | None = None,
+                            validation: Callable[[str, float, float, int], float] | None = None,
+                            num_classes: int = 10) -> list[Path]:
+    """Write ``root/<suite>/runs/<id>/result.json`` for every method × ratio × lr × seed; returns the paths.
+
+    ``validation`` gives each finished run's validation accuracy (``acc_val_final``), as a validation split would;
+    without it the runs have none."""
     accuracy = accuracy or default_accuracy
     statuses = statuses or {}
     paths = []
@@ -96,14 +109,17 @@ def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Itera
                     key = (method, ratio, lr, seed)
                     status = statuses.get(key, "ok")
                     result: dict[str, Any] = {
-                        "format": 1, "suite": suite, "run_id": run_id(suite, key), "method": method, "model": model,
-                        "dataset": dataset, "ratio": f"{ratio:g}", "lr": lr, "seed": seed, "status": status,
-                        "config": {"synthetic": True}, "method_components": [{"name": method, "hparams": {}}],
-                        "ratio_value": ratio, "started": "2026-01-01T00:00:00+0000"}
+                        "format": 1, "suite": suite, "run_id": run_id(suite, key, epochs), "method": method,
+                        "model": model, "dataset": dataset, "ratio": f"{ratio:g}", "lr": lr, "seed": seed,
+                        "status": status, "config": run_config(model, dataset, key, epochs),
+                        "method_components": [{"name": method, "hparams": {}}],
+                        "ratio_value": ratio, "started": "2026-01-01T00:00:00+0000", "num_classes": num_classes}
                     if status in ("ok", "diverged"):
                         metrics, history = _metrics(method, ratio, lr, seed, accuracy(*key), epochs)
                     if status == "ok":
                         metrics.update(extra_metrics or {})
+                        if validation is not None:
+                            metrics["acc_val_final"] = validation(*key)
                         result.update(metrics=metrics, history={"phase": [], "retrain": history},
                                       finished="2026-01-01T00:01:00+0000")
                     elif status == "diverged":  # as the runner writes it: what it measured before retraining

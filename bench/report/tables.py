@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import kendall_tau, mean_ci
+from bench.report.stats import kendall_tau, mean_ci, paired_t_test
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,18 @@ def _expected(found: Iterable[Cell]) -> int:
     return max((c.n for c in found), default=0)
 
 
-def _bold_best(means: list[list[float]], block_of: list[str], columns: list[int]) -> set[tuple[int, int]]:
-    """The cells holding the highest mean of each column within each block of rows (ratio), when ≥2 compete."""
-    bold = set()
-    for column in columns:
-        for block in dict.fromkeys(block_of):
-            members = [i for i, b in enumerate(block_of) if b == block and not math.isnan(means[i][column])]
-            if len(members) < 2:
-                continue
-            best = max(means[i][column] for i in members)
-            bold |= {(i, column) for i in members if abs(means[i][column] - best) <= 1e-12}
-    return bold
+def resolved_best(ok: pd.DataFrame, ratio: str, lr: float, alpha: float = 0.05) -> str | None:
+    """The method with the highest mean final accuracy at this ratio and LR, but only when it beats the runner-up
+    by a resolved paired difference over seeds (paired t-test, p < ``alpha``, two or more pairs): the one case in
+    which a table bolds a winner. Never with one seed, never inside the noise."""
+    here = ok[(ok.ratio == ratio) & (ok.lr == lr)]
+    by_seed = here.pivot_table(index="seed", columns="method", values="acc_final", aggfunc="first")
+    if by_seed.shape[1] < 2:
+        return None
+    ordered = by_seed.mean().sort_values(ascending=False)
+    best, second = ordered.index[0], ordered.index[1]
+    test = paired_t_test((by_seed[best] - by_seed[second]).to_numpy())
+    return str(best) if test.n >= 2 and test.p < alpha and test.mean > 0 else None
 
 
 def _grid(runs: pd.DataFrame, methods: list[str]) -> list[tuple[str, str]]:
@@ -158,38 +159,37 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
     for lr in lrs:
         header += [(lr_label(lr), "acc (%)")] + ([(lr_label(lr), "paper"), (lr_label(lr), "Δ")] if with_ref else [])
     expected = _expected(acc.values())
-    rows, means, blocks, data = [], [], [], []
+    rows, blocks, data = [], [], []
     for ratio, method in _grid(runs, methods):
-        row, mean_row = [ratio, method], [math.nan, math.nan]
+        row = [ratio, method]
         for lr in lrs:
             cell = acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0))
             problems = bad.get((ratio, method, lr))
             text = cell.text(expected) + (f" [{problems}]" if problems else "")
             row.append(text if cell.n or problems else "")
-            mean_row.append(cell.mean)
             ref = _ref_lr(lookup, ratio, method, lr)
             diff = cell.mean - ref.mean if ref else math.nan
             if with_ref:
                 row += [f"{ref.mean:.2f} ({ref.half:.2f})" if ref else "", f"{diff:+.2f}" if ref and cell.n else ""]
-                mean_row += [math.nan, math.nan]
             data.append({"_row": len(rows), "_column": len(row) - (3 if with_ref else 1), "ratio": ratio,
                          "method": method, "lr": lr, "n": cell.n, "mean": cell.mean,
                          "ci_half": cell.half, "ci_low": cell.mean - cell.half, "ci_high": cell.mean + cell.half,
                          "not_ok": problems or "", "paper_mean": ref.mean if ref else math.nan,
                          "paper_std": ref.half if ref else math.nan, "diff_vs_paper": diff})
         rows.append(row)
-        means.append(mean_row)
         blocks.append(ratio)
-    acc_columns = [i for i, (_, label) in enumerate(header) if label == "acc (%)"]
-    bold = _bold_best(means, blocks, acc_columns)
+    winners = {(ratio, lr): resolved_best(ok, ratio, lr) for ratio in set(blocks) for lr in lrs}
+    bold = {(d["_row"], d["_column"]) for d in data if winners.get((d["ratio"], d["lr"])) == d["method"]}
     frame = pd.DataFrame(data)
     if not frame.empty:
         frame["best"] = [(i, c) in bold for i, c in zip(frame._row, frame._column)]
         frame = frame.drop(columns=["_row", "_column"])
     note = (f"Final test accuracy after retraining, mean ± half-width of the {LEVEL:.0%} Student-t interval over "
             "seeds (n=k marks cells with fewer seeds than the others; no interval for one seed). Bold: the best "
-            "method at that ratio and learning rate. Runs that did not finish are counted in brackets and left out "
-            "of the mean.")
+            "method at that ratio and learning rate, only where it beats the runner-up by a paired difference over "
+            "seeds that a t-test resolves (p < 0.05; never with one seed). Runs that did not finish are counted in "
+            "brackets and left out of the mean; each LR here is fixed by hand: see the verdict for each method at "
+            "its own validated LR.")
     if with_ref:
         note += (" 'paper' is the published mean (std), not an interval, and Δ = ours − paper, in points; the "
                  "paper's own runs may report best-epoch rather than final accuracy (uncertain in the sources).")
@@ -251,6 +251,7 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
     """Each method's rank (1 = most accurate) at every ratio and retraining LR."""
     lrs = learning_rates(runs)
     means = _means(runs)
+    ok = runs[runs.status == "ok"]
     if len({m for (_, _, m) in means}) < 2:
         return None
     header = [(KEY, "ratio"), (KEY, "method")] + [("rank (mean acc %)", lr_label(lr)) for lr in lrs]
@@ -266,13 +267,14 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
         for j, lr in enumerate(lrs):
             rank = ranks.get((ratio, lr, method))
             row.append(f"{rank} ({means[(ratio, lr, method)].mean:.2f})" if rank else "—")
-            if rank == 1:
+            if rank == 1 and resolved_best(ok, ratio, lr) == method:
                 bold.add((len(rows), 2 + j))
             data.append({"ratio": ratio, "method": method, "lr": lr, "rank": rank,
                          "mean": means[(ratio, lr, method)].mean if rank else math.nan})
         rows.append(row)
     note = ("Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share the "
-            "better rank), with the mean in brackets. Read across a row: a method whose rank moves with the LR "
+            "better rank), with the mean in brackets; rank 1 is bold only where a paired t-test over seeds resolves "
+            "it from rank 2. Read across a row: a method whose rank moves with the LR "
             "is judged differently depending on a retraining choice, not on its pruning.")
     return Table("ranks", "Method ranks per ratio and learning rate", note, header, rows, pd.DataFrame(data), bold)
 
@@ -331,8 +333,10 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
             "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
             "finished at both). 'yes' (bold) flags ratios where the winner, among the methods finished at every LR, "
             "changes with the retraining LR alone, "
-            "which is exactly the trainability bias a benchmark must not hide. A margin inside the accuracy "
-            "table's intervals means the winner is not resolved by these seeds.")
+            "which is exactly the trainability bias a benchmark must not hide. But 'no' does not mean no bias: the "
+            "bias can show as a large learning-rate gap for one method without a change of winner (see the gap "
+            "table and the headline). A margin inside the accuracy table's intervals means the winner is not "
+            "resolved by these seeds.")
     return Table("rank_stability", "Rank stability across learning rates", note, header, rows, pd.DataFrame(data),
                  bold)
 
@@ -352,29 +356,24 @@ def trainability_table(runs: pd.DataFrame, methods: list[str]) -> Table:
         header += [(lr_label(lr), "trainability acc (%)"), (lr_label(lr), "final JSV")]
     empty = Cell(math.nan, math.nan, 0)
     expected = _expected(list(pruned.values()) + list(train.values()))
-    rows, means, blocks, data = [], [], [], []
+    rows, data = [], []
     for ratio, method in _grid(runs, methods):
         d, p = dense.get((ratio, method), empty), pruned.get((ratio, method), empty)
         row = [ratio, method, d.text(expected, 3, "g"), p.text(expected, 3, "g")]
-        mean_row = [math.nan] * 4
         for lr in lrs:
             t, f = train.get((ratio, method, lr), empty), final.get((ratio, method, lr), empty)
             row += [t.text(expected), f.text(expected, 3, "g")]
-            mean_row += [t.mean, math.nan]
             data.append({"ratio": ratio, "method": method, "lr": lr, "jsv_dense": d.mean, "jsv_pruned": p.mean,
                          "jsv_pruned_ci_half": p.half, "acc_trainability": t.mean,
                          "acc_trainability_ci_half": t.half, "jsv_final": f.mean, "n": t.n})
         rows.append(row)
-        means.append(mean_row)
-        blocks.append(ratio)
-    bold = _bold_best(means, blocks, [i for i, h in enumerate(header) if h[1] == "trainability acc (%)"])
     note = ("Mean Jacobian singular value (input→logits, on a fixed probe set) of the dense model, right after "
             "pruning (before any retraining; shared by every LR, so counted once per seed) and after retraining. "
             "Values near 1 mean signals and gradients pass undistorted (dynamical isometry); near 0, the pruned "
             "network is hard to train. Trainability accuracy is the mean test accuracy over the first stage of the "
-            "retraining schedule (Wang et al. 2023); bold: the best at that ratio and LR.")
+            "retraining schedule (Wang et al. 2023).")
     return Table("trainability", "Trainability: Jacobian singular values and early accuracy", note, header, rows,
-                 pd.DataFrame(data), bold)
+                 pd.DataFrame(data))
 
 
 # ----------------------------------------------------------------------------------------- efficiency
@@ -467,3 +466,22 @@ def problem_table(runs: pd.DataFrame) -> Table | None:
                  "the retraining epochs they finished, the mean JSV of their pruned model when it was measured (a "
                  "diverged run keeps it: a value near 0 says the pruned network was hard to train), and the first "
                  "line of their error; their result.json holds the rest.", header, rows, data.reset_index(drop=True))
+
+
+def left_out_table(left_out: pd.DataFrame) -> Table | None:
+    """Runs in the suite's folder that belong to another configuration (or no longer to the suite), grouped by why:
+    listed apart, never averaged in."""
+    if left_out.empty:
+        return None
+    header = [(KEY, "runs"), (KEY, "statuses"), (KEY, "why left out"), (KEY, "run ids")]
+    rows, data = [], []
+    for reason, group in left_out.groupby("reason", sort=False):
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(group.status.value_counts().items()))
+        ids = list(group.run_id)
+        rows.append([str(len(group)), statuses, str(reason), ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")])
+        data.append({"runs": len(group), "statuses": statuses, "reason": reason, "run_ids": " ".join(ids)})
+    note = ("Result files in this suite's folder that are not runs of the suite as last run: made with another "
+            "configuration (e.g. an earlier `--set`), or with a method, ratio, LR or seed since dropped from the "
+            "suite. They are not in any other table. To keep a variant's results apart, run it under its own name: "
+            "`--set name=<suite>-<variant>`.")
+    return Table("left_out", "Runs left out of this report", note, header, rows, pd.DataFrame(data))

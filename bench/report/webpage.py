@@ -70,17 +70,20 @@ def _section(section: Section) -> str:
     return "\n".join(parts)
 
 
-def page(title: str, facts: list[str], sections: list[Section]) -> str:
-    """The whole HTML document: a heading, a line of facts, a table of contents and the sections."""
+def page(title: str, facts: list[str], sections: list[Section], headline: list[str] | None = None) -> str:
+    """The whole HTML document: a heading, a line of facts, the headline (what the suite found, in sentences), a
+    table of contents and the sections."""
     images = sum(s.plot is not None for s in sections)
     tables = sum(s.table is not None for s in sections)
     toc = "".join(f'<li><a href="#{html.escape(s.anchor)}">{html.escape(s.title)}</a></li>' for s in sections)
     body = "\n".join(_section(s) for s in sections)
     facts_html = "<br>".join(html.escape(f) for f in facts)
+    found = ('<section id="headline"><h2>What this suite found</h2><ul>'
+             + "".join(f"<li>{html.escape(line)}</li>" for line in headline) + "</ul></section>\n") if headline else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
             f'<body data-expected-images="{images}" data-expected-tables="{tables}" data-report-ready="pending">\n'
             f"<h1>{html.escape(title)}</h1>\n<p class=\"meta\">{facts_html}<br>Page state: "
-            f'<span id="report-state">loading</span></p>\n<nav><ul>{toc}</ul></nav>\n{body}\n'
+            f'<span id="report-state">loading</span></p>\n{found}<nav><ul>{toc}</ul></nav>\n{body}\n'
             f"<script>{SCRIPT}</script>\n</body></html>\n")

@@ -1,0 +1,47 @@
+"""What every entry point does before running anything: load plugins and a suite, expand its runs, pick a device.
+
+Below both the command line (``bench.cli``) and the executors (``bench.launch``), whose workers rebuild a suite
+from the command's arguments the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench.config import Suite, load_suite
+from bench.errors import ConfigError
+from bench.grid import Run, expand
+from bench.plugins import load_builtin, load_plugin
+
+
+def load_runs(suite_file: str | Path, overrides: Sequence[str] = (), plugins: Sequence[str] = (),
+              data_root: str | None = None) -> tuple[Suite, list[Run], Path]:
+    """Load plugins and the suite, validate it and expand it into runs (nothing is written)."""
+    load_builtin()
+    for plugin in plugins:
+        load_plugin(plugin)
+    suite_path = Path(suite_file)
+    suite = load_suite(suite_path, list(overrides))
+    suite_dir = suite_path.resolve().parent
+    for plugin in suite.plugins:
+        load_plugin(plugin, suite_dir)
+    try:
+        runs = expand(suite, suite_dir, data_root)
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(suite_path)) from None
+    return suite, runs, suite_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a suite's or the command line's device name (auto, cpu, cuda, cuda:N)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available here. Use --device cpu.")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' was asked for but this machine has {torch.cuda.device_count()} GPU(s) "
+                          "(cuda:0 ...). Pick one of them or 'cuda'.")
+    return device

@@ -1,0 +1,164 @@
+"""The fair verdict (issue 15): statistics against published values, LR selection on validation with the regret
+against the test oracle, failures at chance, paired comparisons with Holm's correction, and the headline."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+
+from bench.report import load_results, write_reports  # noqa: E402
+from bench.report.stats import (  # noqa: E402
+    holm,
+    paired_t_test,
+    seeds_to_resolve,
+    spearman_rho,
+    t_two_sided_p,
+)
+from bench.report.synthetic import write_synthetic_results  # noqa: E402
+from bench.report.verdict import BY_TEST, BY_VALIDATION, compare, headline, select_lrs, selected_by  # noqa: E402
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("t, df, p", [(2.0, 5, 0.10194), (2.570582, 5, 0.05), (4.302653, 2, 0.05),
+                                       (12.706205, 1, 0.05), (1.0, 1, 0.5), (2.228139, 10, 0.05), (0.0, 3, 1.0)])
+def test_two_sided_p_matches_published_t_tables(t: float, df: int, p: float) -> None:
+    assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-5)
+
+
+def test_paired_t_test_matches_scipy_ttest_rel_on_a_worked_example() -> None:
+    # scipy.stats.ttest_rel([1,2,3,4,5] + x, x): differences 1..5, t = 3 / (sqrt(2.5)/sqrt(5)) = 4.2426, p = 0.01324
+    test = paired_t_test([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (round(test.t, 4), round(test.p, 5), test.n) == (4.2426, 0.01324, 5)
+    assert test.half == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert math.isnan(paired_t_test([0.3]).p)  # one pair: no test
+    assert paired_t_test([0.5, 0.5, 0.5]).p == 0.0 and paired_t_test([0.0, 0.0]).p == 1.0
+
+
+def test_holm_step_down_adjustment() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2, math.nan])[0] == 0.2 and math.isnan(holm([0.2, math.nan])[1])
+    assert holm([0.6, 0.5]) == [1.0, 1.0]
+
+
+def test_spearman_with_ties_and_seeds_to_resolve() -> None:
+    rho, n = spearman_rho([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])  # scipy.stats.spearmanr: 0.8207826816681233
+    assert (rho, n) == (pytest.approx(0.8207826816681233), 5)
+    assert spearman_rho([1, 2, 3], [3, 2, 1])[0] == pytest.approx(-1.0)
+    assert math.isnan(spearman_rho([1, 2], [1, 2])[0])
+    # mean 1, sd 1: n = 7 is the first with 1 > t(0.975, n-1) / sqrt(n)  (t(0.975, 6) = 2.4469 / 2.6458 = 0.925)
+    assert seeds_to_resolve(1.0, 1.0) == 7 and seeds_to_resolve(0.0, 1.0) is None
+
+
+# ----------------------------------------------------------------------------------------- the verdict
+
+LRS = [0.1, 0.01, 0.001]
+
+
+def validation_prefers_x(method: str, ratio: float, lr: float, seed: int) -> float:
+    """A's validation accuracy is best at LR 0.01 (and the best of all); B's at 0.1."""
+    best = {"A": 0.01, "B": 0.1}[method]
+    return 0.80 + (0.05 if lr == best else 0.0) + (0.01 if method == "A" else 0.0) + 0.001 * seed
+
+
+def accuracy_prefers_y(method: str, ratio: float, lr: float, seed: int) -> float:
+    """On test, A does best at LR 0.001 (1 point above its validation choice); B at its validation choice 0.1.
+    A leads B by 0.2 points at their selected LRs, with seed noise larger than that: not resolved."""
+    if method == "A":
+        return {0.1: 0.70, 0.01: 0.802, 0.001: 0.812}[lr] + 0.02 * (seed % 2)
+    return {0.1: 0.80, 0.01: 0.75, 0.001: 0.60}[lr] + 0.02 * ((seed + 1) % 2)
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> Path:
+    write_synthetic_results(tmp_path, "fair", ["A", "B"], [0.9], LRS, [0, 1, 2], accuracy=accuracy_prefers_y,
+                            validation=validation_prefers_x)
+    return tmp_path
+
+
+def test_the_lr_is_chosen_on_validation_and_the_regret_reported(generated: Path) -> None:
+    runs = load_results(generated).runs
+    assert selected_by(runs) == BY_VALIDATION
+    chosen = {s.method: s for s in select_lrs(runs, ["A", "B"])}
+    assert chosen["A"].lr_selected == 0.01 and chosen["A"].lr_oracle == 0.001
+    assert chosen["A"].regret == pytest.approx(1.0) and chosen["B"].regret == pytest.approx(0.0)
+    assert chosen["B"].edge == "highest LR of the grid" and chosen["A"].edge == ""
+    write_reports(generated, workers=1)
+    table = pd.read_csv(generated / "fair" / "report" / "tables" / "verdict.csv")
+    assert list(table.columns[:9]) == ["ratio", "method", "lr_selected", "acc", "ci_half", "lr_oracle", "acc_oracle",
+                                       "regret", "selected_by"]
+    a = table[table.method == "A"].iloc[0]
+    assert (a.lr_selected, a.lr_oracle, round(a.regret, 6), a.selected_by) == (0.01, 0.001, 1.0, BY_VALIDATION)
+
+
+def test_a_difference_inside_the_noise_is_neither_resolved_nor_bolded(generated: Path) -> None:
+    runs = load_results(generated).runs
+    (comparison,) = compare(select_lrs(runs, ["A", "B"]))
+    assert comparison.reference == "A"  # the best validation accuracy at its selected LR (0.861 vs 0.851)
+    assert not comparison.resolved and comparison.pairing == "same seed, same dense model"
+    write_reports(generated, workers=1)
+    report = generated / "fair" / "report"
+    paired = pd.read_csv(report / "tables" / "paired.csv")
+    assert list(paired.resolved) == [False]
+    verdict_md = (report / "tables" / "verdict.md").read_text()
+    assert "**" not in verdict_md  # no winner bolded
+
+
+def test_a_resolved_win_is_bolded_and_said(tmp_path: Path) -> None:
+    def clear(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.85 if method == "A" else 0.80) + 0.001 * seed + 0.0003 * (seed * seed % 3)
+
+    write_synthetic_results(tmp_path, "clear", ["A", "B"], [0.9], [0.01, 0.001], [0, 1, 2], accuracy=clear,
+                            validation=clear)
+    write_reports(tmp_path, workers=1)
+    report = tmp_path / "clear" / "report"
+    assert pd.read_csv(report / "tables" / "paired.csv").resolved.all()
+    assert "**" in (report / "tables" / "verdict.md").read_text()
+    assert "resolved against every method by these 3 seeds" in (report / "summary.md").read_text()
+
+
+def test_a_failed_seed_counts_at_chance_when_choosing_the_lr(tmp_path: Path) -> None:
+    """LR 0.1 is best on two seeds but diverges on the third: at chance (10%) its mean falls below LR 0.01's."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return 0.90 if lr == 0.1 else 0.85
+
+    write_synthetic_results(tmp_path, "d", ["A"], [0.5], [0.1, 0.01], [0, 1, 2], accuracy=acc, validation=acc,
+                            statuses={("A", 0.5, 0.1, 2): "diverged"})
+    (choice,) = select_lrs(load_results(tmp_path).runs, ["A"])
+    assert choice.lr_selected == 0.01 and choice.acc.mean == pytest.approx(85.0)
+
+
+def test_without_a_validation_split_the_choice_is_marked_optimistic(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "q", ["l1", "random"], [0.5, 0.9], [0.01, 0.001], [0, 1])
+    write_reports(tmp_path, workers=1)
+    report = tmp_path / "q" / "report"
+    table = pd.read_csv(report / "tables" / "verdict.csv")
+    assert set(table.selected_by) == {BY_TEST} and (table.regret == 0).all()
+    summary = (report / "summary.md").read_text()
+    assert "chosen on the test set (no validation split), which overstates every method" in summary
+    assert summary.index("What this suite found") < summary.index("Verdict") < summary.index("Final test accuracy")
+
+
+def test_the_headline_names_the_largest_lr_gap_and_chance(tmp_path: Path) -> None:
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        if method == "random" and lr == 0.001:
+            return 0.11  # fell to chance (10 classes)
+        return 0.80 - (0.05 if method == "l1" and lr == 0.001 else 0.0) + 0.001 * seed
+
+    write_synthetic_results(tmp_path, "h", ["l1", "random"], [0.9], [0.01, 0.001], [0, 1, 2], accuracy=acc)
+    runs = load_results(tmp_path).runs
+    lines = headline(runs, select_lrs(runs, ["l1", "random"]), compare(select_lrs(runs, ["l1", "random"])))
+    text = " ".join(lines)
+    assert "The retraining LR alone moves accuracy by up to 69.1 points: random at ratio 0.9" in text
+    assert "Fell to chance (10.0%" in text and "random at ratio 0.9, LR 0.001" in text
+    assert "JSV just after pruning cannot be set against the LR gap: 2 point(s)" in text
+    write_reports(tmp_path, workers=1)
+    page = (tmp_path / "h" / "report" / "index.html").read_text()
+    assert page.index("What this suite found") < page.index("<nav>")
