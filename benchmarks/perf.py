@@ -1,7 +1,7 @@
 """Performance figures of the harness on this machine, each measured side by side in one run.
 
     python benchmarks/perf.py [--steps 30] [--device cpu] [--pack 2] [--compile]
-                              [--sections mlp resnet packing latency overhead]
+                              [--sections mlp resnet packing latency overhead validation]
 
 Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
 Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
@@ -15,6 +15,7 @@ Regulariser step costs and JSV costs have their own commands (benchmarks/step_co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gzip
 import json
@@ -27,7 +28,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +391,52 @@ def packing_section(root: Path, device: torch.device, processes: int, steps: int
             f"{epoch_samples / packed / bound:.1f}x bound {bound:.3f} s")
 
 
+@contextlib.contextmanager
+def timing(wrapped: dict[str, tuple[Any, str]]) -> Iterator[dict[str, float]]:
+    """Seconds spent in each of the functions ``{key: (module, name)}`` while the block runs: for its duration they
+    are replaced by timing wrappers (callers that look the name up at call time go through them)."""
+    spent = dict.fromkeys(wrapped, 0.0)
+    originals = {key: getattr(module, name) for key, (module, name) in wrapped.items()}
+
+    def timer(key: str) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            try:
+                return originals[key](*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - began
+        return timed
+
+    for key, (module, name) in wrapped.items():
+        setattr(module, name, timer(key))
+    try:
+        yield spent
+    finally:
+        for key, (module, name) in wrapped.items():
+            setattr(module, name, originals[key])
+
+
+def run_quickstart(*options: str, fashion_root: Path | None = None) -> float:
+    """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS`` (Fashion-MNIST from FASHION_ROOT when given);
+    a failed run stops the benchmark."""
+    from bench.cli import main
+
+    began = time.perf_counter()
+    data = ["--data-root", str(fashion_root)] if fashion_root else []
+    status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *data, *options])
+    if status != 0:
+        raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
+    return time.perf_counter() - began
+
+
+def warm_up_quickstart(workdir: Path, fashion_root: Path | None = None) -> float:
+    """Pay a process's one-time costs (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
+    JSV call) with a one-run, no-training quickstart; its wall seconds."""
+    return run_quickstart("--results", str(workdir / "warm-up"), "--set", "methods=[l1]", "--set",
+                          "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]", "--set", "pretrain.epochs=0",
+                          "--set", "retrain.epochs=0", fashion_root=fashion_root)
+
+
 def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = None) -> None:
     """The harness's own time per run (config, data, tracing, FLOPs, storage) against its training compute.
 
@@ -402,39 +449,11 @@ def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = No
     print("\nharness overhead: the quickstart suite (12 runs: mlp7_linear on Fashion-MNIST, l1, random, tpp), "
           "every cost outside training; then the suite on a local pool")
     results = workdir / "results"
-    spent = {"jsv": 0.0, "latency": 0.0, "data": 0.0}
-    wrapped = {"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
-               "data": (bench.data, "build_dataset")}
-    originals = {key: getattr(module, name) for key, (module, name) in wrapped.items()}
-
-    def timer(key: str) -> Callable[..., object]:
-        def timed(*args: object, **kwargs: object) -> object:
-            began = time.perf_counter()
-            try:
-                return originals[key](*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - began
-        return timed
-
-    def run_quickstart(*options: str) -> float:
-        """Wall seconds of ``bench.py run suites/quickstart.yaml OPTIONS``; a failed run stops the benchmark."""
-        began = time.perf_counter()
-        data = ["--data-root", str(fashion_root)] if fashion_root else []
-        status = main(["run", str(PROJECT / "suites" / "quickstart.yaml"), "--quiet", *data, *options])
-        if status != 0:
-            raise RuntimeError(f"the quickstart suite failed (exit status {status}) with options {options}")
-        return time.perf_counter() - began
-
-    # One-time costs of a process (lazy imports of torch.fx, torch.func and the FLOP counter's sympy; the first
-    # JSV call) are paid by a one-run, no-training warm-up and shown on their own line.
-    warm_up = run_quickstart("--results", str(workdir / "warm-up"), "--set", "methods=[l1]", "--set",
-                             "prune.ratios=[0.5]", "--set", "retrain.lr=[0.01]", "--set", "pretrain.epochs=0",
-                             "--set", "retrain.epochs=0")
-    for key, (module, name) in wrapped.items():
-        setattr(module, name, timer(key))
-    wall = run_quickstart("--results", str(results))
-    for key, (module, name) in wrapped.items():
-        setattr(module, name, originals[key])
+    # One-time costs of a process are paid by a warm-up and shown on their own line.
+    warm_up = warm_up_quickstart(workdir, fashion_root)
+    with timing({"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
+                 "data": (bench.data, "build_dataset")}) as spent:
+        wall = run_quickstart("--results", str(results), fashion_root=fashion_root)
     compute, phases = 0.0, {}
     for path in results.glob("*/runs/*/result.json"):
         record = json.loads(path.read_text())
@@ -458,11 +477,40 @@ def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = No
     row("everything else: the harness (s)", f"{harness:.1f}", f"{100 * harness / wall:.1f}%")
     row("report (s)", f"{report_s:.1f}", f"{100 * report_s / wall:.1f}%")
     # the same suite again, from nothing, its runs packed on a local pool
-    packed = run_quickstart("--results", str(workdir / "packed"), "--executor", "local", "--workers", str(workers))
+    packed = run_quickstart("--results", str(workdir / "packed"), "--executor", "local", "--workers", str(workers),
+                            fashion_root=fashion_root)
     row(f"the suite with --executor local --workers {workers} (s)", f"{packed:.1f}", f"{wall / packed:.2f}x faster")
 
 
-SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead")
+def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
+    """What a validation split adds to a run's wall time: one quickstart run (l1, ratio 0.9, LR 0.01: pruning, six
+    retraining epochs, the measurements) on Fashion-MNIST with a 5,000-image split, beside the same run without one.
+
+    Each run's dense model is made first, untimed, as a suite's runs share it. In the run with the split the
+    evaluations of the split (``bench.runner.validation_metrics``, wrapped for this run: the dense and pruned models,
+    then every retraining epoch) are timed; their share of that run's wall time is the figure (target <= 5%). The two
+    wall times differ also because the split leaves 55,000 of the 60,000 images to train on.
+    """
+    import bench.runner
+    print("\nvalidation split: one quickstart run (l1, ratio 0.9, LR 0.01, 6 retraining epochs; dense model made "
+          "beforehand) without a split and with validation: 5000")
+    one_run = ("--set", "methods=[l1]", "--set", "prune.ratios=[0.9]", "--set", "retrain.lr=[0.01]")
+    walls = {}
+    for name, dataset in (("without", '{"name": "fashion_mnist"}'),
+                          ("with", '{"name": "fashion_mnist", "validation": 5000}')):
+        options = ("--results", str(workdir / f"{name}-validation"), *one_run, "--set", f"dataset={dataset}")
+        run_quickstart(*options, "--set", "retrain.epochs=0", fashion_root=fashion_root)  # dense model, untimed
+        with timing({"validation": (bench.runner, "validation_metrics")}) as spent:
+            walls[name] = run_quickstart(*options, fashion_root=fashion_root)
+    share = spent["validation"] / walls["with"]
+    row("run wall time, no split: 60,000 images (s)", f"{walls['without']:.1f}")
+    row("run wall time, validation=5000: 55,000 (s)", f"{walls['with']:.1f}",
+        f"{walls['with'] / walls['without']:.3f}x")
+    row("evaluating the split: 2 + 6 times 5,000 (s)", f"{spent['validation']:.1f}",
+        f"{100 * share:.2f}% of its wall", "ok (<= 5%)" if share <= 0.05 else "OVER 5%")
+
+
+SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead", "validation")
 
 
 def main() -> None:
@@ -484,7 +532,8 @@ def main() -> None:
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s (2048x2048, best of 10)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        fashion_root = fashion_mnist_root(root) if {"mlp", "packing", "overhead"} & set(args.sections) else None
+        reads_fashion = {"mlp", "packing", "overhead", "validation"} & set(args.sections)
+        fashion_root = fashion_mnist_root(root) if reads_fashion else None
         if "mlp" in args.sections:
             fmnist = build_dataset("fashion_mnist", {}, fashion_root, 32)
             loader = torchvision_fashion_mnist(root, 128, args.workers)
@@ -505,6 +554,8 @@ def main() -> None:
             latency_section(device, (1, 128))
         if "overhead" in args.sections:
             overhead_section(root, args.pack, fashion_root)
+        if "validation" in args.sections:
+            validation_section(root, fashion_root)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,15 @@ def test_a_packed_process_that_fails_is_reported_not_waited_for() -> None:
     perf = benchmark("perf")
     with pytest.raises(RuntimeError, match="packed training process failed"):
         perf.packed_throughput("no_such_model", ("synthetic", None, 32), (3, 32, 32), 3, 1, torch.device("cpu"))
+
+
+def test_timing_wraps_the_named_functions_only_inside_the_block() -> None:
+    perf = benchmark("perf")
+    import types
+
+    calls: list[int] = []
+    module = types.SimpleNamespace(work=lambda n: calls.append(n) or n * 2)
+    original = module.work
+    with perf.timing({"work": (module, "work")}) as spent:
+        assert module.work is not original and module.work(3) == 6
+    assert module.work is original and calls == [3] and spent["work"] > 0
