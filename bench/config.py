@@ -111,12 +111,16 @@ class Trainability:
 class Latency:
     """Inference latency of the dense and of the slimmed model: the measured speed-up beside the FLOP ratio.
 
-    Wall-clock, so it varies between executions and never enters run ids or determinism checks.
+    Timed with ``torch.utils.benchmark.Timer`` at the run's thread count. Wall-clock, so it varies between
+    executions and never enters run ids or determinism checks; the settings enter the prune id (the shared pruned
+    model's record holds the figures).
     """
 
     enabled: bool = True
     batch_size: int = field(64, low=1, doc="inputs per timed forward pass")
-    repeats: int = field(20, low=1, doc="timed passes (the median is reported), after 5 untimed ones")
+    repeats: int = field(20, low=1, doc="timed blocks at least (median and IQR over them), after 5 untimed passes")
+    min_time_s: float = field(0.2, low=0, low_open=True, keyed_at_default=False,
+                              doc="seconds torch.utils.benchmark's blocked_autorange spends timing, at least")
 
 
 SUBMITIT_MANAGED = ("array", "output", "error", "open-mode", "signal")  # sbatch options submitit sets itself

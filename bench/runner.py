@@ -229,7 +229,8 @@ def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any
     found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
     latency = run.suite.latency
     if latency.enabled:
-        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats)
+        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats,
+                                                      min_time_s=latency.min_time_s)
     return found
 
 
