@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench import distributed
+from bench import distributed, environment
 from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run
@@ -332,6 +332,8 @@ COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    program = Path(sys.argv[0]).name if argv is None else "bench.py"
+    os.environ[environment.COMMAND_ENV] = shlex.join([program, *args.argv])  # workers and Slurm tasks inherit it
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s",
                         stream=sys.stderr)

@@ -68,6 +68,7 @@ class Workspace:
     device: torch.device
     suite_dir: Path | None = None
     progress: Progress | None = None
+    reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
 
 
 # ----------------------------------------------------------------------------------------- models and layers
@@ -392,7 +393,9 @@ def execute(run: Run, ws: Workspace) -> str:
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["attempts"] = previous_attempts(rd) + [{"started": result["started"], "host": platform.node(),
                                                        "pid": os.getpid()}]
-        result["environment"] = environment.describe(ws.device)
+        checkpoint = run.suite.pretrain.checkpoint
+        result["environment"] = environment.describe(
+            ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
