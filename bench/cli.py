@@ -22,7 +22,7 @@ from bench import distributed, environment
 from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run
-from bench.plugins import load_builtin, load_plugin
+from bench.plugins import load_builtin, load_enabled, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import describe, describe_keywords
 from bench.session import load_runs
@@ -43,8 +43,10 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="results directory (default: results/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a suite key with a YAML value, e.g. --set retrain.lr=[0.1,0.01]")
-    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="import outside code that registers methods, models or datasets")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
+                        help="import outside code that registers methods, models or datasets: a .py file, a module, "
+                        "or an installed package's entry point (group pruning_bench.plugins; $BENCH_PLUGINS=all "
+                        "enables every installed one)")
     parser.add_argument("--data-root", help="where datasets live (else the suite's data_root, else "
                         "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
 
@@ -110,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="List registered methods (with hyperparameters), models or datasets (with "
                              "options).")
     listing.add_argument("what", choices=["methods", "models", "datasets"])
-    listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE")
+    listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
+                         help="import outside code first: a .py file, a module or an installed plugin's entry point")
     for command in sub.choices.values():
         _add_common_arguments(command)
     return parser
@@ -301,25 +304,27 @@ def command_report(args: argparse.Namespace) -> int:
 
 def command_list(args: argparse.Namespace) -> int:
     load_builtin()
+    load_enabled()
     for plugin in args.plugins:
         load_plugin(plugin)
     if args.what == "methods":
         for name in METHODS:
             cls = METHODS.get(name)
-            print(f"{name:14} {cls.description}")
+            print(f"{name:14} {cls.description}  [{METHODS.origin(name)}]")
             for field_name, type_name, default, doc in describe(cls.Hparams):
                 print(f"    {field_name} = {default!r}  ({type_name}){'  ' + doc if doc else ''}")
     elif args.what == "models":
         for name in MODELS:
             entry = MODELS.get(name)
-            print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
+            layers = ", ".join(entry.default_layers)
+            print(f"{name:14} {entry.description}  [prunes: {layers}]  [{MODELS.origin(name)}]")
     else:
         from bench.data import _OPTION_LOW  # the lower bounds check_dataset_options enforces
 
         for name in DATASETS:
             builder = DATASETS.get(name)
             doc = (builder.__doc__ or "").strip().splitlines()
-            print(f"{name:14} {doc[0] if doc else ''}")
+            print(f"{name:14} {doc[0] if doc else ''}  [{DATASETS.origin(name)}]")
             for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=_OPTION_LOW):
                 print(f"    {option} = {default!r}  ({type_name})")
     return 0

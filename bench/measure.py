@@ -5,13 +5,13 @@ train/eval mode exactly as it found it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Measurement, Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,20 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+@functools.cache
+def _benchmark() -> tuple[type, type]:
+    """``torch.utils.benchmark``'s Measurement and Timer, imported on first use: importing them imports
+    ``torch.utils.cpp_extension``, which warns about a missing CUDA runtime on machines that have none."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Measurement, Timer
+    finally:
+        quiet.setLevel(level)
+    return Measurement, Timer
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -85,6 +99,7 @@ def measure_latency(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    Measurement, Timer = _benchmark()
     device = _model_device(model)
     threads = threads or torch.get_num_threads()
     x = torch.randn((batch_size, *input_shape), device=device)
