@@ -26,6 +26,7 @@ from bench.plugins import load_builtin, load_enabled, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import describe, describe_keywords
 from bench.session import load_runs
+from bench.trackers import require as require_tracker
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
@@ -108,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
 
+    export = sub.add_parser("export", help="write a suite's runs to TensorBoard or MLflow",
+                            description="Write the runs of a suite as last run (its manifest.json) to a tracker: one "
+                            "tracker run per run, named by its run id, with the configuration as parameters, the "
+                            "per-epoch history as step metrics and the final metrics; unfinished runs with their "
+                            "status. Exporting again rewrites them. Needs the tracker's extra: pip install -e "
+                            "'.[tensorboard]' or '.[mlflow]'.")
+    export.add_argument("suite", help="a suite name (its folder under --results) or its YAML file")
+    export.add_argument("--to", dest="tracker", choices=["tensorboard", "mlflow"], required=True)
+    export.add_argument("target", metavar="DIR_OR_URI", help="tensorboard: a log directory (runs go to "
+                        "DIR/<suite>/<run id>); mlflow: a tracking URI, or a directory for a local file store")
+    export.add_argument("--results", default="results", help="results directory (default: results/)")
+
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets (with "
                              "options).")
@@ -147,6 +160,11 @@ def command_run(args: argparse.Namespace) -> int:
                           "--tasks-per-run N instead.")
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
+    for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
+        try:
+            require_tracker(kind)
+        except UserError as err:
+            raise ConfigError(f"log.{kind}: {err}", str(args.suite)) from None
     if args.nproc > 1 and not distributed.requested():  # the suite is valid: start the group, each runs this command
         return distributed.spawn(args.nproc, main, args.argv)
     try:
@@ -302,6 +320,14 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from bench.export import export_suite
+
+    name = load_suite(args.suite).name if Path(args.suite).suffix in (".yaml", ".yml") else args.suite
+    print(export_suite(Path(args.results), name, args.tracker, args.target))
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     load_builtin()
     load_enabled()
@@ -331,7 +357,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "list": command_list}
+            "export": command_export, "list": command_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ from bench.store import (
     save_checkpoint,
     write_json,
 )
+from bench.trackers import LiveLog
 from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer
 from bench.trainability import jsv_stats
 
@@ -401,9 +402,11 @@ def execute(run: Run, ws: Workspace) -> str:
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}
         write_json(rd.result, result)
+        live = LiveLog.start(run.suite.log.targets(ws.suite_dir), result, run.suite.name) if distributed.is_main() \
+            else None
         began = time.perf_counter()
         try:
-            metrics, history = _execute_stages(run, ws, rd)
+            metrics, history = _execute_stages(run, ws, rd, live)
             result.update(status="ok", metrics=metrics, history=history)
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
@@ -418,6 +421,8 @@ def execute(run: Run, ws: Workspace) -> str:
         result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
+        if live is not None:
+            live.finish(result["status"], result.get("metrics") or {})
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
@@ -426,7 +431,8 @@ def execute(run: Run, ws: Workspace) -> str:
         return result["status"]
 
 
-def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     methods = run.method.build()
     probe = jsv_probe(run, ws)
     model, record, ctx, keep = prune_stage(run, ws, methods, probe)
@@ -445,9 +451,16 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> tuple[dict[str, Any]
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
     optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
     metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings")}
+
+    def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
+        if bar:
+            bar(epoch, total, row)
+        if live is not None:  # streams the epoch to the suite's trackers (suite key log)
+            live.epoch(epoch, row)
+
     try:
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
-                      optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=bar)
+                      optimizer=optimizer, checkpoint=rd.checkpoint, on_epoch_end=on_epoch_end, progress=progress)
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
         err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history}}
         raise
