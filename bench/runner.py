@@ -422,7 +422,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
         if live is not None:
-            live.finish(result["status"], result.get("metrics") or {})
+            live.finish(result)
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):

@@ -264,8 +264,9 @@ class LiveLog:
     """Streams one run's retraining epochs to the suite's trackers while it trains (suite key ``log``).
 
     The first epoch logged decides: epoch 1 starts the tracker run anew (an earlier attempt's curves are dropped),
-    a later epoch is a resumed run and continues the tracker run. Any tracker error is a warning naming the tracker,
-    which is then left alone for the rest of the run: logging never fails a run.
+    a later epoch is a resumed run and continues the tracker run; at the end the run is written whole. Any tracker
+    error is a warning naming the tracker, which is then left alone for the rest of the run: logging never fails a
+    run.
     """
 
     def __init__(self, targets: dict[str, str], run: TrackerRun) -> None:
@@ -274,7 +275,6 @@ class LiveLog:
         self.spent_s = 0.0
         self.epoch_s = 0.0
         self.epochs = 0
-        self.last_epoch = 0
 
     @classmethod
     def start(cls, targets: dict[str, str], result: dict[str, Any], suite: str) -> LiveLog | None:
@@ -282,7 +282,6 @@ class LiveLog:
         return cls(targets, from_result(result, suite)) if targets else None
 
     def _guard(self, kind: str, action: Any) -> None:
-        began = time.perf_counter()
         try:
             action()
         except Exception as err:  # never fail a run for a tracker
@@ -290,10 +289,9 @@ class LiveLog:
                         str(err).splitlines()[0][:200] if str(err) else "", self.run.name)
             self.targets = {k: v for k, v in self.targets.items() if k != kind}
             self.open.pop(kind, None)
-        self.spent_s += time.perf_counter() - began
 
-    def _open(self, kind: str, first_epoch: int | None) -> None:
-        """Start (epoch 1) or continue (a later epoch, or None: only the end is left) the run's tracker run."""
+    def _open(self, kind: str, first_epoch: int) -> None:
+        """Start (epoch 1) or continue (a later epoch: a resumed run) the run's tracker run."""
         fresh = first_epoch == 1
         if kind == "tensorboard":
             self.open[kind] = TensorBoardRun(self.targets[kind], self.run, fresh, first_epoch)
@@ -307,29 +305,33 @@ class LiveLog:
     def epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """Log one finished retraining epoch (its history row)."""
         self.epochs += 1
-        self.last_epoch = epoch
         self.epoch_s += float(row.get("seconds") or 0.0)
         metrics = step_metrics(row)
+        began = time.perf_counter()
         for kind in list(self.targets):
             def send(kind: str = kind) -> None:
                 if kind not in self.open:
                     self._open(kind, epoch)
                 self.open[kind].log(epoch, metrics)
             self._guard(kind, send)
+        self.spent_s += time.perf_counter() - began
 
-    def finish(self, status: str, metrics: dict[str, Any]) -> None:
-        """Log the final metrics and status, and close the tracker runs."""
-        final = final_metrics(metrics)
+    def finish(self, result: dict[str, Any]) -> None:
+        """Replace the streamed tracker runs by the finished run written whole (as ``export`` writes it): its phase
+        epochs, final metrics and status, and each epoch once even when attempts overlapped (resumes, requeues)."""
+        whole = from_result(result, self.run.experiment)
         for kind in list(self.targets):
-            def close(kind: str = kind) -> None:
-                if kind not in self.open:  # nothing logged in this attempt: continue the run if there is one
-                    self._open(kind, None)
-                writer = self.open.pop(kind)
+            def rewrite(kind: str = kind) -> None:
+                streamed = self.open.pop(kind, None)
                 if kind == "tensorboard":
-                    writer.finish(status, final)
-                else:
-                    writer.finish(status, final, self.last_epoch)
-            self._guard(kind, close)
+                    if streamed is not None:
+                        streamed.writer.close()
+                    write_tensorboard(self.targets[kind], whole)
+                    return
+                client = mlflow_client(self.targets[kind])
+                experiment = mlflow_experiment(client, whole.experiment)
+                write_mlflow(client, experiment, whole, mlflow_runs_by_name(client, experiment).get(whole.name, []))
+            self._guard(kind, rewrite)
         if self.epochs:
-            log.debug("live logging of run %s: %.2f ms per epoch, %.3f%% of an epoch", self.run.name,
+            log.debug("live logging of run %s: %.2f ms per epoch, %.3f%% of its epochs' time", self.run.name,
                       1e3 * self.spent_s / self.epochs, 100 * self.spent_s / max(self.epoch_s, 1e-9))

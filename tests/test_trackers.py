@@ -156,3 +156,30 @@ def test_a_missing_extra_is_one_line_naming_it(suite_run: Path, tmp_path: Path, 
 def test_export_without_a_manifest_says_to_run_the_suite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "nosuch", "--to", "tensorboard", str(tmp_path / "tb"), "--results", str(tmp_path)]) == 2
     assert "run the suite" in capsys.readouterr().err
+
+
+def test_a_resumed_run_streams_each_epoch_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.trackers import LiveLog
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    targets = {"tensorboard": str(tmp_path / "tb"), "mlflow": str(tmp_path / "ml")}
+    start = {"run_id": "0123456789ab", "method": "l1", "lr": 0.1, "seed": 0, "status": "running", "config": {}}
+    rows = [{"epoch": e, "lr": 0.1, "test_acc": e / 10, "seconds": 1.0} for e in (1, 2, 3)]
+    first = LiveLog.start(targets, start, "s")
+    first.epoch(1, rows[0])
+    first.epoch(2, rows[1])  # then the process is killed after epoch 2's log but before its checkpoint
+    first.open["tensorboard"].writer.flush()
+    second = LiveLog.start(targets, start, "s")  # resumes from the epoch-1 checkpoint: epoch 2 again, then 3
+    second.epoch(2, rows[1])
+    second.epoch(3, rows[2])
+    second.open["tensorboard"].writer.flush()
+    acc = tensorboard_runs(tmp_path / "tb").GetAccumulator("s/0123456789ab")
+    assert [e.step for e in acc.Scalars("test_acc")] == [1, 2, 3]  # while it trains: the repeated epoch purged
+    second.finish({**start, "status": "ok", "history": {"retrain": rows}, "metrics": {"acc_final": 0.3}})
+    frame = mlflow_frame(tmp_path / "ml")
+    assert len(frame) == 1 and frame["metrics.acc_final"][0] == 0.3 and frame["status"][0] == "FINISHED"
+    history = mlflow.tracking.MlflowClient((tmp_path / "ml").resolve().as_uri()).get_metric_history(
+        frame["run_id"][0], "test_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # at the end: written whole, each epoch once
+    acc = tensorboard_runs(tmp_path / "tb").GetAccumulator("s/0123456789ab")
+    assert [e.step for e in acc.Scalars("test_acc")] == [1, 2, 3]
