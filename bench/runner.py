@@ -402,8 +402,8 @@ def execute(run: Run, ws: Workspace) -> str:
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}
         write_json(rd.result, result)
-        live = LiveLog.start(run.suite.log.targets(ws.suite_dir), result, run.suite.name) if distributed.is_main() \
-            else None
+        live = LiveLog.start(run.suite.log.targets(ws.suite_dir), result, run.suite.name, rd.checkpoint.exists()
+                             ) if distributed.is_main() else None
         began = time.perf_counter()
         try:
             metrics, history = _execute_stages(run, ws, rd, live)

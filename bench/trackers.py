@@ -8,6 +8,7 @@ The tracker packages are optional extras; result.json stays the source of truth.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("tensorboard", "mlflow")
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # the module each extra provides
+MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking"}  # what writing imports
 RUN_TAG = "bench.run_id"
 STATUS_TAG = "bench.status"
 MAX_PARAM = 6000  # MLflow's longest parameter value
@@ -277,9 +279,20 @@ class LiveLog:
         self.epochs = 0
 
     @classmethod
-    def start(cls, targets: dict[str, str], result: dict[str, Any], suite: str) -> LiveLog | None:
-        """The live log of a run (``result``: its result.json as it starts), or None when the suite asks for none."""
-        return cls(targets, from_result(result, suite)) if targets else None
+    def start(cls, targets: dict[str, str], result: dict[str, Any], suite: str, resuming: bool = False
+              ) -> LiveLog | None:
+        """The live log of a run (``result``: its result.json as it starts; ``resuming``: whether its retraining
+        continues from a checkpoint), or None when the suite asks for none. Imports the trackers and opens the MLflow
+        run now, before any epoch, since that is most of their cost (TensorBoard's run opens at the first epoch,
+        whose number its reader needs)."""
+        if not targets:
+            return None
+        live = cls(targets, from_result(result, suite))
+        for kind in list(targets):
+            live._guard(kind, lambda kind=kind: importlib.import_module(MODULES[kind]))
+        if "mlflow" in live.targets:
+            live._guard("mlflow", lambda: live._open("mlflow", 2 if resuming else 1))
+        return live
 
     def _guard(self, kind: str, action: Any) -> None:
         try:
