@@ -183,3 +183,14 @@ def test_a_resumed_run_streams_each_epoch_once(tmp_path: Path, monkeypatch: pyte
     assert sorted(m.step for m in history) == [1, 2, 3]  # at the end: written whole, each epoch once
     acc = tensorboard_runs(tmp_path / "tb").GetAccumulator("s/0123456789ab")
     assert [e.step for e in acc.Scalars("test_acc")] == [1, 2, 3]
+
+
+def test_live_logging_to_a_missing_tracker_is_refused_before_anything_runs(
+        tmp_path: Path, write_suite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
+    suite = write_suite(tiny_suite(log={"tensorboard": "tb"}))
+    assert main(["run", str(suite), "--results", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("log.tensorboard: tensorboard is not installed; install the extra: pip install -e "
+                        "'.[tensorboard]'\n") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
