@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench import distributed
+from bench import distributed, environment
 from bench.config import Suite, device_problem, load_suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run
-from bench.plugins import load_builtin, load_plugin
+from bench.plugins import load_builtin, load_enabled, load_plugin
 from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
 from bench.schema import describe, describe_keywords
 from bench.session import load_runs
+from bench.trackers import require as require_tracker
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
@@ -43,8 +44,10 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="results directory (default: results/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a suite key with a YAML value, e.g. --set retrain.lr=[0.1,0.01]")
-    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="import outside code that registers methods, models or datasets")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
+                        help="import outside code that registers methods, models or datasets: a .py file, a module, "
+                        "or an installed package's entry point (group pruning_bench.plugins; $BENCH_PLUGINS=all "
+                        "enables every installed one)")
     parser.add_argument("--data-root", help="where datasets live (else the suite's data_root, else "
                         "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
 
@@ -116,12 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also run a data-parallel run in N processes against one (N >= 2)")
     selftest.add_argument("--quick", action="store_true",
                           help="fewer methods, torch.compile on the MLP only (what CI runs on CPU)")
+    export = sub.add_parser("export", help="write a suite's runs to TensorBoard or MLflow",
+                            description="Write the runs of a suite as last run (its manifest.json) to a tracker: one "
+                            "tracker run per run, named by its run id, with the configuration as parameters, the "
+                            "per-epoch history as step metrics and the final metrics; unfinished runs with their "
+                            "status. Exporting again rewrites them. Needs the tracker's extra: pip install -e "
+                            "'.[tensorboard]' or '.[mlflow]'.")
+    export.add_argument("suite", help="a suite name (its folder under --results) or its YAML file")
+    export.add_argument("--to", dest="tracker", choices=["tensorboard", "mlflow"], required=True)
+    export.add_argument("target", metavar="DIR_OR_URI", help="tensorboard: a log directory (runs go to "
+                        "DIR/<suite>/<run id>); mlflow: a tracking URI, or a directory for a local file store")
+    export.add_argument("--results", default="results", help="results directory (default: results/)")
 
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets (with "
                              "options).")
     listing.add_argument("what", choices=["methods", "models", "datasets"])
-    listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE")
+    listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
+                         help="import outside code first: a .py file, a module or an installed plugin's entry point")
     verify = sub.add_parser("verify", help="check every result, checkpoint and cached model of a results folder",
                             description="Read every result.json, checkpoint and cached model (their sha256 checked) "
                             "and check each against what refers to it: a finished run's model.pt keeps the channels "
@@ -176,6 +191,11 @@ def command_run(args: argparse.Namespace) -> int:
                           "--tasks-per-run N instead.")
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
+    for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
+        try:
+            require_tracker(kind)
+        except UserError as err:
+            raise ConfigError(f"log.{kind}: {err}", str(args.suite)) from None
     if args.nproc > 1 and not distributed.requested():  # the suite is valid: start the group, each runs this command
         distributed.check_gpus_for(args.nproc, args.device or suite.device)
         return distributed.spawn(args.nproc, main, args.argv)
@@ -332,27 +352,37 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from bench.export import export_suite
+
+    name = load_suite(args.suite).name if Path(args.suite).suffix in (".yaml", ".yml") else args.suite
+    print(export_suite(Path(args.results), name, args.tracker, args.target))
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     load_builtin()
+    load_enabled()
     for plugin in args.plugins:
         load_plugin(plugin)
     if args.what == "methods":
         for name in METHODS:
             cls = METHODS.get(name)
-            print(f"{name:14} {cls.description}")
+            print(f"{name:14} {cls.description}  [{METHODS.origin(name)}]")
             for field_name, type_name, default, doc in describe(cls.Hparams):
                 print(f"    {field_name} = {default!r}  ({type_name}){'  ' + doc if doc else ''}")
     elif args.what == "models":
         for name in MODELS:
             entry = MODELS.get(name)
-            print(f"{name:14} {entry.description}  [prunes: {', '.join(entry.default_layers)}]")
+            layers = ", ".join(entry.default_layers)
+            print(f"{name:14} {entry.description}  [prunes: {layers}]  [{MODELS.origin(name)}]")
     else:
         from bench.data import OPTION_LOW  # the lower bounds check_dataset_options enforces
 
         for name in DATASETS:
             builder = DATASETS.get(name)
             doc = (builder.__doc__ or "").strip().splitlines()
-            print(f"{name:14} {doc[0] if doc else ''}")
+            print(f"{name:14} {doc[0] if doc else ''}  [{DATASETS.origin(name)}]")
             for option, type_name, default, _ in describe_keywords(builder, skip=("root",), lows=OPTION_LOW):
                 print(f"    {option} = {default!r}  ({type_name})")
     return 0
@@ -416,12 +446,15 @@ def command_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "list": command_list, "verify": command_verify, "gc": command_gc, "selftest": command_selftest}
+            "export": command_export, "list": command_list, "verify": command_verify, "gc": command_gc,
+            "selftest": command_selftest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    program = Path(sys.argv[0]).name if argv is None else "bench.py"
+    os.environ[environment.COMMAND_ENV] = shlex.join([program, *args.argv])  # workers and Slurm tasks inherit it
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s",
                         stream=sys.stderr)

@@ -114,12 +114,39 @@ class Trainability:
 class Latency:
     """Inference latency of the dense and of the slimmed model: the measured speed-up beside the FLOP ratio.
 
-    Wall-clock, so it varies between executions and never enters run ids or determinism checks.
+    Timed with ``torch.utils.benchmark.Timer`` at the run's thread count. Wall-clock, so it varies between
+    executions and never enters run ids or determinism checks; the settings enter the prune id (the shared pruned
+    model's record holds the figures).
     """
 
     enabled: bool = True
     batch_size: int = field(64, low=1, doc="inputs per timed forward pass")
-    repeats: int = field(20, low=1, doc="timed passes (the median is reported), after 5 untimed ones")
+    repeats: int = field(20, low=1, doc="timed blocks at least (median and IQR over them), after 5 untimed passes")
+    min_time_s: float = field(0.2, low=0, low_open=True, keyed_at_default=False,
+                              doc="seconds torch.utils.benchmark's blocked_autorange spends timing, at least")
+
+
+@dataclass
+class Log:
+    """Live logging: each retraining epoch's metrics streamed to trackers while a run trains (``bench.trackers``).
+
+    Never part of any id (it does not change results); a tracker error is a warning, never a failed run.
+    """
+
+    tensorboard: str | None = field(None, doc="a directory; each run writes <dir>/<suite>/<run id>/ (relative paths: "
+                                    "to the suite file)")
+    mlflow: str | None = field(None, doc="a tracking URI, or a directory for a local file store (relative paths: to "
+                               "the suite file); one MLflow run per harness run in the experiment <suite>")
+
+    def targets(self, suite_dir: Path | None) -> dict[str, str]:
+        """The trackers asked for, with paths resolved against the suite file's directory."""
+        found = {}
+        for kind, target in (("tensorboard", self.tensorboard), ("mlflow", self.mlflow)):
+            if target:
+                is_uri = kind == "mlflow" and ("://" in target or target.startswith("file:"))
+                path = Path(target).expanduser()
+                found[kind] = target if is_uri or path.is_absolute() or suite_dir is None else str(suite_dir / path)
+        return found
 
 
 SUBMITIT_MANAGED = ("array", "output", "error", "open-mode", "signal")  # sbatch options submitit sets itself
@@ -211,6 +238,7 @@ class Suite:
     device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
     performance: Performance = field(default_factory=Performance)
     storage: Storage = field(default_factory=Storage)
+    log: Log = field(default_factory=Log)
     plugins: list[str] = field(default_factory=list)
     slurm: Slurm = field(default_factory=Slurm)
     reference: str | None = field(None, doc="published numbers the report prints beside ours: a shipped name "

@@ -39,7 +39,7 @@ import torch
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from bench import distributed
+from bench import distributed, environment
 from bench.config import Slurm, Suite
 from bench.errors import ConfigError, UserError
 from bench.grid import Run, suite_data_root
@@ -97,12 +97,14 @@ class Invocation:
         from bench.data import build_dataset
         from bench.registry import MODELS
 
-        data = build_dataset(suite.dataset_name, suite.dataset_options,
-                             suite_data_root(suite, suite_dir, self.data_root), MODELS.get(suite.model).image_size)
+        with environment.recording_reads() as reads:  # the dataset's files, for each result's provenance
+            data = build_dataset(suite.dataset_name, suite.dataset_options,
+                                 suite_data_root(suite, suite_dir, self.data_root), MODELS.get(suite.model).image_size)
         device_here = distributed.initialize(resolve_device(device or self.device_name(suite)))
         if not distributed.is_main():  # the other ranks of a data-parallel run stay silent
             logging.getLogger().setLevel(logging.ERROR)
-        return Workspace(results=Path(self.results), data=data, suite_dir=suite_dir, device=device_here)
+        return Workspace(results=Path(self.results), data=data, suite_dir=suite_dir, device=device_here,
+                         reads=reads)
 
 
 _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] = {}

@@ -5,9 +5,8 @@ train/eval mode exactly as it found it.
 """
 from __future__ import annotations
 
+import functools
 import logging
-import statistics
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -64,53 +63,63 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+@functools.cache
+def _benchmark() -> tuple[type, type]:
+    """``torch.utils.benchmark``'s Measurement and Timer, imported on first use: importing them imports
+    ``torch.utils.cpp_extension``, which warns about a missing CUDA runtime on machines that have none."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Measurement, Timer
+    finally:
+        quiet.setLevel(level)
+    return Measurement, Timer
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, ...],
     batch_size: int,
     repeats: int = 20,
     warmup: int = 5,
+    min_time_s: float = 0.2,
+    threads: int | None = None,
 ) -> dict[str, float | str]:
-    """Wall-clock inference latency per batch of ``batch_size`` random inputs, in milliseconds.
+    """Inference latency per batch of ``batch_size`` random inputs, in milliseconds, with
+    ``torch.utils.benchmark.Timer``.
 
-    Runs in eval mode under ``torch.inference_mode`` on the model's device, ``warmup`` untimed passes
-    then ``repeats`` timed ones.  On CUDA each pass is timed with ``torch.cuda.Event`` pairs and the
-    device is synchronised before reading them; on CPU with ``time.perf_counter``.
+    Eval mode, ``torch.inference_mode``, on the model's device: ``warmup`` untimed passes, then
+    ``blocked_autorange`` (blocks of enough passes that timer overhead and device synchronisation do not
+    matter, until ``min_time_s`` is spent), then more blocks until there are at least ``repeats``. ``threads``
+    (default: this process's ``torch.get_num_threads()``, the run's) is the Timer's ``num_threads``, whose own
+    default of 1 would time a different program from the one the run trains with.
 
-    Returns ``{"median_ms", "mean_ms", "batch_size", "repeats", "device"}``; ``device`` is a string
-    such as ``"cuda:0"`` or ``"cpu"``.
+    Returns ``{"median_ms", "iqr_ms", "mean_ms", "blocks", "per_block", "batch_size", "threads", "device"}``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    Measurement, Timer = _benchmark()
     device = _model_device(model)
+    threads = threads or torch.get_num_threads()
     x = torch.randn((batch_size, *input_shape), device=device)
-    times_ms: list[float] = []
     with _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
             model(x)
-        if device.type == "cuda":
-            with torch.cuda.device(device):  # events record on the model's device's current stream
-                torch.cuda.synchronize()
-                events = [
-                    (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                    for _ in range(repeats)
-                ]
-                for start, end in events:
-                    start.record()
-                    model(x)
-                    end.record()
-                torch.cuda.synchronize()
-            times_ms = [start.elapsed_time(end) for start, end in events]
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times_ms.append((time.perf_counter() - t0) * 1e3)
+        timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
+        found = timer.blocked_autorange(min_run_time=min_time_s)
+        raw = list(found.raw_times)
+        while len(raw) < repeats:
+            raw += timer.timeit(found.number_per_run).raw_times
+        measured = Measurement(found.number_per_run, raw, found.task_spec)
     result: dict[str, float | str] = {
-        "median_ms": statistics.median(times_ms),
-        "mean_ms": statistics.fmean(times_ms),
+        "median_ms": measured.median * 1e3,
+        "iqr_ms": measured.iqr * 1e3,
+        "mean_ms": measured.mean * 1e3,
+        "blocks": float(len(raw)),
+        "per_block": float(measured.number_per_run),
         "batch_size": float(batch_size),
-        "repeats": float(repeats),
+        "threads": float(threads),
         "device": str(device),
     }
     logger.debug("latency %s", result)

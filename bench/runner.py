@@ -56,6 +56,7 @@ from bench.store import (
     save_checkpoint,
     write_json,
 )
+from bench.trackers import LiveLog
 from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer, release_memory
 from bench.trainability import jsv_stats
 
@@ -73,6 +74,7 @@ class Workspace:
     device: torch.device
     suite_dir: Path | None = None
     progress: Progress | None = None
+    reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
 
 
 # ----------------------------------------------------------------------------------------- models and layers
@@ -284,7 +286,8 @@ def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any
     found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
     latency = run.suite.latency
     if latency.enabled:
-        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats)
+        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats,
+                                                      min_time_s=latency.min_time_s)
     return found
 
 
@@ -468,15 +471,19 @@ def execute(run: Run, ws: Workspace) -> str:
         result["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result["attempts"] = previous_attempts(rd) + [{"started": result["started"], "host": platform.node(),
                                                        "pid": os.getpid()}]
-        result["environment"] = environment.describe(ws.device)
+        checkpoint = run.suite.pretrain.checkpoint
+        result["environment"] = environment.describe(
+            ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}
         write_json(rd.result, result)
+        live = LiveLog.start(run.suite.log.targets(ws.suite_dir), result, run.suite.name, rd.checkpoint.exists()
+                             ) if distributed.is_main() else None
         began = time.perf_counter()
         try:
-            result.update(_execute_stages(run, ws, rd), status="ok")
+            result.update(_execute_stages(run, ws, rd, live), status="ok")
         except Diverged as err:
             log.warning("run %s diverged: %s", run.run_id, err)
             result.update(status="diverged", diverged={"phase": err.phase, "epoch": err.epoch}, error=str(err))
@@ -491,6 +498,8 @@ def execute(run: Run, ws: Workspace) -> str:
         result["session_s"] = time.perf_counter() - began
         write_json(rd.result, result)
         release_memory(ws.device)
+        if live is not None:
+            live.finish(result)
         if result["status"] in FINISHED:
             storage = run.suite.storage
             for leftover, keep in ((rd.checkpoint, storage.keep_checkpoints), (rd.model, storage.keep_final_model)):
@@ -499,7 +508,7 @@ def execute(run: Run, ws: Workspace) -> str:
         return result["status"]
 
 
-def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> dict[str, Any]:
+def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = None) -> dict[str, Any]:
     """The stages of one run; returns its result's metrics, history and the sha256 of the dense model it used."""
     methods = run.method.build()
     probe = jsv_probe(run, ws)
@@ -522,9 +531,16 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir) -> dict[str, Any]:
     optimizer = make_optimizer(model, recipe, groups[-1]) if groups else None
     metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings", "dense_sha256")}
     lineage = {"dense_sha256": record.get("dense_sha256")}  # None for a pruned model saved before digests
+
+    def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
+        if bar:
+            bar(epoch, total, row)
+        if live is not None:  # streams the epoch to the suite's trackers (suite key log)
+            live.epoch(epoch, row)
+
     try:
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
-                      optimizer=optimizer, on_epoch_end=on_epoch_end, progress=bar,
+                      optimizer=optimizer, on_epoch_end=on_epoch_end, progress=progress,
                       checkpoint=usable_checkpoint(rd.checkpoint, "retraining restarts from the pruned model"))
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
         err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history},

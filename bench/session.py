@@ -13,13 +13,14 @@ import torch
 from bench.config import Suite, load_suite
 from bench.errors import ConfigError
 from bench.grid import Run, expand
-from bench.plugins import load_builtin, load_plugin
+from bench.plugins import load_builtin, load_enabled, load_plugin
 
 
 def load_runs(suite_file: str | Path, overrides: Sequence[str] = (), plugins: Sequence[str] = (),
               data_root: str | None = None) -> tuple[Suite, list[Run], Path]:
     """Load plugins and the suite, validate it and expand it into runs (nothing is written)."""
     load_builtin()
+    load_enabled()
     for plugin in plugins:
         load_plugin(plugin)
     suite_path = Path(suite_file)

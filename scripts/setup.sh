@@ -2,7 +2,8 @@
 # Set up everything the harness needs on a fresh Debian/Ubuntu machine, idempotently (a second call with the same
 # pyproject.toml installs nothing):
 #   - Debian's dataset-fashion-mnist (the real Fashion-MNIST, 60k/10k) when apt is available and we are root;
-#   - a virtual environment in .venv with PyTorch, torchvision and the project (with its test extra).
+#   - a virtual environment in .venv with PyTorch, torchvision and the project (with its test extra, which brings the
+#     tracker extras tensorboard and mlflow, so their tests run rather than skip).
 # Usage: bash scripts/setup.sh [--browser]   (--browser also installs Debian's chromium for the HTML report test)
 set -euo pipefail
 cd "$(dirname "$0")/.."

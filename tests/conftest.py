@@ -28,6 +28,7 @@ TINY_SUITE: dict[str, Any] = {
     "methods": ["l1", "random"],
     "retrain": {"epochs": 3, "batch_size": 64, "lr": [0.05, 0.01], "schedule": {"name": "step", "milestones": [2]}},
     "trainability": {"samples": 8, "every": 1},
+    "latency": {"repeats": 3, "min_time_s": 0.01},  # a fast, rough measurement (only the prune ids see it)
     "device": "cpu",
 }
 

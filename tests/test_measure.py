@@ -54,8 +54,8 @@ def test_parameters_include_batchnorm_affine() -> None:
 def test_latency_positive_and_restores_mode() -> None:
     model = _small_conv_net().train()
     model[1].eval()  # a mixed-mode model must come back exactly as it was
-    result = measure_latency(model, (3, 16, 16), batch_size=4, repeats=3, warmup=1)
-    assert result["median_ms"] > 0 and result["mean_ms"] > 0
+    result = measure_latency(model, (3, 16, 16), batch_size=4, repeats=3, warmup=1, min_time_s=0.001)
+    assert result["median_ms"] > 0 and result["mean_ms"] > 0 and result["iqr_ms"] >= 0
     assert result["device"] == "cpu"
     assert model.training and not model[1].training and model[4].training
 
@@ -63,5 +63,45 @@ def test_latency_positive_and_restores_mode() -> None:
 def test_latency_does_not_update_batchnorm_stats() -> None:
     model = _small_conv_net().train()
     before = model[1].running_mean.clone()
-    measure_latency(model, (3, 16, 16), batch_size=4, repeats=2, warmup=1)
+    measure_latency(model, (3, 16, 16), batch_size=4, repeats=2, warmup=1, min_time_s=0.001)
     torch.testing.assert_close(model[1].running_mean, before)
+
+
+class _ThreadSpy(torch.nn.Module):
+    """Records the torch thread count each forward pass runs with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 2)
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return self.linear(x)
+
+
+def test_latency_times_at_least_repeats_blocks_with_the_runs_thread_count() -> None:
+    spy = _ThreadSpy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the run's thread count; torch.utils.benchmark.Timer's own default is 1
+    try:
+        result = measure_latency(spy, (8,), batch_size=4, repeats=7, warmup=0, min_time_s=0.001)
+    finally:
+        torch.set_num_threads(before)
+    assert result["threads"] == 2 and set(spy.seen) == {2}
+    assert result["blocks"] >= 7 and result["per_block"] >= 1
+    assert len(spy.seen) >= result["blocks"] * result["per_block"]  # every timed pass ran (plus the estimate's)
+
+
+def test_latency_min_time_enters_prune_ids_only_when_set(write_suite) -> None:
+    from bench.config import load_suite
+    from bench.grid import expand
+    from bench.plugins import load_builtin
+    from tests.conftest import tiny_suite
+
+    load_builtin()
+    default = expand(load_suite(write_suite(tiny_suite(latency={"repeats": 3}), "a.yaml")))[0]
+    written = expand(load_suite(write_suite(tiny_suite(latency={"repeats": 3, "min_time_s": 0.2}), "b.yaml")))[0]
+    short = expand(load_suite(write_suite(tiny_suite(latency={"repeats": 3, "min_time_s": 0.01}), "c.yaml")))[0]
+    assert default.prune_id == written.prune_id != short.prune_id  # at its default it stays out of the key
+    assert default.run_id == short.run_id  # latency settings never change a run id
