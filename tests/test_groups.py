@@ -1,0 +1,122 @@
+"""Coupled channel groups: Torch-Pruning's groups slice exactly, and the in-house chains agree with them."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bench.groups import GroupPlan, plan_groups, slim_groups, zero_groups_
+from bench.models import MODELS
+from bench.pruning import PruningError, prunable_layers, select_layers
+
+CIFAR_MODELS = ["mlp7_relu", "mobilenet_v1", "resnet20", "resnet56", "resnet34_cifar", "vgg11", "vgg19"]
+
+
+def halves(plan: GroupPlan, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A seeded random half of each group's units kept, and the others."""
+    gen = torch.Generator().manual_seed(seed)
+    keep, pruned = {}, {}
+    for name, group in plan.groups.items():
+        order = torch.randperm(group.size, generator=gen)
+        keep[name] = torch.sort(order[: max(1, group.size // 2)]).values
+        pruned[name] = torch.sort(order[max(1, group.size // 2):]).values
+    return keep, pruned
+
+
+def built(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS.get(name).build(num_classes=10, in_channels=3).eval()
+
+
+def default_layers(model: nn.Module, name: str) -> list[str]:
+    entry = MODELS.get(name)
+    return select_layers(model, name, None, None, entry.default_layers, entry.default_skip)
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_chains_slim_like_torch_pruning(name: str) -> None:
+    """On each CIFAR model's default layers the in-house slicer and Torch-Pruning give the same slim model."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ours, theirs = built(name), built(name)
+    layers = default_layers(ours, name)
+    plan = plan_groups(ours, x[:1], layers)
+    assert {g.kind for g in plan.groups.values()} == {"chain"}
+    tp_plan = plan_groups(theirs, x[:1], layers, coupled_only=True)
+    assert {g.kind for g in tp_plan.groups.values()} == {"coupled"}
+    assert [(g.name, g.size) for g in plan.groups.values()] == [(g.name, g.size) for g in tp_plan.groups.values()]
+    keep, _ = halves(plan)
+    slim_groups(ours, plan, keep)
+    slim_groups(theirs, tp_plan, keep)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+class Concat(nn.Module):
+    """Two conv branches concatenated on channels, read by one conv: the concatenation group type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.bn_a = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(10, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.cat([torch.relu(self.bn_a(self.a(x))), self.b(x)], dim=1)
+        return self.fc(torch.relu(self.head(y)).mean((2, 3)))
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with non-trivial BatchNorm statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean):
+                t.copy_(torch.randn(t.shape, generator=gen))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+def assert_slim_equals_zeroed(model: nn.Module, layers: list[str], x: Tensor, kind: str) -> nn.Module:
+    """Slim a seeded half of each group and check it computes what the unslimmed model with those units zeroed does."""
+    plan = plan_groups(model, x[:1], layers)
+    assert kind in {g.kind for g in plan.groups.values()}
+    zeroed = copy.deepcopy(model)
+    keep, pruned = halves(plan)
+    zero_groups_(zeroed, plan_groups(zeroed, x[:1], layers), pruned)
+    slim_groups(model, plan, keep)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+    return model
+
+
+def test_residual_stream_group_slims_exactly() -> None:
+    """``layer*.*.conv2`` of torchvision's ResNet-18 prunes each stage's residual stream, stem and shortcuts too."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = randomised(torchvision.models.resnet18(num_classes=10))
+    layers = prunable_layers(model, ["layer*.*.conv2"])
+    plan = plan_groups(model, torch.zeros(1, 3, 32, 32), layers)
+    assert list(plan.groups) == ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
+    assert plan.groups["layer1.0.conv2"].producers == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+    assert plan.groups["layer2.0.conv2"].producers == ["layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"]
+    slimmed = assert_slim_equals_zeroed(model, layers, torch.randn(2, 3, 32, 32), "coupled")
+    assert slimmed.conv1.out_channels == 32 and slimmed.layer1[1].conv1.in_channels == 32
+    assert slimmed.fc.in_features == 256 and slimmed.layer4[0].downsample[0].out_channels == 256
+
+
+def test_concatenation_group_slims_exactly() -> None:
+    """A branch feeding a concatenation loses its channels and the reader's matching input slice."""
+    torch.manual_seed(0)
+    model = randomised(Concat())
+    slimmed = assert_slim_equals_zeroed(model, ["a", "b"], torch.randn(2, 3, 8, 8), "coupled")
+    assert (slimmed.a.out_channels, slimmed.b.out_channels, slimmed.head.in_channels) == (3, 2, 5)
+
+
+def test_layer_feeding_the_output_is_refused() -> None:
+    with pytest.raises(PruningError, match="'fc' feeds the model output"):
+        plan_groups(Concat(), torch.zeros(1, 3, 8, 8), ["fc"])
