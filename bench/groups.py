@@ -47,6 +47,15 @@ class Group:
     size: int  # prunable units (channels; heads for "heads")
     unit: int = 1  # producer output channels per unit (a head's width for "heads")
     normalisation: list[str] = field(default_factory=list)  # BatchNorms whose channels go with it
+    batchnorm_of: dict[str, str | None] = field(default_factory=dict)  # the BatchNorm right after each producer
+    # where each member holds the group's channels (a BatchNorm after a concatenation: at an offset); default 0..n-1
+    offsets: dict[str, list[int]] = field(default_factory=dict)
+
+    def channels(self, member: str, units: Tensor) -> Tensor:
+        """The output channels of ``member`` that hold ``units`` of this group."""
+        index = (torch.as_tensor(units, dtype=torch.long)[:, None] * self.unit + torch.arange(self.unit)).flatten()
+        where = self.offsets.get(member)
+        return index if where is None else torch.as_tensor(where, dtype=torch.long)[index]
 
 
 @dataclass
@@ -89,7 +98,8 @@ def plan_groups(model: nn.Module, example_input: Tensor, layers: Sequence[str], 
     for name, deps in chains.items():
         size = modules[name].weight.shape[0]
         norms = [n for n in [deps.batchnorm, *deps.passthrough] if n and isinstance(modules[n], BATCHNORM_TYPES)]
-        groups.append(Group(name, "chain", [name], [name], size, normalisation=norms))
+        groups.append(Group(name, "chain", [name], [name], size, normalisation=norms,
+                            batchnorm_of={name: deps.batchnorm}))
     for group in groups:
         group.layers.sort(key=order.__getitem__)
         group.name = group.layers[0]
@@ -145,12 +155,11 @@ def channel_masks(model: nn.Module, plan: GroupPlan, units: Mapping[str, Tensor]
     masks: dict[str, Tensor] = {}
     for name, indices in units.items():
         group = _group(plan, name)
-        unit_mask = torch.zeros(group.size)
-        unit_mask[torch.as_tensor(indices, dtype=torch.long)] = 1.0
-        rows = unit_mask.repeat_interleave(group.unit)
-        if zero:
-            rows = 1.0 - rows
         for member in [*group.producers, *group.normalisation]:
+            rows = masks.get(member)
+            if rows is None:
+                rows = torch.full((model.get_submodule(member).weight.shape[0],), 1.0 if zero else 0.0)
+            rows[group.channels(member, indices)] = 0.0 if zero else 1.0
             masks[member] = rows
     return masks
 
@@ -218,8 +227,12 @@ def _coupled_groups(graph: Any, modules: Mapping[str, nn.Module], layers: Sequen
         if not isinstance(module, PRUNABLE_TYPES):
             raise PruningError(f"layer '{name}' is not an nn.Conv2d or nn.Linear")
         size = module.weight.shape[0]
-        pruning_group = graph.get_pruning_group(module, _out_handler(module), idxs=list(range(size)))
-        producers, norms = [], []
+        try:
+            pruning_group = graph.get_pruning_group(module, _out_handler(module), idxs=list(range(size)))
+        except Exception as exc:  # noqa: BLE001 - any failure inside Torch-Pruning means the same to the user
+            raise PruningError(f"layer '{name}': Torch-Pruning cannot group its channels ({type(exc).__name__}: "
+                               f"{exc}); add it to prune.skip") from exc
+        producers, norms, offsets = [], [], {}
         for item in pruning_group:
             target = item.dep.target.module
             member = names.get(target)
@@ -229,13 +242,25 @@ def _coupled_groups(graph: Any, modules: Mapping[str, nn.Module], layers: Sequen
                 raise PruningError(
                     f"layer '{name}': its channels reach '{member}' ({type(target).__name__}), which mixes channels "
                     "(removing one is not the same as zeroing it); add the layer to prune.skip")
-            if len(item.idxs) != size:
+            where = [int(i) for i in item.idxs]
+            if len(where) != size:
                 raise PruningError(f"layer '{name}': '{member}' holds its channels unevenly; add it to prune.skip")
+            if where != list(range(size)):
+                offsets[member] = where
             (producers if isinstance(target, PRUNABLE_TYPES) else norms).append(member)
         key = frozenset(producers)
         if key in found:
             found[key].layers.append(name)
         else:
-            found[key] = Group(name, "coupled", [name], sorted(producers, key=list(modules).index), size,
-                               normalisation=norms)
+            producers.sort(key=list(modules).index)
+            found[key] = Group(name, "coupled", [name], producers, size, normalisation=norms, offsets=offsets,
+                               batchnorm_of={p: _next_batchnorm(graph, modules[p], names) for p in producers})
     return list(found.values())
+
+
+def _next_batchnorm(graph: Any, module: nn.Module, names: Mapping[nn.Module, str]) -> str | None:
+    """The BatchNorm that alone reads ``module``'s output in Torch-Pruning's graph, if any."""
+    outputs = graph.module2node[module].outputs
+    if len(outputs) == 1 and isinstance(outputs[0].module, BATCHNORM_TYPES):
+        return names.get(outputs[0].module)
+    return None

@@ -7,9 +7,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import bench.data  # noqa: F401 - registers the datasets
+from bench import PruneTarget, Recipe, RunContext
 from bench.groups import GroupPlan, plan_groups, slim_groups, zero_groups_
 from bench.models import MODELS
 from bench.pruning import PruningError, prunable_layers, select_layers
+from bench.registry import DATASETS
+from methods.greg import GReg, GRegHparams
+from methods.l1 import L1
+from methods.tpp import TPP, TPPHparams
 
 CIFAR_MODELS = ["mlp7_relu", "mobilenet_v1", "resnet20", "resnet56", "resnet34_cifar", "vgg11", "vgg19"]
 
@@ -120,3 +126,43 @@ def test_concatenation_group_slims_exactly() -> None:
 def test_layer_feeding_the_output_is_refused() -> None:
     with pytest.raises(PruningError, match="'fc' feeds the model output"):
         plan_groups(Concat(), torch.zeros(1, 3, 8, 8), ["fc"])
+
+
+def stream_context(ratio: float = 0.5) -> tuple[nn.Module, RunContext]:
+    """torchvision ResNet-18 with its stage-1 residual stream as the one target group, as the runner builds it."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    plan = plan_groups(model, torch.zeros(1, 3, 32, 32), ["layer1.0.conv2", "layer1.1.conv2"])
+    target = PruneTarget(plan.leaders, {"layer1.0.conv2": ratio}, "layerwise", groups=dict(plan.groups))
+    batchnorm_of = {m: bn for g in plan.groups.values() for m, bn in g.batchnorm_of.items()}
+    data = DATASETS.get("synthetic")(root=None, num_train=32, num_test=16)
+    ctx = RunContext(target=target, data=data, device=torch.device("cpu"), seed=0, nonlinearity="relu",
+                     batchnorm_of=batchnorm_of, dense_recipe=Recipe(1, 0.1), retrain=Recipe(1, 0.01, batch_size=16))
+    return model, ctx
+
+
+def test_group_scores_are_the_mean_over_members_of_each_members_mean_abs_weight() -> None:
+    model, ctx = stream_context()
+    assert ctx.target.members() == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+    expected = torch.stack([model.get_submodule(m).weight.detach().abs().flatten(1).mean(1)
+                            for m in ctx.target.members()]).mean(0)
+    method = L1(None)
+    scores = method.group_scores(method.scores(model, ctx), ctx.target)
+    torch.testing.assert_close(scores["layer1.0.conv2"], expected)
+    keep = method.select(model, ctx)["layer1.0.conv2"]
+    assert keep.tolist() == torch.sort(torch.sort(expected, stable=True).indices[32:]).values.tolist()
+
+
+def test_greg_and_tpp_regularise_every_member_of_a_picked_group() -> None:
+    model, ctx = stream_context()
+    (hooks,) = GReg(GRegHparams()).phase(model, ctx).hooks
+    assert sorted(hooks.pruned) == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+    assert all(torch.equal(hooks.pruned["conv1"], p) and p.numel() == 32 for p in hooks.pruned.values())
+    tpp = TPP(TPPHparams(stabilize=10_000))
+    (hooks,) = tpp.phase(model, ctx).hooks
+    assert {(layer.name, layer.batchnorm) for layer in hooks.layers} == {
+        ("conv1", "bn1"), ("layer1.0.conv2", "layer1.0.bn2"), ("layer1.1.conv2", "layer1.1.bn2")}
+    assert torch.equal(hooks.layers[0].pruned, torch.tensor(sorted(
+        set(range(64)) - set(tpp.select(model, ctx)["layer1.0.conv2"].tolist()))))
