@@ -22,6 +22,8 @@ def group_suite(model: str, ratio: float, method: str = "l1", **prune: object) -
 @pytest.mark.parametrize(("model", "ratio", "prune"), [
     ("tv:resnet18", 0.5, {"layers": ["layer*.*.conv2"]}),
     pytest.param("tv:mobilenet_v2", 0.3, {}, marks=pytest.mark.slow),  # ~25 s on two cores
+    pytest.param("vit_cifar", 0.5, {}, marks=pytest.mark.slow),
+    pytest.param("mobilenet_v2_cifar", 0.3, {}, marks=pytest.mark.slow),
 ])
 def test_torchvision_models_prune_in_groups(tmp_path: Path, write_suite, model: str, ratio: float,
                                             prune: dict) -> None:

@@ -11,13 +11,14 @@ import bench.data  # noqa: F401 - registers the datasets
 from bench import PruneTarget, Recipe, RunContext
 from bench.groups import GroupPlan, plan_groups, slim_groups, zero_groups_
 from bench.models import MODELS
+from bench.models.vit import HeadAttention, ViT
 from bench.pruning import PruningError, prunable_layers, select_layers
 from bench.registry import DATASETS
 from methods.greg import GReg, GRegHparams
 from methods.l1 import L1
 from methods.tpp import TPP, TPPHparams
 
-CIFAR_MODELS = ["mlp7_relu", "mobilenet_v1", "resnet20", "resnet56", "resnet34_cifar", "vgg11", "vgg19"]
+CIFAR_MODELS = ["mlp7_relu", "mobilenet_v1", "resnet20", "resnet56", "resnet34_cifar", "vgg11", "vgg19"]  # chains only
 
 
 def halves(plan: GroupPlan, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -166,3 +167,40 @@ def test_greg_and_tpp_regularise_every_member_of_a_picked_group() -> None:
         ("conv1", "bn1"), ("layer1.0.conv2", "layer1.0.bn2"), ("layer1.1.conv2", "layer1.1.bn2")}
     assert torch.equal(hooks.layers[0].pruned, torch.tensor(sorted(
         set(range(64)) - set(tpp.select(model, ctx)["layer1.0.conv2"].tolist()))))
+
+
+def test_head_attention_computes_what_multihead_attention_does() -> None:
+    torch.manual_seed(0)
+    ours = HeadAttention(16, 4).eval()
+    theirs = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+        x = torch.randn(3, 5, 16)
+        torch.testing.assert_close(ours(x), theirs(x, x, x, need_weights=False)[0])
+
+
+def small_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return ViT(10, 3, image_size=8, patch=4, layers=2, num_heads=4, dim=16, mlp_dim=24).eval()
+
+
+def test_attention_head_group_slims_exactly() -> None:
+    """Whole heads go: a head's rows of q, k and v and its columns of the output projection."""
+    layers = prunable_layers(small_vit(), ["encoder.layers.*.self_attention.[qkv]"])
+    slimmed = assert_slim_equals_zeroed(small_vit(), layers, torch.randn(2, 3, 8, 8), "heads")
+    attention = slimmed.encoder.layers[0].self_attention
+    assert (attention.num_heads, attention.q.out_features, attention.out_proj.in_features) == (2, 8, 8)
+
+
+def test_mlp_hidden_unit_group_slims_exactly() -> None:
+    layers = prunable_layers(small_vit(), ["encoder.layers.*.mlp.0"])
+    slimmed = assert_slim_equals_zeroed(small_vit(), layers, torch.randn(2, 3, 8, 8), "coupled")
+    assert (slimmed.encoder.layers[1].mlp[0].out_features, slimmed.encoder.layers[1].mlp[3].in_features) == (12, 12)
+
+
+def test_a_residual_width_through_layernorm_is_refused() -> None:
+    with pytest.raises(PruningError, match="'conv_proj'.*LayerNorm.*mixes channels"):
+        plan_groups(small_vit(), torch.zeros(1, 3, 8, 8), ["conv_proj"])

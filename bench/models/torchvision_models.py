@@ -97,3 +97,18 @@ def resnet34(num_classes: int, in_channels: int) -> nn.Module:
 def resnet50(num_classes: int, in_channels: int) -> nn.Module:
     """Build torchvision ResNet-50."""
     return _build("resnet50", num_classes, in_channels)
+
+
+@register_model("mobilenet_v2_cifar",
+                "CIFAR MobileNet-V2 (torchvision's blocks; stride-1 stem and second stage for 32x32 inputs)",
+                image_size=None, default_layers=("*",), default_skip=("classifier.1",))
+def mobilenet_v2_cifar(num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision MobileNet-V2 with the two first downsamplings removed (the usual CIFAR variant: 4x4 at the end)."""
+    settings = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                [6, 320, 1, 1]]
+    mobilenetv2 = importlib.import_module("torchvision.models.mobilenetv2")
+    model = mobilenetv2.MobileNetV2(num_classes=num_classes, inverted_residual_setting=settings)
+    stem = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.features[0][0].weight, mode="fan_out")
+    return model
