@@ -75,3 +75,12 @@ def test_a_packed_process_that_fails_is_reported_not_waited_for() -> None:
     perf = benchmark("perf")
     with pytest.raises(RuntimeError, match="packed training process failed"):
         perf.packed_throughput("no_such_model", ("synthetic", None, 32), (3, 32, 32), 3, 1, torch.device("cpu"))
+
+
+def test_group_speed_prints_the_build_time_and_the_halved_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    group_speed = benchmark("group_speed")
+    assert group_speed.main(["--models", "resnet20", "--repeats", "1", "--threads", "1"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("resnet20") and "9 layers -> {'chain': 9}" in line and "half pruned" in line
+    assert group_speed.main(["--models", "resnet2O"]) == 2
+    assert capsys.readouterr().err.startswith("error: --models: unknown model 'resnet2O'")
