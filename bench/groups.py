@@ -243,8 +243,11 @@ def _coupled_groups(graph: Any, modules: Mapping[str, nn.Module], layers: Sequen
                     f"layer '{name}': its channels reach '{member}' ({type(target).__name__}), which mixes channels "
                     "(removing one is not the same as zeroing it); add the layer to prune.skip")
             where = [int(i) for i in item.idxs]
-            if len(where) != size:
-                raise PruningError(f"layer '{name}': '{member}' holds its channels unevenly; add it to prune.skip")
+            if len(where) != size or isinstance(target, PRUNABLE_TYPES) and target.weight.shape[0] != size:
+                # e.g. a zero-padded (option-A) shortcut, which Torch-Pruning reads as the identity
+                raise PruningError(
+                    f"layer '{name}': its channels reach '{member}' ({target.weight.shape[0]} channels) through an op "
+                    "that Torch-Pruning cannot map exactly (a zero-padded shortcut?); add the layer to prune.skip")
             if where != list(range(size)):
                 offsets[member] = where
             (producers if isinstance(target, PRUNABLE_TYPES) else norms).append(member)
