@@ -204,3 +204,16 @@ def test_mlp_hidden_unit_group_slims_exactly() -> None:
 def test_a_residual_width_through_layernorm_is_refused() -> None:
     with pytest.raises(PruningError, match="'conv_proj'.*LayerNorm.*mixes channels"):
         plan_groups(small_vit(), torch.zeros(1, 3, 8, 8), ["conv_proj"])
+
+
+@pytest.mark.parametrize("name", [
+    "mobilenet_v2_cifar",
+    "tv:mobilenet_v2",
+    "tv:googlenet",
+    "tv:densenet121",
+    "tv:efficientnet_b0",
+])
+def test_default_groups_of_grouped_models_slim_exactly(name: str) -> None:
+    """One small member per family, default layers (streams, concatenations, squeeze-excitation), 32 px input."""
+    model = randomised(built(name))
+    assert_slim_equals_zeroed(model, default_layers(model, name), torch.randn(2, 3, 32, 32), "coupled")
