@@ -223,6 +223,10 @@ def _coupled_groups(graph: Any, modules: Mapping[str, nn.Module], layers: Sequen
     names = {module: name for name, module in modules.items()}
     found: dict[frozenset[str], Group] = {}
     for name in layers:
+        known = next((g for g in found.values() if name in g.producers), None)
+        if known is not None:  # already in a group found from another of its layers
+            known.layers.append(name)
+            continue
         module = modules[name]
         if not isinstance(module, PRUNABLE_TYPES):
             raise PruningError(f"layer '{name}' is not an nn.Conv2d or nn.Linear")
