@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError, UserError
+from bench.groups import Group
 from bench.pruning import num_pruned
 from bench.registry import METHODS
 from bench.train import Recipe, TrainHooks
@@ -40,6 +41,28 @@ class PruneTarget:
     ratios: dict[str, float]         # the requested ratio of each layer (layerwise) or the global ratio
     scope: str                       # "layerwise" or "global"
     min_keep: int = 1                # floor per layer: global ranking and quantile cuts, not layerwise counts
+    # the coupled channel group each layer leads (bench.groups); a layer without an entry prunes its own channels
+    groups: dict[str, Group] = field(default_factory=dict)
+
+    def members(self) -> list[str]:
+        """Every layer whose output channels the target prunes: each group's producers (a chain: the layer)."""
+        found = [m for name in self.layers for m in (self.groups[name].producers if name in self.groups else [name])]
+        return list(dict.fromkeys(found))
+
+    def coupled(self) -> list[Group]:
+        """The groups that span more than one layer's channels or prune whole heads."""
+        return [g for name, g in self.groups.items() if name in self.layers and g.kind != "chain"]
+
+    def member_indices(self, units: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Units (kept or pruned) of each layer's group, as output-channel indices of every member."""
+        found = {}
+        for name, index in units.items():
+            group = self.groups.get(name)
+            if group is None:
+                found[name] = index
+                continue
+            found.update({member: group.channels(member, index) for member in group.producers})
+        return found
 
 
 @dataclass
@@ -89,6 +112,10 @@ class Method:
     # Raise when a fix changes the method's results: a version other than 1 enters run ids, so results made before
     # the fix are not reused (version 1 stays out of ids, so existing results keep theirs).
     version: ClassVar[int] = 1
+    # Whether the method can score and prune coupled groups (residual streams, concatenations, heads); one that
+    # cannot is refused before any work, with ``group_limit`` as the reason.
+    group_aware: ClassVar[bool] = False
+    group_limit: ClassVar[str] = "it scores each layer's own channels and knows nothing of coupled groups"
 
     def __init__(self, hparams: Any) -> None:
         self.hparams = hparams
@@ -106,8 +133,25 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} must implement scores() or select()")
 
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
-        """Kept output-channel indices per target layer; by default the highest ``scores``."""
-        return keep_from_scores(checked_scores(self, model, self.scores(model, ctx), ctx.target.layers), ctx.target)
+        """Kept output-channel indices per target layer (group); by default the highest ``group_scores``."""
+        scores = checked_scores(self, model, self.scores(model, ctx), ctx.target.members())
+        return keep_from_scores(self.group_scores(scores, ctx.target), ctx.target)
+
+    def group_scores(self, scores: Mapping[str, torch.Tensor], target: PruneTarget) -> dict[str, torch.Tensor]:
+        """One score per unit of each target group from its members' channel scores (``scores`` by member).
+
+        The stated rule: a unit's score is the mean over the group's members of each member's score of that unit
+        (a head's channels averaged first), so that under global scope a wide group is not favoured over a
+        narrow one. A chain's score is its layer's. Override to reduce otherwise (sum, max)."""
+        reduced = {}
+        for name in target.layers:
+            group = target.groups.get(name)
+            if group is None or group.producers == [name] and group.unit == 1:
+                reduced[name] = scores[name]
+                continue
+            units = [scores[m].detach().float().reshape(group.size, group.unit).mean(dim=1) for m in group.producers]
+            reduced[name] = torch.stack(units).mean(dim=0)
+        return reduced
 
     def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
         """Called on the physically pruned model before retraining (re-initialisation, for example)."""
@@ -144,6 +188,19 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return decorate
+
+
+def refuse_groups(method: Method, target: PruneTarget) -> None:
+    """A ConfigError naming the first coupled group when ``method`` cannot prune groups; before any work."""
+    coupled = target.coupled()
+    if coupled and not method.group_aware:
+        group = coupled[0]
+        what = "attention heads" if group.kind == "heads" else f"a coupled group of {len(group.producers)} layers"
+        raise ConfigError(
+            f"methods: {getattr(method, 'name', type(method).__name__)}: layer '{group.name}' is pruned in {what} "
+            f"({', '.join(group.producers[:4])}{', ...' if len(group.producers) > 4 else ''}), which this method "
+            f"cannot do: {method.group_limit}. Prune only layers that feed one chain (prune.layers) or use a "
+            "group-aware method (l1, random, greg, tpp).")
 
 
 def checked_scores(method: Method, model: nn.Module, scores: Mapping[str, torch.Tensor], layers: list[str]

@@ -55,6 +55,10 @@ class PruningError(UserError, ValueError):
     """A user-facing pruning problem; the message names the offending layer."""
 
 
+class CoupledChannels(PruningError):
+    """The layer's channels meet other layers' (a residual add, a concat, a token-wise linear): a coupled group."""
+
+
 @dataclass
 class LayerDeps:
     """What must change when output channels of ``layer`` are removed."""
@@ -124,11 +128,13 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
     return {name: _out_channels(name, model.get_submodule(name)) for name in layers}
 
 
-def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence[str]) -> dict[str, LayerDeps]:
+def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence[str],
+                       coupled: list[str] | None = None) -> dict[str, LayerDeps]:
     """Trace ``model`` with torch.fx and return, per layer, the BatchNorm and consumers of its output channels.
 
     ``example_input`` only serves to compute tensor shapes (run in eval mode, no grad; modes are restored).
-    Raises ``PruningError`` when a layer's channels reach a residual add, a concat, the output or an unsupported op.
+    Raises ``PruningError`` when a layer's channels reach a residual add, a concat, the output or an unsupported op;
+    with a ``coupled`` list, the layers refused only for meeting other layers' channels are appended there instead.
     """
     modules = dict(model.named_modules())
     for name in layers:
@@ -140,7 +146,15 @@ def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence
     for node in graph_module.graph.nodes:
         if node.op == "call_module":
             calls.setdefault(str(node.target), []).append(node)
-    return {name: _follow(name, calls, modules) for name in layers}
+    found = {}
+    for name in layers:
+        try:
+            found[name] = _follow(name, calls, modules)
+        except CoupledChannels:
+            if coupled is None:
+                raise
+            coupled.append(name)
+    return found
 
 
 def slim(model: nn.Module, keep: Mapping[str, Tensor], deps: Mapping[str, LayerDeps]) -> nn.Module:
@@ -262,7 +276,8 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
     _check_layer(name, name, layer, calls)
     (start,) = calls[name]
     if isinstance(layer, nn.Linear) and _ndim(start) != 2:
-        raise PruningError(f"layer '{name}': only Linear layers on 2-D (batch, features) tensors can be pruned")
+        raise CoupledChannels(f"layer '{name}': only Linear layers on 2-D (batch, features) tensors can be pruned "
+                              "as a chain")
     deps = LayerDeps(name, None)
     queue: deque[tuple[Node, int, bool]] = deque([(start, 1, False)])  # (node, spatial factor, past a depthwise)
     while queue:
@@ -273,7 +288,8 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
             if user.op == "call_method" and user.target in _METADATA_METHODS:
                 continue
             if user.op == "output":
-                raise _blocked(name, "the model output")
+                raise PruningError(f"layer '{name}' feeds the model output; its channels are the model's outputs and "
+                                  "cannot be removed: add it to prune.skip")
             if (user.op == "call_function" and user.target in _ADD_FUNCTIONS) or (
                 user.op == "call_method" and user.target in _ADD_METHODS
             ):
@@ -379,9 +395,9 @@ def _describe(node: Node, modules: Mapping[str, nn.Module]) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def _blocked(name: str, what: str) -> PruningError:
-    """The error for a layer whose output channels flow somewhere they cannot be removed from."""
-    return PruningError(
+def _blocked(name: str, what: str) -> CoupledChannels:
+    """The error for a layer whose output channels flow somewhere they cannot be removed from alone."""
+    return CoupledChannels(
         f"layer '{name}' feeds {what}; its channels cannot be removed physically — prune block-internal layers "
         "(e.g. conv1 of a ResNet block) or add it to prune.skip"
     )

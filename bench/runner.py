@@ -25,19 +25,12 @@ from torch import nn
 from bench import distributed, environment, faults
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
+from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
 from bench.measure import count_flops, count_parameters, measure_latency
-from bench.method import Method, PruneTarget, RunContext
+from bench.method import Method, PruneTarget, RunContext, refuse_groups
 from bench.models import ModelEntry
 from bench.progress import Progress
-from bench.pruning import (
-    LayerDeps,
-    PruningError,
-    channel_counts,
-    layer_ratios,
-    prunable_layers,
-    slim,
-    trace_dependencies,
-)
+from bench.pruning import PruningError, layer_ratios, prunable_layers
 from bench.pruning import select_layers as named_layers
 from bench.registry import MODELS
 from bench.store import (
@@ -110,10 +103,21 @@ def select_layers(model: nn.Module, run: Run) -> list[str]:
     return layers
 
 
-def prune_target(run: Run, layers: list[str]) -> PruneTarget:
+def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
+    """The run's target: one entry per group (named by its leader), with the ratio of the leader's pattern."""
     prune = run.suite.prune
+    layers = plan.leaders
     ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
-    return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep)
+    return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep,
+                       groups=dict(plan.groups))
+
+
+def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
+    """The channel groups of the suite's layers on ``model``; a layer that cannot be pruned is a ConfigError."""
+    try:
+        return plan_groups(model, example_input(info), select_layers(model, run))
+    except PruningError as err:
+        raise ConfigError(f"prune.layers: {err}") from None
 
 
 def example_input(info: Any, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -148,13 +152,10 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
                               "trained that way. Drop pretrain.checkpoint (give a training recipe) or run this "
                               "method in a suite of its own.")
         model = new_model(run, info, methods)
-        layers = select_layers(model, run)
-        try:
-            trace_dependencies(model, example_input(info), layers)
-        except PruningError as err:
-            raise ConfigError(f"prune.layers: {err}") from None
+        target = prune_target(run, group_plan(model, run, info))
         for method in methods:
-            method.check(model, prune_target(run, layers), tuple(example_input(info).shape))
+            refuse_groups(method, target)
+            method.check(model, target, tuple(example_input(info).shape))
 
 
 # ----------------------------------------------------------------------------------------- recipes
@@ -308,16 +309,16 @@ def jsv(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
     return {} if probe is None else jsv_stats(model, probe).as_dict()
 
 
-def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunContext, dict[str, LayerDeps]]:
-    """The context a run's method hooks see, built from a model with the dense architecture."""
-    layers = select_layers(dense_model, run)
-    deps = trace_dependencies(dense_model, example_input(ws.data.info), layers)
-    ctx = RunContext(target=prune_target(run, layers), data=ws.data, device=ws.device, seed=run.seed,
-                     nonlinearity=model_entry(run).nonlinearity,
-                     batchnorm_of={n: d.batchnorm for n, d in deps.items()}, dense_recipe=dense_recipe(run),
-                     retrain=retrain_recipe(run), input_shape=tuple(example_input(ws.data.info).shape))
+def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunContext, GroupPlan]:
+    """The context a run's method hooks see, built from a model with the dense architecture, and its groups."""
+    plan = group_plan(dense_model, run, ws.data.info)
+    batchnorm_of = {m: bn for g in plan.groups.values() for m, bn in g.batchnorm_of.items()}
+    ctx = RunContext(target=prune_target(run, plan), data=ws.data, device=ws.device, seed=run.seed,
+                     nonlinearity=model_entry(run).nonlinearity, batchnorm_of=batchnorm_of,
+                     dense_recipe=dense_recipe(run), retrain=retrain_recipe(run),
+                     input_shape=tuple(example_input(ws.data.info).shape))
     ctx.generator.manual_seed(derive_seed(run.seed, "select"))
-    return ctx, deps
+    return ctx, plan
 
 
 class Pruned(NamedTuple):
@@ -354,9 +355,9 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
                               "disk.")
     remove_checkpoint(shared.phase)  # the phase is over; a kill after saving the model may have left it
     model = new_model(run, ws.data.info, methods)
-    ctx, deps = run_context(run, ws, model)
+    ctx, plan = run_context(run, ws, model)
     keep = dict(state["keep"])
-    slim(model, keep, deps)
+    slim_groups(model, plan, keep)
     model.load_state_dict(state["model"])
     record = dict(state["record"])
     ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
@@ -371,7 +372,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     began = time.perf_counter()
     model, dense_meta = obtain_dense(run, ws, methods)
     dense_s = time.perf_counter() - began
-    ctx, deps = run_context(run, ws, model)
+    ctx, plan = run_context(run, ws, model)
     # The result is shared by the runs that differ only in the retraining LR, so the hooks must not see it.
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
@@ -381,7 +382,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         record["acc_val_dense"] = validation_metrics(model, ws)["val_acc"]
     ctx.flops["dense"] = record["flops_dense"]
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
-    total = channel_counts(model, layers)
+    total = group_sizes(plan)
 
     began = time.perf_counter()
     phase_history: list[dict[str, Any]] = []
@@ -405,7 +406,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     began = time.perf_counter()
     model.eval()
     keep = selector.select(model, ctx)
-    slim(model, keep, deps)
+    slim_groups(model, plan, keep)
     for method in methods:
         method.after_slim(model, ctx)
     model.to(ws.device)
@@ -413,7 +414,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     if info.num_val:
         record["acc_val_pruned"] = validation_metrics(model, ws)["val_acc"]
     prune_s = time.perf_counter() - began
-    kept = channel_counts(model, layers)
+    kept = {n: len(keep[n]) for n in layers}
     record.update(measure(model, info, "pruned", run))
     ctx.flops["pruned"] = record["flops_pruned"]
     record.update({"acc_pruned": acc_pruned,

@@ -183,6 +183,7 @@ class GReg(Method):
 
     Hparams = GRegHparams
     description = "Wang et al. 2021 (GReg-1): growing L2 penalty on the mean-|w|-picked filters, then remove them"
+    group_aware = True  # the growing L2 acts on every member of a picked group
 
     def __init__(self, hparams: GRegHparams) -> None:
         super().__init__(hparams)
@@ -196,12 +197,13 @@ class GReg(Method):
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
         """Pick the filters on the dense model (recomputed identically on resume) and build the growth phase."""
         hp = self.hparams
-        scores = {name: filter_weights(model.get_submodule(name)).abs().mean(dim=1) for name in ctx.target.layers}
+        members = {m: filter_weights(model.get_submodule(m)).abs().mean(dim=1) for m in ctx.target.members()}
+        scores = self.group_scores(members, ctx.target)
         self._keep = keep_from_scores(scores, ctx.target)
         pruned = {}
-        for name in ctx.target.layers:
-            kept = torch.zeros(scores[name].numel(), dtype=torch.bool)
-            kept[self._keep[name]] = True
+        for name, index in ctx.target.member_indices(self._keep).items():
+            kept = torch.zeros(members[name].numel(), dtype=torch.bool)
+            kept[index] = True
             if not kept.all():
                 pruned[name] = torch.nonzero(~kept).flatten()
         schedule = self.schedule()

@@ -18,6 +18,7 @@ class L1(Method):
     """One-shot magnitude selection; the ranking is per layer, or global with ``prune.scope: global``."""
 
     description = "Li et al. 2017: remove the filters with the smallest mean |w| (one shot), then retrain"
+    group_aware = True
 
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
-        return mean_abs_weight(model, ctx.target.layers)
+        return mean_abs_weight(model, ctx.target.members())

@@ -69,6 +69,7 @@ class OrthP(Method):
     Hparams = OrthPHparams
     description = "Wang et al. 2021 (TPP's L1 + OrthP): replace each weight by its QR orthogonal factor after pruning"
     selects = False
+    group_aware = True  # it changes every weight after removal, whatever was pruned
 
     def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
         gain = self.hparams.gain if self.hparams.gain is not None else GAINS[ctx.nonlinearity]

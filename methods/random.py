@@ -18,8 +18,9 @@ class Random(Method):
     """Uniformly random scores from the run's selection generator (seeded by the run's seed)."""
 
     description = "random filters (seeded), same layers (and, layerwise, counts) as the magnitude methods: a control"
+    group_aware = True
 
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())
         return {name: torch.rand(modules[name].weight.shape[0], generator=ctx.generator)
-                for name in ctx.target.layers}
+                for name in ctx.target.members()}

@@ -137,6 +137,7 @@ class RNI(Method):
 
     Hparams = RNIHparams
     description = "receding neuron importances (sigmoid-bounded BN)"
+    group_limit = "it ranks each layer's channels by the bounded BatchNorm right after it"
 
     def dense_variant(self) -> DenseVariant:
         hp = self.hparams

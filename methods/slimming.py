@@ -69,6 +69,7 @@ class Slimming(Method):
 
     Hparams = SlimmingHparams
     description = "Liu et al. 2017 (Network Slimming): L1 on BN scales in dense training, remove the smallest |γ|"
+    group_limit = "it ranks each layer's channels by the scale of the BatchNorm right after it"
 
     def dense_variant(self) -> DenseVariant | None:
         if self.hparams.lam == 0:

@@ -223,6 +223,7 @@ class TPP(Method):
     Hparams = TPPHparams
     description = ("Wang & Fu 2023: decorrelate the picked filters (Gram) and shrink them and their BN with a growing "
                    "penalty, then remove them")
+    group_aware = True  # the penalties and zeroing act on every member of a picked group
 
     def __init__(self, hparams: TPPHparams) -> None:
         super().__init__(hparams)
@@ -252,14 +253,14 @@ class TPP(Method):
         """Pick the filters on the dense model (recomputed identically on resume) and build the regularisation phase."""
         hp = self.hparams
         modules = dict(model.named_modules())
-        scores = {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.layers}
-        self._keep = keep_from_scores(scores, ctx.target)
+        scores = {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.members()}
+        self._keep = keep_from_scores(self.group_scores(scores, ctx.target), ctx.target)
         order = self._zeroing_order(model, ctx.input_shape)
         layers = []
-        for name in ctx.target.layers:
+        for name, index in ctx.target.member_indices(self._keep).items():
             n = modules[name].weight.shape[0]
             kept = torch.zeros(n, dtype=torch.bool)
-            kept[self._keep[name]] = True
+            kept[index] = True
             pruned = torch.nonzero(~kept).flatten()
             if pruned.numel() == 0:
                 continue  # a layer with nothing to prune gets no penalty, as in the code (pr = 0)

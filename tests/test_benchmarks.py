@@ -105,3 +105,12 @@ def test_timing_wraps_the_named_functions_only_inside_the_block() -> None:
     with perf.timing({"work": (module, "work")}) as spent:
         assert module.work is not original and module.work(3) == 6
     assert module.work is original and calls == [3] and spent["work"] > 0
+
+
+def test_group_speed_prints_the_build_time_and_the_halved_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    group_speed = benchmark("group_speed")
+    assert group_speed.main(["--models", "resnet20", "--repeats", "1", "--threads", "1"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("resnet20") and "9 layers -> {'chain': 9}" in line and "half pruned" in line
+    assert group_speed.main(["--models", "resnet2O"]) == 2
+    assert capsys.readouterr().err.startswith("error: --models: unknown model 'resnet2O'")

@@ -51,4 +51,13 @@ def register_model(
 
 
 # Imported for their registration side effect; they need register_model, hence the late import.
-from bench.models import mlp, mobilenet, resnet34_cifar, resnet_cifar, torchvision_models, vgg, vgg_family  # noqa: E402,F401
+from bench.models import (  # noqa: E402,F401
+    mlp,
+    mobilenet,
+    resnet34_cifar,
+    resnet_cifar,
+    torchvision_models,
+    vgg,
+    vgg_family,
+    vit,
+)
