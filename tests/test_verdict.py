@@ -89,7 +89,7 @@ def test_the_lr_is_chosen_on_validation_and_the_regret_reported(generated: Path)
     chosen = {s.method: s for s in select_lrs(runs, ["A", "B"])}
     assert chosen["A"].lr_selected == 0.01 and chosen["A"].lr_oracle == 0.001
     assert chosen["A"].regret == pytest.approx(1.0) and chosen["B"].regret == pytest.approx(0.0)
-    assert chosen["B"].edge == "highest LR of the grid" and chosen["A"].edge == ""
+    assert chosen["B"].edge == "highest LR swept for it" and chosen["A"].edge == ""
     write_reports(generated, workers=1)
     table = pd.read_csv(generated / "fair" / "report" / "tables" / "verdict.csv")
     assert list(table.columns[:9]) == ["ratio", "method", "lr_selected", "acc", "ci_half", "lr_oracle", "acc_oracle",
@@ -162,3 +162,84 @@ def test_the_headline_names_the_largest_lr_gap_and_chance(tmp_path: Path) -> Non
     write_reports(tmp_path, workers=1)
     page = (tmp_path / "h" / "report" / "index.html").read_text()
     assert page.index("What this suite found") < page.index("<nav>")
+
+
+def test_lrs_are_compared_on_the_seeds_that_finished_at_every_lr(tmp_path: Path) -> None:
+    """Seed 2 is still running at LR 0.01; its LR-0.1 run is far better than the others. Counting it would pick
+    LR 0.1 on the strength of a seed LR 0.01 never had; on the shared seeds 0 and 1, LR 0.01 is better."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        if lr == 0.1:
+            return 0.95 if seed == 2 else 0.80
+        return 0.82
+
+    write_synthetic_results(tmp_path, "m", ["A"], [0.5], [0.1, 0.01], [0, 1, 2], accuracy=acc, validation=acc,
+                            statuses={("A", 0.5, 0.01, 2): "running"})
+    (choice,) = select_lrs(load_results(tmp_path).runs, ["A"])
+    assert choice.lr_selected == 0.01 and choice.seeds_left_out == (2,) and choice.acc.n == 2
+    assert "seed(s) 2 left out: not finished at every LR" in choice.notes
+
+
+def test_the_grid_edge_is_each_methods_own_lrs(tmp_path: Path) -> None:
+    """A swept 0.1 and 0.01, B 0.01 and 0.001: LR 0.01 is A's lowest and B's highest, neither end of the union."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return 0.80 + (0.05 if lr == 0.01 else 0.0) + 0.001 * seed
+
+    write_synthetic_results(tmp_path, "e", ["A"], [0.5], [0.1, 0.01], [0, 1], accuracy=acc, validation=acc)
+    write_synthetic_results(tmp_path, "e", ["B"], [0.5], [0.01, 0.001], [0, 1], accuracy=acc, validation=acc)
+    chosen = {s.method: s for s in select_lrs(load_results(tmp_path).runs, ["A", "B"])}
+    assert chosen["A"].edge == "lowest LR swept for it" and chosen["B"].edge == "highest LR swept for it"
+
+
+def clear_win(method: str, ratio: float, lr: float, seed: int) -> float:
+    return (0.85 if method == "A" else 0.80) + 0.001 * seed + 0.0003 * (seed * seed % 3)
+
+
+def test_without_a_validation_split_nothing_is_resolved_or_bolded(tmp_path: Path) -> None:
+    """The same clear win as above, but the LRs (and the reference) chosen on test: not assessed, not bolded."""
+    write_synthetic_results(tmp_path, "t", ["A", "B"], [0.9], [0.01, 0.001], [0, 1, 2], accuracy=clear_win)
+    (comparison,) = compare(select_lrs(load_results(tmp_path).runs, ["A", "B"]))
+    assert comparison.p_holm < 0.05 and not comparison.assessed and not comparison.resolved
+    write_reports(tmp_path, workers=1)
+    report = tmp_path / "t" / "report"
+    assert "**" not in (report / "tables" / "verdict.md").read_text()
+    paired = (report / "tables" / "paired.md").read_text()
+    assert "not assessed (LRs chosen on test)" in paired and "has them" not in paired
+    assert "not assessed: with the LRs chosen on the test set" in (report / "summary.md").read_text()
+
+
+def test_seeds_to_resolve_is_counted_at_the_corrected_level(tmp_path: Path) -> None:
+    """Three methods, two comparisons at the ratio: the estimate is at alpha/2, so it is never below what the
+    uncorrected level would need, and a comparison that is not resolved never reads "has them"."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        noise = {"A": 0.0, "B": 0.004 * (seed % 2), "C": 0.01 * (seed % 2)}[method]
+        return {"A": 0.85, "B": 0.845, "C": 0.83}[method] + noise
+
+    write_synthetic_results(tmp_path, "s", ["A", "B", "C"], [0.9], [0.01], [0, 1, 2], accuracy=acc, validation=acc)
+    comparisons = compare(select_lrs(load_results(tmp_path).runs, ["A", "B", "C"]))
+    assert len(comparisons) == 2
+    for c in comparisons:
+        assert c.seeds_needed == seeds_to_resolve(c.test.mean, c.test.sd, 0.025)
+        assert c.seeds_needed >= seeds_to_resolve(c.test.mean, c.test.sd, 0.05)
+    write_reports(tmp_path, workers=1)
+    paired = pd.read_csv(tmp_path / "s" / "report" / "tables" / "paired.csv")
+    md = (tmp_path / "s" / "report" / "tables" / "paired.md").read_text()
+    assert md.count("has them") == int(paired.resolved.sum())
+
+
+def test_a_winner_is_bolded_only_when_it_beats_every_method(tmp_path: Path) -> None:
+    """A beats the runner-up B clearly on every seed, but not the noisy C (lower mean, huge spread): the old
+    rule (best against runner-up) bolded A; the one rule of the report (against every method, Holm) does not."""
+    from bench.report.tables import resolved_best
+
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        if method == "A":
+            return 0.85 + 0.001 * seed
+        if method == "B":
+            return 0.84 + 0.001 * seed + 0.0002 * (seed % 2)
+        return {0: 0.70, 1: 0.90, 2: 0.75}[seed]
+
+    write_synthetic_results(tmp_path, "b", ["A", "B", "C"], [0.9], [0.01], [0, 1, 2], accuracy=acc)
+    ok = load_results(tmp_path).runs
+    assert resolved_best(ok[ok.status == "ok"], "0.9", 0.01) is None
+    pair = ok[ok.method != "C"]
+    assert resolved_best(pair[pair.status == "ok"], "0.9", 0.01) == "A"

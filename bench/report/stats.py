@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 
 def _t_two_sided_mass(t: float, df: int) -> float:
@@ -124,6 +125,24 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (k - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def against_reference(reference: pd.Series, others: Sequence[pd.Series], level: float = 0.95
+                      ) -> list[tuple[PairedTest, float]]:
+    """Each of ``others`` (per-seed values, indexed by seed) minus ``reference``, paired on the seeds both have:
+    the paired t-test and its Holm-adjusted p across these comparisons. The one rule behind every "resolved" and
+    every bolded winner of the report."""
+    tests = []
+    for other in others:
+        seeds = other.dropna().index.intersection(reference.dropna().index)
+        tests.append(paired_t_test((other[seeds] - reference[seeds]).to_numpy(dtype=float), level))
+    return list(zip(tests, holm([t.p for t in tests])))
+
+
+def beats_every_other(reference: pd.Series, others: Sequence[pd.Series], alpha: float = 0.05) -> bool:
+    """True when ``reference`` is ahead of every one of ``others`` by a paired difference that Holm's correction
+    across them resolves (p < ``alpha``, two or more pairs each): the report's only reason to bold a winner."""
+    return bool(others) and all(t.n >= 2 and t.mean < 0 and p < alpha for t, p in against_reference(reference, others))
 
 
 def seeds_to_resolve(mean: float, sd: float, alpha: float = 0.05, most: int = 1000) -> int | None:

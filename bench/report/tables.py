@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import kendall_tau, mean_ci, paired_t_test
+from bench.report.stats import beats_every_other, kendall_tau, mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +109,16 @@ def _expected(found: Iterable[Cell]) -> int:
 
 
 def resolved_best(ok: pd.DataFrame, ratio: str, lr: float, alpha: float = 0.05) -> str | None:
-    """The method with the highest mean final accuracy at this ratio and LR, but only when it beats the runner-up
-    by a resolved paired difference over seeds (paired t-test, p < ``alpha``, two or more pairs): the one case in
-    which a table bolds a winner. Never with one seed, never inside the noise."""
+    """The method with the highest mean final accuracy at this ratio and LR, but only when it beats every other
+    method by a paired difference over seeds that Holm's correction resolves (``stats.beats_every_other``, the
+    verdict's rule too): the one case in which a table bolds a winner. Never with one seed, never inside the noise."""
     here = ok[(ok.ratio == ratio) & (ok.lr == lr)]
     by_seed = here.pivot_table(index="seed", columns="method", values="acc_final", aggfunc="first")
     if by_seed.shape[1] < 2:
         return None
     ordered = by_seed.mean().sort_values(ascending=False)
-    best, second = ordered.index[0], ordered.index[1]
-    test = paired_t_test((by_seed[best] - by_seed[second]).to_numpy())
-    return str(best) if test.n >= 2 and test.p < alpha and test.mean > 0 else None
+    best = ordered.index[0]
+    return str(best) if beats_every_other(by_seed[best], [by_seed[m] for m in ordered.index[1:]], alpha) else None
 
 
 def _grid(runs: pd.DataFrame, methods: list[str]) -> list[tuple[str, str]]:
@@ -186,8 +185,9 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
         frame = frame.drop(columns=["_row", "_column"])
     note = (f"Final test accuracy after retraining, mean ± half-width of the {LEVEL:.0%} Student-t interval over "
             "seeds (n=k marks cells with fewer seeds than the others; no interval for one seed). Bold: the best "
-            "method at that ratio and learning rate, only where it beats the runner-up by a paired difference over "
-            "seeds that a t-test resolves (p < 0.05; never with one seed). Runs that did not finish are counted in "
+            "method at that ratio and learning rate, only where it beats every other method by a paired difference "
+            "over seeds that a t-test resolves after Holm's correction (p < 0.05; never with one seed), the "
+            "verdict's rule. Runs that did not finish are counted in "
             "brackets and left out of the mean; each LR here is fixed by hand: see the verdict for each method at "
             "its own validated LR.")
     if with_ref:
@@ -273,9 +273,10 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
                          "mean": means[(ratio, lr, method)].mean if rank else math.nan})
         rows.append(row)
     note = ("Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share the "
-            "better rank), with the mean in brackets; rank 1 is bold only where a paired t-test over seeds resolves "
-            "it from rank 2. Read across a row: a method whose rank moves with the LR "
-            "is judged differently depending on a retraining choice, not on its pruning.")
+            "better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
+            "it from every other method (Holm-corrected, as in the accuracy table). Read across a "
+            "row: a method whose rank moves with the LR is judged differently depending on a retraining choice, "
+            "not on its pruning.")
     return Table("ranks", "Method ranks per ratio and learning rate", note, header, rows, pd.DataFrame(data), bold)
 
 
