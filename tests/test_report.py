@@ -26,6 +26,7 @@ from bench.report import (  # noqa: E402
     write_reports,
 )
 from bench.report.build import filtered_dir, render_plots  # noqa: E402
+from bench.report.load import suite_runs  # noqa: E402
 from bench.report.plots import MethodStyles, accuracy_vs_ratio  # noqa: E402
 from bench.report.render import to_latex, to_markdown  # noqa: E402
 from bench.report.stats import kendall_tau, mean_ci, t_quantile  # noqa: E402
@@ -329,6 +330,30 @@ def test_without_a_manifest_the_latest_configuration_stands_for_the_suite(tmp_pa
     assert pd.read_csv(report / "tables" / "left_out.csv").runs.sum() == 2
 
 
+def test_without_a_manifest_one_method_label_is_not_pooled_across_hyperparameters(tmp_path: Path) -> None:
+    """Two l1 runs per seed with different method hyperparameters (same fixed configuration, which leaves the
+    method out): only the most recently started setting is reported; the other is listed apart."""
+    write_synthetic_results(tmp_path, "hp", ["l1"], [0.5], [0.01], [0, 1])
+    for path in write_synthetic_results(tmp_path, "hp", ["l1"], [0.5], [0.01], [0, 1], epochs=7):
+        data = json.loads(path.read_text())
+        data["config"]["retrain"]["epochs"] = 6  # the same fixed configuration as the first runs ...
+        data["config"]["method"] = [{"name": "l1", "hparams": {"norm": 2}}]  # ... but other hyperparameters
+        path.write_text(json.dumps(data | {"started": "2026-02-01T00:00:00+0000"}))
+    data = load_results(tmp_path)
+    part = suite_runs(data, "hp", tmp_path / "hp")
+    assert len(part.runs) == 2 and len(part.left_out) == 2
+    assert set(part.left_out.reason) == {"same configuration, but other hyperparameters of l1 than its most recent "
+                                         "runs"}
+    assert "no manifest.json" in part.basis
+
+
+def test_an_unreadable_manifest_is_said_as_such(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "bad", ["l1"], [0.5], [0.01], [0])
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    part = suite_runs(load_results(tmp_path), "bad", tmp_path / "bad")
+    assert part.basis.startswith("manifest.json is unreadable") and len(part.runs) == 1
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 def test_cli_report_with_suite_file_reference_and_filter(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -347,11 +372,27 @@ def test_cli_report_with_suite_file_reference_and_filter(tmp_path: Path, capsys:
     assert filtered.parent == report / "filtered" and str(filtered) in capsys.readouterr().out
     assert not (filtered / "figures" / "epochs_ratio_0.5.png").exists()  # the filtered-out ratio is not drawn
     assert "paper" not in (filtered / "tables" / "accuracy.md").read_text()  # no suite file, no reference
-    assert (filtered / "filter.txt").read_text() == "ratio == 0.9\n"
+    assert (filtered / "filter.txt").read_text().splitlines()[0] == "ratio == 0.9"
     # The full report is left as it was: every run, every figure.
     assert len(pd.read_csv(report / "runs.csv")) == 4 and len(pd.read_csv(filtered / "runs.csv")) == 2
     assert (report / "figures" / "epochs_ratio_0.5.png").exists()
     assert main(["report", "--results", str(results), "--filter", "ratio ="]) == 2
+    # The full report made again from the same results keeps the filtered one; from other results it goes.
+    assert main(["report", "--results", str(results), "--workers", "1"]) == 0 and filtered.is_dir()
+    write_synthetic_results(results, "lr_sensitivity", ["tpp"], [0.5, 0.9], [0.01, 0.001], [1],
+                            model="resnet56", dataset="cifar10", epochs=3)
+    assert main(["report", "--results", str(results), "--workers", "1"]) == 0 and not filtered.exists()
+
+
+def test_a_filter_on_a_numeric_ratio_among_profiles_is_refused_with_a_how_to(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    paths = write_synthetic_results(tmp_path, "mix", ["l1"], [0.5, 0.9], [0.01], [0])
+    data = json.loads(paths[0].read_text())  # the ratio-0.5 run becomes a per-layer profile
+    paths[0].write_text(json.dumps(data | {"ratio": "tpp_resnet56", "ratio_value": None}))
+    assert main(["report", "--results", str(tmp_path), "--filter", "ratio == 0.9", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mix single ratios and per-layer ratio profiles" in err and "ratio_value == 0.9" in err
+    assert main(["report", "--results", str(tmp_path), "--filter", "ratio_value == 0.9", "--workers", "1"]) == 0
 
 
 # ----------------------------------------------------------------------------------------- the page in a browser

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -215,6 +216,7 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
         raise UserError(f"no results under '{results}'"
                         + (f" for suite(s) {', '.join(suites)}" if suites else "") + ". Run a suite first.")
     parts = {suite: suite_runs(loaded, suite, results / suite) for suite in sorted(set(loaded.runs.suite))}
+    stamps = {suite: results_stamp(part) for suite, part in parts.items()}
     if query:
         parts = {suite: apply_filter(part, query) for suite, part in parts.items()}
         total = sum(len(p.runs) for p in parts.values())
@@ -233,9 +235,37 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
         reference = load_reference(spec) if spec is not None else None
         directory = filtered_dir(results / suite, query) if query else results / suite / "report"
         if query:
-            write_bytes(directory / "filter.txt", f"{query}\n".encode())
+            write_bytes(directory / "filter.txt", f"{query}\n{FROM_RESULTS}{stamps[suite]}\n".encode())
+        else:
+            remove_stale_filtered(directory / "filtered", stamps[suite])
         written += write_suite_report(part, directory, suite, styles, reference, query, workers)
     return written
+
+
+FROM_RESULTS = "from results: "  # filter.txt's second line: the stamp of the suite's runs it was filtered from
+
+
+def results_stamp(part: Results) -> str:
+    """A digest of which runs a suite's report covers and how far each got: it changes whenever a run is added,
+    finishes or is redone, so a filtered report made from other results can be told apart."""
+    runs = part.runs.sort_values("run_id")
+    columns = runs[["run_id", "status", "finished"]]
+    return content_hash([[str(value) for value in row] for row in columns.itertuples(index=False)])
+
+
+def remove_stale_filtered(folder: Path, stamp: str) -> None:
+    """Delete the filtered reports under ``folder`` that were made from other results than the full report now
+    being written (they would contradict it); ``report --filter`` makes them again."""
+    if not folder.is_dir():
+        return
+    for report in sorted(p for p in folder.iterdir() if p.is_dir()):
+        record = report / "filter.txt"
+        lines = record.read_text().splitlines() if record.exists() else []
+        if len(lines) >= 2 and lines[1] == FROM_RESULTS + stamp:
+            continue
+        log.info("removing the filtered report %s: it was made from earlier results of the suite (run report "
+                 "--filter %r again)", report, lines[0] if lines else "?")
+        shutil.rmtree(report)
 
 
 def filtered_dir(suite_dir: Path, query: str) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.manifest import Manifest, difference, fixed_config, read_manifest
+from bench.manifest import MANIFEST, Manifest, difference, fixed_config, read_manifest
 from bench.store import DENSE_DIR, content_hash
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,14 @@ COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed
            "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned", "jsv_dense", "jsv_pruned",
            "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
-                 "error", "num_classes", "dense_id", "config_id"]
+                 "error", "num_classes", "dense_id", "config_id", "method_config_id"]
 # Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
 KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
 HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status", "epoch", "epoch_lr", "train_loss",
                    "test_acc", "jsv_mean"]
 LATENCY_PREFIX = "latency_"
+NUMERIC_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*[0-9.]""")
 QUOTED_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*['"][0-9.]""")
 
 
@@ -111,6 +112,8 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["num_classes"] = _number(result.get("num_classes")) or KNOWN_CLASSES.get(str(row["dataset"]))
     config = result.get("config")
     row["config_id"] = content_hash(fixed_config(config)) if isinstance(config, dict) else None
+    method = config.get("method") if isinstance(config, dict) else None
+    row["method_config_id"] = content_hash(method) if method is not None else None  # its name and hyperparameters
     dense = config.get("dense") if isinstance(config, dict) else None
     row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
     row.update(_latency(metrics))
@@ -191,12 +194,18 @@ def suite_runs(data: Results, suite: str, suite_dir: Path) -> Results:
         members = runs.run_id.isin(set(manifest.runs))
         basis = f"the runs of the suite as last run ({len(manifest.runs)} in manifest.json, {manifest.written})"
     else:
-        latest = runs.sort_values("started", na_position="first").iloc[-1] if len(runs) else None
-        reference_id = latest.config_id if latest is not None else None
+        latest = runs.sort_values("started", na_position="first")
+        reference_id = latest.config_id.iloc[-1] if len(latest) else None
         reference = data.configs.get(reference_id, {})
         members = runs.config_id.fillna("") == (reference_id or "")
-        basis = ("no manifest.json (results from before manifests): the configuration of the most recently started "
-                 "run stands for the suite; run the suite again to record one")
+        # fixed_config leaves the method out (it is swept): one method label may hold runs of several
+        # hyperparameter settings; keep each label's most recently started setting.
+        newest = latest[members.reindex(latest.index)].groupby("method").method_config_id.last()
+        members &= runs.method_config_id.fillna("") == runs.method.map(newest).fillna("")
+        why = ("manifest.json is unreadable" if (suite_dir / MANIFEST).exists() else
+               "no manifest.json (results from before manifests)")
+        basis = (f"{why}: the configuration of the most recently started run stands for the suite, with each "
+                 "method's most recent hyperparameters; run the suite again to record a manifest")
     reasons = [_reason(row, reference, reference_id, data.configs, manifest) for row in runs[~members].itertuples()]
     left_out = runs[~members].assign(reason=reasons)[LEFT_OUT_COLUMNS].reset_index(drop=True)
     kept = part.select(members.to_numpy())
@@ -212,8 +221,9 @@ def _reason(row: Any, reference: dict[str, Any], reference_id: str | None, confi
         return "no configuration recorded in its result.json"
     if row.config_id != reference_id:
         return "another configuration: " + difference(configs[row.config_id], reference)
-    return ("same configuration, but its method, ratio, LR or seed is no longer in the suite"
-            if manifest is not None else "same configuration")
+    if manifest is None:
+        return f"same configuration, but other hyperparameters of {row.method} than its most recent runs"
+    return "same configuration, but its method, ratio, LR or seed is no longer in the suite"
 
 
 def apply_filter(results: Results, query: str) -> Results:
@@ -227,6 +237,10 @@ def apply_filter(results: Results, query: str) -> Results:
                           "\"ratio == 0.9\" or \"ratio in [0.5, 0.9]\".")
     if numeric:
         frame = frame.assign(ratio=frame.ratio_value)
+    elif frame.ratio_value.notna().any() and NUMERIC_RATIO.search(query):
+        raise FilterError(f"--filter {query!r}: these runs mix single ratios and per-layer ratio profiles, so ratio "
+                          "is a string here; write \"ratio == '0.9'\", or compare the number with ratio_value "
+                          "(\"ratio_value == 0.9\"; NaN for a profile).")
     try:
         mask = frame.eval(query)
     except Exception as err:  # pandas raises SyntaxError, NameError, TypeError, ValueError, KeyError, ...
