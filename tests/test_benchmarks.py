@@ -114,3 +114,16 @@ def test_group_speed_prints_the_build_time_and_the_halved_cost(capsys: pytest.Ca
     assert line.startswith("resnet20") and "9 layers -> {'chain': 9}" in line and "half pruned" in line
     assert group_speed.main(["--models", "resnet2O"]) == 2
     assert capsys.readouterr().err.startswith("error: --models: unknown model 'resnet2O'")
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "mlflow"])
+def test_tracker_cost_streams_every_epoch_through_the_real_tracker(kind: str) -> None:
+    """benchmarks/tracker_cost.py's measurement streams through the real tracker (a tracker that dropped out with a
+    warning would end it with an error) and returns positive times, the first epoch apart from the others."""
+    tracker_cost = benchmark("tracker_cost")
+    pytest.importorskip({"tensorboard": "tensorboard", "mlflow": "mlflow"}[kind],
+                        reason=f"the {kind} extra is not installed (pip install -e '.[{kind}]')")
+    row = {"epoch": 1, "lr": 0.01, "train_loss": 0.5, "train_acc": 0.8, "test_loss": 0.6, "test_acc": 0.78,
+           "seconds": 1.0}
+    opening, first, steady, total = tracker_cost.logging_ms(kind, row, 3)
+    assert opening > 0 and first > 0 and steady > 0 and total >= first + steady
