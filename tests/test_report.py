@@ -135,6 +135,16 @@ def test_lr_gap_pairs_seeds(quickstart_report: Path) -> None:
     assert gap.loc[(0.9, "l1"), "gap"] == pytest.approx(expected)
 
 
+def test_the_lr_gap_skips_an_lr_where_a_method_always_diverged(tmp_path: Path) -> None:
+    """LR 0.1 diverges for every seed of l1: the gap compares 0.01 with 0.001 for both methods, and says why."""
+    statuses = {("l1", 0.9, 0.1, s): "diverged" for s in (0, 1)}
+    write_synthetic_results(tmp_path, "g", ["l1", "tpp"], [0.9], [0.1, 0.01, 0.001], [0, 1],
+                            accuracy=lambda m, r, lr, s: {0.1: 0.9, 0.01: 0.8, 0.001: 0.7}[lr], statuses=statuses)
+    gap = tables.lr_gap_table(load_results(tmp_path).runs, ["l1", "tpp"])
+    assert set(gap.data.lr_high) == {0.01} and set(gap.data.lr_low) == {0.001}
+    assert list(gap.data.gap) == [pytest.approx(10.0)] * 2 and "Left out: LR 0.1" in gap.note
+
+
 def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:
     means = {("a", 0.9, 0.01): 0.80, ("b", 0.9, 0.01): 0.78, ("c", 0.9, 0.01): 0.70,
              ("a", 0.9, 0.001): 0.70, ("b", 0.9, 0.001): 0.75, ("c", 0.9, 0.001): 0.60,

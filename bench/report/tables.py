@@ -198,30 +198,43 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
 
 # ----------------------------------------------------------------------------------------- learning-rate gap
 
+def gap_lrs(ok: pd.DataFrame, ratio: str, methods: list[str], lrs: list[float]) -> tuple[float, float]:
+    """The LRs a ratio's gap compares: the highest and the lowest at which every method present at that ratio has
+    a finished run (an LR where some method always diverged would leave that method without a gap); the grid's
+    ends when fewer than two LRs qualify."""
+    here = ok[ok.ratio == ratio]
+    present = [m for m in methods if (here.method == m).any()]
+    usable = [lr for lr in lrs if all(((here.method == m) & (here.lr == lr)).any() for m in present)]
+    return (usable[0], usable[-1]) if len(usable) >= 2 else (lrs[0], lrs[-1])
+
+
 def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame | None = None) -> Table | None:
-    """Accuracy at the highest minus the lowest retraining LR per method × ratio, paired by seed."""
+    """Accuracy at a high minus a low retraining LR per method × ratio, paired by seed: the grid's highest and
+    lowest LR at which every method of the ratio finished (see gap_lrs)."""
     lrs = learning_rates(runs)
     if len(lrs) < 2:
         return None
-    high, low = lrs[0], lrs[-1]
     ok = runs[runs.status == "ok"]
     acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
     lookup = reference_lookup(reference, runs)
-    header = [(KEY, "ratio"), (KEY, "method"), (lr_label(high), "acc (%)"), (lr_label(low), "acc (%)"),
-              ("gap (points)", "high − low")]
+    header = [(KEY, "ratio"), (KEY, "method"), (KEY, "LRs compared"), ("high LR", "acc (%)"),
+              ("low LR", "acc (%)"), ("gap (points)", "high − low")]
     if lookup:
         header.append(("gap (points)", "paper"))
     expected = _expected(acc.values())
+    pairs = {ratio: gap_lrs(ok, ratio, methods, lrs) for ratio in ratio_order(runs)}
     rows, data, bold = [], [], set()
     for ratio, method in _grid(runs, methods):
+        high, low = pairs[ratio]
         mine = ok[(ok.ratio == ratio) & (ok.method == method)]
         by_seed = mine.pivot_table(index="seed", columns="lr", values="acc_final", aggfunc="first")
         paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
         gap = Cell.of((paired[high] - paired[low]) * 100) if len(paired) else Cell(math.nan, math.nan, 0)
         a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
-        row = [ratio, method, a.text(expected), b.text(expected), gap.text(expected) if gap.n else "—"]
+        row = [ratio, method, f"{high:g} − {low:g}", a.text(expected), b.text(expected),
+               gap.text(expected) if gap.n else "—"]
         if gap.n > 1 and abs(gap.mean) > gap.half:
-            bold.add((len(rows), 4))
+            bold.add((len(rows), 5))
         ref_high, ref_low = _ref_lr(lookup, ratio, method, high), _ref_lr(lookup, ratio, method, low)
         ref_gap = ref_high.mean - ref_low.mean if ref_high and ref_low else math.nan
         if lookup:
@@ -230,10 +243,15 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         data.append({"ratio": ratio, "method": method, "lr_high": high, "lr_low": low, "acc_high": a.mean,
                      "acc_low": b.mean, "gap": gap.mean, "gap_ci_half": gap.half, "pairs": gap.n,
                      "paper_gap": ref_gap})
-    note = (f"The trainability bias: accuracy at retraining LR {high:g} minus accuracy at {low:g}, in points. The gap "
-            f"is the mean of per-seed differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; "
-            "bold where that interval excludes zero. A method that preserves trainability should depend little on "
-            "the LR; a large positive gap means the method only looks good when retrained with a large LR.")
+    skipped = sorted({lr for ratio, (high, low) in pairs.items() for lr in lrs if lr > high or lr < low}, reverse=True)
+    note = ("The trainability bias: accuracy at a high minus a low retraining LR, in points: the grid's highest and "
+            "lowest LR at which every method of that ratio finished a run. The gap is the mean of per-seed "
+            f"differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; bold where that interval "
+            "excludes zero. A method that preserves trainability should depend little on the LR; a large positive "
+            "gap means the method only looks good when retrained with a large LR.")
+    if skipped:
+        note += (f" Left out: LR {', '.join(f'{lr:g}' for lr in skipped)}, where some method finished no run at a "
+                 "ratio (see the accuracy table and the runs that did not finish).")
     if lookup:
         note += " 'paper' is the published gap computed the same way (high − low; TPP's table prints low − high)."
     return Table("lr_gap", "Learning-rate gap (trainability bias)", note, header, rows, pd.DataFrame(data), bold)

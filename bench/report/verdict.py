@@ -332,7 +332,7 @@ def headline(runs: pd.DataFrame, selections: list[Selection], comparisons: list[
                      f"{top.ratio} ({top.acc_best:.2f}% at LR {top.lr_best:g}, {top.acc_worst:.2f}% at LR "
                      f"{top.lr_worst:g}). Largest gap per method, in points: {others}. (Gap here: a method's best "
                      "minus worst mean test accuracy over all its LRs, failed runs at chance; the learning-rate gap "
-                     "table pairs the highest with the lowest LR over the seeds that finished both.) The bias can "
+                     "table pairs a high with a low LR over the seeds that finished both.) The bias can "
                      "show as such a gap without any change of winner.")
     chance = chance_percent(runs)
     if not math.isnan(chance):
