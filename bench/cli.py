@@ -306,7 +306,30 @@ def command_plan(args: argparse.Namespace) -> int:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print_dense_models(suite, runs)
     return 0
+
+
+def print_dense_models(suite: Suite, runs: list[Run]) -> None:
+    """The dense models the runs start from: id, seed, how each is trained (a method's dense variant can change the
+    recipe) and the methods that share it."""
+    from bench.runner import dense_recipe
+
+    users: dict[str, tuple[Run, list[str]]] = {}
+    for run in runs:
+        labels = users.setdefault(run.dense_id, (run, []))[1]
+        if run.method.label not in labels:
+            labels.append(run.method.label)
+    print("dense models:")
+    for dense_id, (run, labels) in users.items():
+        if suite.pretrain.checkpoint:
+            how = f"loaded from {suite.pretrain.checkpoint}"
+        else:
+            r = dense_recipe(run, run.method.build())
+            steps = f" x{r.schedule.gamma:g} at {r.schedule.milestones}" if r.schedule.name == "step" else ""
+            how = (f"{r.epochs} epochs, lr {r.lr:g} {r.schedule.name}{steps}, weight decay {r.weight_decay:g}, "
+                   f"batch {r.batch_size}")
+        print(f"{dense_id}  seed {run.seed}  {how}  ({', '.join(labels)})")
 
 
 def command_status(args: argparse.Namespace) -> int:
