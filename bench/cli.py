@@ -297,6 +297,7 @@ def command_plan(args: argparse.Namespace) -> int:
     from bench.store import RunDir
 
     suite, runs, _ = prepare(args)
+    dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
     results = Path(args.results)
     rows = [(r.run_id, r.describe(), RunDir(results, suite.name, r.run_id).status()) for r in runs]
     width = max(len(d["method"]) for _, d, _ in rows)
@@ -306,13 +307,13 @@ def command_plan(args: argparse.Namespace) -> int:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    print_dense_models(suite, runs)
+    print("dense models:", *dense, sep="\n")
     return 0
 
 
-def print_dense_models(suite: Suite, runs: list[Run]) -> None:
-    """The dense models the runs start from: id, seed, how each is trained (a method's dense variant can change the
-    recipe) and the methods that share it."""
+def dense_models(suite: Suite, runs: list[Run]) -> list[str]:
+    """One line per dense model the runs start from: id, seed, how it is trained (a method's dense variant can change
+    the recipe) and the methods that share it."""
     from bench.runner import dense_recipe
 
     users: dict[str, tuple[Run, list[str]]] = {}
@@ -320,7 +321,7 @@ def print_dense_models(suite: Suite, runs: list[Run]) -> None:
         labels = users.setdefault(run.dense_id, (run, []))[1]
         if run.method.label not in labels:
             labels.append(run.method.label)
-    print("dense models:")
+    lines = []
     for dense_id, (run, labels) in users.items():
         if suite.pretrain.checkpoint:
             how = f"loaded from {suite.pretrain.checkpoint}"
@@ -329,7 +330,8 @@ def print_dense_models(suite: Suite, runs: list[Run]) -> None:
             steps = f" x{r.schedule.gamma:g} at {r.schedule.milestones}" if r.schedule.name == "step" else ""
             how = (f"{r.epochs} epochs, lr {r.lr:g} {r.schedule.name}{steps}, weight decay {r.weight_decay:g}, "
                    f"batch {r.batch_size}")
-        print(f"{dense_id}  seed {run.seed}  {how}  ({', '.join(labels)})")
+        lines.append(f"{dense_id}  seed {run.seed}  {how}  ({', '.join(labels)})")
+    return lines
 
 
 def command_status(args: argparse.Namespace) -> int:
