@@ -327,7 +327,8 @@ def dense_models(suite: Suite, runs: list[Run]) -> list[str]:
             how = f"loaded from {suite.pretrain.checkpoint}"
         else:
             r = dense_recipe(run, run.method.build())
-            steps = f" x{r.schedule.gamma:g} at {r.schedule.milestones}" if r.schedule.name == "step" else ""
+            steps = {"step": f" x{r.schedule.gamma:g} at {r.schedule.milestones}",
+                     "piecewise": f" x{r.schedule.factors} from {[0, *r.schedule.milestones]}"}.get(r.schedule.name, "")
             how = (f"{r.epochs} epochs, lr {r.lr:g} {r.schedule.name}{steps}, weight decay {r.weight_decay:g}, "
                    f"batch {r.batch_size}")
         lines.append(f"{dense_id}  seed {run.seed}  {how}  ({', '.join(labels)})")

@@ -441,11 +441,11 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
     """Mean test accuracy over the first stage of the retraining schedule (Wang et al. 2023).
 
-    The first stage ends at the first milestone of a step schedule; cosine and constant schedules have one
+    The first stage ends at the first milestone of a step or piecewise schedule; cosine and constant ones have one
     stage, the whole run. None when nothing was retrained.
     """
     s = recipe.schedule
-    first = s.milestones[0] if s.name == "step" and s.milestones else len(history)
+    first = s.milestones[0] if s.name in ("step", "piecewise") and s.milestones else len(history)
     accs = [row["test_acc"] for row in history[:first]]
     return sum(accs) / len(accs) if accs else None
 

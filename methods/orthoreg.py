@@ -14,23 +14,32 @@ under one global ranking in which every layer keeps about 5% + 1 of its filters.
 
 Protocols (``protocol``):
 - ``early_bird``: the dense model itself is trained with the regulariser and no weight decay (the code's EBT mode:
-  25 epochs from scratch, 24 at lr 0.1 and 1 at 0.01: set that in the suite's pretrain); one global prune; retrain.
-- ``iterative``: a phase on the shared dense model of ``rounds`` × ``round_epochs`` regularised epochs; at the end of
-  each round but the last, r_i = p / ((i+1)·p + n·(1 − p)) of the remaining filters are zeroed (masked, and kept at
-  zero), and ``select`` removes the last round's share with all masked ones. Deviations from the code: it retrains
-  80 epochs without the regulariser (weight decay 1e-4) before each round's 25 ortho epochs, and drops the LR to 1/10
-  for each round's last epoch; here the regulariser stays on between rounds and only the phase's last epoch runs at
-  lr/10. The code's iterative runs used Adam with unknown settings (README), here SGD (UNCERTAIN). The intermediate
-  masks zero a layer and its BatchNorm; a depthwise conv after it (MobileNet) still passes its BatchNorm shift
-  until removal.
+  25 epochs from scratch, 24 at lr 0.1 and 1 at 0.01: ``dense_low_lr_epochs: 1`` on the suite's constant-LR pretrain,
+  which is the baselines' 25 epochs at 0.1 with weight decay 1e-4); one global prune; retrain.
+- ``iterative``: a phase on the shared dense model (the code's 160-epoch base model). With ``between: [35, 35, 10]``
+  it is the code's VGG path: 25 ortho epochs (24 at lr, 1 at lr/10, weight decay 0), then at the end of each round but
+  the last r_i = p / ((i+1)·p + n·(1 − p)) of the remaining filters are zeroed (masked, and kept at zero), 80 epochs
+  follow without the regulariser (35 / 35 / 10 at lr, lr/10, lr/100, the dense recipe's weight decay 1e-4) and 25
+  ortho epochs again; ``select`` removes the last round's share with all masked ones, and the suite's retraining is
+  the code's final one. With ``lam: 0`` (its baselines) the first round prunes the dense model and the rounds are
+  separated by the ``between`` epochs only (the code: [40, 40, 20]). On ResNet and MobileNet the code's fine-tune
+  calls its VGG regulariser (``vgg_train_ortho``) and cannot have run as written; here they follow the paper's
+  protocol, the VGG path with each model's own regulariser (UNCERTAIN: the paper's text was not available to check).
+  Without ``between`` (the default, an earlier protocol of this harness) the regulariser stays on between rounds of
+  ``round_epochs`` and only the phase's last epoch runs at lr/10. Deviations: the code physically removes each
+  round's filters and starts a fresh SGD optimizer for each stage (here one optimizer, so momentum carries over);
+  the code's iterative runs used Adam with unknown settings (README), here SGD (UNCERTAIN). The intermediate masks
+  zero a layer and its BatchNorm; a depthwise conv after it (MobileNet) still passes its BatchNorm shift until removal.
 
 Further deviations, all deliberate: n_l = min(rows, columns) throughout (the code uses C_out for VGG, which differs only
 for the first conv, and a MobileNet block's input width for its depthwise conv); the floor protects each layer's most
-important filters (the code protects the highest indices), and it is the code's VGG/MobileNet floor on every model
-unless a suite sets ``floor_fraction: 0`` (one filter kept per layer, the code's ResNet rule); only channels that can be
-removed physically are pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2
-and shortcut outputs per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same
-importance and ranking on the shared dense model, without the regulariser (and with the recipe's weight decay).
+important filters (the code protects the highest indices: ``prune.floor_keeps: index``), and it is the code's
+VGG/MobileNet floor int(0.05·n) + 1 on every model unless a suite sets ``floor_fraction: 0`` (one filter kept per
+layer, the code's ResNet rule; ``prune.floor_fraction`` gives the same floor to the baselines); ``ceil(p·N)`` filters
+go where the code removes ``int(p·N)`` (equal where p·N is whole); only channels that can be removed physically are
+pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2 and shortcut outputs
+per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same importance and ranking
+on the shared dense model, without the regulariser (and with the recipe's weight decay).
 """
 from __future__ import annotations
 

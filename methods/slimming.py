@@ -10,6 +10,7 @@ least ``prune.min_keep`` (the code has no floor and can empty a layer). γ start
 and conv and linear weights are the harness models' initialisation (Kaiming fan-in; PyTorch's default for linear).
 ``cut: quantile`` gives the RNI code's version of this baseline ("L1-slim", and with ``lam: 0, scope: layerwise``
 its "UCS"): keep |γ| strictly above the p-quantile (global or per layer), at least ``prune.min_keep`` per layer.
+``lam: 0, divide_by: fan_in`` is the OrthoReg code's BN-scale baseline on VGG-13: |γ| divided by the conv's C_in·k·k.
 """
 from __future__ import annotations
 
