@@ -228,7 +228,8 @@ class OrthoRegHparams:
                           "on the dense model with pruning rounds")
     rounds: int = field(2, low=1, doc="iterative: pruning rounds n")
     round_epochs: int = field(25, low=1, doc="iterative: regularised epochs before each round's pruning")
-    lr: float = field(0.1, low=0, low_open=True, doc="iterative: learning rate of the phase (lr/10 in its last epoch)")
+    lr: float = field(0.1, low=0, low_open=True, doc="iterative: learning rate of the phase (lr/10 in its last "
+                                                       "epoch, or with ``between`` in each round's last ortho epoch)")
     importance_samples: int = field(10000, low=1, doc="training samples the gradient ḡ is averaged over")
     importance_batch_size: int = field(128, low=1, doc="batch size of the importance pass")
     floor_fraction: float = field(0.05, low=0, high=1, high_open=True,
@@ -239,7 +240,7 @@ class OrthoRegHparams:
             "EBT: 1 of 25, 'better orthonormality'); 0: the suite's pretrain schedule as it is")
     between: list[int] = field(
         default_factory=list, low=0, keyed_at_default=False,
-        doc="iterative: epochs at lr, lr/10, lr/100 retrained without the regulariser (the dense recipe's weight "
+        doc="iterative: epochs at lr, lr/10, lr/100, ... retrained without the regulariser (the dense recipe's weight "
             "decay) after each round's pruning but the last (the code: [35, 35, 10]; its Fisher baseline, lam 0: "
             "[40, 40, 20]); each round's ortho epochs then end with one at lr/10. []: the regulariser stays on "
             "between rounds and only the phase's last epoch runs at lr/10")
@@ -299,7 +300,7 @@ def code_segments(hp: OrthoRegHparams) -> tuple[list[float], list[bool], list[in
     (at lr, lr/10, lr/100) after each pruning; λ = 0 (its baselines): only the ``between`` epochs, the first round
     pruned before the phase."""
     ortho = [1.0] * (hp.round_epochs - 1) + [0.1] if hp.lam > 0 else []
-    plain = [f for epochs, f in zip(hp.between, (1.0, 0.1, 0.01, 0.001)) for _ in range(epochs)]
+    plain = [0.1 ** i for i, epochs in enumerate(hp.between) for _ in range(epochs)]
     factors, regularised, ends = list(ortho), [True] * len(ortho), []
     for _ in range(hp.rounds - 1):
         ends.append(len(factors) - 1)
