@@ -297,6 +297,7 @@ def command_plan(args: argparse.Namespace) -> int:
     from bench.store import RunDir
 
     suite, runs, _ = prepare(args)
+    dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
     results = Path(args.results)
     rows = [(r.run_id, r.describe(), RunDir(results, suite.name, r.run_id).status()) for r in runs]
     width = max(len(d["method"]) for _, d, _ in rows)
@@ -306,7 +307,32 @@ def command_plan(args: argparse.Namespace) -> int:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print("dense models:", *dense, sep="\n")
     return 0
+
+
+def dense_models(suite: Suite, runs: list[Run]) -> list[str]:
+    """One line per dense model the runs start from: id, seed, how it is trained (a method's dense variant can change
+    the recipe) and the methods that share it."""
+    from bench.runner import dense_recipe
+
+    users: dict[str, tuple[Run, list[str]]] = {}
+    for run in runs:
+        labels = users.setdefault(run.dense_id, (run, []))[1]
+        if run.method.label not in labels:
+            labels.append(run.method.label)
+    lines = []
+    for dense_id, (run, labels) in users.items():
+        if suite.pretrain.checkpoint:
+            how = f"loaded from {suite.pretrain.checkpoint}"
+        else:
+            r = dense_recipe(run, run.method.build())
+            steps = {"step": f" x{r.schedule.gamma:g} at {r.schedule.milestones}",
+                     "piecewise": f" x{r.schedule.factors} from {[0, *r.schedule.milestones]}"}.get(r.schedule.name, "")
+            how = (f"{r.epochs} epochs, lr {r.lr:g} {r.schedule.name}{steps}, weight decay {r.weight_decay:g}, "
+                   f"batch {r.batch_size}")
+        lines.append(f"{dense_id}  seed {run.seed}  {how}  ({', '.join(labels)})")
+    return lines
 
 
 def command_status(args: argparse.Namespace) -> int:

@@ -31,18 +31,28 @@ def device_problem(name: str) -> str | None:
 
 @dataclass
 class Schedule:
-    """A learning-rate schedule over epochs: step (×gamma at each milestone), cosine (to 0) or constant."""
+    """A learning-rate schedule over epochs: step (×gamma at each milestone), cosine (to 0), constant, or piecewise
+    (lr × factors[k] from the k-th milestone on: an LR that may rise again, as between pruning rounds)."""
 
-    name: Literal["step", "cosine", "constant"] = "constant"
-    milestones: list[int] = field(default_factory=list, doc="epochs at which a step schedule multiplies by gamma")
+    name: Literal["step", "cosine", "constant", "piecewise"] = "constant"
+    milestones: list[int] = field(default_factory=list, doc="epochs at which a step schedule multiplies by gamma "
+                                  "(a piecewise one moves to its next factor)")
     gamma: float = field(0.1, low=0, low_open=True, doc="step factor")
+    factors: list[float] = field(default_factory=list, low=0, low_open=True, keyed_at_default=False,
+                                 doc="piecewise: the LR multiplier before the first milestone and from each one on "
+                                     "(one more than milestones)")
 
     def validate(self) -> list[str]:
         problems = []
         if self.milestones != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
             problems.append(f"milestones {self.milestones} must be increasing positive epochs.")
-        if self.name != "step" and self.milestones:
-            problems.append(f"milestones are only used by the step schedule, not '{self.name}'.")
+        if self.name not in ("step", "piecewise") and self.milestones:
+            problems.append(f"milestones are only used by the step and piecewise schedules, not '{self.name}'.")
+        if self.name == "piecewise" and len(self.factors) != len(self.milestones) + 1:
+            problems.append(f"a piecewise schedule needs one factor more than milestones: {len(self.factors)} "
+                            f"factors for {len(self.milestones)} milestones.")
+        if self.name != "piecewise" and self.factors:
+            problems.append(f"factors are only used by the piecewise schedule, not '{self.name}'.")
         return problems
 
 
@@ -87,6 +97,13 @@ class Prune:
     scope: Literal["layerwise", "global"] = "layerwise"
     min_keep: int = field(1, low=1, doc="filters every layer keeps at least, under global ranking "
                          "and in the quantile cuts (rni, slimming cut: quantile); layerwise count cuts ignore it")
+    floor_fraction: float = field(0.0, low=0, high=1, high_open=True, keyed_at_default=False,
+                                  doc="the floor grows with the layer: int(floor_fraction · n) + min_keep of its n "
+                                      "filters (the OrthoReg code's 5% + 1 on VGG and MobileNet: 0.05)")
+    floor_keeps: Literal["important", "index"] = field(
+        "important", keyed_at_default=False,
+        doc="which filters the floor keeps: the most important; index: the highest-index ones, whatever their "
+            "score (the OrthoReg code's constrain_ratios)")
 
     def validate(self) -> list[str]:
         problems = []

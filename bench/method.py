@@ -43,6 +43,16 @@ class PruneTarget:
     min_keep: int = 1                # floor per layer: global ranking and quantile cuts, not layerwise counts
     # the coupled channel group each layer leads (bench.groups); a layer without an entry prunes its own channels
     groups: dict[str, Group] = field(default_factory=dict)
+    floor_fraction: float = 0.0      # the floor is int(floor_fraction · n) + min_keep of a layer's n channels
+    floor_keeps: str = "important"   # which channels the floor keeps: the most important, or the highest indices
+
+    def floor(self, channels: int) -> int:
+        """Channels a layer of ``channels`` keeps at least: int(floor_fraction · n) + min_keep, at most n."""
+        return min(channels, int(self.floor_fraction * channels) + self.min_keep)
+
+    def protected(self, channels: int) -> set[int]:
+        """The indices ``floor_keeps: index`` protects (the OrthoReg code's floor: the highest ones); else none."""
+        return set(range(channels - self.floor(channels), channels)) if self.floor_keeps == "index" else set()
 
     def members(self) -> list[str]:
         """Every layer whose output channels the target prunes: each group's producers (a chain: the layer)."""
@@ -101,6 +111,8 @@ class DenseVariant:
     prepare: Callable[[nn.Module], nn.Module] | None = None    # applied to the fresh model before training
     hooks: list[TrainHooks] = field(default_factory=list)
     param_groups: Callable[[nn.Module, Recipe], list[dict[str, Any]]] | None = None
+    # the dense recipe as this variant trains it (its own schedule, say); what it changes must be in ``key``
+    recipe: Callable[[Recipe], Recipe] | None = None
 
 
 class Method:
@@ -220,7 +232,8 @@ def checked_scores(method: Method, model: nn.Module, scores: Mapping[str, torch.
 
 
 def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) -> dict[str, torch.Tensor]:
-    """Keep the highest-scoring channels: per layer (layerwise) or under one threshold (global, with a floor).
+    """Keep the highest-scoring channels: per layer (layerwise) or under one threshold (global, with the target's
+    floor: its most important channels, or with ``floor_keeps: index`` its highest indices, as the OrthoReg code).
 
     Ties are broken by channel index (stable sort), so selection is deterministic.
     """
@@ -237,12 +250,13 @@ def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) ->
     total = len(flat)
     n_drop = min(math.ceil(round(ratio * total, 6)), total - len(target.layers))
     sizes = {name: scores[name].numel() for name in target.layers}
-    floor = {name: min(target.min_keep, sizes[name]) for name in target.layers}
+    floor = {name: target.floor(sizes[name]) for name in target.layers}
+    protected = {name: target.protected(sizes[name]) for name in target.layers}
     dropped: dict[str, set[int]] = {name: set() for name in target.layers}
     for _, name, i in sorted(flat):
         if n_drop == 0:
             break
-        if sizes[name] - len(dropped[name]) > floor[name]:
+        if i not in protected[name] and sizes[name] - len(dropped[name]) > floor[name]:
             dropped[name].add(i)
             n_drop -= 1
     for name in target.layers:
@@ -276,7 +290,8 @@ def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget,
                         ) -> dict[str, torch.Tensor]:
     """The RNI code's keep rule (for its RNI, L1-slim and UCS): keep the scores strictly above the p-quantile, of
     all layers' scores together (``target.scope`` global, one ratio) or of each layer's own at its ratio (layerwise);
-    where fewer than ``min_channels`` pass in a layer, keep its ``min_channels`` highest instead.
+    where fewer than ``min_channels`` (or the target's floor) pass in a layer, keep its highest ones instead (with
+    ``floor_keeps: index``: the passing ones and the floor's highest indices).
 
     The code lowers the threshold to the (min_channels+1)-th largest score for that, which keeps fewer than
     ``min_channels`` when scores tie at it; taking the top ones (ties by lower index) always honours the floor.
@@ -294,8 +309,12 @@ def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget,
             keep[name] = torch.arange(s.numel())
             continue
         passing = torch.nonzero(s > threshold).flatten()
-        if passing.numel() < min_channels:
-            top = torch.sort(s, descending=True, stable=True).indices[:min_channels]
+        floor = max(min_channels, target.floor(s.numel()))
+        if target.floor_keeps == "index":
+            top = set(range(s.numel() - min(floor, s.numel()), s.numel()))
+            passing = torch.tensor(sorted(set(passing.tolist()) | top), dtype=torch.long)
+        elif passing.numel() < floor:
+            top = torch.sort(s, descending=True, stable=True).indices[:floor]
             passing = torch.sort(top).values
         keep[name] = passing
     return keep

@@ -15,6 +15,7 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -109,7 +110,7 @@ def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
     layers = plan.leaders
     ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
     return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep,
-                       groups=dict(plan.groups))
+                       groups=dict(plan.groups), floor_fraction=prune.floor_fraction, floor_keeps=prune.floor_keeps)
 
 
 def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
@@ -151,6 +152,7 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
                               "dense training), which pretrain.checkpoint cannot provide: the checkpoint was not "
                               "trained that way. Drop pretrain.checkpoint (give a training recipe) or run this "
                               "method in a suite of its own.")
+        dense_recipe(run, methods)  # a variant that cannot change this recipe says so now, before any work
         model = new_model(run, info, methods)
         target = prune_target(run, group_plan(model, run, info))
         for method in methods:
@@ -160,10 +162,15 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
 
 # ----------------------------------------------------------------------------------------- recipes
 
-def dense_recipe(run: Run) -> Recipe:
+def dense_recipe(run: Run, methods: Sequence[Method] = ()) -> Recipe:
+    """The suite's pretrain recipe, as the methods' dense variants change it (their own schedule, say)."""
     p = run.suite.pretrain
-    return Recipe(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, momentum=p.momentum, nesterov=p.nesterov,
-                  weight_decay=p.weight_decay, schedule=p.schedule, performance=run.suite.performance)
+    recipe = Recipe(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, momentum=p.momentum, nesterov=p.nesterov,
+                    weight_decay=p.weight_decay, schedule=p.schedule, performance=run.suite.performance)
+    for variant in (m.dense_variant() for m in methods):
+        if variant is not None and variant.recipe is not None:
+            recipe = variant.recipe(recipe)
+    return recipe
 
 
 def retrain_recipe(run: Run) -> Recipe:
@@ -254,7 +261,7 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
     if run.suite.pretrain.checkpoint:
         load_user_checkpoint(model, resolve_path(run.suite.pretrain.checkpoint, ws.suite_dir))
     else:
-        recipe = dense_recipe(run)
+        recipe = dense_recipe(run, methods)
         variants = [v for v in (m.dense_variant() for m in methods) if v is not None]
         hooks = [h for v in variants for h in v.hooks]
         optimizer = None
@@ -309,13 +316,14 @@ def jsv(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
     return {} if probe is None else jsv_stats(model, probe).as_dict()
 
 
-def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunContext, GroupPlan]:
+def run_context(run: Run, ws: Workspace, dense_model: nn.Module, methods: Sequence[Method]
+                ) -> tuple[RunContext, GroupPlan]:
     """The context a run's method hooks see, built from a model with the dense architecture, and its groups."""
     plan = group_plan(dense_model, run, ws.data.info)
     batchnorm_of = {m: bn for g in plan.groups.values() for m, bn in g.batchnorm_of.items()}
     ctx = RunContext(target=prune_target(run, plan), data=ws.data, device=ws.device, seed=run.seed,
                      nonlinearity=model_entry(run).nonlinearity, batchnorm_of=batchnorm_of,
-                     dense_recipe=dense_recipe(run), retrain=retrain_recipe(run),
+                     dense_recipe=dense_recipe(run, methods), retrain=retrain_recipe(run),
                      input_shape=tuple(example_input(ws.data.info).shape))
     ctx.generator.manual_seed(derive_seed(run.seed, "select"))
     return ctx, plan
@@ -355,7 +363,7 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
                               "disk.")
     remove_checkpoint(shared.phase)  # the phase is over; a kill after saving the model may have left it
     model = new_model(run, ws.data.info, methods)
-    ctx, plan = run_context(run, ws, model)
+    ctx, plan = run_context(run, ws, model, methods)
     keep = dict(state["keep"])
     slim_groups(model, plan, keep)
     model.load_state_dict(state["model"])
@@ -372,7 +380,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     began = time.perf_counter()
     model, dense_meta = obtain_dense(run, ws, methods)
     dense_s = time.perf_counter() - began
-    ctx, plan = run_context(run, ws, model)
+    ctx, plan = run_context(run, ws, model, methods)
     # The result is shared by the runs that differ only in the retraining LR, so the hooks must not see it.
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
@@ -433,11 +441,11 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
     """Mean test accuracy over the first stage of the retraining schedule (Wang et al. 2023).
 
-    The first stage ends at the first milestone of a step schedule; cosine and constant schedules have one
+    The first stage ends at the first milestone of a step or piecewise schedule; cosine and constant ones have one
     stage, the whole run. None when nothing was retrained.
     """
     s = recipe.schedule
-    first = s.milestones[0] if s.name == "step" and s.milestones else len(history)
+    first = s.milestones[0] if s.name in ("step", "piecewise") and s.milestones else len(history)
     accs = [row["test_acc"] for row in history[:first]]
     return sum(accs) / len(accs) if accs else None
 

@@ -14,29 +14,38 @@ under one global ranking in which every layer keeps about 5% + 1 of its filters.
 
 Protocols (``protocol``):
 - ``early_bird``: the dense model itself is trained with the regulariser and no weight decay (the code's EBT mode:
-  25 epochs from scratch, 24 at lr 0.1 and 1 at 0.01: set that in the suite's pretrain); one global prune; retrain.
-- ``iterative``: a phase on the shared dense model of ``rounds`` × ``round_epochs`` regularised epochs; at the end of
-  each round but the last, r_i = p / ((i+1)·p + n·(1 − p)) of the remaining filters are zeroed (masked, and kept at
-  zero), and ``select`` removes the last round's share with all masked ones. Deviations from the code: it retrains
-  80 epochs without the regulariser (weight decay 1e-4) before each round's 25 ortho epochs, and drops the LR to 1/10
-  for each round's last epoch; here the regulariser stays on between rounds and only the phase's last epoch runs at
-  lr/10. The code's iterative runs used Adam with unknown settings (README), here SGD (UNCERTAIN). The intermediate
-  masks zero a layer and its BatchNorm; a depthwise conv after it (MobileNet) still passes its BatchNorm shift
-  until removal.
+  25 epochs from scratch, 24 at lr 0.1 and 1 at 0.01: ``dense_low_lr_epochs: 1`` on the suite's constant-LR pretrain,
+  which is the baselines' 25 epochs at 0.1 with weight decay 1e-4); one global prune; retrain.
+- ``iterative``: a phase on the shared dense model (the code's 160-epoch base model). With ``between: [35, 35, 10]``
+  it is the code's VGG path: 25 ortho epochs (24 at lr, 1 at lr/10, weight decay 0), then at the end of each round but
+  the last r_i = p / ((i+1)·p + n·(1 − p)) of the remaining filters are zeroed (masked, and kept at zero), 80 epochs
+  follow without the regulariser (35 / 35 / 10 at lr, lr/10, lr/100, the dense recipe's weight decay 1e-4) and 25
+  ortho epochs again; ``select`` removes the last round's share with all masked ones, and the suite's retraining is
+  the code's final one. With ``lam: 0`` (its baselines) the first round prunes the dense model and the rounds are
+  separated by the ``between`` epochs only (the code: [40, 40, 20]). On ResNet and MobileNet the code's fine-tune
+  calls its VGG regulariser (``vgg_train_ortho``) and cannot have run as written; here they follow the paper's
+  protocol, the VGG path with each model's own regulariser (UNCERTAIN: the paper's text was not available to check).
+  Without ``between`` (the default, an earlier protocol of this harness) the regulariser stays on between rounds of
+  ``round_epochs`` and only the phase's last epoch runs at lr/10. Deviations: the code physically removes each
+  round's filters and starts a fresh SGD optimizer for each stage (here one optimizer, so momentum carries over);
+  the code's iterative runs used Adam with unknown settings (README), here SGD (UNCERTAIN). The intermediate masks
+  zero a layer and its BatchNorm; a depthwise conv after it (MobileNet) still passes its BatchNorm shift until removal.
 
 Further deviations, all deliberate: n_l = min(rows, columns) throughout (the code uses C_out for VGG, which differs only
 for the first conv, and a MobileNet block's input width for its depthwise conv); the floor protects each layer's most
-important filters (the code protects the highest indices), and it is the code's VGG/MobileNet floor on every model
-unless a suite sets ``floor_fraction: 0`` (one filter kept per layer, the code's ResNet rule); only channels that can be
-removed physically are pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2
-and shortcut outputs per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same
-importance and ranking on the shared dense model, without the regulariser (and with the recipe's weight decay).
+important filters (the code protects the highest indices: ``prune.floor_keeps: index``), and it is the code's
+VGG/MobileNet floor int(0.05·n) + 1 on every model unless a suite sets ``floor_fraction: 0`` (one filter kept per
+layer, the code's ResNet rule; ``prune.floor_fraction`` gives the same floor to the baselines); ``ceil(p·N)`` filters
+go where the code removes ``int(p·N)`` (equal where p·N is whole); only channels that can be removed physically are
+pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2 and shortcut outputs
+per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same importance and ranking
+on the shared dense model, without the regulariser (and with the recipe's weight decay).
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -160,11 +169,17 @@ def cumulative_fraction(ratio: float, rounds: int, done: int) -> float:
 
 
 def drop_lowest(scores: dict[str, Tensor], counts: dict[str, int] | int, floors: dict[str, int],
-                pruned: dict[str, set[int]]) -> dict[str, set[int]]:
+                pruned: dict[str, set[int]], by_index: bool = False) -> dict[str, set[int]]:
     """Grow the ``pruned`` sets by the lowest-scoring live filters: ``counts`` more per layer, or one global count
-    over all layers; no layer goes below its floor. Ties go to the earlier layer and lower index."""
+    over all layers; no layer goes below its floor, made of its most important live filters or (``by_index``, the
+    code's ``constrain_ratios``) of its highest-index live ones. Ties go to the earlier layer and lower index."""
     result = {name: set(pruned.get(name, set())) for name in scores}
     order = list(scores)
+    protected = {name: set() for name in order}
+    if by_index:
+        for name in order:
+            live = [i for i in range(scores[name].numel()) if i not in result[name]]
+            protected[name] = set(live[len(live) - min(floors[name], len(live)):])
 
     def live_sorted(names: list[str]) -> list[tuple[float, int, int]]:
         return sorted((float(v), order.index(name), i) for name in names
@@ -176,7 +191,7 @@ def drop_lowest(scores: dict[str, Tensor], counts: dict[str, int] | int, floors:
             if n <= 0:
                 break
             name = order[layer]
-            if scores[name].numel() - len(result[name]) > floors[name]:
+            if i not in protected[name] and scores[name].numel() - len(result[name]) > floors[name]:
                 result[name].add(i)
                 n -= 1
     return result
@@ -213,11 +228,22 @@ class OrthoRegHparams:
                           "on the dense model with pruning rounds")
     rounds: int = field(2, low=1, doc="iterative: pruning rounds n")
     round_epochs: int = field(25, low=1, doc="iterative: regularised epochs before each round's pruning")
-    lr: float = field(0.1, low=0, low_open=True, doc="iterative: learning rate of the phase (lr/10 in its last epoch)")
+    lr: float = field(0.1, low=0, low_open=True, doc="iterative: learning rate of the phase (lr/10 in its last "
+                                                       "epoch, or with ``between`` in each round's last ortho epoch)")
     importance_samples: int = field(10000, low=1, doc="training samples the gradient ḡ is averaged over")
     importance_batch_size: int = field(128, low=1, doc="batch size of the importance pass")
     floor_fraction: float = field(0.05, low=0, high=1, high_open=True,
-                                  doc="each layer keeps at least floor(fraction × filters) + 1 (and prune.min_keep)")
+                                  doc="each layer keeps at least floor(fraction × filters) + 1 (and prune's floor)")
+    dense_low_lr_epochs: int = field(
+        0, low=0, keyed_at_default=False,
+        doc="early_bird: the dense model's last k epochs at lr/10 after the suite's constant pretrain LR (the code's "
+            "EBT: 1 of 25, 'better orthonormality'); 0: the suite's pretrain schedule as it is")
+    between: list[int] = field(
+        default_factory=list, low=0, keyed_at_default=False,
+        doc="iterative: epochs at lr, lr/10, lr/100, ... retrained without the regulariser (the dense recipe's weight "
+            "decay) after each round's pruning but the last (the code: [35, 35, 10]; its Fisher baseline, lam 0: "
+            "[40, 40, 20]); each round's ortho epochs then end with one at lr/10. []: the regulariser stays on "
+            "between rounds and only the phase's last epoch runs at lr/10")
     scope: Literal["global", "layerwise"] = field(
         "global", doc="global: one ranking over all pruned layers (the code, whatever prune.scope says); layerwise: "
                       "each layer's prune.ratios value")
@@ -226,16 +252,16 @@ class OrthoRegHparams:
 class RoundHooks(BaseHooks):
     """Iterative protocol: zero r_i of the remaining filters at the end of each round but the last, keep them zero.
 
-    The pruned filters' indices are kept on the device between rounds: a step creates no tensor from host data."""
+    ``ends`` maps the last step of each round but the last to the rounds done once it is taken. The pruned filters'
+    indices are kept on the device between rounds: a step creates no tensor from host data."""
 
-    def __init__(self, method: OrthoReg, ctx: RunContext, round_steps: int) -> None:
-        self.method, self.ctx, self.round_steps = method, ctx, round_steps
+    def __init__(self, method: OrthoReg, ctx: RunContext, ends: dict[int, int]) -> None:
+        self.method, self.ctx, self.ends = method, ctx, ends
         self._indices: tuple[nn.Module, dict[str, Tensor]] | None = None  # (model, indices) of method.pruned
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        done = (step + 1) // self.round_steps
-        if (step + 1) % self.round_steps == 0 and done < self.method.hparams.rounds:
-            self.method.prune_round(model, self.ctx, done)
+        if step in self.ends:
+            self.method.prune_round(model, self.ctx, self.ends[step])
             self._indices = None
         if self._indices is None or self._indices[0] is not model:
             self._indices = (model, filter_indices(model, self.method.pruned))
@@ -247,6 +273,46 @@ class RoundHooks(BaseHooks):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.pruned = {name: set(s) for name, s in state["pruned"].items()}
         self._indices = None
+
+
+class SegmentHooks(BaseHooks):
+    """The code's iterative phase in one training loop: the ortho term in its regularised epochs; in the others weight
+    decay, added to the gradients as SGD's ``weight_decay`` would (the phase's optimizer has none)."""
+
+    def __init__(self, lam: float, weight_decay: float, regularised: list[bool], steps_per_epoch: int) -> None:
+        self.ortho = OrthoPenalty(lam)
+        self.weight_decay, self.regularised, self.steps_per_epoch = weight_decay, regularised, steps_per_epoch
+
+    def penalty(self, model: nn.Module, step: int) -> Tensor | None:
+        return self.ortho.penalty(model, step) if self.regularised[step // self.steps_per_epoch] else None
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        if self.weight_decay and not self.regularised[step // self.steps_per_epoch]:
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.add_(param, alpha=self.weight_decay)
+
+
+def code_segments(hp: OrthoRegHparams) -> tuple[list[float], list[bool], list[int]]:
+    """The code's iterative phase per epoch: LR factor and whether the ortho term is on; and the epochs after which
+    a round prunes. λ > 0: each round's ortho epochs (the last at lr/10), with ``between`` unregularised epochs
+    (at lr, lr/10, lr/100) after each pruning; λ = 0 (its baselines): only the ``between`` epochs, the first round
+    pruned before the phase."""
+    ortho = [1.0] * (hp.round_epochs - 1) + [0.1] if hp.lam > 0 else []
+    plain = [0.1 ** i for i, epochs in enumerate(hp.between) for _ in range(epochs)]
+    factors, regularised, ends = list(ortho), [True] * len(ortho), []
+    for _ in range(hp.rounds - 1):
+        ends.append(len(factors) - 1)
+        factors += plain + ortho
+        regularised += [False] * len(plain) + [True] * len(ortho)
+    return factors, regularised, ends if hp.lam > 0 else ends[1:]
+
+
+def piecewise(factors: list[float]) -> Schedule:
+    """The per-epoch LR factors as a piecewise schedule (a milestone where the factor changes)."""
+    milestones = [e for e in range(1, len(factors)) if factors[e] != factors[e - 1]]
+    return Schedule(name="piecewise", milestones=milestones, factors=[factors[0]] + [factors[e] for e in milestones])
 
 
 @register_method("orthoreg")
@@ -262,14 +328,26 @@ class OrthoReg(Method):
         self.pruned: dict[str, set[int]] = {}
 
     def dense_variant(self) -> DenseVariant | None:
-        if self.hparams.protocol != "early_bird" or self.hparams.lam == 0:
+        hp = self.hparams
+        if hp.protocol != "early_bird" or hp.lam == 0:
             return None
+        key: dict[str, Any] = {"lam": hp.lam, "weight_decay": 0.0}
+        if hp.dense_low_lr_epochs:
+            key["low_lr_epochs"] = hp.dense_low_lr_epochs
 
-        def no_decay(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
-            return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+        def ortho_recipe(recipe: Recipe) -> Recipe:
+            """No weight decay; with ``dense_low_lr_epochs``, the last epochs at lr/10 (the code's 24 + 1)."""
+            recipe = replace(recipe, weight_decay=0.0)
+            k = hp.dense_low_lr_epochs
+            if not k:
+                return recipe
+            if recipe.schedule.name != "constant" or not 0 < k < recipe.epochs:
+                raise ConfigError(f"methods: orthoreg: dense_low_lr_epochs {k} ends the dense training at lr/10, "
+                                  "which needs pretrain.schedule constant (the code's baselines) and more than "
+                                  f"{k} pretrain epochs; set pretrain.schedule: {{name: constant}} or drop it.")
+            return replace(recipe, schedule=Schedule(name="step", milestones=[recipe.epochs - k], gamma=0.1))
 
-        return DenseVariant(key={"orthoreg": {"lam": self.hparams.lam, "weight_decay": 0.0}},
-                            hooks=[OrthoPenalty(self.hparams.lam)], param_groups=no_decay)
+        return DenseVariant(key={"orthoreg": key}, hooks=[OrthoPenalty(hp.lam)], recipe=ortho_recipe)
 
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase | None:
         hp = self.hparams
@@ -277,13 +355,26 @@ class OrthoReg(Method):
             return None
         self.pruned = {name: set() for name in ctx.target.layers}
         dense = ctx.dense_recipe
+        steps = ctx.data.steps_per_epoch(dense.batch_size)
+        if hp.between:
+            factors, regularised, ends = code_segments(hp)
+            if hp.lam == 0 and hp.rounds > 1:
+                self.prune_round(model, ctx, 1)  # the code's baselines prune the dense model first
+            if not factors:
+                return None
+            recipe = Recipe(epochs=len(factors), lr=hp.lr, batch_size=dense.batch_size, momentum=dense.momentum,
+                            nesterov=dense.nesterov, weight_decay=0.0, schedule=piecewise(factors))
+            done = 1 if hp.lam > 0 else 2
+            rounds = RoundHooks(self, ctx, {(end + 1) * steps - 1: done + i for i, end in enumerate(ends)})
+            return Phase(recipe=recipe, hooks=[SegmentHooks(hp.lam, dense.weight_decay, regularised, steps), rounds])
         epochs = hp.rounds * hp.round_epochs
         schedule = Schedule(name="step", milestones=[epochs - 1] if epochs > 1 else [], gamma=0.1)
         recipe = Recipe(epochs=epochs, lr=hp.lr, batch_size=dense.batch_size, momentum=dense.momentum,
                         nesterov=dense.nesterov, weight_decay=0.0 if hp.lam > 0 else dense.weight_decay,
                         schedule=schedule)
         hooks: list[Any] = [OrthoPenalty(hp.lam)] if hp.lam > 0 else []
-        hooks.append(RoundHooks(self, ctx, hp.round_epochs * ctx.data.steps_per_epoch(dense.batch_size)))
+        ends = {(i + 1) * hp.round_epochs * steps - 1: i + 1 for i in range(hp.rounds - 1)}
+        hooks.append(RoundHooks(self, ctx, ends))
         return Phase(recipe=recipe, hooks=hooks)
 
     def importance(self, model: nn.Module, ctx: RunContext, round_index: int) -> dict[str, Tensor]:
@@ -293,9 +384,10 @@ class OrthoReg(Method):
                                  hp.importance_batch_size, derive_seed(ctx.seed, "orthoreg", round_index), ctx.device)
 
     def floors(self, model: nn.Module, ctx: RunContext) -> dict[str, int]:
-        """Filters each layer keeps at least: floor(fraction·n) + 1, and prune.min_keep, at most n."""
+        """Filters each layer keeps at least: floor(fraction·n) + 1, and prune's floor, at most n (n: the layer's
+        original filters, also in later rounds, as the code's ``constrain_ratios``)."""
         sizes = {name: model.get_submodule(name).weight.shape[0] for name in ctx.target.layers}
-        return {name: min(n, max(ctx.target.min_keep, int(self.hparams.floor_fraction * n) + 1))
+        return {name: min(n, max(ctx.target.floor(n), int(self.hparams.floor_fraction * n) + 1))
                 for name, n in sizes.items()}
 
     def prune_round(self, model: nn.Module, ctx: RunContext, done: int) -> None:
@@ -319,7 +411,8 @@ class OrthoReg(Method):
                 share = ratio if last else cumulative_fraction(ratio, rounds, done)
                 due = math.ceil(round(share * n, 6)) if last else round(share * n)
                 counts[name] = due - len(self.pruned.get(name, set()))
-        self.pruned = drop_lowest(scores, counts, self.floors(model, ctx), self.pruned)
+        self.pruned = drop_lowest(scores, counts, self.floors(model, ctx), self.pruned,
+                                  by_index=ctx.target.floor_keeps == "index")
         zero_filters_(model, ctx, filter_indices(model, self.pruned))
         log.info("orthoreg: after round %d of %d, %d of %d filters pruned", done, rounds,
                  sum(len(s) for s in self.pruned.values()), sum(sizes.values()))

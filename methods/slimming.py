@@ -10,6 +10,7 @@ least ``prune.min_keep`` (the code has no floor and can empty a layer). γ start
 and conv and linear weights are the harness models' initialisation (Kaiming fan-in; PyTorch's default for linear).
 ``cut: quantile`` gives the RNI code's version of this baseline ("L1-slim", and with ``lam: 0, scope: layerwise``
 its "UCS"): keep |γ| strictly above the p-quantile (global or per layer), at least ``prune.min_keep`` per layer.
+``lam: 0, divide_by: fan_in`` is the OrthoReg code's BN-scale baseline on VGG-13: |γ| divided by the conv's C_in·k·k.
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ class SlimmingHparams:
         "count", keyed_at_default=False,
         doc="count: exactly ceil(p·n) channels go (the harness's rule); quantile: keep |γ| strictly above the "
             "p-quantile (the RNI code's rule for its L1-slim and UCS baselines)")
+    divide_by: Literal["none", "fan_in"] = field(
+        "none", keyed_at_default=False,
+        doc="fan_in: rank |γ| divided by the pruned conv's fan-in C_in·k·k (the OrthoReg code's BN-scale baseline on "
+            "VGG-13)")
 
 
 @register_method("slimming")
@@ -77,7 +82,7 @@ class Slimming(Method):
         return DenseVariant(key={"slimming": {"lam": self.hparams.lam}}, hooks=[SparsityHooks(self.hparams.lam)])
 
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:
-        """|γ| of the BatchNorm after each target layer."""
+        """|γ| of the BatchNorm after each target layer (divided by the layer's fan-in with ``divide_by: fan_in``)."""
         scores = {}
         for name in ctx.target.layers:
             bn = ctx.batchnorm_of.get(name)
@@ -86,6 +91,8 @@ class Slimming(Method):
                 raise ConfigError(f"methods: slimming: pruned layer '{name}' is not followed by an affine BatchNorm, "
                                   "whose scale slimming ranks; remove it from prune.layers.")
             scores[name] = module.weight.detach().abs().float().cpu()
+            if self.hparams.divide_by == "fan_in":
+                scores[name] /= model.get_submodule(name).weight[0].numel()
         return scores
 
     def select(self, model: nn.Module, ctx: RunContext) -> dict[str, Tensor]:

@@ -57,6 +57,11 @@ def test_shorthands_are_accepted(write_suite) -> None:
     ({"device": "tpu"}, "'device' is 'tpu'"),
     ({"methods": [{"l1": {"alpha": 1}}]}, "unknown key 'methods[0].l1.alpha'"),
     ({"prune": {"ratios": [{"layers.*": 0.5}], "scope": "global"}}, "needs scope: layerwise"),
+    ({"prune": {"ratios": [0.5], "floor_keeps": "highest"}}, "'prune.floor_keeps' is 'highest'"),
+    ({"retrain": {"schedule": {"name": "piecewise", "milestones": [2], "factors": [1.0]}}},
+     "needs one factor more than milestones: 1 factors for 1 milestones"),
+    ({"retrain": {"schedule": {"name": "step", "milestones": [2], "factors": [1.0, 0.1]}}},
+     "factors are only used by the piecewise schedule"),
 ])
 def test_invalid_suites_name_the_key(write_suite, change, expected, tmp_path: Path, capsys) -> None:
     assert expected in problems_of(write_suite, tiny_suite(**change))
@@ -113,6 +118,18 @@ def test_an_option_written_at_its_default_keeps_the_id(write_suite) -> None:
     assert [r.run_id for r in explicit] == [r.run_id for r in base] and explicit[0].dense_id == base[0].dense_id
     other = expand(load_suite(write_suite(tiny_suite(dataset=dict(dataset, seed=1)), "c.yaml")))
     assert other[0].dense_id != base[0].dense_id  # a value off its default does enter
+
+
+def test_the_floor_options_enter_the_ids_only_off_their_default(write_suite) -> None:
+    base = expand(load_suite(write_suite(tiny_suite())))
+    prune = tiny_suite()["prune"]
+    explicit = expand(load_suite(write_suite(tiny_suite(prune=dict(prune, floor_fraction=0.0,
+                                                                  floor_keeps="important")), "b.yaml")))
+    assert [r.run_id for r in explicit] == [r.run_id for r in base]
+    for change in ({"floor_fraction": 0.05}, {"floor_keeps": "index"}):
+        other = expand(load_suite(write_suite(tiny_suite(prune=dict(prune, **change)), "c.yaml")))
+        assert not {r.run_id for r in other} & {r.run_id for r in base}
+        assert other[0].dense_id == base[0].dense_id  # the dense model does not depend on the floor
 
 
 def test_the_resolved_layers_enter_the_prune_key_not_the_patterns(write_suite, monkeypatch) -> None:

@@ -15,14 +15,15 @@ from torch import nn
 
 import bench.data  # noqa: F401 - registers the datasets
 import bench.models  # noqa: F401 - registers the models
-from bench import PruneTarget, Recipe, RunContext
+from bench import ConfigError, PruneTarget, Recipe, RunContext, Schedule
 from bench.pruning import PruningError, masked, slim, trace_dependencies, zero_pruned_
 from bench.registry import DATASETS, MODELS
-from bench.train import fit, make_optimizer
+from bench.train import fit, make_optimizer, make_scheduler
 from methods.orthoreg import (
     OrthoPenalty,
     OrthoReg,
     OrthoRegHparams,
+    SegmentHooks,
     cumulative_fraction,
     drop_lowest,
     gram_deviation,
@@ -70,7 +71,7 @@ def test_penalty_is_entrywise_l1_of_the_smaller_gram() -> None:
     assert orthogonality(conv) == pytest.approx(7 / 9)
 
 
-def test_layer_weights_and_penalty_value() -> None:
+def test_layer_weights_follow_the_smaller_side() -> None:
     model = MODELS.get("mobilenet_v1").build(num_classes=10, in_channels=3)
     alphas = layer_weights(model)
     assert len(alphas) == 1 + 2 * 13 and sum(alphas.values()) == pytest.approx(1.0)
@@ -78,9 +79,19 @@ def test_layer_weights_and_penalty_value() -> None:
     ratio = alphas["layers.12.conv2"] / alphas["layers.0.conv1"]
     assert ratio == pytest.approx(math.sqrt(1024) / math.sqrt(9))
     assert alphas["conv1"] / alphas["layers.0.conv1"] == pytest.approx(math.sqrt(27) / 3)
-    hook = OrthoPenalty(1e-3)
-    expected = 1e-3 * sum(alphas[n] * float(gram_deviation(model.get_submodule(n)).detach()) for n in alphas)
-    assert float(hook.penalty(model, 0).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_penalty_value_worked_by_hand() -> None:
+    """Two layers whose Gram matrices are worked out on paper: λ Σ α_l ‖G_l − I‖₁ with α_l = √n_l / Σ √n_l'."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.Conv2d(2, 2, 1, bias=True))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 3.0]).view(2, 1, 1, 1))  # 2 x 1: column Gram [10], n = 1
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.0]]).view(2, 2, 1, 1))
+        model[1].bias.copy_(torch.tensor([0.0, 1.0]))  # rows [1, 1, 0], [1, 0, 1]: row Gram [[2, 1], [1, 2]], n = 2
+    # ‖[10] − 1‖₁ = 9; ‖[[1, 1], [1, 1]]‖₁ = 4; α = 1 / (1 + √2) and √2 / (1 + √2)
+    expected = 0.1 * (9 * 1 + 4 * math.sqrt(2)) / (1 + math.sqrt(2))
+    assert float(OrthoPenalty(0.1).penalty(model, 0).detach()) == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.607107, rel=1e-5)
 
 
 class FixedData:
@@ -168,23 +179,75 @@ def make_context(model: nn.Module, layers: list[str], ratio: float, data: object
                       retrain=Recipe(1, 0.01), input_shape=(1, 3, size, size))
 
 
-def test_early_bird_variant_turns_weight_decay_off_and_selects_globally() -> None:
-    method = OrthoReg(OrthoRegHparams(importance_samples=64, importance_batch_size=32))
-    variant = method.dense_variant()
+def test_early_bird_variant_turns_weight_decay_off_and_ends_at_a_tenth() -> None:
+    suite_recipe = Recipe(25, 0.1, weight_decay=1e-4)  # the baselines': 25 epochs at a constant 0.1
+    variant = OrthoReg(OrthoRegHparams()).dense_variant()
     assert variant.key == {"orthoreg": {"lam": 0.01, "weight_decay": 0.0}} and variant.prepare is None
-    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
-    optimizer = make_optimizer(model, Recipe(1, 0.1, weight_decay=5e-4), variant.param_groups(model, Recipe(1, 0.1)))
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0]
+    plain = variant.recipe(suite_recipe)
+    assert plain.weight_decay == 0.0 and plain.schedule.name == "constant"
+    code = OrthoReg(OrthoRegHparams(dense_low_lr_epochs=1)).dense_variant()
+    assert code.key == {"orthoreg": {"lam": 0.01, "weight_decay": 0.0, "low_lr_epochs": 1}}
+    recipe = code.recipe(suite_recipe)  # the code's 24 epochs at 0.1, then 1 at 0.01
+    assert (recipe.epochs, recipe.lr, recipe.weight_decay) == (25, 0.1, 0.0)
+    assert (recipe.schedule.name, recipe.schedule.milestones, recipe.schedule.gamma) == ("step", [24], 0.1)
+    with pytest.raises(ConfigError, match="dense_low_lr_epochs 1 .* pretrain.schedule constant"):
+        code.recipe(Recipe(25, 0.1, schedule=Schedule(name="cosine")))
     assert OrthoReg(OrthoRegHparams(lam=0)).dense_variant() is None  # the Fisher baseline shares the dense model
     assert OrthoReg(OrthoRegHparams(protocol="iterative")).dense_variant() is None
-    assert method.phase(model, None) is None
+    assert OrthoReg(OrthoRegHparams()).phase(nn.Linear(1, 1), None) is None
+
+
+def faint_last_stage(seed: int = 0) -> nn.Module:
+    """A ResNet-20 whose last stage's conv1 filters are scaled by 1e-3: their Taylor scores rank lowest of all."""
+    torch.manual_seed(seed)
+    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
+    with torch.no_grad():
+        for b in range(3):
+            model.get_submodule(f"layer3.{b}.conv1").weight.mul_(1e-3)
+    return model
+
+
+@pytest.mark.parametrize(("floor_fraction", "floor_keeps", "floor"), [(0.05, "important", 4), (0.0, "important", 1),
+                                                                       (0.05, "index", 4)])
+def test_global_selection_stops_each_layer_at_its_floor(floor_fraction: float, floor_keeps: str, floor: int) -> None:
+    """ceil(0.6 · 336) = 202 filters go, more than the 3 · 64 faint ones: each faint layer stops at its floor,
+    int(0.05 · 64) + 1 = 4 (1 without the fraction), and the others give the rest. ``floor_keeps: index`` keeps
+    the 4 highest indices, as the code's constrain_ratios; by default the 4 most important."""
+    model = faint_last_stage()
     data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
     layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
-    ctx = make_context(model, layers, 0.5, data)
+    ctx = make_context(model, layers, 0.6, data)
+    ctx.target.floor_keeps = floor_keeps
+    method = OrthoReg(OrthoRegHparams(floor_fraction=floor_fraction, importance_samples=64, importance_batch_size=32))
+    scores = method.importance(copy.deepcopy(model), ctx, 1)  # what select ranks (it zeroes what it prunes)
     keep = method.select(model, ctx)
-    kept = [len(keep[n]) for n in layers]
-    assert sum(kept) == 168 and len(set(kept)) > 1  # ceil(0.5 · 336) = 168 of 3·(16 + 32 + 64) removed, unevenly
-    assert min(len(keep[n]) for n in layers) >= 1 + int(0.05 * 16)
+    assert sum(len(k) for k in keep.values()) == 336 - 202
+    faint = [f"layer3.{b}.conv1" for b in range(3)]
+    assert [len(keep[n]) for n in faint] == [floor] * 3
+    assert min(len(keep[n]) - int(floor_fraction * model.get_submodule(n).weight.shape[0]) for n in layers) >= 1
+    for name in faint:
+        top = set(scores[name].argsort(descending=True)[:floor].tolist())
+        expected = set(range(64 - floor, 64)) if floor_keeps == "index" else top
+        assert set(keep[name].tolist()) == expected
+    assert top != set(range(60, 64))  # the two rules differ here: the test tells them apart
+
+
+def test_prune_floor_fraction_adds_to_min_keep_for_every_global_method() -> None:
+    """prune.floor_fraction makes the harness's floor int(f · n) + min_keep (the OrthoReg code's 5% + 1 with f = 0.05,
+    min_keep 1), for orthoreg with its own floor_fraction at 0 too."""
+    target = PruneTarget(["a"], {"a": 0.5}, "global", 1, floor_fraction=0.05)
+    assert [target.floor(n) for n in (1, 16, 19, 20, 64, 512)] == [1, 1, 1, 2, 4, 26]
+    assert PruneTarget(["a"], {"a": 0.5}, "global", 3).floor(64) == 3  # at its default only the constant
+    assert PruneTarget(["a"], {"a": 0.5}, "global", 1, floor_fraction=0.05, floor_keeps="index").protected(64) == {
+        60, 61, 62, 63}
+    model = faint_last_stage()
+    data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
+    layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    ctx = make_context(model, layers, 0.6, data)
+    ctx.target.floor_fraction = 0.05
+    method = OrthoReg(OrthoRegHparams(floor_fraction=0, importance_samples=64, importance_batch_size=32))
+    keep = method.select(model, ctx)
+    assert [len(keep[f"layer3.{b}.conv1"]) for b in range(3)] == [4, 4, 4]
 
 
 def test_iterative_protocol_masks_rounds_in_the_phase_and_selects_the_rest() -> None:
@@ -255,4 +318,86 @@ def test_fisher_baseline_keeps_weight_decay_in_the_iterative_phase() -> None:
                           dense_recipe=Recipe(epochs=1, lr=0.1, batch_size=16, weight_decay=1e-4))
     phase = method.phase(nn.Linear(2, 2), ctx)
     assert phase.recipe.weight_decay == 1e-4 and len(phase.hooks) == 1 and phase.recipe.epochs == 6
-    assert phase.hooks[0].round_steps == 8
+    assert phase.hooks[0].ends == {7: 1, 15: 2}  # the last steps of rounds 1 and 2 (8 steps a round)
+
+
+def epoch_lrs(recipe: Recipe) -> list[float]:
+    """The LR of every epoch of ``recipe``, read off the scheduler the training loop builds."""
+    optimizer = make_optimizer(nn.Linear(1, 1), recipe)
+    scheduler = make_scheduler(optimizer, recipe)
+    lrs = []
+    for _ in range(recipe.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_code_iterative_protocol_on_vgg_schedules_every_round() -> None:
+    """``between: [35, 35, 10]`` is the code's VGG path for 2 rounds: 25 ortho epochs (24 at 0.1, 1 at 0.01, wd 0),
+    prune round 1, 80 epochs without the term (35 / 35 / 10 at 0.1 / 0.01 / 0.001, wd 1e-4), 25 ortho epochs again;
+    round 2 is the selection."""
+    method = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=25, between=[35, 35, 10]))
+    ctx = SimpleNamespace(target=SimpleNamespace(layers=["a"]), data=SimpleNamespace(steps_per_epoch=lambda b: 4),
+                          dense_recipe=Recipe(epochs=160, lr=0.1, batch_size=128, weight_decay=1e-4))
+    phase = method.phase(nn.Linear(2, 2), ctx)
+    assert (phase.recipe.epochs, phase.recipe.lr, phase.recipe.weight_decay) == (130, 0.1, 0.0)
+    lrs = epoch_lrs(phase.recipe)
+    expected = [0.1] * 24 + [0.01] + [0.1] * 35 + [0.01] * 35 + [0.001] * 10 + [0.1] * 24 + [0.01]
+    assert lrs == pytest.approx(expected)
+    segments, rounds = phase.hooks
+    assert segments.regularised == [True] * 25 + [False] * 80 + [True] * 25 and segments.weight_decay == 1e-4
+    assert rounds.ends == {25 * 4 - 1: 1}  # after the 100th step: the end of the first 25 epochs
+
+
+def test_segment_hooks_add_sgd_weight_decay_off_the_term_and_the_term_on_it() -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.randn(8, 2, 4, 4), torch.randint(0, 3, (8,))
+
+    def one_step(weight_decay: float, hooks: list, step: int) -> nn.Module:
+        model = copy.deepcopy(base)
+        optimizer = make_optimizer(model, Recipe(1, 0.1, weight_decay=weight_decay))
+        loss = F.cross_entropy(model(x), y)
+        for hook in hooks:
+            extra = hook.penalty(model, step)
+            loss = loss if extra is None else loss + extra
+        loss.backward()
+        for hook in hooks:
+            hook.after_backward(model, step)
+        optimizer.step()
+        return model
+
+    hooks = [SegmentHooks(0.01, 1e-2, [True, False], steps_per_epoch=2)]
+    off = one_step(0.0, hooks, step=2)  # epoch 1: no term, weight decay in the gradients
+    sgd = one_step(1e-2, [], step=2)
+    for a, b in zip(off.parameters(), sgd.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    on = one_step(0.0, hooks, step=1)  # epoch 0: the ortho term, no weight decay
+    ortho = one_step(0.0, [OrthoPenalty(0.01)], step=1)
+    for a, b in zip(on.parameters(), ortho.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(on[0].weight, sgd[0].weight)
+
+
+@pytest.mark.parametrize("lam", [1e-2, 0.0])
+def test_code_iterative_protocol_through_the_training_loop(lam: float) -> None:
+    """Two rounds to 50 %: round 1 prunes a third (after the first ortho epoch; for the λ = 0 baseline on the dense
+    model before any epoch), the masks stay at zero through the unregularised epochs, selection reaches 50 %."""
+    torch.manual_seed(0)
+    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
+    data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
+    layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    ctx = make_context(model, layers, 0.5, data)
+    method = OrthoReg(OrthoRegHparams(lam=lam, protocol="iterative", rounds=2, round_epochs=1, between=[1], lr=0.01,
+                                      importance_samples=32, importance_batch_size=16))
+    phase = method.phase(model, ctx)
+    total = 3 * (16 + 32 + 64)
+    assert phase.recipe.epochs == (3 if lam else 1)
+    assert sum(len(s) for s in method.pruned.values()) == (0 if lam else round(total / 3))
+    fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg", hooks=phase.hooks)
+    assert sum(len(s) for s in method.pruned.values()) == round(total / 3)
+    for name, indices in method.pruned.items():
+        assert model.get_submodule(name).weight[torch.tensor(sorted(indices), dtype=torch.long)].abs().sum() == 0
+    keep = method.select(model, ctx)
+    assert sum(len(k) for k in keep.values()) == total - math.ceil(0.5 * total)

@@ -138,12 +138,13 @@ class HostSyncCounter(TorchDispatchMode):
 
 def test_regularisers_add_no_host_sync_to_a_step() -> None:
     """GReg's growing L2 (magnitude ratios and its early stop included) and OrthoReg's iterative rounds (keeping the
-    pruned filters at zero) make no step wait for the device: over 8 steps (4 of GReg's ratio updates) they issue
-    exactly the host syncs of a plain SGD step, which reads its loss back once, at the end of the epoch."""
+    pruned filters at zero, switching between the ortho term and weight decay) make no step wait for the device: over
+    8 steps (4 of GReg's ratio updates) they issue exactly the host syncs of a plain SGD step, which reads its loss
+    back once, at the end of the epoch."""
     from types import SimpleNamespace
 
     from methods.greg import GrowingL2Hooks, GrowthSchedule
-    from methods.orthoreg import OrthoPenalty, OrthoReg, OrthoRegHparams, RoundHooks
+    from methods.orthoreg import OrthoPenalty, OrthoReg, OrthoRegHparams, RoundHooks, SegmentHooks
 
     def syncs(hooks: list[BaseHooks]) -> list[str]:
         torch.manual_seed(0)
@@ -158,8 +159,10 @@ def test_regularisers_add_no_host_sync_to_a_step() -> None:
 
     orthoreg = OrthoReg(OrthoRegHparams(protocol="iterative"))
     orthoreg.pruned = {"0": {1, 3}}
-    rounds = RoundHooks(orthoreg, SimpleNamespace(batchnorm_of={"0": "1"}), round_steps=1000)
+    rounds = RoundHooks(orthoreg, SimpleNamespace(batchnorm_of={"0": "1"}), ends={1000: 1})
     greg = GrowingL2Hooks(GrowthSchedule(0.1, 1.0, 2, 3), 1e9, {"0": torch.tensor([1, 3])})
     plain = syncs([])
     assert syncs([greg]) == plain
     assert syncs([OrthoPenalty(0.01), rounds]) == plain
+    # the code's iterative phase: the ortho term for 4 steps, then weight decay added to the gradients
+    assert syncs([SegmentHooks(0.01, 1e-4, [True] * 5 + [False] * 5, steps_per_epoch=1), rounds]) == plain
