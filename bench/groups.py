@@ -206,7 +206,9 @@ def _dependency_graph(model: nn.Module, example_input: Tensor) -> Any:
     x = example_input.to(param.device) if param is not None else example_input
     try:
         model.eval()
-        return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+        # A tuple: Torch-Pruning calls ``model(*example_inputs)`` first, and a bare batch would be unpacked into an
+        # unbatched sample, run almost to the end (convolutions accept it) and then traced again whole.
+        return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
     finally:
         for module, training in modes.items():
             module.training = training
