@@ -87,6 +87,10 @@ class Prune:
     scope: Literal["layerwise", "global"] = "layerwise"
     min_keep: int = field(1, low=1, doc="filters every layer keeps at least, under global ranking "
                          "and in the quantile cuts (rni, slimming cut: quantile); layerwise count cuts ignore it")
+    mode: Literal["remove", "mask"] = field(
+        "remove", keyed_at_default=False,
+        doc="remove: pruned channels are removed physically; mask: they are zeroed and kept at zero through "
+            "retraining (shapes unchanged; a layer feeding a residual sum is masked on its own, at its BatchNorm)")
 
     def validate(self) -> list[str]:
         problems = []

@@ -60,6 +60,14 @@ class CoupledChannels(PruningError):
     """The layer's channels meet other layers' (a residual add, a concat, a token-wise linear): a coupled group."""
 
 
+class ResidualBranch(CoupledChannels):
+    """The layer's channels reach a residual addition; ``deps`` holds what was found on the way (its BatchNorm)."""
+
+    def __init__(self, message: str, deps: LayerDeps) -> None:
+        super().__init__(message)
+        self.deps = deps
+
+
 @dataclass
 class LayerDeps:
     """What must change when output channels of ``layer`` are removed."""
@@ -130,12 +138,15 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 
 
 def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence[str],
-                       coupled: list[str] | None = None) -> dict[str, LayerDeps]:
+                       coupled: list[str] | None = None, branches: dict[str, LayerDeps] | None = None
+                       ) -> dict[str, LayerDeps]:
     """Trace ``model`` with torch.fx and return, per layer, the BatchNorm and consumers of its output channels.
 
     ``example_input`` only serves to compute tensor shapes (run in eval mode, no grad; modes are restored).
     Raises ``PruningError`` when a layer's channels reach a residual add, a concat, the output or an unsupported op;
-    with a ``coupled`` list, the layers refused only for meeting other layers' channels are appended there instead.
+    with a ``coupled`` list, the layers refused only for meeting other layers' channels are appended there instead;
+    with a ``branches`` mapping, those refused for reaching a residual addition go there instead, with the BatchNorm
+    (and depthwise passthrough) found on the way: a branch that can be masked on its own, not removed.
     """
     modules = dict(model.named_modules())
     for name in layers:
@@ -151,6 +162,13 @@ def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence
     for name in layers:
         try:
             found[name] = _follow(name, calls, modules)
+        except ResidualBranch as err:
+            if branches is None and coupled is None:
+                raise
+            if branches is not None:
+                branches[name] = err.deps
+            else:
+                coupled.append(name)
         except CoupledChannels:
             if coupled is None:
                 raise
@@ -320,7 +338,7 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
             if (user.op == "call_function" and user.target in _ADD_FUNCTIONS) or (
                 user.op == "call_method" and user.target in _ADD_METHODS
             ):
-                raise _blocked(name, f"a residual addition ('{user.name}')")
+                raise ResidualBranch(_blocked(name, f"a residual addition ('{user.name}')").args[0], deps)
             if user.op == "call_function" and user.target in _CAT_FUNCTIONS:
                 raise _blocked(name, f"a concatenation ('{user.name}')")
             if not _is_only_data_input(user, node):

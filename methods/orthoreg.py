@@ -27,9 +27,10 @@ Protocols (``protocol``):
 Further deviations, all deliberate: n_l = min(rows, columns) throughout (the code uses C_out for VGG, which differs only
 for the first conv, and a MobileNet block's input width for its depthwise conv); the floor protects each layer's most
 important filters (the code protects the highest indices), and it is the code's VGG/MobileNet floor on every model
-unless a suite sets ``floor_fraction: 0`` (one filter kept per layer, the code's ResNet rule); only channels that can be
-removed physically are pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2
-and shortcut outputs per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same
+unless a suite sets ``floor_fraction: 0`` (one filter kept per layer, the code's ResNet rule). The code ranks a ResNet's
+conv1, conv2 and shortcut convs together and zero-masks conv2 and shortcut outputs per block: with ``prune.mode: mask``
+and those layers the harness does the same (suites/orthoreg_resnet34_cifar100.yaml); removing instead, a ResNet prunes
+each block's conv1 (the block-internal channels). ``lam: 0`` gives the code's "Fisher" baseline: the same
 importance and ranking on the shared dense model, without the regulariser (and with the recipe's weight decay).
 """
 from __future__ import annotations
