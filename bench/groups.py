@@ -27,6 +27,7 @@ from bench.pruning import (
     PruningError,
     _index,
     _is_depthwise,
+    meta_copy,
     slim,
     trace_dependencies,
     zero_pruned_,
@@ -210,20 +211,53 @@ def _head_groups(modules: Mapping[str, nn.Module], layers: Sequence[str]) -> tup
 
 
 def _dependency_graph(model: nn.Module, example_input: Tensor) -> Any:
-    """Torch-Pruning's dependency graph of ``model``, traced in eval mode (BatchNorm statistics untouched)."""
+    """Torch-Pruning's dependency graph of ``model``: traced on a meta-device copy (a ResNet-50's forward pass at 224 px
+    costs seconds on a CPU) and bound back to ``model``'s modules and parameters; where an op has no meta kernel, on
+    ``model`` itself in eval mode (BatchNorm statistics untouched)."""
     import torch_pruning as tp  # deferred: only runs with coupled groups pay its import
 
+    try:
+        meta = meta_copy(model)
+        graph = _build_graph(tp, meta, example_input.to("meta"))
+        return _rebind(graph, meta, model)
+    except Exception as exc:  # noqa: BLE001 - any failure on meta means: trace the real model
+        log.debug("Torch-Pruning's trace on the meta device failed (%s: %s); tracing the model", type(exc).__name__,
+                  exc)
     modes = {module: module.training for module in model.modules()}
     param = next(model.parameters(), None)
-    x = example_input.to(param.device) if param is not None else example_input
     try:
-        model.eval()
-        # A tuple: Torch-Pruning calls ``model(*example_inputs)`` first, and a bare batch would be unpacked into an
-        # unbatched sample, run almost to the end (convolutions accept it) and then traced again whole.
-        return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+        return _build_graph(tp, model, example_input.to(param.device) if param is not None else example_input)
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def _build_graph(tp: Any, model: nn.Module, x: Tensor) -> Any:
+    """``tp.DependencyGraph`` of ``model`` on ``x`` (it puts ``model`` in eval mode). ``x`` goes in a tuple:
+    Torch-Pruning calls ``model(*example_inputs)`` first, and a bare batch would be unpacked into an unbatched sample,
+    run almost to the end (convolutions accept it) and then traced again whole."""
+    return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+
+
+def _rebind(graph: Any, copy: nn.Module, model: nn.Module) -> Any:
+    """``graph``, traced on ``copy``, made to refer to ``model``'s modules and parameters instead (same names)."""
+    swap: dict[Any, Any] = {}
+    for (name, ours), (theirs_name, theirs) in zip(copy.named_modules(), model.named_modules(), strict=True):
+        if name != theirs_name:
+            raise PruningError(f"module '{name}' of the meta copy is '{theirs_name}' in the model")
+        swap[ours] = theirs
+    for (_, ours), (_, theirs) in zip(copy.named_parameters(), model.named_parameters(), strict=True):
+        swap[ours] = theirs
+    for node in graph.module2node.values():
+        node.module = swap.get(node.module, node.module)
+    graph.module2node = {swap.get(k, k): v for k, v in graph.module2node.items()}
+    graph._module2name = {swap.get(k, k): v for k, v in graph._module2name.items()}
+    graph._param_to_name = {swap.get(k, k): v for k, v in graph._param_to_name.items()}
+    graph.unwrapped_parameters = [type(u)(parameters=swap.get(u.parameters, u.parameters), pruning_dim=u.pruning_dim)
+                                  for u in graph.unwrapped_parameters]
+    graph.ignored_params = [swap.get(p, p) for p in graph.ignored_params]
+    graph.model = model
+    return graph
 
 
 def _out_handler(module: nn.Module) -> Any:

@@ -304,15 +304,21 @@ def _propagate_shapes(model: nn.Module, graph_module: GraphModule, example_input
             module.training = training
 
 
-def _meta_copy(model: nn.Module, graph_module: GraphModule) -> GraphModule:
-    """``graph_module`` (a trace of ``model``) on a copy of ``model`` whose parameters and buffers live on the meta
-    device (no data copied); the graph is shared, so shape propagation on the copy annotates the original's nodes."""
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (no data copied): it computes shapes,
+    and autograd's graph of them, without arithmetic."""
     memo: dict[int, object] = {}
     for tensor in model.parameters():
         memo[id(tensor)] = nn.Parameter(tensor.detach().to("meta"), tensor.requires_grad)
     for tensor in model.buffers():
         memo[id(tensor)] = tensor.to("meta")
-    return GraphModule(copy.deepcopy(model, memo), graph_module.graph, type(model).__name__)
+    return copy.deepcopy(model, memo)
+
+
+def _meta_copy(model: nn.Module, graph_module: GraphModule) -> GraphModule:
+    """``graph_module`` (a trace of ``model``) on ``meta_copy(model)``; the graph is shared, so shape propagation on
+    the copy annotates the original's nodes."""
+    return GraphModule(meta_copy(model), graph_module.graph, type(model).__name__)
 
 
 def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn.Module]) -> LayerDeps:
