@@ -104,6 +104,10 @@ class Prune:
         "important", keyed_at_default=False,
         doc="which filters the floor keeps: the most important; index: the highest-index ones, whatever their "
             "score (the OrthoReg code's constrain_ratios)")
+    mode: Literal["remove", "mask"] = field(
+        "remove", keyed_at_default=False,
+        doc="remove: pruned channels are removed physically; mask: they are zeroed and kept at zero through "
+            "retraining (shapes unchanged; a layer feeding a residual sum is masked on its own, at its BatchNorm)")
 
     def validate(self) -> list[str]:
         problems = []

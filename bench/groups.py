@@ -4,8 +4,11 @@ A *chain* is a layer whose channels feed only its own consumers (a ResNet block'
 layer): the in-house FX slicer in ``bench.pruning`` handles it. What that slicer refuses — a residual stream and
 every layer that writes to or reads it, the inputs of a concatenation, a token-wise MLP's hidden units — is a
 *coupled* group found by Torch-Pruning's low-level ``DependencyGraph``. A module that prunes whole attention heads
-itself (it has ``keep_heads``) makes a *heads* group of its q/k/v projections. Every group is named by its *leader*,
-the first selected layer it covers, which is what a run's ``PruneTarget.layers`` lists.
+itself (it has ``keep_heads``) makes a *heads* group of its q/k/v projections. When masking (``prune.mode: mask``), a
+layer whose channels reach a residual addition is a *branch* of its own instead of a part of the stream's coupled
+group: its channels are zeroed at its BatchNorm, which masks that block's contribution only (OrthoReg's ``MapLayer``)
+and has no removal equivalent. Every group is named by its *leader*, the first selected layer it covers, which is what
+a run's ``PruneTarget.layers`` lists.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from bench.pruning import (
     PruningError,
     _index,
     _is_depthwise,
+    meta_copy,
     slim,
     trace_dependencies,
     zero_pruned_,
@@ -31,7 +35,7 @@ from bench.pruning import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("chain", "coupled", "heads")
+KINDS = ("chain", "coupled", "heads", "branch")
 # Modules a coupled group may change the output channels of: removing a channel there equals zeroing it.
 _CHANNELWISE = (*PRUNABLE_TYPES, *BATCHNORM_TYPES)
 
@@ -41,7 +45,7 @@ class Group:
     """Channels pruned together: ``size`` units, each ``unit`` output channels of every producer."""
 
     name: str  # the leader: the first selected layer the group covers, in module order
-    kind: str  # "chain", "coupled" or "heads"
+    kind: str  # "chain", "coupled", "heads" or "branch" (masked only)
     layers: list[str]  # the selected layers it covers
     producers: list[str]  # every Conv2d/Linear whose output channels it holds: the members a method scores
     size: int  # prunable units (channels; heads for "heads")
@@ -63,7 +67,7 @@ class GroupPlan:
     """The groups of one model instance and what slicing them needs (valid for that instance only)."""
 
     groups: dict[str, Group]  # by leader, in module order
-    deps: dict[str, LayerDeps]  # the chains' in-house dependencies
+    deps: dict[str, LayerDeps]  # the chains' (and branches') in-house dependencies
     graph: Any = None  # Torch-Pruning's DependencyGraph when there are coupled groups
 
     @property
@@ -71,41 +75,46 @@ class GroupPlan:
         return list(self.groups)
 
 
-def plan_groups(model: nn.Module, example_input: Tensor, layers: Sequence[str], coupled_only: bool = False
-                ) -> GroupPlan:
+def plan_groups(model: nn.Module, example_input: Tensor, layers: Sequence[str], coupled_only: bool = False,
+                mask: bool = False) -> GroupPlan:
     """The groups covering ``layers``: chains through the in-house slicer, the rest through Torch-Pruning.
 
-    ``coupled_only`` sends every layer to Torch-Pruning (tests compare the two slicers on the chains).
+    ``coupled_only`` sends every layer to Torch-Pruning (tests compare the two slicers on the chains); ``mask`` makes
+    each layer that reaches a residual addition a branch group of its own (for masking, not removal).
     Raises ``PruningError`` naming the layer when a layer can be pruned neither way.
     """
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     heads, rest = _head_groups(modules, layers)
     coupled = [n for n in rest if coupled_only or _is_depthwise(modules.get(n))]
-    chains = trace_dependencies(model, example_input, [n for n in rest if n not in coupled], coupled) if len(
+    branches: dict[str, LayerDeps] | None = {} if mask else None
+    chains = trace_dependencies(model, example_input, [n for n in rest if n not in coupled], coupled, branches) if len(
         coupled) < len(rest) else {}
+    branches = branches or {}
     graph = None
     groups: list[Group] = list(heads)
     if coupled:
         graph = _dependency_graph(model, example_input)
         found = _coupled_groups(graph, modules, coupled)
         for group in found:  # a chain whose channels a coupled group also holds (MobileNet's expand conv) joins it
-            for name in list(chains):
-                if name in group.producers or set(chains[name].passthrough) & set(group.producers):
-                    group.layers.append(name)
-                    del chains[name]
+            for own in (chains, branches):
+                for name in list(own):
+                    if name in group.producers or set(own[name].passthrough) & set(group.producers):
+                        group.layers.append(name)
+                        del own[name]
         groups += found
-    for name, deps in chains.items():
-        size = modules[name].weight.shape[0]
-        norms = [n for n in [deps.batchnorm, *deps.passthrough] if n and isinstance(modules[n], BATCHNORM_TYPES)]
-        groups.append(Group(name, "chain", [name], [name], size, normalisation=norms,
-                            batchnorm_of={name: deps.batchnorm}))
+    for kind, own in (("chain", chains), ("branch", branches)):
+        for name, deps in own.items():
+            size = modules[name].weight.shape[0]
+            norms = [n for n in [deps.batchnorm, *deps.passthrough] if n and isinstance(modules[n], BATCHNORM_TYPES)]
+            groups.append(Group(name, kind, [name], [name], size, normalisation=norms,
+                                batchnorm_of={name: deps.batchnorm}))
     for group in groups:
         group.layers.sort(key=order.__getitem__)
         group.name = group.layers[0]
     groups.sort(key=lambda g: order[g.name])
     log.debug("%d groups: %s", len(groups), {g.name: g.kind for g in groups})
-    return GroupPlan({g.name: g for g in groups}, chains, graph)
+    return GroupPlan({g.name: g for g in groups}, {**chains, **branches}, graph)
 
 
 def slim_groups(model: nn.Module, plan: GroupPlan, keep: Mapping[str, Tensor]) -> nn.Module:
@@ -120,6 +129,9 @@ def slim_groups(model: nn.Module, plan: GroupPlan, keep: Mapping[str, Tensor]) -
         index = _index(name, indices, group.size, keep=True)
         if group.kind == "chain":
             chain_keep[name] = index
+        elif group.kind == "branch":
+            raise PruningError(f"layer '{name}' feeds a residual sum on its own (a branch): its channels can be "
+                               "masked (prune.mode: mask), not removed")
         elif group.kind == "heads":
             model.get_submodule(name.rpartition(".")[0]).keep_heads(index)
         else:
@@ -137,7 +149,7 @@ def zero_groups_(model: nn.Module, plan: GroupPlan, pruned: Mapping[str, Tensor]
     for name, indices in pruned.items():
         group = _group(plan, name)
         index = _index(name, indices, group.size, keep=False)
-        if group.kind == "chain":
+        if group.kind in ("chain", "branch"):
             zero_pruned_(model, {name: index}, plan.deps)
             continue
         with torch.no_grad():
@@ -150,12 +162,13 @@ def zero_groups_(model: nn.Module, plan: GroupPlan, pruned: Mapping[str, Tensor]
 
 def channel_masks(model: nn.Module, plan: GroupPlan, units: Mapping[str, Tensor], zero: bool = False
                   ) -> dict[str, Tensor]:
-    """Per member module (producer or BatchNorm), a 0/1 vector over its output channels: 1 where a channel of
-    ``units`` (kept units by leader; the pruned ones when ``zero``) lies, 0 elsewhere."""
+    """Per member module (producer, BatchNorm, depthwise conv passed through), a 0/1 vector over its output channels:
+    1 where a channel of ``units`` (kept units by leader; the pruned ones when ``zero``) lies, 0 elsewhere."""
     masks: dict[str, Tensor] = {}
     for name, indices in units.items():
         group = _group(plan, name)
-        for member in [*group.producers, *group.normalisation]:
+        passthrough = plan.deps[name].passthrough if name in plan.deps else []
+        for member in dict.fromkeys([*group.producers, *group.normalisation, *passthrough]):
             rows = masks.get(member)
             if rows is None:
                 rows = torch.full((model.get_submodule(member).weight.shape[0],), 1.0 if zero else 0.0)
@@ -198,18 +211,53 @@ def _head_groups(modules: Mapping[str, nn.Module], layers: Sequence[str]) -> tup
 
 
 def _dependency_graph(model: nn.Module, example_input: Tensor) -> Any:
-    """Torch-Pruning's dependency graph of ``model``, traced in eval mode (BatchNorm statistics untouched)."""
+    """Torch-Pruning's dependency graph of ``model``: traced on a meta-device copy (a ResNet-50's forward pass at 224 px
+    costs seconds on a CPU) and bound back to ``model``'s modules and parameters; where an op has no meta kernel, on
+    ``model`` itself in eval mode (BatchNorm statistics untouched)."""
     import torch_pruning as tp  # deferred: only runs with coupled groups pay its import
 
+    try:
+        meta = meta_copy(model)
+        graph = _build_graph(tp, meta, example_input.to("meta"))
+        return _rebind(graph, meta, model)
+    except Exception as exc:  # noqa: BLE001 - any failure on meta means: trace the real model
+        log.debug("Torch-Pruning's trace on the meta device failed (%s: %s); tracing the model", type(exc).__name__,
+                  exc)
     modes = {module: module.training for module in model.modules()}
     param = next(model.parameters(), None)
-    x = example_input.to(param.device) if param is not None else example_input
     try:
-        model.eval()
-        return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+        return _build_graph(tp, model, example_input.to(param.device) if param is not None else example_input)
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def _build_graph(tp: Any, model: nn.Module, x: Tensor) -> Any:
+    """``tp.DependencyGraph`` of ``model`` on ``x`` (it puts ``model`` in eval mode). ``x`` goes in a tuple:
+    Torch-Pruning calls ``model(*example_inputs)`` first, and a bare batch would be unpacked into an unbatched sample,
+    run almost to the end (convolutions accept it) and then traced again whole."""
+    return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+
+
+def _rebind(graph: Any, copy: nn.Module, model: nn.Module) -> Any:
+    """``graph``, traced on ``copy``, made to refer to ``model``'s modules and parameters instead (same names)."""
+    swap: dict[Any, Any] = {}
+    for (name, ours), (theirs_name, theirs) in zip(copy.named_modules(), model.named_modules(), strict=True):
+        if name != theirs_name:
+            raise PruningError(f"module '{name}' of the meta copy is '{theirs_name}' in the model")
+        swap[ours] = theirs
+    for (_, ours), (_, theirs) in zip(copy.named_parameters(), model.named_parameters(), strict=True):
+        swap[ours] = theirs
+    for node in graph.module2node.values():
+        node.module = swap.get(node.module, node.module)
+    graph.module2node = {swap.get(k, k): v for k, v in graph.module2node.items()}
+    graph._module2name = {swap.get(k, k): v for k, v in graph._module2name.items()}
+    graph._param_to_name = {swap.get(k, k): v for k, v in graph._param_to_name.items()}
+    graph.unwrapped_parameters = [type(u)(parameters=swap.get(u.parameters, u.parameters), pruning_dim=u.pruning_dim)
+                                  for u in graph.unwrapped_parameters]
+    graph.ignored_params = [swap.get(p, p) for p in graph.ignored_params]
+    graph.model = model
+    return graph
 
 
 def _out_handler(module: nn.Module) -> Any:

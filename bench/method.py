@@ -61,7 +61,7 @@ class PruneTarget:
 
     def coupled(self) -> list[Group]:
         """The groups that span more than one layer's channels or prune whole heads."""
-        return [g for name, g in self.groups.items() if name in self.layers and g.kind != "chain"]
+        return [g for name, g in self.groups.items() if name in self.layers and g.kind in ("coupled", "heads")]
 
     def member_indices(self, units: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Units (kept or pruned) of each layer's group, as output-channel indices of every member."""

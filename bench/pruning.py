@@ -8,6 +8,7 @@ consumers, so a slimmed model computes exactly what the masked one does.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import logging
 import math
@@ -57,6 +58,14 @@ class PruningError(UserError, ValueError):
 
 class CoupledChannels(PruningError):
     """The layer's channels meet other layers' (a residual add, a concat, a token-wise linear): a coupled group."""
+
+
+class ResidualBranch(CoupledChannels):
+    """The layer's channels reach a residual addition; ``deps`` holds what was found on the way (its BatchNorm)."""
+
+    def __init__(self, message: str, deps: LayerDeps) -> None:
+        super().__init__(message)
+        self.deps = deps
 
 
 @dataclass
@@ -129,12 +138,15 @@ def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 
 
 def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence[str],
-                       coupled: list[str] | None = None) -> dict[str, LayerDeps]:
+                       coupled: list[str] | None = None, branches: dict[str, LayerDeps] | None = None
+                       ) -> dict[str, LayerDeps]:
     """Trace ``model`` with torch.fx and return, per layer, the BatchNorm and consumers of its output channels.
 
     ``example_input`` only serves to compute tensor shapes (run in eval mode, no grad; modes are restored).
     Raises ``PruningError`` when a layer's channels reach a residual add, a concat, the output or an unsupported op;
-    with a ``coupled`` list, the layers refused only for meeting other layers' channels are appended there instead.
+    with a ``coupled`` list, the layers refused only for meeting other layers' channels are appended there instead;
+    with a ``branches`` mapping, those refused for reaching a residual addition go there instead, with the BatchNorm
+    (and depthwise passthrough) found on the way: a branch that can be masked on its own, not removed.
     """
     modules = dict(model.named_modules())
     for name in layers:
@@ -150,6 +162,13 @@ def trace_dependencies(model: nn.Module, example_input: Tensor, layers: Sequence
     for name in layers:
         try:
             found[name] = _follow(name, calls, modules)
+        except ResidualBranch as err:
+            if branches is None and coupled is None:
+                raise
+            if branches is not None:
+                branches[name] = err.deps
+            else:
+                coupled.append(name)
         except CoupledChannels:
             if coupled is None:
                 raise
@@ -256,7 +275,22 @@ def _trace(model: nn.Module) -> GraphModule:
 
 
 def _propagate_shapes(model: nn.Module, graph_module: GraphModule, example_input: Tensor) -> None:
-    """Annotate every node with its tensor shape; eval mode and no grad so BN statistics are left untouched."""
+    """Annotate every node with its tensor shape: on a copy of the model on the meta device (shapes without
+    arithmetic: a full forward of a ResNet-50 at 224 px costs seconds on a CPU), else, where an op has no meta kernel
+    or reads data, on the model itself; eval mode and no grad, so BN statistics are left untouched."""
+    try:
+        meta = _meta_copy(model, graph_module)
+        meta_input = example_input.to("meta")
+    except Exception:  # noqa: BLE001 - a module that cannot be copied is simply run for real
+        meta = None
+    if meta is not None:
+        try:
+            with torch.no_grad():
+                ShapeProp(meta.eval()).propagate(meta_input)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure on meta means: run the real thing
+            log.debug("shape propagation on the meta device failed (%s: %s); running the model", type(exc).__name__,
+                      exc)
     modes = {module: module.training for module in model.modules()}
     param = next(model.parameters(), None)
     if param is not None:
@@ -268,6 +302,23 @@ def _propagate_shapes(model: nn.Module, graph_module: GraphModule, example_input
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (no data copied): it computes shapes,
+    and autograd's graph of them, without arithmetic."""
+    memo: dict[int, object] = {}
+    for tensor in model.parameters():
+        memo[id(tensor)] = nn.Parameter(tensor.detach().to("meta"), tensor.requires_grad)
+    for tensor in model.buffers():
+        memo[id(tensor)] = tensor.to("meta")
+    return copy.deepcopy(model, memo)
+
+
+def _meta_copy(model: nn.Module, graph_module: GraphModule) -> GraphModule:
+    """``graph_module`` (a trace of ``model``) on ``meta_copy(model)``; the graph is shared, so shape propagation on
+    the copy annotates the original's nodes."""
+    return GraphModule(meta_copy(model), graph_module.graph, type(model).__name__)
 
 
 def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn.Module]) -> LayerDeps:
@@ -293,7 +344,7 @@ def _follow(name: str, calls: Mapping[str, list[Node]], modules: Mapping[str, nn
             if (user.op == "call_function" and user.target in _ADD_FUNCTIONS) or (
                 user.op == "call_method" and user.target in _ADD_METHODS
             ):
-                raise _blocked(name, f"a residual addition ('{user.name}')")
+                raise ResidualBranch(_blocked(name, f"a residual addition ('{user.name}')").args[0], deps)
             if user.op == "call_function" and user.target in _CAT_FUNCTIONS:
                 raise _blocked(name, f"a concatenation ('{user.name}')")
             if not _is_only_data_input(user, node):

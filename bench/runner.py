@@ -27,6 +27,7 @@ from bench import distributed, environment, faults
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
+from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.measure import count_flops, count_parameters, measure_latency
 from bench.method import Method, PruneTarget, RunContext, refuse_groups
 from bench.models import ModelEntry
@@ -116,9 +117,14 @@ def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
 def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
     """The channel groups of the suite's layers on ``model``; a layer that cannot be pruned is a ConfigError."""
     try:
-        return plan_groups(model, example_input(info), select_layers(model, run))
+        return plan_groups(model, example_input(info), select_layers(model, run), mask=masking(run))
     except PruningError as err:
         raise ConfigError(f"prune.layers: {err}") from None
+
+
+def masking(run: Run) -> bool:
+    """Whether the run masks its pruned channels (``prune.mode: mask``) instead of removing them."""
+    return run.suite.prune.mode == "mask"
 
 
 def example_input(info: Any, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -157,6 +163,10 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
         target = prune_target(run, group_plan(model, run, info))
         for method in methods:
             refuse_groups(method, target)
+            if masking(run) and type(method).after_slim is not Method.after_slim:
+                raise ConfigError(f"methods: '{run.method.label}' changes the model after removal "
+                                  f"({getattr(method, 'name', type(method).__name__)}.after_slim), which a masked "
+                                  "model does not go through; use prune.mode: remove for it.")
             method.check(model, target, tuple(example_input(info).shape))
 
 
@@ -330,12 +340,14 @@ def run_context(run: Run, ws: Workspace, dense_model: nn.Module, methods: Sequen
 
 
 class Pruned(NamedTuple):
-    """A run's pruned model before retraining, with what was measured on the way and the channels kept."""
+    """A run's pruned model before retraining, with what was measured on the way, the channels kept and, when it is
+    masked, the masks that retraining keeps (by parameter name)."""
 
     model: nn.Module
     record: dict[str, Any]
     ctx: RunContext
     keep: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor] | None = None
 
 
 def make_pruned(run: Run, ws: Workspace, methods: list[Method]) -> None:
@@ -365,11 +377,13 @@ def prune_stage(run: Run, ws: Workspace, methods: list[Method], probe: torch.Ten
     model = new_model(run, ws.data.info, methods)
     ctx, plan = run_context(run, ws, model, methods)
     keep = dict(state["keep"])
-    slim_groups(model, plan, keep)
+    masks = parameter_masks(model, plan, keep) if masking(run) else None
+    if masks is None:
+        slim_groups(model, plan, keep)
     model.load_state_dict(state["model"])
     record = dict(state["record"])
     ctx.flops.update(dense=record["flops_dense"], pruned=record["flops_pruned"])
-    return Pruned(model.to(ws.device), record, ctx, keep)
+    return Pruned(model.to(ws.device), record, ctx, keep, masks)
 
 
 def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir, probe: torch.Tensor | None
@@ -414,16 +428,26 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     began = time.perf_counter()
     model.eval()
     keep = selector.select(model, ctx)
-    slim_groups(model, plan, keep)
-    for method in methods:
-        method.after_slim(model, ctx)
+    masks = parameter_masks(model, plan, keep) if masking(run) else None
+    if masks is None:
+        slim_groups(model, plan, keep)
+        for method in methods:
+            method.after_slim(model, ctx)
+    else:
+        apply_masks_(model, masks)
     model.to(ws.device)
     _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
     if info.num_val:
         record["acc_val_pruned"] = validation_metrics(model, ws)["val_acc"]
     prune_s = time.perf_counter() - began
     kept = {n: len(keep[n]) for n in layers}
-    record.update(measure(model, info, "pruned", run))
+    if masks is None:
+        record.update(measure(model, info, "pruned", run))
+    else:  # what the masked model costs as it runs, and what removal would leave
+        record.update(measure(model, info, "masked", run))
+        counted = new_model(run, info, methods)
+        record.update(removal_cost(counted, group_plan(counted, run, info), keep,
+                                   tuple(example_input(info).shape[1:])))
     ctx.flops["pruned"] = record["flops_pruned"]
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
@@ -435,7 +459,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     faults.point("pruned:saved")
     remove_checkpoint(shared.phase)
     ctx.retrain = run_recipe
-    return Pruned(model, record, ctx, keep)
+    return Pruned(model, record, ctx, keep, masks)
 
 
 def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> float | None:
@@ -521,7 +545,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     """The stages of one run; returns its result's metrics, history and the sha256 of the dense model it used."""
     methods = run.method.build()
     probe = jsv_probe(run, ws)
-    model, record, ctx, keep = prune_stage(run, ws, methods, probe)
+    model, record, ctx, keep, masks = prune_stage(run, ws, methods, probe)
     every = run.suite.trainability.every
 
     def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
@@ -549,6 +573,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
 
     try:
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
+                      hooks=[MaskHooks(masks)] if masks else [],
                       optimizer=optimizer, on_epoch_end=on_epoch_end, progress=progress,
                       checkpoint=usable_checkpoint(rd.checkpoint, "retraining restarts from the pruned model"))
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
@@ -574,5 +599,5 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
-    save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict()})
+    save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict(), **({"mode": "mask"} if masks else {})})
     return {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": history}, **lineage}

@@ -2,8 +2,9 @@
 ViT-B/16), with what the groups are and what pruning half of every group removes.
 
 For each model (seeded, untrained, 10 classes) ``bench.groups.plan_groups`` on the model's default layers is timed
-``--repeats`` times (the in-house FX trace plus Torch-Pruning's dependency graph). The median is printed with the
-process CPU time, which a busy machine inflates less, and the first call (it pays Torch-Pruning's import).
+``--repeats`` times (the in-house FX trace, its shapes computed on the meta device, plus Torch-Pruning's dependency
+graph, which runs the model once). The median is printed with the process CPU time, which a busy machine inflates
+less, and the first call (it pays Torch-Pruning's import).
 torchvision models without a fixed input size are measured at 224 px, the others at 32. Then half of each group's
 units are removed and the slim model's parameter and FLOP counts are printed beside the dense ones.
 

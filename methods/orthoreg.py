@@ -36,9 +36,10 @@ for the first conv, and a MobileNet block's input width for its depthwise conv);
 important filters (the code protects the highest indices: ``prune.floor_keeps: index``), and it is the code's
 VGG/MobileNet floor int(0.05·n) + 1 on every model unless a suite sets ``floor_fraction: 0`` (one filter kept per
 layer, the code's ResNet rule; ``prune.floor_fraction`` gives the same floor to the baselines); ``ceil(p·N)`` filters
-go where the code removes ``int(p·N)`` (equal where p·N is whole); only channels that can be removed physically are
-pruned, i.e. the suite's layers (on ResNets each block's conv1; the code also zero-masks conv2 and shortcut outputs
-per block and counts them as removed). ``lam: 0`` gives the code's "Fisher" baseline: the same importance and ranking
+go where the code removes ``int(p·N)`` (equal where p·N is whole). The code ranks a ResNet's conv1, conv2 and shortcut
+convs together and zero-masks conv2 and shortcut outputs per block: with ``prune.mode: mask`` and those layers the
+harness does the same (suites/orthoreg_resnet34_cifar100.yaml); removing instead, a ResNet prunes each block's conv1
+(the block-internal channels). ``lam: 0`` gives the code's "Fisher" baseline: the same importance and ranking
 on the shared dense model, without the regulariser (and with the recipe's weight decay).
 """
 from __future__ import annotations

@@ -217,3 +217,38 @@ def test_default_groups_of_grouped_models_slim_exactly(name: str) -> None:
     """One small member per family, default layers (streams, concatenations, squeeze-excitation), 32 px input."""
     model = randomised(built(name))
     assert_slim_equals_zeroed(model, default_layers(model, name), torch.randn(2, 3, 32, 32), "coupled")
+
+
+def test_torch_pruning_traces_a_meta_copy_and_its_graph_holds_the_models_own_modules(caplog) -> None:
+    """The graph is built without arithmetic (on the meta device) and then prunes the real model's modules."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = randomised(torchvision.models.resnet18(num_classes=10))
+    with caplog.at_level("DEBUG", logger="bench"):
+        plan = plan_groups(model, torch.zeros(1, 3, 32, 32), prunable_layers(model, ["layer*.*.conv2"]))
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]  # neither fell back to a real forward
+    ours = set(model.modules()) | set(model.parameters())
+    bound = [n.module for n in plan.graph.module2node.values() if isinstance(n.module, (nn.Conv2d, nn.BatchNorm2d))]
+    assert len(bound) == 40 and set(bound) <= ours  # the 20 convs and 20 BatchNorms, not their meta copies
+    assert plan.graph.model is model
+
+
+class ReadsData(nn.Module):
+    """A concatenation whose forward reads a value (``.item()``), which the meta device cannot give."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Concat()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) * (x.abs().sum().item() * 0 + 1)
+
+
+def test_a_model_the_meta_device_cannot_run_is_traced_for_real(caplog) -> None:
+    torch.manual_seed(0)
+    with caplog.at_level("DEBUG", logger="bench"):
+        slimmed = assert_slim_equals_zeroed(randomised(ReadsData()), ["inner.a", "inner.b"], torch.randn(2, 3, 8, 8),
+                                            "coupled")
+    assert sum("on the meta device failed" in r.getMessage() for r in caplog.records) == 4  # shapes and graph, twice
+    assert (slimmed.inner.a.out_channels, slimmed.inner.head.in_channels) == (3, 5)

@@ -28,7 +28,8 @@ COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed
            "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned", "jsv_dense", "jsv_pruned",
            "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
-                 "error", "num_classes", "dense_id", "config_id", "method_config_id"]
+                 "error", "num_classes", "dense_id", "config_id", "method_config_id", "params_masked",
+                 "flops_masked"]
 # Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
 KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
@@ -100,6 +101,8 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     for stage in ("pruned", "final"):
         row[f"jsv_{stage}_condition"] = _number(metrics.get(f"jsv_{stage}_condition"))
     row["wall_s"] = _number((metrics.get("timings") or {}).get("wall_s"))
+    for key in ("params_masked", "flops_masked"):  # prune.mode: mask: the model as it runs (removal: *_pruned)
+        row[key] = _number(metrics.get(key))
     ratio_value = _number(result.get("ratio_value"))
     if ratio_value is None:
         try:
