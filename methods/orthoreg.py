@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -270,6 +271,14 @@ class OrthoReg(Method):
 
         return DenseVariant(key={"orthoreg": {"lam": self.hparams.lam, "weight_decay": 0.0}},
                             hooks=[OrthoPenalty(self.hparams.lam)], param_groups=no_decay)
+
+    def phase_steps(self, dense: Recipe, retrain: Recipe, steps_per_epoch: Callable[[int], int]
+                    ) -> tuple[int, int] | None:
+        """The iterative protocol's rounds × round_epochs epochs at the dense batch size; early-bird has no phase."""
+        hp = self.hparams
+        if hp.protocol != "iterative":
+            return None
+        return hp.rounds * hp.round_epochs * steps_per_epoch(dense.batch_size), dense.batch_size
 
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase | None:
         hp = self.hparams
