@@ -20,7 +20,7 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from bench.report.stats import kendall_tau
 from bench.report.tables import Cell, cells, learning_rates, lr_label, per_seed, ratio_order
@@ -192,6 +192,9 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                 ax.axhline(dense, color="0.4", linestyle="--", linewidth=0.8)
             _chance_line(ax, chance)
             _log(ax, "x")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks even within one decade
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e+", "e")))
+            ax.margins(x=0.15, y=0.15)
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("retraining LR")
         for ax in axes[:, 0]:
@@ -374,6 +377,9 @@ def accuracy_vs_cost(runs: pd.DataFrame, styles: MethodStyles, selected: dict[tu
                 ax.scatter(p.cost, p.acc, color=styles.colours[p.method], marker=styles.markers[p.method], s=30,
                            zorder=3)
             _log(ax, "x")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks even within one decade
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e+", "e")))
+            ax.margins(x=0.15, y=0.15)
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("training FLOPs per run")
         for ax in axes[:, 0]:
