@@ -16,7 +16,14 @@ import torch
 
 from bench.config import RESULT_FORMAT, Ratio, Suite
 from bench.cost import resolve_budget
-from bench.data import build_dataset, check_dataset_options, data_source, keyed_dataset_options, resolve_data_root
+from bench.data import (
+    DataError,
+    build_dataset,
+    check_dataset_options,
+    data_source,
+    keyed_dataset_options,
+    resolve_data_root,
+)
 from bench.errors import ConfigError
 from bench.method import Method
 from bench.pruning import select_layers
@@ -185,7 +192,11 @@ def _training_images(name: str, options: str, root: Path | None) -> int:
 def training_images(suite: Suite, root: Path | None) -> int:
     """Images in the suite's training split (less any validation split): the dataset is built once to count them,
     only when a budget is matched to a method (its retraining is counted in epochs)."""
-    return _training_images(suite.dataset_name, json.dumps(suite.dataset_options, sort_keys=True), root)
+    try:
+        return _training_images(suite.dataset_name, json.dumps(suite.dataset_options, sort_keys=True), root)
+    except DataError as err:
+        raise ConfigError(f"budget.match: the training set must be counted to resolve it, but the dataset does not "
+                          f"load ({err}); install the data or give budget.steps instead.") from None
 
 
 def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = None) -> list[Run]:
