@@ -3,8 +3,9 @@
 A run's stages are ``dense`` (the dense model's training: shared by every run with its dense id, the method's own
 when it changes dense training), ``phase`` (the method's training between dense model and selection), ``select``
 (scoring passes: no SGD step, their FLOPs) and ``retrain``. Each records SGD steps, samples, epochs-equivalent
-(samples over the training set), training FLOPs (``bench.train.StepFlops``), seconds, and whether it is shared
-with other runs (counted in every run that uses it; the report also amortises it).
+(samples over the training set), training FLOPs (``bench.train.StepFlops``) and whether it is shared with other
+runs (counted in every run that uses it; the report also amortises it). Its seconds are in the result's
+``timings``, apart, since they differ between executions.
 
 A budget counts SGD steps at the retraining batch size after the shared dense model: a stage's steps count
 ``batch_size / retrain batch size`` each. A method that spends less than the budget retrains longer: extra epochs
@@ -26,8 +27,8 @@ from bench.train import Recipe, section_recipe
 STAGES = ("dense", "phase", "select", "retrain")
 
 
-def stage_cost(fits: Iterable[tuple[list[dict[str, Any]], int]], num_train: int, seconds: float | None,
-               shared: str | None, retrain_batch: int, **extra: Any) -> dict[str, Any]:
+def stage_cost(fits: Iterable[tuple[list[dict[str, Any]], int]], num_train: int, shared: str | None,
+               retrain_batch: int, **extra: Any) -> dict[str, Any]:
     """One stage's cost from its fits' histories, each with its batch size (``fit`` rows carry cumulative steps,
     samples and FLOPs); ``shared``: the id of what other runs share it by (``dense_id``, ``prune_id``), or None."""
     steps = samples = flops = 0
@@ -42,13 +43,12 @@ def stage_cost(fits: Iterable[tuple[list[dict[str, Any]], int]], num_train: int,
         flops = None if flops is None or last.get("flops") is None else flops + last["flops"]
     return {"steps": steps, "budget_steps": round(budget, 6), "samples": samples,
             "epochs": None if samples is None else round(samples / max(num_train, 1), 6), "flops": flops,
-            "seconds": seconds, "shared": shared, **extra}
+            "shared": shared, **extra}
 
 
-def scoring_cost(flops: int, seconds: float, shared: str | None) -> dict[str, Any]:
+def scoring_cost(flops: int, shared: str | None) -> dict[str, Any]:
     """The cost of a stage without SGD steps (selection's scoring passes)."""
-    return {"steps": 0, "budget_steps": 0.0, "samples": 0, "epochs": 0.0, "flops": flops, "seconds": seconds,
-            "shared": shared}
+    return {"steps": 0, "budget_steps": 0.0, "samples": 0, "epochs": 0.0, "flops": flops, "shared": shared}
 
 
 def after_dense_steps(cost: dict[str, dict[str, Any]]) -> float:
@@ -73,14 +73,19 @@ def budgeted(recipe: Recipe, budget: int, spent: float, steps_per_epoch: int, la
     return dataclasses.replace(recipe, epochs=epochs, max_steps=left)
 
 
-def flat_columns(cost: dict[str, Any]) -> dict[str, float | None]:
-    """runs.csv's cost columns: ``cost_<quantity>_<stage>`` for each stage, and the totals of steps and FLOPs."""
+# The wall-clock seconds of each stage, in result.json's timings (kept apart: they differ between executions).
+STAGE_SECONDS = {"dense": "dense_train_s", "phase": "phase_s", "select": "prune_s", "retrain": "retrain_s"}
+
+
+def flat_columns(cost: dict[str, Any], timings: dict[str, Any]) -> dict[str, float | None]:
+    """runs.csv's cost columns: ``cost_<quantity>_<stage>`` for each stage (seconds from ``timings``), and the
+    totals of steps and FLOPs."""
     row: dict[str, float | None] = {}
     for stage in STAGES:
-        entry = cost.get(stage) or {}
+        entry = dict(cost.get(stage) or {}, seconds=timings.get(STAGE_SECONDS[stage]))
         for quantity in ("steps", "epochs", "flops", "seconds"):
             value = entry.get(quantity)
-            row[f"cost_{quantity}_{stage}"] = None if value is None else float(value)
+            row[f"cost_{quantity}_{stage}"] = None if value is None or isinstance(value, bool) else float(value)
         row[f"cost_shared_{stage}"] = entry.get("shared")
     flops = [row[f"cost_flops_{stage}"] for stage in STAGES]
     row["cost_flops_total"] = None if any(v is None for v in flops) else sum(flops)  # type: ignore[arg-type]

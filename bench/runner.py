@@ -385,7 +385,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     own = any(m.dense_variant() is not None for m in methods)
     loaded = bool(run.suite.pretrain.checkpoint)  # trained elsewhere: its cost is unknown
     dense_cost = stage_cost([(dense_meta.get("history") or [], run.suite.pretrain.batch_size)], info.num_train,
-                            dense_meta.get("seconds"), run.dense_id, retrain_batch, own=own)
+                            run.dense_id, retrain_batch, own=own)
     if loaded:
         dense_cost.update(flops=None, loaded=True)
     began = time.perf_counter()
@@ -428,10 +428,11 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
-                   "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s},
+                   "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s,
+                               "dense_train_s": dense_meta.get("seconds")},  # the shared dense model's training
                    "cost": {"dense": dense_cost,
-                            "phase": stage_cost(phase_fits, info.num_train, phase_s, run.prune_id, retrain_batch),
-                            "select": scoring_cost(scoring_flops(), prune_s, run.prune_id)}})
+                            "phase": stage_cost(phase_fits, info.num_train, run.prune_id, retrain_batch),
+                            "select": scoring_cost(scoring_flops(), run.prune_id)}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
                                    "prune_id": run.prune_id, "dense_id": run.dense_id})
@@ -580,9 +581,10 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
         else:
             final = jsv(model, probe)
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
-    timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
+    spent = sum(record["timings"][k] for k in ("dense_s", "phase_s", "prune_s")) + retrain_s  # this run's own time
+    timings = dict(record["timings"], retrain_s=retrain_s, wall_s=spent)
     metrics["timings"] = timings
-    cost["retrain"] = stage_cost([(history, recipe.batch_size)], ws.data.info.num_train, retrain_s, None,
+    cost["retrain"] = stage_cost([(history, recipe.batch_size)], ws.data.info.num_train, None,
                                  run.suite.retrain.batch_size)
     if budget is not None:
         cost["budget"] = {"steps": budget["steps"], "match": run.suite.budget.match if run.suite.budget else None,

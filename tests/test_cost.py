@@ -71,6 +71,7 @@ def test_tpp_phase_counts_its_schedule_and_l1_spends_nothing_before_retraining(p
                    "cost_flops_total", "cost_epochs_phase", "cost_flops_amortised"):
         assert column in runs.columns, column
     assert runs.loc["tpp", "cost_steps_phase"] == TPP_STEPS and runs.loc["l1", "cost_flops_phase"] == 0
+    assert (runs.cost_seconds_retrain > 0).all() and (runs.cost_seconds_dense > 0).all()  # wall time, from timings
     # amortised: the shared dense model split between the two runs that use it
     assert runs.loc["l1", "cost_flops_amortised"] == pytest.approx(
         l1["dense"]["flops"] / 2 + l1["retrain"]["flops"])

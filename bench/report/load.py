@@ -120,7 +120,7 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     dense = config.get("dense") if isinstance(config, dict) else None
     row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
     row.update(_latency(metrics))
-    row.update(flat_columns(metrics.get("cost") or {}))
+    row.update(flat_columns(metrics.get("cost") or {}, metrics.get("timings") or {}))
     row["prune_id"] = result.get("prune_id")
     retrain = (result.get("history") or {}).get("retrain") or []
     row["epochs_done"] = len(retrain)

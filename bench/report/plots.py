@@ -166,6 +166,16 @@ def _band(ax: Axes, x: list[float], found: list[Cell], colour: tuple[float, ...]
                         linewidth=0)
 
 
+def _accuracy_panels(fig: Figure, axes: np.ndarray, used: int, handles: list[Line2D]) -> tuple[bytes, bytes]:
+    """Finish a figure of accuracy panels: y label on the left column, unused panels hidden, legend; rendered."""
+    for ax in axes[:, 0]:
+        ax.set_ylabel("final test accuracy (%)")
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+    _legend(fig, handles)
+    return _render(fig)
+
+
 def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     """Final accuracy against retraining LR (log axis), one line per method with t-interval bands, a panel per ratio."""
     ok = runs[runs.status == "ok"]
@@ -192,17 +202,9 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                 ax.axhline(dense, color="0.4", linestyle="--", linewidth=0.8)
             _chance_line(ax, chance)
             _log(ax, "x")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks even within one decade
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e+", "e")))
-            ax.margins(x=0.15, y=0.15)
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("retraining LR")
-        for ax in axes[:, 0]:
-            ax.set_ylabel("final test accuracy (%)")
-        for ax in list(axes.flat)[len(ratios):]:
-            ax.set_visible(False)
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        png, pdf = _accuracy_panels(fig, axes, len(ratios), handles)
     return Plot("accuracy_vs_lr", "Accuracy against the retraining learning rate", (
         "One panel per pruning ratio: final test accuracy (mean over seeds, band: 95% t-interval) against the "
         "retraining LR. Crossing lines are the trainability bias: which method wins depends on the LR. The dashed "
@@ -382,12 +384,7 @@ def accuracy_vs_cost(runs: pd.DataFrame, styles: MethodStyles, selected: dict[tu
             ax.margins(x=0.15, y=0.15)
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("training FLOPs per run")
-        for ax in axes[:, 0]:
-            ax.set_ylabel("final test accuracy (%)")
-        for ax in list(axes.flat)[len(ratios):]:
-            ax.set_visible(False)
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        png, pdf = _accuracy_panels(fig, axes, len(ratios), handles)
     return Plot("accuracy_vs_cost", "Accuracy against training cost", (
         "One point per method at each ratio: final test accuracy (mean over seeds, at the method's selected "
         "retraining LR, as in the verdict) against the training FLOPs a run spent (the shared dense model counted in "
