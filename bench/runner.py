@@ -51,7 +51,17 @@ from bench.store import (
     write_json,
 )
 from bench.trackers import LiveLog
-from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer, release_memory, section_recipe
+from bench.train import (
+    Diverged,
+    Recipe,
+    derive_seed,
+    evaluate,
+    fit,
+    make_optimizer,
+    planned_steps,
+    release_memory,
+    section_recipe,
+)
 from bench.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
@@ -388,6 +398,9 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
                             run.dense_id, retrain_batch, own=own)
     if loaded:
         dense_cost.update(flops=None, loaded=True)
+    elif own:  # what its own dense training spent beyond the shared recipe's (negative when shorter) counts in budgets
+        shared_steps = planned_steps(ws.data, dense_recipe(run)) * run.suite.pretrain.batch_size / retrain_batch
+        dense_cost["own_beyond_shared"] = round(dense_cost["budget_steps"] - shared_steps, 6)
     began = time.perf_counter()
     phase_history: list[dict[str, Any]] = []
     phase_fits: list[tuple[list[dict[str, Any]], int]] = []
@@ -541,8 +554,14 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     cost = dict(record.get("cost") or {})  # none in a pruned model saved before costs were recorded
     budget = run.key.get("budget")
     if budget is not None:
+        own = planned_steps(ws.data, recipe)
         recipe = budgeted(recipe, budget["steps"], after_dense_steps(cost), ws.data.steps_per_epoch(recipe.batch_size),
                           run.method.label)
+        if run.suite.budget is not None and run.suite.budget.match == run.method.label and \
+                planned_steps(ws.data, recipe) != own:
+            raise UserError(f"budget.match: '{run.method.label}' was predicted (Method.phase_steps) to spend "
+                            f"{budget['steps']} steps after the dense model, but it spends "
+                            f"{after_dense_steps(cost) + own:g}; the method's phase_steps is wrong.")
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]

@@ -151,3 +151,33 @@ def test_cost_text_and_pareto_front() -> None:
     assert cost_text(282.4, 2.31) == "+282 epochs, 2.3× training FLOPs"
     points = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 4.0], "acc": [50.0, 40.0, 60.0, 60.0]})
     assert list(pareto_front(points).index) == [0, 2]
+
+
+WRONG_PHASE_STEPS = '''
+from methods.tpp import TPP
+from bench import register_method
+
+
+@register_method("tpp_miscounted")
+class Miscounted(TPP):
+    """TPP whose phase_steps is one step short of its phase: a plugin's mistake the budget must not hide."""
+
+    def phase_steps(self, dense, retrain, steps_per_epoch):
+        steps, batch = super().phase_steps(dense, retrain, steps_per_epoch)
+        return steps - 1, batch
+'''
+
+
+def test_a_matched_method_that_miscounts_its_phase_fails_naming_phase_steps(tmp_path: Path) -> None:
+    plugin = tmp_path / "miscounted.py"
+    plugin.write_text(WRONG_PHASE_STEPS)
+    options = TPP["tpp"]
+    suite = tiny_suite(methods=[{"tpp_miscounted": options}], retrain=RETRAIN, budget={"match": "tpp_miscounted"},
+                       pretrain={"epochs": 0})
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r"), "--plugin", str(plugin),
+                 "--quiet"]) == 1
+    (path,) = (tmp_path / "r" / "tiny" / "runs").glob("*/result.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "failed" and "phase_steps is wrong" in result["error"]
+    assert f"to spend {TPP_STEPS - 1 + 2 * STEPS_PER_EPOCH} steps" in result["error"]

@@ -79,7 +79,8 @@ def with_cost(table: Table, runs: pd.DataFrame) -> Table:
         rows.append([*row, cost_text(c.extra_epochs, c.flops_multiple) if c is not None else ""])
     data = table.data
     if not data.empty and {"ratio", "method"} <= set(data.columns):
-        data = data.merge(costs.rename(columns={"epochs": "cost_epochs", "flops": "cost_flops"}),
+        data = data.merge(costs.rename(columns={"epochs": "cost_epochs", "flops": "cost_flops",
+                                                "steps_after_dense": "cost_steps_after_dense"}),
                           on=["ratio", "method"], how="left")
     note = (f"{table.note} Training cost: a run's epochs (dense model, the method's phase and retraining; "
             "epochs-equivalent) and training FLOPs (counted per step with FlopCounterMode, the regulariser's own "
