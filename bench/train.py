@@ -59,6 +59,7 @@ class TrainHooks(Protocol):
     def after_step(self, model: nn.Module, step: int) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def spent_flops(self) -> int: ...
 
 
 class BaseHooks:
@@ -78,6 +79,16 @@ class BaseHooks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+    def spent_flops(self) -> int:
+        """FLOPs of work the hook did itself so far in this process (a scoring pass in ``after_step``, counted with
+        ``bench.measure.counting_flops``): added to the phase's training cost."""
+        return 0
+
+
+def hooks_flops(hooks: Sequence[TrainHooks]) -> int:
+    """What the hooks counted of their own work so far (a hook without ``spent_flops`` counts nothing)."""
+    return sum(int(getattr(hook, "spent_flops", lambda: 0)()) for hook in hooks)
 
 
 class Diverged(RuntimeError):
@@ -340,6 +351,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         batches = (data.train_shards(recipe.batch_size, epoch_seed, device, distributed.rank(),
                                      distributed.world_size()) if distributed.active()
                    else data.train_batches(recipe.batch_size, epoch_seed, device))
+        hooks_before = hooks_flops(hooks)
         stats = train_epoch(forward, model, batches, optimizer,
                             hooks, first_step=step, max_steps=steps_left, autocast=autocast,
                             memory_format=memory_format)
@@ -347,7 +359,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         # cumulative over the phase; None when resumed from a checkpoint written before they were counted
         before = history[-1] if history else {"samples": 0, "flops": 0}
         samples = None if before.get("samples") is None else before["samples"] + stats.samples
-        flops = None if before.get("flops") is None else before["flops"] + step_flops.total(stats.samples, stats.steps)
+        flops = None if before.get("flops") is None else (before["flops"] + step_flops.total(stats.samples, stats.steps)
+                                                          + hooks_flops(hooks) - hooks_before)
         train_loss = stats.loss
         if not math.isfinite(train_loss):
             raise Diverged(phase, epoch + 1, history)

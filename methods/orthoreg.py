@@ -53,6 +53,7 @@ from bench import (
     Recipe,
     RunContext,
     Schedule,
+    counting_flops,
     derive_seed,
     field,
     global_ratio,
@@ -232,11 +233,14 @@ class RoundHooks(BaseHooks):
     def __init__(self, method: OrthoReg, ctx: RunContext, round_steps: int) -> None:
         self.method, self.ctx, self.round_steps = method, ctx, round_steps
         self._indices: tuple[nn.Module, dict[str, Tensor]] | None = None  # (model, indices) of method.pruned
+        self._scoring_flops = 0  # the rounds' importance passes, for the run's training cost
 
     def after_step(self, model: nn.Module, step: int) -> None:
         done = (step + 1) // self.round_steps
         if (step + 1) % self.round_steps == 0 and done < self.method.hparams.rounds:
-            self.method.prune_round(model, self.ctx, done)
+            with counting_flops() as counted:
+                self.method.prune_round(model, self.ctx, done)
+            self._scoring_flops += counted()
             self._indices = None
         if self._indices is None or self._indices[0] is not model:
             self._indices = (model, filter_indices(model, self.method.pruned))
@@ -248,6 +252,9 @@ class RoundHooks(BaseHooks):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.pruned = {name: set(s) for name, s in state["pruned"].items()}
         self._indices = None
+
+    def spent_flops(self) -> int:
+        return self._scoring_flops
 
 
 @register_method("orthoreg")

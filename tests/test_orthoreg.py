@@ -197,7 +197,11 @@ def test_iterative_protocol_masks_rounds_in_the_phase_and_selects_the_rest() -> 
                                       importance_samples=32, importance_batch_size=16))
     phase = method.phase(model, ctx)
     assert phase.recipe.weight_decay == 0.0 and phase.recipe.epochs == 2 and phase.recipe.schedule.milestones == [1]
-    fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg", hooks=phase.hooks)
+    history = fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg",
+                  hooks=phase.hooks)
+    # the first round's importance pass (in after_step) counts in the phase's training FLOPs: epoch 1 costs that more
+    first, second = history[0]["flops"], history[1]["flops"] - history[0]["flops"]
+    assert first - second == phase.hooks[-1].spent_flops() > 0
     total = 3 * (16 + 32 + 64)  # 336 filters
     assert sum(len(s) for s in method.pruned.values()) == round(total / 3)  # round 1 removed r_0 = 1/3
     for name, indices in method.pruned.items():  # masked filters and their BN entries stayed at zero
