@@ -1,7 +1,7 @@
 """The structured-pruning benchmark harness. Methods and plugins import only what this module exports."""
 from bench.config import Schedule
 from bench.errors import ConfigError, UserError
-from bench.measure import count_flops, count_parameters
+from bench.measure import count_flops, count_parameters, counting_flops
 from bench.method import (
                           DenseVariant,
                           Method,
@@ -20,6 +20,6 @@ from bench.schema import field
 from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
-           "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "derive_seed",
-           "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile", "keep_from_scores", "scoped",
-           "register_method"]
+           "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "counting_flops",
+           "derive_seed", "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile",
+           "keep_from_scores", "scoped", "register_method"]

@@ -241,6 +241,21 @@ class Storage:
 
 
 @dataclass
+class Budget:
+    """An equal training budget: every method trains this many SGD steps at the retraining batch size after the
+    shared dense model, its retraining extended (or cut) to reach it exactly (rule: ``bench.cost``)."""
+
+    steps: int | None = field(None, low=1, doc="the budget in SGD steps at the retraining batch size")
+    match: str | None = field(None, doc="a method label of the suite whose own spend (phase and retraining) is the "
+                              "budget; resolved to steps before run ids are made")
+
+    def validate(self) -> list[str]:
+        if (self.steps is None) == (self.match is None):
+            return ["give exactly one of 'steps' (a number of SGD steps) or 'match' (a method of the suite)."]
+        return []
+
+
+@dataclass
 class Suite:
     """One experiment: a model and dataset, a dense recipe, and the swept methods, ratios, LRs and seeds."""
 
@@ -262,6 +277,8 @@ class Suite:
     log: Log = field(default_factory=Log)
     plugins: list[str] = field(default_factory=list)
     slurm: Slurm = field(default_factory=Slurm)
+    budget: Budget | None = field(None, doc="equal-budget comparison: {steps: N} or {match: METHOD}; enters run ids "
+                                  "only when set")
     reference: str | None = field(None, doc="published numbers the report prints beside ours: a shipped name "
                                   "(tpp_table1) or a CSV path; not part of any run id")
 

@@ -6,6 +6,8 @@ gives the same id on any machine, a re-run finds finished work, and a duplicated
 from __future__ import annotations
 
 import functools
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,15 @@ from typing import Any
 import torch
 
 from bench.config import RESULT_FORMAT, Ratio, Suite
-from bench.data import check_dataset_options, data_source, keyed_dataset_options, resolve_data_root
+from bench.cost import resolve_budget
+from bench.data import (
+    DataError,
+    build_dataset,
+    check_dataset_options,
+    data_source,
+    keyed_dataset_options,
+    resolve_data_root,
+)
 from bench.errors import ConfigError
 from bench.method import Method
 from bench.pruning import select_layers
@@ -109,8 +119,9 @@ class Run:
     def prune_key(self) -> dict[str, Any]:
         """What determines the pruned model before retraining and its record: the run's key without the retraining
         LR, with the latency settings (the record holds the dense and pruned models' measured latency)."""
-        return self.key | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"},
-                           "latency": to_plain(self.suite.latency, keyed=True)}
+        shared = {k: v for k, v in self.key.items() if k != "budget"}  # a budget changes only the retraining
+        return shared | {"retrain": {k: v for k, v in self.key["retrain"].items() if k != "lr"},
+                         "latency": to_plain(self.suite.latency, keyed=True)}
 
     @functools.cached_property  # hashed once; the run is frozen
     def prune_id(self) -> str:
@@ -173,6 +184,21 @@ def suite_data_root(suite: Suite, suite_dir: Path | None, cli_root: str | None =
     return resolve_data_root(cli_root, suite_root)
 
 
+@functools.lru_cache(maxsize=8)
+def _training_images(name: str, options: str, root: Path | None) -> int:
+    return build_dataset(name, json.loads(options), root, None).info.num_train
+
+
+def training_images(suite: Suite, root: Path | None) -> int:
+    """Images in the suite's training split (less any validation split): the dataset is built once to count them,
+    only when a budget is matched to a method (its retraining is counted in epochs)."""
+    try:
+        return _training_images(suite.dataset_name, json.dumps(suite.dataset_options, sort_keys=True), root)
+    except DataError as err:
+        raise ConfigError(f"budget.match: the training set must be counted to resolve it, but the dataset does not "
+                          f"load ({err}); install the data or give budget.steps instead.") from None
+
+
 def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = None) -> list[Run]:
     """The suite's runs in a stable order (method, ratio, lr, seed); methods and dataset options validated.
 
@@ -199,7 +225,9 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
                           f"'{LABEL_KEY}' option so results can tell them apart.")
     pretrain = pretrain_identity(suite, suite_dir)
     layers = resolved_layers(suite)
-    source = data_source(suite.dataset_name, suite.dataset_options, suite_data_root(suite, suite_dir, data_root))
+    root = suite_data_root(suite, suite_dir, data_root)
+    source = data_source(suite.dataset_name, suite.dataset_options, root)
+    budget = resolve_budget(suite, specs, lambda batch: math.ceil(training_images(suite, root) / batch))
     runs = []
     for spec in specs:
         variants = [v.key for v in (m.dense_variant() for m in spec.build()) if v is not None]
@@ -212,5 +240,7 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
                     prune.pop("skip")  # the resolved layers already leave the skipped ones out
                     key = {"dense": dk, "prune": prune, "method": spec.plain(), "retrain": retrain,
                            "trainability": to_plain(suite.trainability, keyed=True)}
+                    if budget is not None:  # only when set, so suites without one keep their ids
+                        key["budget"] = {"steps": budget}
                     runs.append(Run(suite, spec, ratio, lr, seed, dk, key))
     return runs

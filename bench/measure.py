@@ -5,9 +5,10 @@ train/eval mode exactly as it found it.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_parameters", "count_flops", "measure_latency"]
+__all__ = ["count_parameters", "count_flops", "counting_flops", "measure_latency", "training_step_flops"]
 
 
 @contextmanager
@@ -124,3 +125,47 @@ def measure_latency(
     }
     logger.debug("latency %s", result)
     return result
+
+
+# Forward+backward FLOPs of one training step, per (model shapes, input shape, batch size): counted once per shape.
+_STEP_FLOPS: dict[tuple[object, ...], int] = {}
+
+
+def _shape_key(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> tuple[object, ...]:
+    layers = tuple((name, type(module).__name__, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
+                   for name, module in model.named_modules())
+    return layers, tuple(input_shape), batch_size
+
+
+def training_step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                        penalties: Callable[[nn.Module], list[torch.Tensor]] = lambda net: []) -> tuple[int, int]:
+    """(FLOPs of one training step's forward and cross-entropy backward at ``batch_size``, FLOPs of the step's extra
+    loss terms and their backward): ``FlopCounterMode`` on a copy of ``model`` in train mode, zeros input.
+
+    The first figure is counted once per model shape (cached); ``penalties(copy)`` gives the extra terms (a method's
+    regulariser), counted every call. The copy keeps the model and its optimizer state untouched, and the global
+    random state is restored, so counting never changes what training computes.
+    """
+    key = _shape_key(model, input_shape, batch_size)
+    device = _model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        twin = copy.deepcopy(model).train()
+        if key not in _STEP_FLOPS:
+            x = torch.zeros((batch_size, *input_shape), device=device)
+            y = torch.zeros(batch_size, dtype=torch.long, device=device)
+            with FlopCounterMode(display=False) as counter:
+                nn.functional.cross_entropy(twin(x), y).backward()
+            _STEP_FLOPS[key] = int(counter.get_total_flops())
+        twin.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) as counter:
+            terms = [t for t in penalties(twin) if t is not None and t.requires_grad]
+            if terms:
+                torch.stack([t.float().sum() for t in terms]).sum().backward()
+        return _STEP_FLOPS[key], int(counter.get_total_flops())
+
+
+@contextmanager
+def counting_flops() -> Iterator[Callable[[], int]]:
+    """Count the matmul and convolution FLOPs of whatever runs inside (a scoring pass); yields a getter of the total."""
+    with FlopCounterMode(display=False) as counter:
+        yield lambda: int(counter.get_total_flops())

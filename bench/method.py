@@ -140,6 +140,16 @@ class Method:
         """A training phase run on the dense model before selection, or None."""
         return None
 
+    def phase_steps(self, dense: Recipe, retrain: Recipe, steps_per_epoch: Callable[[int], int]
+                    ) -> tuple[int, int] | None:
+        """(SGD steps, batch size) of the phase ``phase`` will build, known before any run (a suite's
+        ``budget: {match: ...}`` needs it); None: no phase. ``steps_per_epoch(batch_size)`` counts the training set's
+        batches. A method that overrides ``phase`` must override this too to be matched."""
+        if type(self).phase is Method.phase:
+            return None
+        raise NotImplementedError(f"{getattr(self, 'name', type(self).__name__)} does not say its phase's length "
+                                  "before it runs (Method.phase_steps)")
+
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         """Importance per output channel of each target layer (higher = kept first)."""
         raise NotImplementedError(f"{type(self).__name__} must implement scores() or select()")

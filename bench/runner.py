@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from bench import distributed, environment, faults
+from bench.cost import after_dense_steps, budgeted, scoring_cost, stage_cost
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
 from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
-from bench.measure import count_flops, count_parameters, measure_latency
+from bench.measure import count_flops, count_parameters, counting_flops, measure_latency
 from bench.method import Method, PruneTarget, RunContext, refuse_groups
 from bench.models import ModelEntry
 from bench.progress import Progress
@@ -52,7 +53,17 @@ from bench.store import (
     write_json,
 )
 from bench.trackers import LiveLog
-from bench.train import Diverged, Recipe, derive_seed, evaluate, fit, make_optimizer, release_memory
+from bench.train import (
+    Diverged,
+    Recipe,
+    derive_seed,
+    evaluate,
+    fit,
+    make_optimizer,
+    planned_steps,
+    release_memory,
+    section_recipe,
+)
 from bench.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
@@ -174,9 +185,7 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
 
 def dense_recipe(run: Run, methods: Sequence[Method] = ()) -> Recipe:
     """The suite's pretrain recipe, as the methods' dense variants change it (their own schedule, say)."""
-    p = run.suite.pretrain
-    recipe = Recipe(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, momentum=p.momentum, nesterov=p.nesterov,
-                    weight_decay=p.weight_decay, schedule=p.schedule, performance=run.suite.performance)
+    recipe = section_recipe(run.suite.pretrain, run.suite.pretrain.lr, run.suite.performance)
     for variant in (m.dense_variant() for m in methods):
         if variant is not None and variant.recipe is not None:
             recipe = variant.recipe(recipe)
@@ -184,9 +193,7 @@ def dense_recipe(run: Run, methods: Sequence[Method] = ()) -> Recipe:
 
 
 def retrain_recipe(run: Run) -> Recipe:
-    r = run.suite.retrain
-    return Recipe(epochs=r.epochs, lr=run.lr, batch_size=r.batch_size, momentum=r.momentum, nesterov=r.nesterov,
-                  weight_decay=r.weight_decay, schedule=r.schedule, performance=run.suite.performance)
+    return section_recipe(run.suite.retrain, run.lr, run.suite.performance)
 
 
 def suite_performance(recipe: Recipe, run: Run) -> Recipe:
@@ -406,8 +413,20 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
     total = group_sizes(plan)
 
+    retrain_batch = run.suite.retrain.batch_size
+    own = any(m.dense_variant() is not None for m in methods)
+    loaded = bool(run.suite.pretrain.checkpoint)  # trained elsewhere: its cost is unknown
+    dense_batch = dense_recipe(run, methods).batch_size
+    dense_cost = stage_cost([(dense_meta.get("history") or [], dense_batch)], info.num_train,
+                            run.dense_id, retrain_batch, own=own)
+    if loaded:
+        dense_cost.update(flops=None, loaded=True)
+    elif own:  # what its own dense training spent beyond the shared recipe's (negative when shorter) counts in budgets
+        shared_steps = planned_steps(ws.data, dense_recipe(run)) * run.suite.pretrain.batch_size / retrain_batch
+        dense_cost["own_beyond_shared"] = round(dense_cost["budget_steps"] - shared_steps, 6)
     began = time.perf_counter()
     phase_history: list[dict[str, Any]] = []
+    phase_fits: list[tuple[list[dict[str, Any]], int]] = []
     selector = next(m for m in methods if m.selects)
     for method in methods:
         phase = method.phase(model, ctx)
@@ -418,23 +437,26 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
         if phase.param_groups is not None:
             optimizer = make_optimizer(model, recipe, phase.param_groups(model))
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
-        phase_history += fit(model, ws.data, recipe, device=ws.device, seed=run.seed,
-                             phase=f"phase:{method.name}", hooks=phase.hooks, optimizer=optimizer,
-                             checkpoint=usable_checkpoint(shared.phase, "the phase restarts"), progress=bar)
+        rows = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase=f"phase:{method.name}",
+                   hooks=phase.hooks, optimizer=optimizer,
+                   checkpoint=usable_checkpoint(shared.phase, "the phase restarts"), progress=bar)
+        phase_history += rows
+        phase_fits.append((rows, recipe.batch_size))
         if bar:
             bar.close()
     phase_s = time.perf_counter() - began
 
     began = time.perf_counter()
     model.eval()
-    keep = selector.select(model, ctx)
-    masks = parameter_masks(model, plan, keep) if masking(run) else None
-    if masks is None:
-        slim_groups(model, plan, keep)
-        for method in methods:
-            method.after_slim(model, ctx)
-    else:
-        apply_masks_(model, masks)
+    with counting_flops() as scoring_flops:  # the scoring passes selection and after_slim run (e.g. Taylor)
+        keep = selector.select(model, ctx)
+        masks = parameter_masks(model, plan, keep) if masking(run) else None
+        if masks is None:
+            slim_groups(model, plan, keep)
+            for method in methods:
+                method.after_slim(model, ctx)
+        else:
+            apply_masks_(model, masks)
     model.to(ws.device)
     _, acc_pruned = evaluate(model, ws.data, 1000, ws.device)
     if info.num_val:
@@ -452,7 +474,11 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     record.update({"acc_pruned": acc_pruned,
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
-                   "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
+                   "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s,
+                               "dense_train_s": dense_meta.get("seconds")},  # the shared dense model's training
+                   "cost": {"dense": dense_cost,
+                            "phase": stage_cost(phase_fits, info.num_train, run.prune_id, retrain_batch),
+                            "select": scoring_cost(scoring_flops(), run.prune_id)}})
     record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
                                    "prune_id": run.prune_id, "dense_id": run.dense_id})
@@ -558,6 +584,17 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     for method in methods:
         recipe = method.retrain_recipe(recipe, ctx)
     recipe = suite_performance(recipe, run)
+    cost = dict(record.get("cost") or {})  # none in a pruned model saved before costs were recorded
+    budget = run.key.get("budget")
+    if budget is not None:
+        own = planned_steps(ws.data, recipe)
+        recipe = budgeted(recipe, budget["steps"], after_dense_steps(cost), ws.data.steps_per_epoch(recipe.batch_size),
+                          run.method.label)
+        if run.suite.budget is not None and run.suite.budget.match == run.method.label and \
+                planned_steps(ws.data, recipe) != own:
+            raise UserError(f"budget.match: '{run.method.label}' was predicted (Method.phase_steps) to spend "
+                            f"{budget['steps']} steps after the dense model, but it spends "
+                            f"{after_dense_steps(cost) + own:g}; the method's phase_steps is wrong.")
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
@@ -597,7 +634,14 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
         else:
             final = jsv(model, probe)
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
-    timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
+    spent = sum(record["timings"][k] for k in ("dense_s", "phase_s", "prune_s")) + retrain_s  # this run's own time
+    timings = dict(record["timings"], retrain_s=retrain_s, wall_s=spent)
     metrics["timings"] = timings
+    cost["retrain"] = stage_cost([(history, recipe.batch_size)], ws.data.info.num_train, None,
+                                 run.suite.retrain.batch_size)
+    if budget is not None:
+        cost["budget"] = {"steps": budget["steps"], "match": run.suite.budget.match if run.suite.budget else None,
+                          "spent": after_dense_steps(cost)}
+    metrics["cost"] = cost
     save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict(), **({"mode": "mask"} if masks else {})})
     return {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": history}, **lineage}

@@ -24,6 +24,7 @@ from torch import nn
 
 from bench import distributed, faults
 from bench.config import Performance, Schedule
+from bench.measure import training_step_flops
 from bench.store import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ class Recipe:
     performance: Performance = field(default_factory=Performance)
 
 
+def section_recipe(section: Any, lr: float, performance: Performance) -> Recipe:
+    """The recipe of a suite's ``pretrain`` or ``retrain`` section at learning rate ``lr``."""
+    return Recipe(epochs=section.epochs, lr=lr, batch_size=section.batch_size, momentum=section.momentum,
+                  nesterov=section.nesterov, weight_decay=section.weight_decay, schedule=section.schedule,
+                  performance=performance)
+
+
 class TrainHooks(Protocol):
     """What a method may plug into the loop; every method is optional (see ``BaseHooks``)."""
 
@@ -52,6 +60,7 @@ class TrainHooks(Protocol):
     def after_step(self, model: nn.Module, step: int) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def spent_flops(self) -> int: ...
 
 
 class BaseHooks:
@@ -71,6 +80,16 @@ class BaseHooks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+    def spent_flops(self) -> int:
+        """FLOPs of work the hook did itself so far in this process (a scoring pass in ``after_step``, counted with
+        ``bench.measure.counting_flops``): added to the phase's training cost."""
+        return 0
+
+
+def hooks_flops(hooks: Sequence[TrainHooks]) -> int:
+    """What the hooks counted of their own work so far (a hook without ``spent_flops`` counts nothing)."""
+    return sum(int(getattr(hook, "spent_flops", lambda: 0)()) for hook in hooks)
 
 
 class Diverged(RuntimeError):
@@ -259,6 +278,36 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Modul
     return EpochStats(float(loss_sum) / max(total, 1), int(correct) / max(total, 1), step - first_step, total)
 
 
+class StepFlops(NamedTuple):
+    """A phase's training FLOPs: the model's forward and backward per sample, and its hooks' extra terms per step."""
+
+    per_sample: float
+    per_step: int
+
+    def total(self, samples: int, steps: int) -> int:
+        return round(self.per_sample * samples) + self.per_step * steps
+
+
+def planned_steps(data: Any, recipe: Recipe) -> int:
+    """Optimizer steps a recipe trains for: its step limit, or its epochs of batches."""
+    per_epoch = data.steps_per_epoch(recipe.batch_size)
+    return recipe.max_steps if recipe.max_steps is not None else recipe.epochs * per_epoch
+
+
+def counted_step(model: nn.Module, data: Any, recipe: Recipe, hooks: Sequence[TrainHooks]) -> StepFlops:
+    """The FLOPs of one step of this phase, counted on a copy before training (bench.measure.training_step_flops):
+    the hooks' penalties at the phase's last step, where a ramped regulariser is at full strength (TPP's Gram
+    term is absent while its strength is 0). Gradient-side hooks (after_backward) add no matmul FLOPs."""
+    if planned_steps(data, recipe) == 0:
+        return StepFlops(0.0, 0)
+    info = data.info
+    last = planned_steps(data, recipe) - 1
+    model_flops, extra = training_step_flops(
+        model, (info.in_channels, info.image_size, info.image_size), recipe.batch_size,
+        lambda twin: [hook.penalty(twin, last) for hook in hooks])
+    return StepFlops(model_flops / recipe.batch_size, extra)
+
+
 def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, seed: int, phase: str,
         hooks: Sequence[TrainHooks] = (), checkpoint: Path | None = None,
         optimizer: torch.optim.Optimizer | None = None, on_epoch_end: EpochCallback | None = None,
@@ -272,6 +321,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
     perf = recipe.performance
     autocast, memory_format = step_settings(perf, device)
     model.to(device, memory_format=memory_format)
+    step_flops = counted_step(model, data, recipe, hooks)
     forward = distributed.wrap(model, device, perf.sync_batchnorm)  # DDP when data-parallel, else the model
     forward = compile_forward(forward) if perf.compile else forward
     graphs_before = compiled_graphs()
@@ -304,16 +354,23 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
         batches = (data.train_shards(recipe.batch_size, epoch_seed, device, distributed.rank(),
                                      distributed.world_size()) if distributed.active()
                    else data.train_batches(recipe.batch_size, epoch_seed, device))
+        hooks_before = hooks_flops(hooks)
         stats = train_epoch(forward, model, batches, optimizer,
                             hooks, first_step=step, max_steps=steps_left, autocast=autocast,
                             memory_format=memory_format)
         step += stats.steps
+        # cumulative over the phase; None when resumed from a checkpoint written before they were counted
+        before = history[-1] if history else {"samples": 0, "flops": 0}
+        samples = None if before.get("samples") is None else before["samples"] + stats.samples
+        flops = None if before.get("flops") is None else (before["flops"] + step_flops.total(stats.samples, stats.steps)
+                                                          + hooks_flops(hooks) - hooks_before)
         train_loss = stats.loss
         if not math.isfinite(train_loss):
             raise Diverged(phase, epoch + 1, history)
         scheduler.step()
         test_loss, test_acc = evaluate(model, data, eval_batch_size, device)
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "samples": samples, "flops": flops, "lr": lr,
+                               "train_loss": train_loss,
                                "train_acc": stats.accuracy, "test_loss": test_loss,
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
         if not perf.is_default():  # what really ran: a phase that ignored the options would show here

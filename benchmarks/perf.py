@@ -34,14 +34,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from bench.config import Performance  # noqa: E402
 from bench.data import FASHION_MNIST_SYSTEM_DIR, build_dataset  # noqa: E402
-from bench.measure import count_flops, measure_latency  # noqa: E402
+from bench.measure import count_flops, measure_latency, training_step_flops  # noqa: E402
 from bench.method import PruneTarget, keep_from_scores  # noqa: E402
 from bench.plugins import load_builtin  # noqa: E402
 from bench.pruning import prunable_layers, slim, trace_dependencies  # noqa: E402
@@ -88,14 +87,10 @@ def train_steps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
 
 
 def training_flops(model: nn.Module, shape: tuple[int, ...], batch_size: int, device: torch.device) -> int:
-    """FLOPs of one training step's forward and backward (matmuls and convolutions), as FlopCounterMode counts
-    them on a copy of the model: exact where "3x forward" is not (the input layer computes no input gradient)."""
-    twin = copy.deepcopy(model).train()
-    x = torch.randn(batch_size, *shape, device=device)
-    y = torch.zeros(batch_size, dtype=torch.long, device=device)
-    with FlopCounterMode(display=False) as counter:
-        nn.functional.cross_entropy(twin(x), y).backward()
-    return int(counter.get_total_flops())
+    """FLOPs of one training step's forward and backward (matmuls and convolutions), as the harness counts a run's
+    training cost (bench.measure.training_step_flops): exact where "3x forward" is not (the input layer computes no
+    input gradient)."""
+    return training_step_flops(model.to(device), shape, batch_size)[0]
 
 
 def linear_matmuls_seconds(model: nn.Module, batch_size: int, device: torch.device, repeats: int = 50) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +194,10 @@ class GReg(Method):
         """The growth schedule these hyperparameters define."""
         hp = self.hparams
         return GrowthSchedule(hp.delta, hp.ceiling, hp.update_interval, hp.stabilize)
+
+    def phase_steps(self, dense: Recipe, retrain: Recipe, steps_per_epoch: Callable[[int], int]) -> tuple[int, int]:
+        """The growth and stabilize iterations at the retraining batch size (an early stop holds λ, not the phase)."""
+        return self.schedule().total_steps, retrain.batch_size
 
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
         """Pick the filters on the dense model (recomputed identically on resume) and build the growth phase."""

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -62,6 +63,7 @@ from bench import (
     Recipe,
     RunContext,
     Schedule,
+    counting_flops,
     derive_seed,
     field,
     global_ratio,
@@ -259,10 +261,13 @@ class RoundHooks(BaseHooks):
     def __init__(self, method: OrthoReg, ctx: RunContext, ends: dict[int, int]) -> None:
         self.method, self.ctx, self.ends = method, ctx, ends
         self._indices: tuple[nn.Module, dict[str, Tensor]] | None = None  # (model, indices) of method.pruned
+        self._scoring_flops = 0  # the rounds' importance passes, for the run's training cost
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if step in self.ends:
-            self.method.prune_round(model, self.ctx, self.ends[step])
+            with counting_flops() as counted:
+                self.method.prune_round(model, self.ctx, self.ends[step])
+            self._scoring_flops += counted()
             self._indices = None
         if self._indices is None or self._indices[0] is not model:
             self._indices = (model, filter_indices(model, self.method.pruned))
@@ -274,6 +279,9 @@ class RoundHooks(BaseHooks):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.pruned = {name: set(s) for name, s in state["pruned"].items()}
         self._indices = None
+
+    def spent_flops(self) -> int:
+        return self._scoring_flops
 
 
 class SegmentHooks(BaseHooks):
@@ -349,6 +357,16 @@ class OrthoReg(Method):
             return replace(recipe, schedule=Schedule(name="step", milestones=[recipe.epochs - k], gamma=0.1))
 
         return DenseVariant(key={"orthoreg": key}, hooks=[OrthoPenalty(hp.lam)], recipe=ortho_recipe)
+
+    def phase_steps(self, dense: Recipe, retrain: Recipe, steps_per_epoch: Callable[[int], int]
+                    ) -> tuple[int, int] | None:
+        """The iterative protocol's epochs at the dense batch size (rounds × round_epochs, or with ``between`` the
+        code's segments); early-bird has no phase."""
+        hp = self.hparams
+        if hp.protocol != "iterative":
+            return None
+        epochs = len(code_segments(hp)[0]) if hp.between else hp.rounds * hp.round_epochs
+        return epochs * steps_per_epoch(dense.batch_size), dense.batch_size
 
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase | None:
         hp = self.hparams

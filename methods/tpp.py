@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -248,6 +249,10 @@ class TPP(Method):
                 "layer would be zeroed before removal (the released code refuses this too). Raise 'stabilize' or "
                 "lower 'zero_out_interval'.")
         return order
+
+    def phase_steps(self, dense: Recipe, retrain: Recipe, steps_per_epoch: Callable[[int], int]) -> tuple[int, int]:
+        """t_s + K_s + 1 steps at the retraining batch size."""
+        return self.schedule().total_steps, retrain.batch_size
 
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
         """Pick the filters on the dense model (recomputed identically on resume) and build the regularisation phase."""

@@ -260,7 +260,11 @@ def test_iterative_protocol_masks_rounds_in_the_phase_and_selects_the_rest() -> 
                                       importance_samples=32, importance_batch_size=16))
     phase = method.phase(model, ctx)
     assert phase.recipe.weight_decay == 0.0 and phase.recipe.epochs == 2 and phase.recipe.schedule.milestones == [1]
-    fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg", hooks=phase.hooks)
+    history = fit(model, data, phase.recipe, device=torch.device("cpu"), seed=0, phase="phase:orthoreg",
+                  hooks=phase.hooks)
+    # the first round's importance pass (in after_step) counts in the phase's training FLOPs: epoch 1 costs that more
+    first, second = history[0]["flops"], history[1]["flops"] - history[0]["flops"]
+    assert first - second == phase.hooks[-1].spent_flops() > 0
     total = 3 * (16 + 32 + 64)  # 336 filters
     assert sum(len(s) for s in method.pruned.values()) == round(total / 3)  # round 1 removed r_0 = 1/3
     for name, indices in method.pruned.items():  # masked filters and their BN entries stayed at zero
@@ -401,3 +405,19 @@ def test_code_iterative_protocol_through_the_training_loop(lam: float) -> None:
         assert model.get_submodule(name).weight[torch.tensor(sorted(indices), dtype=torch.long)].abs().sum() == 0
     keep = method.select(model, ctx)
     assert sum(len(k) for k in keep.values()) == total - math.ceil(0.5 * total)
+
+
+def test_phase_steps_counts_the_codes_iterative_segments() -> None:
+    """With ``between`` the phase is the code's: 25 ortho epochs, 80 plain (35 + 35 + 10), 25 ortho again for two
+    rounds (130 epochs); the baselines (lam 0) have only the 80 plain epochs. Budgets rely on this count."""
+    dense = Recipe(epochs=25, lr=0.1, batch_size=64)
+
+    def per_epoch(batch: int) -> int:
+        return 782 if batch == 64 else 391
+
+    code = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=25, between=[35, 35, 10]))
+    assert code.phase_steps(dense, dense, per_epoch) == (130 * 782, 64)
+    baseline = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=25, between=[40, 40, 20], lam=0))
+    assert baseline.phase_steps(dense, dense, per_epoch) == (100 * 782, 64)
+    plain = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=3, round_epochs=10))
+    assert plain.phase_steps(dense, dense, per_epoch) == (30 * 782, 64)

@@ -19,6 +19,8 @@ from tests.conftest import PROJECT
 SUITES = sorted((PROJECT / "suites").glob("*.yaml"))
 # The ImageNet suite starts from torchvision's released ResNet50 weights, a file only its users have.
 NEEDS = {"tpp_resnet50_imagenet.yaml": ["--set", "pretrain.checkpoint=null"]}
+if not FASHION_MNIST_SYSTEM_DIR.is_dir():  # a budget matched to a method counts the training set: TPP's 18,901 steps
+    NEEDS["fair_mlp_budget.yaml"] = ["--set", "budget={steps: 18901}"]
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.stem)
@@ -74,6 +76,10 @@ def test_quickstart_gives_what_the_readme_promises(tmp_path: Path) -> None:
     runs = runs_csv(tmp_path, "quickstart")
     assert len(runs) == 12 and (runs.status == "ok").all()
     assert (runs.params_pruned < runs.params_dense).all()
+    # What each run spent: TPP's phase is its schedule's t_s + K_s + 1 = 1,000 + 210 + 1 steps; L1's is free.
+    assert (runs[runs.method == "tpp"].cost_steps_phase == 1211).all()
+    assert (runs[runs.method == "l1"][["cost_steps_phase", "cost_flops_phase"]] == 0).all().all()
+    assert (runs.cost_steps_retrain == 6 * 430).all() and (runs.cost_flops_total > 0).all()
     at_half = runs[(runs.ratio_value == 0.5) & (runs.lr == 0.01)]
     assert sorted(at_half.method) == ["l1", "random", "tpp"] and (at_half.acc_final > 0.6).all()
     report = tmp_path / "quickstart" / "report"

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.report import plots, tables, verdict
+from bench.report import costs, plots, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
 from bench.report.references import load_reference
@@ -75,7 +75,8 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     methods = [m for m in styles.order if m in set(runs.method)]
     selections = verdict.select_lrs(runs, methods)
     comparisons = verdict.compare(selections)
-    items = [Item("Verdict", table=verdict.verdict_table(selections, comparisons, verdict.selected_by(runs)))]
+    items = [Item("Verdict", table=costs.with_cost(
+        verdict.verdict_table(selections, comparisons, verdict.selected_by(runs)), runs))]
     paired = verdict.paired_table(comparisons)
     items.append(Item("Paired comparisons", table=paired) if paired is not None else
                  Item("Paired comparisons", missing="needs finished runs of two or more methods at a ratio."))
@@ -83,7 +84,8 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     for extra in (tables.problem_table(runs), tables.left_out_table(data.left_out)):
         if extra is not None:
             items.append(Item(extra.title, table=extra))
-    items.append(Item("Final test accuracy", table=tables.accuracy_table(runs, methods, reference)))
+    items.append(Item("Final test accuracy", table=costs.with_cost(tables.accuracy_table(runs, methods, reference),
+                                                                   runs)))
     optional = [("Learning-rate gap", tables.lr_gap_table(runs, methods, reference)),
                 ("Method ranks", tables.rank_table(runs, methods)),
                 ("Rank stability", tables.rank_stability_table(runs, methods))]
@@ -96,6 +98,8 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     jobs += [(f"Epoch curves, ratio {r}", plots.epoch_curves, (runs, history, r, styles))
              for r in tables.ratio_order(runs)]
     jobs.append(("JSV vs accuracy", plots.jsv_vs_accuracy, (runs, styles)))
+    chosen = {(s.ratio, s.method): s.lr_selected for s in selections}
+    jobs.append(("Accuracy vs training cost", plots.accuracy_vs_cost, (runs, styles, chosen)))
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))

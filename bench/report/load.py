@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.cost import STAGES, flat_columns
 from bench.errors import UserError
 from bench.manifest import MANIFEST, Manifest, difference, fixed_config, read_manifest
 from bench.store import DENSE_DIR, content_hash
@@ -35,6 +36,11 @@ KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 10
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
 HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status", "epoch", "epoch_lr", "train_loss",
                    "test_acc", "jsv_mean"]
+# What each run spent (bench.cost): per stage, then totals; shared stages counted in full, and amortised over the runs
+# of the report that share them (cost_flops_amortised, cost_steps_amortised).
+COST_COLUMNS = [f"cost_{q}_{stage}" for stage in STAGES for q in ("steps", "epochs", "flops", "seconds", "shared")] + [
+    "cost_steps_total", "cost_flops_total", "cost_steps_after_dense", "cost_steps_amortised", "cost_flops_amortised",
+    "budget_steps", "budget_match", "prune_id"]
 LATENCY_PREFIX = "latency_"
 NUMERIC_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*[0-9.]""")
 QUOTED_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*['"][0-9.]""")
@@ -120,12 +126,29 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     dense = config.get("dense") if isinstance(config, dict) else None
     row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
     row.update(_latency(metrics))
+    row.update(flat_columns(metrics.get("cost") or {}, metrics.get("timings") or {}))
+    row["prune_id"] = result.get("prune_id")
     retrain = (result.get("history") or {}).get("retrain") or []
     row["epochs_done"] = len(retrain)
     keys = {k: row[k] for k in ("suite", "run_id", "method", "ratio", "lr", "seed", "status")}
     history = [{**keys, "epoch": h.get("epoch"), "epoch_lr": h.get("lr"), "train_loss": h.get("train_loss"),
                 "test_acc": h.get("test_acc"), "jsv_mean": h.get("jsv_mean")} for h in retrain]
     return row, history
+
+
+def amortised(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's steps and FLOPs with its shared stages divided among the loaded runs that share them (the dense
+    model by its dense id, the phase and selection by the prune id): what the run cost on top of the others."""
+    runs = runs.copy()
+    for quantity in ("steps", "flops"):
+        total = pd.Series(0.0, index=runs.index)
+        for stage in STAGES:
+            value = pd.to_numeric(runs[f"cost_{quantity}_{stage}"], errors="coerce")
+            shared = runs[f"cost_shared_{stage}"]
+            sharers = runs.groupby(shared.fillna(runs.run_id)).run_id.transform("size") if len(runs) else shared
+            total = total + value / sharers.where(shared.notna(), 1).astype(float)
+        runs[f"cost_{quantity}_amortised"] = total
+    return runs
 
 
 def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None) -> dict[str, Any]:
@@ -171,7 +194,10 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
     for column in COLUMNS + EXTRA_COLUMNS:
         if column not in runs:
             runs[column] = None
-    runs = runs[COLUMNS + EXTRA_COLUMNS + latency]
+    for column in COST_COLUMNS:
+        if column not in runs:
+            runs[column] = None
+    runs = amortised(runs[COLUMNS + EXTRA_COLUMNS + COST_COLUMNS + latency])
     for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
         runs[column] = pd.to_numeric(runs[column])
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)

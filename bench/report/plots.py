@@ -20,7 +20,7 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from bench.report.stats import kendall_tau
 from bench.report.tables import Cell, cells, learning_rates, lr_label, per_seed, ratio_order
@@ -166,6 +166,16 @@ def _band(ax: Axes, x: list[float], found: list[Cell], colour: tuple[float, ...]
                         linewidth=0)
 
 
+def _accuracy_panels(fig: Figure, axes: np.ndarray, used: int, handles: list[Line2D]) -> tuple[bytes, bytes]:
+    """Finish a figure of accuracy panels: y label on the left column, unused panels hidden, legend; rendered."""
+    for ax in axes[:, 0]:
+        ax.set_ylabel("final test accuracy (%)")
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+    _legend(fig, handles)
+    return _render(fig)
+
+
 def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     """Final accuracy against retraining LR (log axis), one line per method with t-interval bands, a panel per ratio."""
     ok = runs[runs.status == "ok"]
@@ -194,12 +204,7 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
             _log(ax, "x")
             ax.set_title(f"ratio {ratio}")
             ax.set_xlabel("retraining LR")
-        for ax in axes[:, 0]:
-            ax.set_ylabel("final test accuracy (%)")
-        for ax in list(axes.flat)[len(ratios):]:
-            ax.set_visible(False)
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        png, pdf = _accuracy_panels(fig, axes, len(ratios), handles)
     return Plot("accuracy_vs_lr", "Accuracy against the retraining learning rate", (
         "One panel per pruning ratio: final test accuracy (mean over seeds, band: 95% t-interval) against the "
         "retraining LR. Crossing lines are the trainability bias: which method wins depends on the LR. The dashed "
@@ -334,3 +339,54 @@ def jsv_vs_accuracy(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
         "accuracy, one panel per retraining LR; the marker shows the ratio. Kendall's τ measures how well the "
         "JSV orders the final accuracies; with a small LR, poorly trainable (low-JSV) pruned networks should "
         "fall behind."), png, pdf)
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both axes (at most the cost and at least the accuracy, one strictly),
+    by increasing cost."""
+    ordered = points.sort_values(["cost", "acc"], ascending=[True, False])
+    front, best = [], -math.inf
+    for index, p in ordered.iterrows():
+        if p.acc > best:
+            front.append(index)
+            best = p.acc
+    return ordered.loc[front]
+
+
+def accuracy_vs_cost(runs: pd.DataFrame, styles: MethodStyles, selected: dict[tuple[str, str], float]
+                     ) -> Plot | None:
+    """Final accuracy against a run's training FLOPs, one point per method at each ratio (at its ``selected`` LR,
+    means over seeds), a panel per ratio with the Pareto front marked."""
+    ok = runs[(runs.status == "ok") & pd.to_numeric(runs.cost_flops_total, errors="coerce").gt(0)]
+    ok = ok[[selected.get((r, m)) == lr for r, m, lr in zip(ok.ratio, ok.method, ok.lr)]]
+    if ok.empty:
+        return None
+    points = ok.assign(cost=pd.to_numeric(ok.cost_flops_total), acc=ok.acc_final * 100).groupby(
+        ["ratio", "method"], sort=False)[["cost", "acc"]].mean().reset_index()
+    ratios = [r for r in ratio_order(ok) if r in set(points.ratio)]
+    methods = [m for m in styles.order if m in set(points.method)]
+    handles = styles.handles(methods) + [Line2D([], [], color="0.3", linestyle="--", marker="o", fillstyle="none",
+                                                markersize=9, label="Pareto front")]
+    with _style():
+        rows, columns = _grid_shape(len(ratios))
+        fig, axes = _figure(rows, columns, (3.0, 2.4), [h.get_label() for h in handles])
+        for ax, ratio in zip(axes.flat, ratios):
+            mine = points[points.ratio == ratio]
+            front = pareto_front(mine)
+            ax.step(front.cost, front.acc, where="post", color="0.3", linestyle="--", linewidth=1.0)
+            ax.scatter(front.cost, front.acc, s=110, facecolors="none", edgecolors="0.3", linewidths=1.0)
+            for p in mine.itertuples():
+                ax.scatter(p.cost, p.acc, color=styles.colours[p.method], marker=styles.markers[p.method], s=30,
+                           zorder=3)
+            _log(ax, "x")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks even within one decade
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e+", "e")))
+            ax.margins(x=0.15, y=0.15)
+            ax.set_title(f"ratio {ratio}")
+            ax.set_xlabel("training FLOPs per run")
+        png, pdf = _accuracy_panels(fig, axes, len(ratios), handles)
+    return Plot("accuracy_vs_cost", "Accuracy against training cost", (
+        "One point per method at each ratio: final test accuracy (mean over seeds, at the method's selected "
+        "retraining LR, as in the verdict) against the training FLOPs a run spent (the shared dense model counted in "
+        "full, the method's phase with its regulariser, scoring passes and retraining; log axis). Ringed and joined: "
+        "the Pareto front, the methods no other beats on both cost and accuracy at that ratio."), png, pdf)
