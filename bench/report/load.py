@@ -28,7 +28,7 @@ COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed
            "acc_val_final", "params_dense", "params_pruned", "flops_dense", "flops_pruned", "jsv_dense", "jsv_pruned",
            "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
-                 "error", "num_classes", "dense_id", "config_id"]
+                 "error", "num_classes", "dense_id", "config_id", "dense_checkpoint", "dense_epoch"]
 # Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
 KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
@@ -113,6 +113,9 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["config_id"] = content_hash(fixed_config(config)) if isinstance(config, dict) else None
     dense = config.get("dense") if isinstance(config, dict) else None
     row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
+    row["dense_checkpoint"] = dense_checkpoint(dense)
+    chosen = metrics.get("dense_checkpoint")
+    row["dense_epoch"] = _number(chosen.get("epoch")) if isinstance(chosen, dict) else None
     row.update(_latency(metrics))
     retrain = (result.get("history") or {}).get("retrain") or []
     row["epochs_done"] = len(retrain)
@@ -120,6 +123,18 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     history = [{**keys, "epoch": h.get("epoch"), "epoch_lr": h.get("lr"), "train_loss": h.get("train_loss"),
                 "test_acc": h.get("test_acc"), "jsv_mean": h.get("jsv_mean")} for h in retrain]
     return row, history
+
+
+def dense_checkpoint(dense: Any) -> str | None:
+    """Which dense checkpoint a run pruned, from its dense key: ``final``, ``best_on_test``, ``best_on_validation``
+    (``pretrain.best_on``) or ``loaded`` (``pretrain.checkpoint``); None when the key is missing."""
+    pretrain = dense.get("pretrain") if isinstance(dense, dict) else None
+    if not isinstance(pretrain, dict):
+        return None
+    if "checkpoint_sha256" in pretrain:
+        return "loaded"
+    best_on = pretrain.get("best_on", "final")
+    return "final" if best_on == "final" else f"best_on_{best_on}"
 
 
 def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None) -> dict[str, Any]:
