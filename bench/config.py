@@ -97,6 +97,11 @@ class Prune:
     scope: Literal["layerwise", "global"] = "layerwise"
     min_keep: int = field(1, low=1, doc="filters every layer keeps at least, under global ranking "
                          "and in the quantile cuts (rni, slimming cut: quantile); layerwise count cuts ignore it")
+    count_rule: Literal["ceil", "tpp_code"] = field(
+        "ceil", keyed_at_default=False,
+        doc="filters a layerwise cut removes from N at ratio r: ceil: ceil(r*N) of r*N rounded to 6 decimals, at most "
+            "N-1 (0.28 of 25 removes 7); tpp_code: min(ceil(r*N), int(0.995*N)) of the unrounded float product, as "
+            "TPP's released code counts (0.28 of 25 removes 8, because 0.28*25 = 7.000000000000001)")
 
     def validate(self) -> list[str]:
         problems = []
@@ -118,6 +123,11 @@ class Trainability:
     enabled: bool = True
     samples: int = field(100, low=1, doc="probe inputs drawn (seeded) from the training data")
     every: int = field(1, low=0, doc="compute every k retraining epochs (0: only before and after)")
+    mode: Literal["eval", "train_batch"] = field(
+        "eval", keyed_at_default=False,
+        doc="eval: each sample's Jacobian in eval mode (a property of the network); train_batch: as TPP's code "
+            "computes it, the probe as one batch in train mode, BatchNorm's batch statistics coupling the samples "
+            "(to set numbers beside the paper's; the model itself is left untouched)")
 
 
 @dataclass

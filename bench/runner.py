@@ -112,7 +112,7 @@ def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
     layers = plan.leaders
     ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
     return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep,
-                       groups=dict(plan.groups))
+                       count_rule=prune.count_rule, groups=dict(plan.groups))
 
 
 def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
@@ -352,8 +352,8 @@ def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
     return ws.data.probe(t.samples, derive_seed(run.seed, "probe")) if t.enabled else None
 
 
-def jsv(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
-    return {} if probe is None else jsv_stats(model, probe).as_dict()
+def jsv(model: nn.Module, probe: torch.Tensor | None, run: Run) -> dict[str, float]:
+    return {} if probe is None else jsv_stats(model, probe, mode=run.suite.trainability.mode).as_dict()
 
 
 def run_context(run: Run, ws: Workspace, dense_model: nn.Module) -> tuple[RunContext, GroupPlan]:
@@ -429,7 +429,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     if info.num_val:
         record["acc_val_dense"] = validation_metrics(model, ws)["val_acc"]
     ctx.flops["dense"] = record["flops_dense"]
-    record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
+    record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe, run).items()})
     total = group_sizes(plan)
 
     began = time.perf_counter()
@@ -469,7 +469,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
                    "channels": {n: [kept[n], total[n]] for n in layers},
                    "phase_history": phase_history,
                    "timings": {"dense_s": dense_s, "phase_s": phase_s, "prune_s": prune_s}})
-    record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
+    record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe, run).items()})
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
                                    "prune_id": run.prune_id, "dense_id": run.dense_id})
     faults.point("pruned:saved")
@@ -567,7 +567,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
         row = validation_metrics(net, ws)
         if probe is not None and every and not epoch % every:
-            row.update({f"jsv_{k}": v for k, v in jsv(net, probe).items()})
+            row.update({f"jsv_{k}": v for k, v in jsv(net, probe, run).items()})
         return row
 
     recipe = retrain_recipe(run)
@@ -610,7 +610,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
         if "jsv_mean" in last:  # the last epoch measured this very model
             final = {k.removeprefix("jsv_"): v for k, v in last.items() if k.startswith("jsv_")}
         else:
-            final = jsv(model, probe)
+            final = jsv(model, probe, run)
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=sum(record["timings"].values()) + retrain_s)
     metrics["timings"] = timings
