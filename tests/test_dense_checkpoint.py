@@ -97,3 +97,14 @@ def test_best_on_enters_the_dense_id_only_when_set(write_suite) -> None:
            for name, best_on in (("unset", None), ("final", "final"), ("test", "test"))}
     assert ids["unset"] == ids["final"]
     assert ids["test"][0][0] != ids["final"][0][0] and ids["test"][0][1] != ids["final"][0][1]
+
+
+def test_a_loaded_checkpoint_refuses_best_on_and_init(tmp_path: Path, capsys) -> None:
+    """pretrain.checkpoint loads a trained model: nothing is trained, so there is no epoch to pick or init to apply."""
+    weights = tmp_path / "dense.pt"
+    weights.write_bytes(b"not read: the suite is refused first")
+    for option in ({"best_on": "test"}, {"init": "fan_out"}):
+        (tmp_path / "suite.yaml").write_text(json.dumps(tiny_suite(pretrain={"checkpoint": str(weights), **option})))
+        assert main(["plan", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "results")]) == 2
+        err = capsys.readouterr().err
+        assert "'pretrain.checkpoint' loads a trained dense model" in err and "Traceback" not in err
