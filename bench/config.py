@@ -74,6 +74,16 @@ class Pretrain(Optim):
     epochs: int = field(30, low=0, doc="0 keeps the freshly initialised model (e.g. to count FLOPs)")
     lr: float = field(0.1, low=0, low_open=True)
     checkpoint: str | None = field(None, doc="a state_dict file (torch.save) to load instead of training")
+    best_on: Literal["final", "test", "validation"] = field(
+        "final", keyed_at_default=False,
+        doc="which dense checkpoint is pruned: final (the last epoch's), or the epoch with the best test accuracy "
+            "(test: what the TPP, GReg, RNI and OrthoReg code prune; selected on the test set, so optimistic) or "
+            "the best validation accuracy (validation: needs the dataset option validation: N > 0)")
+    init: Literal["model", "fan_out"] = field(
+        "model", keyed_at_default=False,
+        doc="the dense model's initialisation: the model's own, or fan_out (the RNI code's: every conv "
+            "N(0, sqrt(2/(k*k*out_channels))), every linear N(0, 0.01) with zero bias, plain BatchNorm scale 0.5 "
+            "and shift 0; a bounded BN's scale stays N(0, 1))")
 
 
 @dataclass
@@ -108,6 +118,11 @@ class Prune:
         "remove", keyed_at_default=False,
         doc="remove: pruned channels are removed physically; mask: they are zeroed and kept at zero through "
             "retraining (shapes unchanged; a layer feeding a residual sum is masked on its own, at its BatchNorm)")
+    count_rule: Literal["ceil", "tpp_code"] = field(
+        "ceil", keyed_at_default=False,
+        doc="filters a layerwise cut removes from N at ratio r: ceil: ceil(r*N) of r*N rounded to 6 decimals, at most "
+            "N-1 (0.28 of 25 removes 7); tpp_code: min(ceil(r*N), int(0.995*N)) of the unrounded float product, as "
+            "TPP's released code counts (0.28 of 25 removes 8, because 0.28*25 = 7.000000000000001)")
 
     def validate(self) -> list[str]:
         problems = []
@@ -129,6 +144,11 @@ class Trainability:
     enabled: bool = True
     samples: int = field(100, low=1, doc="probe inputs drawn (seeded) from the training data")
     every: int = field(1, low=0, doc="compute every k retraining epochs (0: only before and after)")
+    mode: Literal["eval", "train_batch"] = field(
+        "eval", keyed_at_default=False,
+        doc="eval: each sample's Jacobian in eval mode (a property of the network); train_batch: as TPP's code "
+            "computes it, the probe as one batch in train mode, BatchNorm's batch statistics coupling the samples "
+            "(to set numbers beside the paper's; the model itself is left untouched)")
 
 
 @dataclass
@@ -286,6 +306,7 @@ class Suite:
         problems = []
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"'seeds' repeats a seed: {self.seeds}.")
+        problems.extend(self.pretrain_problems())
         if problem := device_problem(self.device):
             problems.append(f"'device' {problem}")
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -295,6 +316,20 @@ class Suite:
         for i, entry in enumerate(self.methods):
             if isinstance(entry, dict) and len(entry) != 1:
                 problems.append(f"methods[{i}] must map one method name to its hyperparameters, got {entry!r}.")
+        return problems
+
+    def pretrain_problems(self) -> list[str]:
+        """The dense-model options that contradict the rest of the suite."""
+        problems = []
+        p = self.pretrain
+        if p.checkpoint and (p.best_on != "final" or p.init != "model"):
+            problems.append("'pretrain.checkpoint' loads a trained dense model, so 'pretrain.best_on' and "
+                            "'pretrain.init' (which shape dense training) must stay at their defaults; remove them.")
+        validation = self.dataset_options.get("validation", 0) if isinstance(self.dataset, dict) else 0
+        if p.best_on == "validation" and not (isinstance(validation, int) and validation > 0):
+            problems.append("'pretrain.best_on: validation' picks the dense checkpoint on a validation split, but the "
+                            "dataset has none; set the dataset option validation: N (N > 0 training images held "
+                            "out), e.g. dataset: {name: cifar10, validation: 5000}, or use best_on: final.")
         return problems
 
     @property

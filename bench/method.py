@@ -41,6 +41,7 @@ class PruneTarget:
     ratios: dict[str, float]         # the requested ratio of each layer (layerwise) or the global ratio
     scope: str                       # "layerwise" or "global"
     min_keep: int = 1                # floor per layer: global ranking and quantile cuts, not layerwise counts
+    count_rule: str = "ceil"         # how a layerwise cut counts the filters it removes (bench.pruning.num_pruned)
     # the coupled channel group each layer leads (bench.groups); a layer without an entry prunes its own channels
     groups: dict[str, Group] = field(default_factory=dict)
     floor_fraction: float = 0.0      # the floor is int(floor_fraction · n) + min_keep of a layer's n channels
@@ -251,7 +252,7 @@ def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) ->
     if target.scope == "layerwise":
         for name in target.layers:
             s = scores[name].detach().float().cpu()
-            n_drop = num_pruned(s.numel(), target.ratios[name])
+            n_drop = num_pruned(s.numel(), target.ratios[name], target.count_rule)
             order = torch.sort(s, stable=True).indices  # ascending: the first n_drop go
             keep[name] = torch.sort(order[n_drop:]).values
         return keep

@@ -125,10 +125,16 @@ def layer_ratios(layers: list[str], ratio: float | Mapping[str, float]) -> dict[
     }
 
 
-def num_pruned(n: int, ratio: float) -> int:
-    """Filters to remove out of ``n`` at ``ratio``: ceil(ratio*n), leaving at least one filter alive."""
+def num_pruned(n: int, ratio: float, rule: str = "ceil") -> int:
+    """Filters to remove out of ``n`` at ``ratio`` (``prune.count_rule``). ``ceil``: ceil of ratio*n rounded to 6
+    decimals (float noise such as 0.3*10 = 3.0000000000000004 does not count), at most n - 1. ``tpp_code``: TPP's
+    released code, min(ceil(ratio*n), int(0.995*n)) on the unrounded product."""
     if not 0.0 <= ratio <= 1.0:
         raise PruningError(f"pruning ratio must be in [0, 1], got {ratio}")
+    if rule == "tpp_code":
+        return min(math.ceil(ratio * n), int(0.995 * n))
+    if rule != "ceil":
+        raise PruningError(f"unknown count rule {rule!r}; known: ceil, tpp_code")
     return max(0, min(math.ceil(round(ratio * n, 6)), n - 1))
 
 

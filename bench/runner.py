@@ -32,6 +32,7 @@ from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.measure import count_flops, count_parameters, counting_flops, measure_latency
 from bench.method import Method, PruneTarget, RunContext, refuse_groups
 from bench.models import ModelEntry
+from bench.models.init import initialise_
 from bench.progress import Progress
 from bench.pruning import PruningError, layer_ratios, prunable_layers
 from bench.pruning import select_layers as named_layers
@@ -54,6 +55,7 @@ from bench.store import (
 )
 from bench.trackers import LiveLog
 from bench.train import (
+    BaseHooks,
     Diverged,
     Recipe,
     derive_seed,
@@ -91,9 +93,11 @@ def model_entry(run_or_name: Run | str) -> ModelEntry:
 
 
 def new_model(run: Run, info: Any, methods: list[Method]) -> nn.Module:
-    """The dense architecture with its seeded initialisation and the methods' dense variants applied."""
+    """The dense architecture with its seeded initialisation (``pretrain.init``) and the methods' dense variants
+    applied."""
     torch.manual_seed(derive_seed(run.seed, "init"))
     model = model_entry(run).build(num_classes=info.num_classes, in_channels=info.in_channels)
+    initialise_(model, run.suite.pretrain.init)
     for variant in (m.dense_variant() for m in methods):
         if variant is not None and variant.prepare is not None:
             model = variant.prepare(model)
@@ -122,7 +126,8 @@ def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
     layers = plan.leaders
     ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
     return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep,
-                       groups=dict(plan.groups), floor_fraction=prune.floor_fraction, floor_keeps=prune.floor_keeps)
+                       count_rule=prune.count_rule, groups=dict(plan.groups), floor_fraction=prune.floor_fraction,
+                       floor_keeps=prune.floor_keeps)
 
 
 def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
@@ -272,9 +277,33 @@ def usable_checkpoint(path: Path, restart: str) -> Path:
     return path
 
 
+class BestCheckpoint(BaseHooks):
+    """The weights of the dense epoch with the highest ``metric`` (``test_acc`` or ``val_acc``; the first on ties).
+
+    A hook without step work: its state rides in ``fit``'s checkpoint, so a resumed dense training still knows the
+    best epoch before the kill."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.epoch, self.score = metric, 0, -math.inf
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, model: nn.Module, epoch: int, row: dict[str, Any]) -> None:
+        if row[self.metric] > self.score:
+            self.epoch, self.score = epoch, row[self.metric]
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": self.score, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.score, self.weights = state["epoch"], state["score"], state["weights"]
+
+
 def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
     began = time.perf_counter()
     history: list[dict[str, Any]] = []
+    best_on = run.suite.pretrain.best_on
+    best = None
     if run.suite.pretrain.checkpoint:
         load_user_checkpoint(model, resolve_path(run.suite.pretrain.checkpoint, ws.suite_dir))
     else:
@@ -285,22 +314,42 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
         groups = [v.param_groups for v in variants if v.param_groups is not None]
         if groups:
             optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
+        if best_on != "final":
+            best = BestCheckpoint("val_acc" if best_on == "validation" else "test_acc")
+            hooks.append(best)
         bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
+
+        def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
+            if bar:
+                bar(epoch, total, row)
+            if best is not None:
+                best.offer(model, epoch, row)
+
+        def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
+            return validation_metrics(net, ws) if best_on == "validation" else {}
+
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
                       checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"),
-                      optimizer=optimizer, progress=bar)
+                      optimizer=optimizer, progress=progress, on_epoch_end=on_epoch_end)
         if bar:
             bar.close()
+    # Which epoch's weights are pruned: the last one, or the best one by pretrain.best_on.
+    chosen = {"best_on": best_on if best is not None and best.weights is not None else "final",
+              "epoch": len(history), "epochs": len(history)}
+    if chosen["best_on"] != "final":
+        model.load_state_dict(best.weights)
+        chosen["epoch"] = best.epoch
     model.to(ws.device)
-    # The last epoch already evaluated this very model; evaluate only when nothing was trained here.
-    acc = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
+    # The chosen epoch already evaluated this very model; evaluate only when nothing was trained here.
+    acc = history[chosen["epoch"] - 1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
     save_checkpoint(dense.model, {"model": model.state_dict()})
     # The images it trained on: the training set less any validation split (none when loaded from a checkpoint).
     trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
-    write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "history": history,
-                            "num_train": trained_on, "seconds": time.perf_counter() - began})
+    write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "checkpoint": chosen,
+                            "history": history, "num_train": trained_on, "seconds": time.perf_counter() - began})
     remove_checkpoint(dense.checkpoint)
-    log.info("dense model %s: test accuracy %.4f", run.dense_id, acc)
+    log.info("dense model %s: test accuracy %.4f (%s checkpoint, epoch %d of %d)", run.dense_id, acc,
+             chosen["best_on"], chosen["epoch"], chosen["epochs"])
 
 
 # ----------------------------------------------------------------------------------------- one run
@@ -329,8 +378,8 @@ def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
     return ws.data.probe(t.samples, derive_seed(run.seed, "probe")) if t.enabled else None
 
 
-def jsv(model: nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
-    return {} if probe is None else jsv_stats(model, probe).as_dict()
+def jsv(model: nn.Module, probe: torch.Tensor | None, run: Run) -> dict[str, float]:
+    return {} if probe is None else jsv_stats(model, probe, mode=run.suite.trainability.mode).as_dict()
 
 
 def run_context(run: Run, ws: Workspace, dense_model: nn.Module, methods: Sequence[Method]
@@ -406,11 +455,12 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     run_recipe, ctx.retrain = ctx.retrain, dataclasses.replace(ctx.retrain, lr=math.nan)
     layers = ctx.target.layers
     record: dict[str, Any] = {"acc_dense": dense_meta["acc"], "num_train": info.num_train,
+                              "dense_checkpoint": dense_meta.get("checkpoint"),
                               **measure(model, info, "dense", run), "dense_sha256": dense_meta["sha256"]}
     if info.num_val:
         record["acc_val_dense"] = validation_metrics(model, ws)["val_acc"]
     ctx.flops["dense"] = record["flops_dense"]
-    record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe).items()})
+    record.update({f"jsv_dense_{k}": v for k, v in jsv(model, probe, run).items()})
     total = group_sizes(plan)
 
     retrain_batch = run.suite.retrain.batch_size
@@ -479,7 +529,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
                    "cost": {"dense": dense_cost,
                             "phase": stage_cost(phase_fits, info.num_train, run.prune_id, retrain_batch),
                             "select": scoring_cost(scoring_flops(), run.prune_id)}})
-    record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe).items()})
+    record.update({f"jsv_pruned_{k}": v for k, v in jsv(model, probe, run).items()})
     save_checkpoint(shared.model, {"keep": keep, "model": model.state_dict(), "record": record,
                                    "prune_id": run.prune_id, "dense_id": run.dense_id})
     faults.point("pruned:saved")
@@ -577,7 +627,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
         row = validation_metrics(net, ws)
         if probe is not None and every and not epoch % every:
-            row.update({f"jsv_{k}": v for k, v in jsv(net, probe).items()})
+            row.update({f"jsv_{k}": v for k, v in jsv(net, probe, run).items()})
         return row
 
     recipe = retrain_recipe(run)
@@ -632,7 +682,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
         if "jsv_mean" in last:  # the last epoch measured this very model
             final = {k.removeprefix("jsv_"): v for k, v in last.items() if k.startswith("jsv_")}
         else:
-            final = jsv(model, probe)
+            final = jsv(model, probe, run)
         metrics.update({f"jsv_final_{k}": v for k, v in final.items()})
     spent = sum(record["timings"][k] for k in ("dense_s", "phase_s", "prune_s")) + retrain_s  # this run's own time
     timings = dict(record["timings"], retrain_s=retrain_s, wall_s=spent)

@@ -16,6 +16,7 @@ input columns of the float64 reduction are chunked so that 1000-class ImageNet m
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ from torch.func import functional_call, vjp, vmap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_BYTES", "ChunkPlan", "JSVStats", "jacobian_singular_values", "jsv_stats", "plan_chunks"]
+__all__ = ["DEFAULT_MAX_BYTES", "ChunkPlan", "JSVStats", "batch_jacobian_singular_values", "jacobian_singular_values",
+           "jsv_stats", "plan_chunks"]
 
 
 @dataclass(frozen=True)
@@ -266,11 +268,42 @@ def jacobian_singular_values(
     return torch.cat(values)
 
 
+def batch_jacobian_singular_values(model: nn.Module, inputs: Tensor) -> Tensor:
+    """Singular values ``(N, num_classes)`` as TPP's code computes them (``get_jacobian_singular_values``): the probe
+    ``inputs`` as one batch through the model in train mode, where BatchNorm normalises with the batch's statistics.
+
+    Row ``i`` of sample ``a``'s matrix is the gradient of ``Σ_b logits[b, i]`` with respect to ``x_a`` (the code's
+    backward of a column of ones), so the other samples' logits enter through the batch statistics. Runs on a copy
+    of the model (running statistics and the model's mode untouched), seeded (dropout), with TF32 off; no memory
+    budget: the whole batch's graph is held, which suits CIFAR- and MNIST-sized probes.
+    """
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs must hold at least one probe sample")
+    net = copy.deepcopy(model).train()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = inputs.to(_model_device(model)).clone().requires_grad_(True)
+    with torch.random.fork_rng(devices=[]), full_float32():
+        torch.manual_seed(0)
+        out = net(x)
+        num_classes = out.shape[1]
+        rows = [torch.autograd.grad(out[:, i].sum(), x, retain_graph=i < num_classes - 1)[0].flatten(1)
+                for i in range(num_classes)]
+    return torch.linalg.svdvals(torch.stack(rows, dim=1).double())
+
+
 def jsv_stats(
-    model: nn.Module, inputs: Tensor, chunk_size: int | None = 50, max_bytes: int = DEFAULT_MAX_BYTES
+    model: nn.Module, inputs: Tensor, chunk_size: int | None = 50, max_bytes: int = DEFAULT_MAX_BYTES,
+    mode: str = "eval",
 ) -> JSVStats:
-    """:class:`JSVStats` of :func:`jacobian_singular_values` on the probe ``inputs``."""
-    sv = jacobian_singular_values(model, inputs, chunk_size, max_bytes)
+    """:class:`JSVStats` of :func:`jacobian_singular_values` on the probe ``inputs`` (``mode`` "train_batch":
+    of :func:`batch_jacobian_singular_values`, TPP's code's way)."""
+    if mode == "train_batch":
+        sv = batch_jacobian_singular_values(model, inputs)
+    elif mode == "eval":
+        sv = jacobian_singular_values(model, inputs, chunk_size, max_bytes)
+    else:
+        raise ValueError(f"unknown JSV mode {mode!r}; known: eval, train_batch")
     stats = JSVStats(
         mean=sv.mean().item(),
         std=sv.std(correction=0).item(),

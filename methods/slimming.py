@@ -7,7 +7,9 @@ removed under one global threshold, and the network is retrained.
 Deviations: the code removes the channels with |γ| <= the value at sorted index int(p·N), i.e. int(p·N) + 1 channels
 for distinct scales; here exactly ceil(p·N) go (the harness's count for every global method), and every layer keeps at
 least ``prune.min_keep`` (the code has no floor and can empty a layer). γ starts at the models' 1, not the code's 0.5,
-and conv and linear weights are the harness models' initialisation (Kaiming fan-in; PyTorch's default for linear).
+and conv and linear weights are the harness models' initialisation (Kaiming fan-in; PyTorch's default for linear),
+unless the suite sets ``pretrain.init: fan_out`` (γ 0.5, convs Kaiming fan-out, linear N(0, 0.01): the RNI code's
+init, which its L1-slim and UCS baselines use; the RNI suites set it).
 ``cut: quantile`` gives the RNI code's version of this baseline ("L1-slim", and with ``lam: 0, scope: layerwise``
 its "UCS"): keep |γ| strictly above the p-quantile (global or per layer), at least ``prune.min_keep`` per layer.
 ``lam: 0, divide_by: fan_in`` is the OrthoReg code's BN-scale baseline on VGG-13: |γ| divided by the conv's C_in·k·k.

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import bench.models  # noqa: F401 - registers the models
+from bench.method import PruneTarget, keep_from_scores
 from bench.pruning import (
     PruningError,
     channel_counts,
@@ -112,6 +113,20 @@ def test_num_pruned() -> None:
     assert num_pruned(10, 0.3) == 3  # 0.3*10 = 3.0000000000000004 must not round up to 4
     with pytest.raises(PruningError):
         num_pruned(16, 1.5)
+
+
+def test_the_tpp_code_count_rule_differs_where_the_float_product_overshoots() -> None:
+    """prune.count_rule: tpp_code counts as TPP's released code, min(ceil(r*N), int(0.995*N)) on the unrounded
+    product: 0.28*25 = 7.000000000000001 removes 8 there and 7 here, 0.56*50 removes 29 and 28."""
+    assert (num_pruned(25, 0.28, "tpp_code"), num_pruned(25, 0.28)) == (8, 7)
+    assert (num_pruned(50, 0.56, "tpp_code"), num_pruned(50, 0.56)) == (29, 28)
+    assert (num_pruned(16, 0.5, "tpp_code"), num_pruned(10, 0.5, "tpp_code")) == (8, 5)  # exact products agree
+    assert num_pruned(1, 0.5, "tpp_code") == 0 and num_pruned(16, 0.99, "tpp_code") == 15  # int(0.995*N) caps
+    assert (num_pruned(400, 0.999, "tpp_code"), num_pruned(400, 0.999)) == (398, 399)  # wide layers keep 0.5%
+    scores = {"a": torch.arange(25.0)}
+    kept = {rule: keep_from_scores(scores, PruneTarget(["a"], {"a": 0.28}, "layerwise", count_rule=rule))["a"]
+            for rule in ("ceil", "tpp_code")}
+    assert kept["ceil"].tolist() == list(range(7, 25)) and kept["tpp_code"].tolist() == list(range(8, 25))
 
 
 def test_layer_ratios() -> None:

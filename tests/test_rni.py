@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 import bench.models  # noqa: F401 - registers the models
 from bench import ConfigError, PruneTarget, Recipe, RunContext, keep_above_quantile
 from bench.cli import main
+from bench.config import load_suite
+from bench.grid import expand
 from bench.method import quantile
 from bench.pruning import (
     PruningError,
@@ -25,6 +28,7 @@ from bench.pruning import (
     zero_pruned_,
 )
 from bench.registry import MODELS
+from bench.runner import new_model
 from bench.store import load_checkpoint
 from methods.rni import (
     RNI,
@@ -257,3 +261,29 @@ def test_retraining_uses_the_bn_groups_of_the_released_code_unless_switched_off(
         assert [g["weight_decay"] for g in groups] == [5e-4, 0.0] and len(groups[1]["params"]) == 1 + 2 * 9
     else:
         assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(0.002)
+
+
+def test_pretrain_init_fan_out_is_the_rni_codes_init_model(write_suite) -> None:
+    """pretrain.init: fan_out (the RNI suites): convs N(0, √(2/(k²·C_out))), linears N(0, 0.01) with zero bias, plain
+    BN γ 0.5 and β 0; RNI's bounded BN, built afterwards by its dense variant, keeps its N(0, 1) scales."""
+    info = SimpleNamespace(num_classes=10, in_channels=3)
+    models = {}
+    for method in ("l1", "rni"):
+        suite = tiny_suite(model="vgg16", methods=[method], pretrain={"epochs": 0, "init": "fan_out"})
+        run = expand(load_suite(write_suite(suite, name=f"{method}.yaml")))[0]
+        models[method] = new_model(run, info, run.method.build())
+    plain = models["l1"]
+    convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    for conv in (convs[0], convs[-1]):  # 64 and 512 filters: the std follows the fan-out, not the fan-in
+        expected = math.sqrt(2.0 / (9 * conv.out_channels))
+        assert conv.weight.std().item() == pytest.approx(expected, rel=0.1)
+    (linear,) = [m for m in plain.modules() if isinstance(m, nn.Linear)]
+    assert linear.weight.std().item() == pytest.approx(0.01, rel=0.1) and not linear.bias.any()
+    bns = [m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bool((bn.weight == 0.5).all()) and not bn.bias.any() for bn in bns)
+    bounded = [m for m in models["rni"].modules() if isinstance(m, SigmoidBatchNorm2d)]
+    scales = torch.cat([bn.weight.detach() for bn in bounded])
+    assert len(bounded) == len(bns) and scales.std().item() == pytest.approx(1.0, rel=0.1)
+    default = new_model(expand(load_suite(write_suite(tiny_suite(model="vgg16", pretrain={"epochs": 0}))))[0], info, [])
+    first = next(m for m in default.modules() if isinstance(m, nn.Conv2d))
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2.0 / 27), rel=0.2)  # the model's own: fan-in

@@ -1,6 +1,8 @@
 """Tests for bench.trainability: vectorised JSV against a slow autograd reference, and known spectra."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -10,6 +12,7 @@ from bench.trainability import (
     DEFAULT_MAX_BYTES,
     ChunkPlan,
     JSVStats,
+    batch_jacobian_singular_values,
     jacobian_singular_values,
     jsv_stats,
     plan_chunks,
@@ -66,6 +69,34 @@ def test_vectorised_jsv_matches_autograd_reference() -> None:
     assert fast.shape == (inputs.shape[0], NUM_CLASSES)
     assert fast.dtype == torch.float64
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0.0)
+
+
+def test_train_batch_jsv_matches_the_summed_full_batch_jacobian() -> None:
+    """trainability.mode: train_batch, TPP's code's JSV: row i of sample a is d(Σ_b logits[b, i]) / d x_a in train
+    mode; built here from the full (batch × classes × batch × input) Jacobian of autograd.functional, summed over b."""
+    model, inputs = _conv_bn_net(), _probe(5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    fast = batch_jacobian_singular_values(model, inputs)
+    reference = copy.deepcopy(model).train()
+    full = torch.autograd.functional.jacobian(reference, inputs)  # (B, K, B, C, H, W)
+    summed = full.sum(dim=0).transpose(0, 1).flatten(2)  # (B, K, C*H*W): Σ_b over the logits' batch index
+    torch.testing.assert_close(fast, torch.linalg.svdvals(summed), rtol=1e-8, atol=0.0)
+    # BatchNorm's batch statistics couple the samples: not the per-sample eval-mode values, and not the same alone.
+    assert not torch.allclose(fast, jacobian_singular_values(model, inputs), rtol=1e-2)
+    assert not torch.allclose(fast[2], batch_jacobian_singular_values(model, inputs[2:4])[0], rtol=1e-3)
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_train_batch_jsv_equals_eval_mode_without_batchnorm() -> None:
+    """Without BatchNorm (or dropout) nothing couples the samples: both modes give the same values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 20), nn.ReLU(), nn.Linear(20, NUM_CLASSES)).double()
+    inputs = _probe()
+    torch.testing.assert_close(batch_jacobian_singular_values(model, inputs), jacobian_singular_values(model, inputs),
+                               rtol=1e-10, atol=1e-12)
+    stats = {mode: jsv_stats(model, inputs, mode=mode) for mode in ("eval", "train_batch")}
+    assert stats["eval"].mean == pytest.approx(stats["train_batch"].mean, rel=1e-10)
 
 
 def test_eval_mode_jsv_is_per_sample() -> None:

@@ -118,6 +118,13 @@ def _facts(data: Results, query: str | None, reference: pd.DataFrame | None) -> 
              f"retraining LRs: {', '.join(f'{lr:g}' for lr in tables.learning_rates(runs))}; "
              f"seeds: {', '.join(str(s) for s in sorted(runs.seed.dropna().unique()))}.",
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} by bench.py report."]
+    selected = sorted(set(runs.dense_checkpoint.dropna()) - {"final", "loaded"})
+    for kind in selected:  # one per report: pretrain.best_on enters the dense ids, so configurations never mix
+        on = kind.removeprefix("best_on_")
+        bias = "; selected on the test set, so optimistic" if on == "test" else ""
+        facts.append(f"Dense checkpoint: the epoch of dense training with the best {on} accuracy (pretrain.best_on: "
+                     f"{on}{bias}), not the final one: a configuration of its own, never pooled with final-checkpoint "
+                     "runs.")
     if data.basis:
         facts.append(f"Runs: {data.basis}."
                      + (f" {len(data.left_out)} other result files in the folder are listed apart (Runs left out of "

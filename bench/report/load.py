@@ -30,7 +30,7 @@ COLUMNS = ["suite", "run_id", "method", "model", "dataset", "ratio", "lr", "seed
            "jsv_final", "wall_s"]
 EXTRA_COLUMNS = ["ratio_value", "jsv_pruned_condition", "jsv_final_condition", "epochs_done", "started", "finished",
                  "error", "num_classes", "dense_id", "config_id", "method_config_id", "params_masked",
-                 "flops_masked"]
+                 "flops_masked", "dense_checkpoint", "dense_epoch"]
 # Classes of the shipped datasets, for results written before result.json recorded num_classes (the chance level).
 KNOWN_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LEFT_OUT_COLUMNS = ["run_id", "method", "ratio", "lr", "seed", "status", "config_id", "reason"]
@@ -125,6 +125,9 @@ def flatten_result(result: dict[str, Any], suite: str) -> tuple[dict[str, Any], 
     row["method_config_id"] = content_hash(method) if method is not None else None  # its name and hyperparameters
     dense = config.get("dense") if isinstance(config, dict) else None
     row["dense_id"] = content_hash(dense) if isinstance(dense, dict) else None  # as bench.grid.Run.dense_id
+    row["dense_checkpoint"] = dense_checkpoint(dense)
+    chosen = metrics.get("dense_checkpoint")
+    row["dense_epoch"] = _number(chosen.get("epoch")) if isinstance(chosen, dict) else None
     row.update(_latency(metrics))
     row.update(flat_columns(metrics.get("cost") or {}, metrics.get("timings") or {}))
     row["prune_id"] = result.get("prune_id")
@@ -149,6 +152,18 @@ def amortised(runs: pd.DataFrame) -> pd.DataFrame:
             total = total + value / sharers.where(shared.notna(), 1).astype(float)
         runs[f"cost_{quantity}_amortised"] = total
     return runs
+
+
+def dense_checkpoint(dense: Any) -> str | None:
+    """Which dense checkpoint a run pruned, from its dense key: ``final``, ``best_on_test``, ``best_on_validation``
+    (``pretrain.best_on``) or ``loaded`` (``pretrain.checkpoint``); None when the key is missing."""
+    pretrain = dense.get("pretrain") if isinstance(dense, dict) else None
+    if not isinstance(pretrain, dict):
+        return None
+    if "checkpoint_sha256" in pretrain:
+        return "loaded"
+    best_on = pretrain.get("best_on", "final")
+    return "final" if best_on == "final" else f"best_on_{best_on}"
 
 
 def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None) -> dict[str, Any]:
