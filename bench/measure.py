@@ -92,7 +92,8 @@ def measure_latency(
 
     Eval mode, ``torch.inference_mode``, on the model's device: ``warmup`` untimed passes, then
     ``blocked_autorange`` (blocks of enough passes that timer overhead and device synchronisation do not
-    matter, until ``min_time_s`` is spent), then more blocks until there are at least ``repeats``. ``threads``
+    matter, until ``min_time_s`` is spent); with fewer than ``repeats`` blocks, ``repeats`` smaller blocks of the
+    same total length instead. ``threads``
     (default: this process's ``torch.get_num_threads()``, the run's) is the Timer's ``num_threads``, whose own
     default of 1 would time a different program from the one the run trains with.
 
@@ -108,11 +109,15 @@ def measure_latency(
         for _ in range(warmup):
             model(x)
         timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
-        found = timer.blocked_autorange(min_run_time=min_time_s)
-        raw = list(found.raw_times)
-        while len(raw) < repeats:
-            raw += timer.timeit(found.number_per_run).raw_times
-        measured = Measurement(found.number_per_run, raw, found.task_spec)
+        measured = timer.blocked_autorange(min_run_time=min_time_s)
+        if len(measured.raw_times) < repeats:
+            # Too few blocks for a median and IQR: time `repeats` smaller blocks that together take about as long as
+            # autorange's (its block size grows tenfold at a time and on a busy machine reaches seconds; topping up
+            # with such blocks took 13 s per model on the quickstart's MLP).
+            number = max(1, measured.number_per_run * len(measured.raw_times) // repeats)
+            raw = [timer.timeit(number).raw_times[0] for _ in range(repeats)]
+            measured = Measurement(number, raw, measured.task_spec)
+        raw = measured.raw_times
     result: dict[str, float | str] = {
         "median_ms": measured.median * 1e3,
         "iqr_ms": measured.iqr * 1e3,
