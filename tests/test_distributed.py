@@ -171,6 +171,7 @@ def test_a_data_parallel_run_waits_for_a_dense_model_another_process_holds(write
     assert DenseDir(results, lock.parent.name).model.stat().st_mtime >= released  # trained after the lock was free
 
 
+@pytest.mark.slow  # 35 s; a killed one-process run's resume is tested by default in test_faults.py
 def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_result(write_suite, tmp_path: Path) -> None:
     suite = str(write_suite(tiny_suite(methods=["l1"], retrain={"epochs": 3, "batch_size": 64, "lr": [0.05]})))
     whole = bench("run", suite, "--results", str(tmp_path / "whole"), "--nproc", "2", "--quiet")

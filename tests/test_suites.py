@@ -57,6 +57,7 @@ def runs_csv(results: Path, suite: str) -> pd.DataFrame:
     return pd.read_csv(results / suite / "report" / "runs.csv")
 
 
+@pytest.mark.slow  # 114 s: every method's shipped smoke suite; selftest --quick covers the phase methods by default
 def test_methods_cpu_suite_runs_every_method_end_to_end(tmp_path: Path) -> None:
     assert main(["run", str(PROJECT / "suites" / "methods_cpu.yaml"), "--results", str(tmp_path), "--quiet"]) == 0
     runs = runs_csv(tmp_path, "methods_cpu")
