@@ -2,9 +2,9 @@
 
 Each test reads a shipped suite as the harness resolves it and checks the numbers a paper comparison rests on:
 epochs, learning rates, milestones, batch sizes, weight decay, ratios, layers, seeds and method constants, each with
-where it comes from (``/work/shared/reference``-style notes: tpp.md for TPP's paper and code, methods.md B for RNI's
-code, C.4 for GReg), and the suite's run ids, so an edit that changes a paper protocol fails here. OrthoReg's suites
-are pinned in their own tests.
+where it comes from (the shared reference notes beside the project, ``shared/reference/``: tpp.md for TPP's paper
+and code, methods.md B for RNI's code, C.4 for GReg), and the suite's run ids, so an edit that changes a paper
+protocol fails here. OrthoReg's suites are pinned in their own tests.
 """
 from __future__ import annotations
 
