@@ -97,9 +97,16 @@ def flat_columns(cost: dict[str, Any], timings: dict[str, Any]) -> dict[str, flo
     return row
 
 
+def recipe_budget_steps(recipe: Recipe, retrain_batch: int, steps_per_epoch: Callable[[int], int]) -> float:
+    """A recipe's SGD steps (its step limit, or its epochs of batches) at the retraining batch size."""
+    steps = recipe.max_steps if recipe.max_steps is not None else recipe.epochs * steps_per_epoch(recipe.batch_size)
+    return steps * recipe.batch_size / retrain_batch
+
+
 def resolve_budget(suite: Suite, specs: list[Any], steps_per_epoch: Callable[[int], int]) -> int | None:
-    """The suite's budget in steps: ``steps`` as given, or ``match``'s spend after the shared dense model (its
-    phases at the retraining batch size and the suite's retraining), so a run's id holds only the number."""
+    """The suite's budget in steps: ``steps`` as given, or ``match``'s spend after the shared dense model (its own
+    dense training beyond the shared recipe's, its phases at the retraining batch size and the suite's retraining),
+    so a run's id holds only the number."""
     budget = suite.budget
     if budget is None or budget.steps is not None:
         return None if budget is None else budget.steps
@@ -110,7 +117,16 @@ def resolve_budget(suite: Suite, specs: list[Any], steps_per_epoch: Callable[[in
     dense = section_recipe(suite.pretrain, suite.pretrain.lr, suite.performance)
     retrain = section_recipe(suite.retrain, suite.retrain.lr[0], suite.performance)
     spent = retrain.epochs * steps_per_epoch(retrain.batch_size)
-    for method in spec.build():
+    methods = spec.build()
+    own = dense
+    for variant in (m.dense_variant() for m in methods):
+        if variant is not None and variant.recipe is not None:
+            own = variant.recipe(own)
+    if any(m.dense_variant() is not None for m in methods) and not suite.pretrain.checkpoint:
+        # as the runner counts it (``own_beyond_shared``): negative when the method's dense training is shorter
+        spent += (recipe_budget_steps(own, retrain.batch_size, steps_per_epoch)
+                  - recipe_budget_steps(dense, retrain.batch_size, steps_per_epoch))
+    for method in methods:
         if type(method).retrain_recipe is not Method.retrain_recipe:
             raise ConfigError(f"budget.match: '{spec.label}' changes its own retraining recipe, so its spend is not "
                               "known before it runs; give budget.steps instead.")

@@ -15,11 +15,14 @@ from bench.cost import budgeted
 from bench.errors import ConfigError, UserError
 from bench.grid import expand
 from bench.measure import training_step_flops
+from bench.plugins import load_builtin
 from bench.report.costs import cost_text
 from bench.report.plots import pareto_front
 from bench.store import content_hash
 from bench.train import Recipe
 from tests.conftest import tiny_suite
+
+load_builtin()  # expand() needs the registries; the file must pass alone, not only after main() has run
 
 # t_s = ceil(ceiling / delta) * update_interval = 2, K_s = 21: the phase has t_s + K_s + 1 = 24 steps (README formula)
 TPP = {"tpp": {"delta": 0.5, "update_interval": 1, "stabilize": 21, "zero_out_interval": 1}}
@@ -181,3 +184,39 @@ def test_a_matched_method_that_miscounts_its_phase_fails_naming_phase_steps(tmp_
     result = json.loads(path.read_text())
     assert result["status"] == "failed" and "phase_steps is wrong" in result["error"]
     assert f"to spend {TPP_STEPS - 1 + 2 * STEPS_PER_EPOCH} steps" in result["error"]
+
+
+LONGER_DENSE = '''
+import dataclasses
+
+from methods.l1 import L1
+from bench import DenseVariant, register_method
+
+
+@register_method("l1_longer_dense")
+class LongerDense(L1):
+    """L1 on its own dense model, trained one epoch longer than the shared one (as a method that changes dense
+    training might): the extra epoch counts in its budget."""
+
+    def dense_variant(self):
+        return DenseVariant(key={"extra_epochs": 1},
+                            recipe=lambda recipe: dataclasses.replace(recipe, epochs=recipe.epochs + 1))
+'''
+
+
+def test_a_matched_budget_counts_the_methods_own_dense_training_beyond_the_shared_one(tmp_path: Path) -> None:
+    plugin = tmp_path / "longer.py"
+    plugin.write_text(LONGER_DENSE)
+    suite = tiny_suite(methods=["l1", "l1_longer_dense"], retrain=RETRAIN, budget={"match": "l1_longer_dense"})
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r"), "--plugin", str(plugin),
+                 "--quiet"]) == 0
+    found = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny" / "runs").glob("*/result.json")]
+    results = {r["method"]: r["metrics"]["cost"] for r in found}
+    budget = STEPS_PER_EPOCH + 2 * STEPS_PER_EPOCH  # its dense model's third epoch and its two retraining epochs
+    longer, l1 = results["l1_longer_dense"], results["l1"]
+    assert longer["dense"]["own"] and longer["dense"]["steps"] == 3 * STEPS_PER_EPOCH
+    assert longer["dense"]["own_beyond_shared"] == STEPS_PER_EPOCH
+    assert longer["retrain"]["steps"] == 2 * STEPS_PER_EPOCH  # matched to itself: nothing added or cut
+    assert l1["retrain"]["steps"] == budget and not l1["dense"]["own"]  # the other retrains its extra epoch
+    assert longer["budget"]["steps"] == l1["budget"]["steps"] == budget
