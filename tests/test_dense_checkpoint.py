@@ -4,6 +4,9 @@ pooled with final-checkpoint runs."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +16,7 @@ from bench.cli import main
 from bench.config import load_suite
 from bench.grid import expand
 from bench.plugins import load_builtin
-from tests.conftest import tiny_suite
+from tests.conftest import PROJECT, tiny_suite
 
 load_builtin()
 
@@ -72,6 +75,28 @@ def test_the_report_labels_the_choice_and_keeps_final_runs_apart(both: Path) -> 
     assert "Dense checkpoint: the epoch of dense training with the best test accuracy" in summary
     # The final-checkpoint run left in the folder is listed apart, named by the difference.
     assert "another configuration: pretrain.best_on — (suite: test)" in summary
+
+
+def test_dense_training_killed_after_its_best_epoch_resumes_knowing_it(both: Path, tmp_path: Path) -> None:
+    """Killed at the end of epoch 5, after the best test epoch (4): the rerun resumes from the checkpoint, whose hook
+    state holds the best epoch's weights, and prunes those, as the uninterrupted run did."""
+    (tmp_path / "suite.yaml").write_text(json.dumps(suite("test")))
+    command = [sys.executable, str(PROJECT / "bench.py"), "run", str(tmp_path / "suite.yaml"), "--results",
+               str(tmp_path / "results"), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed = subprocess.run(command, env=dict(env, BENCH_FAULT="dense:epoch:5"), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    assert not list((tmp_path / "results/_dense").glob("*/dense.json"))  # dense training was cut short
+    assert subprocess.run(command, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    (resumed,) = dense_records(tmp_path).values()
+    expected = dense_records(both)["test"]
+    assert resumed["checkpoint"] == expected["checkpoint"] and resumed["checkpoint"]["epoch"] < 5
+    assert resumed["acc"] == expected["acc"]
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in resumed["history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in expected["history"]]
+    (result,) = (json.loads(p.read_text()) for p in (tmp_path / "results/tiny/runs").glob("*/result.json"))
+    assert result["metrics"]["acc_pruned"] == expected["acc"]  # ratio 0: the restored best epoch itself
 
 
 def test_best_on_validation_picks_on_the_split(tmp_path: Path) -> None:
