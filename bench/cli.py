@@ -304,7 +304,9 @@ def command_plan(args: argparse.Namespace) -> int:
     print(f"suite '{suite.name}': {suite.model} on {suite.dataset_name}, {len(runs)} runs")
     if runs and "budget" in runs[0].key:
         whom = f" (matched to {suite.budget.match})" if suite.budget and suite.budget.match else ""
-        print(f"budget: {runs[0].key['budget']['steps']:,} SGD steps after the dense model{whom}")
+        how = ("schedule stretched in proportion" if suite.budget and suite.budget.rule == "stretch"
+               else "extra epochs at the schedule's last stage")
+        print(f"budget: {runs[0].key['budget']['steps']:,} SGD steps after the dense model{whom}; {how}")
     print(f"{'run id':12}  {'method':{width}}  {'ratio':>8}  {'lr':>8}  {'seed':>4}  status")
     for run_id, d, status in rows:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")

@@ -268,6 +268,11 @@ class Budget:
     steps: int | None = field(None, low=1, doc="the budget in SGD steps at the retraining batch size")
     match: str | None = field(None, doc="a method label of the suite whose own spend (phase and retraining) is the "
                               "budget; resolved to steps before run ids are made")
+    rule: Literal["last_stage", "stretch"] = field(
+        "last_stage", keyed_at_default=False,
+        doc="how a retraining is brought to the budget: last_stage (extra epochs at the schedule's last LR, or the run "
+            "cut short at the budget) or stretch (the schedule's milestones scaled by budget / own steps, so every "
+            "LR stage grows or shrinks in proportion; a cosine schedule is stretched under both rules)")
 
     def validate(self) -> list[str]:
         if (self.steps is None) == (self.match is None):

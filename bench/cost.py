@@ -8,9 +8,12 @@ runs (counted in every run that uses it; the report also amortises it). Its seco
 ``timings``, apart, since they differ between executions.
 
 A budget counts SGD steps at the retraining batch size after the shared dense model: a stage's steps count
-``batch_size / retrain batch size`` each. A method that spends less than the budget retrains longer: extra epochs
-at the schedule's last stage (a step schedule keeps its milestones; a cosine one is stretched over the longer run),
-stopped by a step limit exactly at the budget; one that spends more retrains less, stopped at the budget.
+``batch_size / retrain batch size`` each. By the default rule
+(``budget.rule: last_stage``) a method that spends less than the budget retrains longer: extra epochs at the
+schedule's last stage (a step schedule keeps its milestones; a cosine one is stretched over the longer run), stopped
+by a step limit exactly at the budget; one that spends more retrains less, stopped at the budget. ``stretch``
+scales the milestones by budget over own steps instead, so the extra (or missing) steps are spread over every LR
+stage in proportion rather than spent at the last, smallest LR.
 """
 from __future__ import annotations
 
@@ -60,16 +63,28 @@ def after_dense_steps(cost: dict[str, dict[str, Any]]) -> float:
     return own + sum((cost.get(stage) or {}).get("budget_steps", 0.0) for stage in ("phase", "retrain"))
 
 
-def budgeted(recipe: Recipe, budget: int, spent: float, steps_per_epoch: int, label: str) -> Recipe:
+def budgeted(recipe: Recipe, budget: int, spent: float, steps_per_epoch: int, label: str,
+             rule: str = "last_stage") -> Recipe:
     """The retraining recipe that ends the run's training at exactly ``budget`` steps after the shared dense model,
-    ``spent`` of them already spent (the phase): more epochs at the schedule's last stage, and a step limit."""
+    ``spent`` of them already spent (the phase), and a step limit there. ``last_stage``: more epochs at the
+    schedule's last stage (or the run cut short); ``stretch``: the schedule's milestones scaled by the steps left over
+    the recipe's own, so each LR stage keeps its share of the run."""
     left = budget - round(spent)
     if left < 0:
         raise UserError(f"budget: {label} spends {spent:g} steps before retraining, more than the budget of {budget}; "
                         "raise budget.steps or match a method that spends more.")
     if left == 0:
         return dataclasses.replace(recipe, epochs=0, max_steps=None)
-    epochs = max(recipe.epochs, math.ceil(left / max(steps_per_epoch, 1)))
+    per_epoch = max(steps_per_epoch, 1)
+    if rule == "stretch":
+        own = recipe.epochs * per_epoch
+        if own == left:
+            return dataclasses.replace(recipe, max_steps=left)
+        factor = left / max(own, 1)
+        milestones = [max(1, math.floor(m * factor + 0.5)) for m in recipe.schedule.milestones]  # halves round up
+        schedule = dataclasses.replace(recipe.schedule, milestones=milestones)
+        return dataclasses.replace(recipe, epochs=math.ceil(left / per_epoch), max_steps=left, schedule=schedule)
+    epochs = max(recipe.epochs, math.ceil(left / per_epoch))
     return dataclasses.replace(recipe, epochs=epochs, max_steps=left)
 
 
@@ -94,6 +109,7 @@ def flat_columns(cost: dict[str, Any], timings: dict[str, Any]) -> dict[str, flo
     budget = cost.get("budget") or {}
     row["budget_steps"] = budget.get("steps")
     row["budget_match"] = budget.get("match")
+    row["budget_rule"] = budget.get("rule", "last_stage") if budget else None
     return row
 
 

@@ -228,6 +228,8 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
     root = suite_data_root(suite, suite_dir, data_root)
     source = data_source(suite.dataset_name, suite.dataset_options, root)
     budget = resolve_budget(suite, specs, lambda batch: math.ceil(training_images(suite, root) / batch))
+    # the rule enters ids only when not the default (last_stage), so budgeted runs made before it keep their ids
+    budget_rule = {k: v for k, v in to_plain(suite.budget, keyed=True).items() if k == "rule"} if suite.budget else {}
     runs = []
     for spec in specs:
         variants = [v.key for v in (m.dense_variant() for m in spec.build()) if v is not None]
@@ -241,6 +243,6 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
                     key = {"dense": dk, "prune": prune, "method": spec.plain(), "retrain": retrain,
                            "trainability": to_plain(suite.trainability, keyed=True)}
                     if budget is not None:  # only when set, so suites without one keep their ids
-                        key["budget"] = {"steps": budget}
+                        key["budget"] = {"steps": budget} | budget_rule
                     runs.append(Run(suite, spec, ratio, lr, seed, dk, key))
     return runs

@@ -639,7 +639,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     if budget is not None:
         own = planned_steps(ws.data, recipe)
         recipe = budgeted(recipe, budget["steps"], after_dense_steps(cost), ws.data.steps_per_epoch(recipe.batch_size),
-                          run.method.label)
+                          run.method.label, budget.get("rule", "last_stage"))
         if run.suite.budget is not None and run.suite.budget.match == run.method.label and \
                 planned_steps(ws.data, recipe) != own:
             raise UserError(f"budget.match: '{run.method.label}' was predicted (Method.phase_steps) to spend "
@@ -691,7 +691,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
                                  run.suite.retrain.batch_size)
     if budget is not None:
         cost["budget"] = {"steps": budget["steps"], "match": run.suite.budget.match if run.suite.budget else None,
-                          "spent": after_dense_steps(cost)}
+                          "rule": budget.get("rule", "last_stage"), "spent": after_dense_steps(cost)}
     metrics["cost"] = cost
     save_checkpoint(rd.model, {"keep": keep, "model": model.state_dict(), **({"mode": "mask"} if masks else {})})
     return {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": history}, **lineage}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.config import load_suite
+from bench.config import Schedule, load_suite
 from bench.cost import budgeted
 from bench.errors import ConfigError, UserError
 from bench.grid import expand
@@ -85,7 +85,7 @@ def test_a_matched_budget_gives_every_method_tpp_steps_and_the_verdict_says_so(m
     budget = TPP_STEPS + 2 * STEPS_PER_EPOCH  # TPP's phase and its retraining: 40 steps
     for method, result in results.items():
         cost = result["metrics"]["cost"]
-        assert cost["budget"] == {"steps": budget, "match": "tpp", "spent": budget}, method
+        assert cost["budget"] == {"steps": budget, "match": "tpp", "rule": "last_stage", "spent": budget}, method
         assert cost["phase"]["steps"] + cost["retrain"]["steps"] == budget, method
         assert result["config"]["budget"] == {"steps": budget}
     l1 = results["l1"]
@@ -114,6 +114,13 @@ def test_a_matched_budget_resolves_to_steps_before_ids(write_suite) -> None:
     assert matched[0].run_id == alone[0].run_id  # the id holds the number, not which methods sit beside it
     assert "budget" not in plain[0].key and plain[0].prune_id == alone[0].prune_id != "" and \
         plain[0].run_id != alone[0].run_id
+    # the rule enters the id only when it is not the default
+    explicit = expand(load_suite(write_suite(tiny_suite(methods=["l1"], retrain=RETRAIN,
+                                                        budget={"steps": 40, "rule": "last_stage"}))))
+    stretched = expand(load_suite(write_suite(tiny_suite(methods=["l1"], retrain=RETRAIN,
+                                                         budget={"steps": 40, "rule": "stretch"}))))
+    assert explicit[0].run_id == alone[0].run_id and stretched[0].key["budget"] == {"steps": 40, "rule": "stretch"}
+    assert stretched[0].run_id != alone[0].run_id and stretched[0].prune_id == alone[0].prune_id
 
 
 @pytest.mark.parametrize("budget, expected", [({}, "exactly one"), ({"steps": 5, "match": "l1"}, "exactly one"),
@@ -133,6 +140,29 @@ def test_budget_rule_extends_or_cuts_retraining_to_exactly_the_budget() -> None:
     assert budgeted(recipe, 24, 24.0, 10, "tpp").epochs == 0
     with pytest.raises(UserError, match="more than the budget"):
         budgeted(recipe, 10, 24.0, 10, "tpp")
+
+
+def test_stretch_rule_scales_every_lr_stage_in_proportion() -> None:
+    recipe = Recipe(epochs=30, lr=0.1, schedule=Schedule(name="step", milestones=[10, 20]))
+    longer = budgeted(recipe, 18_901, 0.0, 430, "l1", "stretch")  # fair_mlp_budget's l1: 18,901 steps for 12,900
+    assert (longer.epochs, longer.max_steps, longer.schedule.milestones) == (44, 18_901, [15, 29])
+    shorter = budgeted(recipe, 150, 0.0, 10, "l1", "stretch")  # half the steps: every stage halved
+    assert (shorter.epochs, shorter.max_steps, shorter.schedule.milestones) == (15, 150, [5, 10])
+    same = budgeted(recipe, 300, 0.0, 10, "tpp", "stretch")  # the matched method's own spend: unchanged
+    assert (same.epochs, same.schedule) == (30, recipe.schedule)
+    cosine = Recipe(epochs=3, lr=0.1, schedule=Schedule(name="cosine"))
+    assert budgeted(cosine, 60, 0.0, 10, "l1", "stretch").epochs == 6  # its T_max is the epochs: stretched too
+
+
+def test_a_stretched_budget_spreads_the_extra_steps_over_the_schedule(tmp_path: Path) -> None:
+    results = run_suite(tmp_path, budget={"match": "tpp", "rule": "stretch"})
+    budget = TPP_STEPS + 2 * STEPS_PER_EPOCH  # 40 steps: l1 retrains 5 epochs of 8 instead of 2
+    l1 = results["l1"]
+    assert l1["metrics"]["cost"]["retrain"]["steps"] == budget and l1["metrics"]["cost"]["budget"]["rule"] == "stretch"
+    # milestone 1 of 2 epochs becomes 1 x 40/16 = 2.5 -> 3 of 5: three epochs at the first LR, not one
+    assert [row["lr"] for row in l1["history"]["retrain"]] == pytest.approx([0.05] * 3 + [0.005] * 2)
+    summary = (tmp_path / "results" / "tiny" / "report" / "summary.md").read_text()
+    assert "their LR schedule stretched in proportion" in summary
 
 
 def test_step_flops_count_the_penalty_and_leave_the_model_alone() -> None:

@@ -58,10 +58,12 @@ def budget_sentence(runs: pd.DataFrame) -> str:
     held = len(budgets) == 1 and bool((spent.round() == budgets[0]).all())
     whom = f", matched to {', '.join(matched)}'s own spend" if matched else ""
     numbers = ", ".join(f"{b:,.0f}" for b in sorted(budgets))
+    rules = set(ok.budget_rule.dropna().astype(str)) if "budget_rule" in ok else set()
+    how = ("their LR schedule stretched in proportion (milestones scaled)" if rules == {"stretch"} else
+           "extra epochs at the schedule's last stage")
     if held:
         return (f"Equal budget: every method trained exactly {numbers} SGD steps (at the retraining batch size) after "
-                f"the shared dense model{whom}; methods that spend less retrain longer (extra epochs at the "
-                "schedule's last stage).")
+                f"the shared dense model{whom}; methods that spend less retrain longer ({how}).")
     return (f"Budget {numbers} SGD steps after the shared dense model{whom}, but the runs spent "
             f"{spent.min():,.0f} to {spent.max():,.0f}: the budget was not held.")
 

@@ -40,7 +40,7 @@ HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status",
 # of the report that share them (cost_flops_amortised, cost_steps_amortised).
 COST_COLUMNS = [f"cost_{q}_{stage}" for stage in STAGES for q in ("steps", "epochs", "flops", "seconds", "shared")] + [
     "cost_steps_total", "cost_flops_total", "cost_steps_after_dense", "cost_steps_amortised", "cost_flops_amortised",
-    "budget_steps", "budget_match", "prune_id"]
+    "budget_steps", "budget_match", "budget_rule", "prune_id"]
 LATENCY_PREFIX = "latency_"
 NUMERIC_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*[0-9.]""")
 QUOTED_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*['"][0-9.]""")
