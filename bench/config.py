@@ -271,8 +271,10 @@ class Budget:
     rule: Literal["last_stage", "stretch"] = field(
         "last_stage", keyed_at_default=False,
         doc="how a retraining is brought to the budget: last_stage (extra epochs at the schedule's last LR, or the run "
-            "cut short at the budget) or stretch (the schedule's milestones scaled by budget / own steps, so every "
-            "LR stage grows or shrinks in proportion; a cosine schedule is stretched under both rules)")
+            "cut short at the budget) or stretch (a step or piecewise schedule's milestones scaled by the retraining "
+            "steps left under the budget over the recipe's own, so every LR stage grows or shrinks in proportion; a "
+            "cosine schedule follows the epochs: stretched when extended under either rule, compressed when cut only "
+            "under stretch)")
 
     def validate(self) -> list[str]:
         if (self.steps is None) == (self.match is None):

@@ -12,8 +12,9 @@ A budget counts SGD steps at the retraining batch size after the shared dense mo
 (``budget.rule: last_stage``) a method that spends less than the budget retrains longer: extra epochs at the
 schedule's last stage (a step schedule keeps its milestones; a cosine one is stretched over the longer run), stopped
 by a step limit exactly at the budget; one that spends more retrains less, stopped at the budget. ``stretch``
-scales the milestones by budget over own steps instead, so the extra (or missing) steps are spread over every LR
-stage in proportion rather than spent at the last, smallest LR.
+scales a step or piecewise schedule's milestones by the retraining steps left over the recipe's own instead, so
+the extra (or missing) steps are spread over every LR stage in proportion rather than spent at (or cut from) the
+last, smallest LR.
 """
 from __future__ import annotations
 
@@ -64,24 +65,29 @@ def after_dense_steps(cost: dict[str, dict[str, Any]]) -> float:
 
 
 def budgeted(recipe: Recipe, budget: int, spent: float, steps_per_epoch: int, label: str,
-             rule: str = "last_stage") -> Recipe:
-    """The retraining recipe that ends the run's training at exactly ``budget`` steps after the shared dense model,
-    ``spent`` of them already spent (the phase), and a step limit there. ``last_stage``: more epochs at the
-    schedule's last stage (or the run cut short); ``stretch``: the schedule's milestones scaled by the steps left over
-    the recipe's own, so each LR stage keeps its share of the run."""
+             rule: str = "last_stage", retrain_batch: int | None = None) -> Recipe:
+    """The retraining recipe that ends the run's training at ``budget`` steps (at the suite's retraining batch size,
+    ``retrain_batch``; to the nearest step where ``recipe`` trains at another batch size, as Scratch does) after the
+    shared dense model, ``spent`` of them already spent (the phase), with a step limit there. ``last_stage``: more
+    epochs at the schedule's last stage (or the run cut short); ``stretch``: the milestones scaled by the retraining
+    steps left over the recipe's own, so each LR stage keeps its share of the run."""
     left = budget - round(spent)
     if left < 0:
         raise UserError(f"budget: {label} spends {spent:g} steps before retraining, more than the budget of {budget}; "
                         "raise budget.steps or match a method that spends more.")
     if left == 0:
         return dataclasses.replace(recipe, epochs=0, max_steps=None)
+    if retrain_batch is not None and retrain_batch != recipe.batch_size:
+        left = max(1, round(left * retrain_batch / recipe.batch_size))  # this recipe's steps
     per_epoch = max(steps_per_epoch, 1)
     if rule == "stretch":
-        own = recipe.epochs * per_epoch
+        own = recipe.max_steps if recipe.max_steps is not None else recipe.epochs * per_epoch
         if own == left:
             return dataclasses.replace(recipe, max_steps=left)
         factor = left / max(own, 1)
-        milestones = [max(1, math.floor(m * factor + 0.5)) for m in recipe.schedule.milestones]  # halves round up
+        milestones: list[int] = []
+        for m in recipe.schedule.milestones:  # halves round up; every stage keeps at least one epoch
+            milestones.append(max(1, math.floor(m * factor + 0.5), milestones[-1] + 1 if milestones else 1))
         schedule = dataclasses.replace(recipe.schedule, milestones=milestones)
         return dataclasses.replace(recipe, epochs=math.ceil(left / per_epoch), max_steps=left, schedule=schedule)
     epochs = max(recipe.epochs, math.ceil(left / per_epoch))
@@ -147,7 +153,7 @@ def resolve_budget(suite: Suite, specs: list[Any], steps_per_epoch: Callable[[in
             raise ConfigError(f"budget.match: '{spec.label}' changes its own retraining recipe, so its spend is not "
                               "known before it runs; give budget.steps instead.")
         try:
-            phase = method.phase_steps(dense, retrain, steps_per_epoch)
+            phase = method.phase_steps(own, retrain, steps_per_epoch)  # the phase sees the method's own dense recipe
         except NotImplementedError as err:
             raise ConfigError(f"budget.match: {err}; give budget.steps instead.") from None
         if phase is not None:

@@ -542,10 +542,11 @@ def trainability_accuracy(history: list[dict[str, Any]], recipe: Recipe) -> floa
     """Mean test accuracy over the first stage of the retraining schedule (Wang et al. 2023).
 
     The first stage ends at the first milestone of a step or piecewise schedule; cosine and constant ones have one
-    stage, the whole run. None when nothing was retrained.
+    stage, the whole run. Under a budget ``recipe`` is the run's schedule before the budget lengthened it, so every
+    method of a budgeted suite averages the same epochs. None when nothing was retrained.
     """
     s = recipe.schedule
-    first = s.milestones[0] if s.name in ("step", "piecewise") and s.milestones else len(history)
+    first = s.milestones[0] if s.name in ("step", "piecewise") and s.milestones else recipe.epochs
     accs = [row["test_acc"] for row in history[:first]]
     return sum(accs) / len(accs) if accs else None
 
@@ -636,15 +637,17 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     recipe = suite_performance(recipe, run)
     cost = dict(record.get("cost") or {})  # none in a pruned model saved before costs were recorded
     budget = run.key.get("budget")
+    unbudgeted = recipe  # its first stage is the trainability window of every run, budgeted or not
     if budget is not None:
         own = planned_steps(ws.data, recipe)
         recipe = budgeted(recipe, budget["steps"], after_dense_steps(cost), ws.data.steps_per_epoch(recipe.batch_size),
-                          run.method.label, budget.get("rule", "last_stage"))
+                          run.method.label, budget.get("rule", "last_stage"), run.suite.retrain.batch_size)
         if run.suite.budget is not None and run.suite.budget.match == run.method.label and \
                 planned_steps(ws.data, recipe) != own:
-            raise UserError(f"budget.match: '{run.method.label}' was predicted (Method.phase_steps) to spend "
-                            f"{budget['steps']} steps after the dense model, but it spends "
-                            f"{after_dense_steps(cost) + own:g}; the method's phase_steps is wrong.")
+            raise UserError(f"budget.match: '{run.method.label}' was predicted (Method.phase_steps and its dense "
+                            f"variant's recipe) to spend {budget['steps']} steps after the dense model, but it spends "
+                            f"{after_dense_steps(cost) + own:g}; the method's phase_steps is wrong (or its dense "
+                            "variant's recipe: both are counted).")
     bar = ws.progress.phase(f"retrain {run.method.label} r={run.describe()['ratio']} lr={run.lr:g}"
                             ) if ws.progress else None
     groups = [g for g in (m.retrain_param_groups(model, recipe, ctx) for m in methods) if g is not None]
@@ -674,7 +677,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     acc_final = history[-1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
     metrics["acc_final"] = acc_final
     metrics["acc_best"] = max([row["test_acc"] for row in history] + [acc_final])
-    metrics["acc_trainability"] = trainability_accuracy(history, recipe)
+    metrics["acc_trainability"] = trainability_accuracy(history, unbudgeted)
     if ws.data.info.num_val:
         metrics["acc_val_final"] = history[-1]["val_acc"] if history else validation_metrics(model, ws)["val_acc"]
     if probe is not None:

@@ -18,6 +18,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
+# The built-in models, datasets and methods, as the CLI registers them: a test file must not depend on another file
+# having run first in its process (pytest-xdist gives each worker its own order of files).
+from bench.plugins import load_builtin  # noqa: E402
+
+load_builtin()
+
 TINY_SUITE: dict[str, Any] = {
     "name": "tiny",
     "model": "mlp7_relu",

@@ -15,14 +15,11 @@ from bench.cost import budgeted
 from bench.errors import ConfigError, UserError
 from bench.grid import expand
 from bench.measure import training_step_flops
-from bench.plugins import load_builtin
 from bench.report.costs import cost_text
 from bench.report.plots import pareto_front
 from bench.store import content_hash
 from bench.train import Recipe
 from tests.conftest import tiny_suite
-
-load_builtin()  # expand() needs the registries; the file must pass alone, not only after main() has run
 
 # t_s = ceil(ceiling / delta) * update_interval = 2, K_s = 21: the phase has t_s + K_s + 1 = 24 steps (README formula)
 TPP = {"tpp": {"delta": 0.5, "update_interval": 1, "stabilize": 21, "zero_out_interval": 1}}
@@ -150,8 +147,25 @@ def test_stretch_rule_scales_every_lr_stage_in_proportion() -> None:
     assert (shorter.epochs, shorter.max_steps, shorter.schedule.milestones) == (15, 150, [5, 10])
     same = budgeted(recipe, 300, 0.0, 10, "tpp", "stretch")  # the matched method's own spend: unchanged
     assert (same.epochs, same.schedule) == (30, recipe.schedule)
-    cosine = Recipe(epochs=3, lr=0.1, schedule=Schedule(name="cosine"))
-    assert budgeted(cosine, 60, 0.0, 10, "l1", "stretch").epochs == 6  # its T_max is the epochs: stretched too
+    cosine = Recipe(epochs=30, lr=0.1, schedule=Schedule(name="cosine"))  # its T_max is the recipe's epochs
+    assert budgeted(cosine, 150, 0.0, 10, "l1", "stretch").epochs == 15  # compressed: it still reaches its end
+    assert budgeted(cosine, 150, 0.0, 10, "l1").epochs == 30  # last_stage cuts it at step 150, halfway down
+    # a recipe with its own step limit (Scratch-B: 41 epochs, stopped at 4,050 steps) is scaled by its steps
+    scratch_b = Recipe(epochs=41, lr=0.1, max_steps=4_050, schedule=Schedule(name="step", milestones=[20, 34]))
+    doubled = budgeted(scratch_b, 8_100, 0.0, 100, "scratch", "stretch")
+    assert (doubled.epochs, doubled.max_steps, doubled.schedule.milestones) == (81, 8_100, [40, 68])
+    # compressed milestones stay increasing: each stage keeps at least one epoch
+    piecewise = Schedule(name="piecewise", milestones=[1, 2, 3], factors=[1.0, 0.5, 0.1, 0.01])
+    squeezed = budgeted(Recipe(epochs=10, lr=0.1, schedule=piecewise), 30, 0.0, 10, "l1", "stretch")
+    assert squeezed.schedule.milestones == [1, 2, 3] and squeezed.max_steps == 30
+
+
+def test_a_budget_is_counted_at_the_retraining_batch_size() -> None:
+    """Scratch retrains with the dense recipe's batch size: 100 steps at the suite's batch 128 are 200 at 64."""
+    recipe = Recipe(epochs=3, lr=0.1, batch_size=64)
+    for rule in ("last_stage", "stretch"):
+        assert budgeted(recipe, 100, 0.0, 10, "scratch", rule, retrain_batch=128).max_steps == 200
+    assert budgeted(recipe, 100, 0.0, 10, "scratch", retrain_batch=64).max_steps == 100
 
 
 def test_a_stretched_budget_spreads_the_extra_steps_over_the_schedule(tmp_path: Path) -> None:
@@ -161,6 +175,8 @@ def test_a_stretched_budget_spreads_the_extra_steps_over_the_schedule(tmp_path: 
     assert l1["metrics"]["cost"]["retrain"]["steps"] == budget and l1["metrics"]["cost"]["budget"]["rule"] == "stretch"
     # milestone 1 of 2 epochs becomes 1 x 40/16 = 2.5 -> 3 of 5: three epochs at the first LR, not one
     assert [row["lr"] for row in l1["history"]["retrain"]] == pytest.approx([0.05] * 3 + [0.005] * 2)
+    # trainability accuracy keeps the unbudgeted first stage (1 epoch), as for the methods not stretched
+    assert l1["metrics"]["acc_trainability"] == l1["history"]["retrain"][0]["test_acc"]
     summary = (tmp_path / "results" / "tiny" / "report" / "summary.md").read_text()
     assert "their LR schedule stretched in proportion" in summary
 

@@ -44,6 +44,8 @@ PINNED = {
     # a budget's options (budget.rule) must not move the ids of budgeted results made before them
     "fair_mlp_budget": {"l1": "c7e73dedb671", "random": "25899c4fd512", "l1+orthp": "ea0f8ed8e730",
                         "tpp": "e6f154cba58f"},
+    "fair_mlp_budget_stretch": {"l1": "9f5e61996e93", "random": "ab4c0c28351c", "l1+orthp": "f1c0314a5c89",
+                                "tpp": "87006fffc0b3"},
 }
 
 

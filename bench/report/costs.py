@@ -59,7 +59,7 @@ def budget_sentence(runs: pd.DataFrame) -> str:
     whom = f", matched to {', '.join(matched)}'s own spend" if matched else ""
     numbers = ", ".join(f"{b:,.0f}" for b in sorted(budgets))
     rules = set(ok.budget_rule.dropna().astype(str)) if "budget_rule" in ok else set()
-    how = ("their LR schedule stretched in proportion (milestones scaled)" if rules == {"stretch"} else
+    how = ("their LR schedule stretched in proportion, milestones scaled" if rules == {"stretch"} else
            "extra epochs at the schedule's last stage")
     if held:
         return (f"Equal budget: every method trained exactly {numbers} SGD steps (at the retraining batch size) after "
