@@ -25,8 +25,8 @@ from typing import Any
 
 from bench.config import Suite
 from bench.errors import ConfigError, UserError
-from bench.method import Method
-from bench.train import Recipe, section_recipe
+from bench.method import Method, with_dense_variants
+from bench.train import Recipe, recipe_steps, section_recipe
 
 STAGES = ("dense", "phase", "select", "retrain")
 
@@ -81,7 +81,7 @@ def budgeted(recipe: Recipe, budget: int, spent: float, steps_per_epoch: int, la
         left = max(1, round(left * retrain_batch / recipe.batch_size))  # this recipe's steps
     per_epoch = max(steps_per_epoch, 1)
     if rule == "stretch":
-        own = recipe.max_steps if recipe.max_steps is not None else recipe.epochs * per_epoch
+        own = recipe_steps(recipe, lambda _batch: per_epoch)
         if own == left:
             return dataclasses.replace(recipe, max_steps=left)
         factor = left / max(own, 1)
@@ -121,8 +121,7 @@ def flat_columns(cost: dict[str, Any], timings: dict[str, Any]) -> dict[str, flo
 
 def recipe_budget_steps(recipe: Recipe, retrain_batch: int, steps_per_epoch: Callable[[int], int]) -> float:
     """A recipe's SGD steps (its step limit, or its epochs of batches) at the retraining batch size."""
-    steps = recipe.max_steps if recipe.max_steps is not None else recipe.epochs * steps_per_epoch(recipe.batch_size)
-    return steps * recipe.batch_size / retrain_batch
+    return recipe_steps(recipe, steps_per_epoch) * recipe.batch_size / retrain_batch
 
 
 def resolve_budget(suite: Suite, specs: list[Any], steps_per_epoch: Callable[[int], int]) -> int | None:
@@ -138,12 +137,9 @@ def resolve_budget(suite: Suite, specs: list[Any], steps_per_epoch: Callable[[in
                           f"({', '.join(s.label for s in specs)}); name one of them or give budget.steps.")
     dense = section_recipe(suite.pretrain, suite.pretrain.lr, suite.performance)
     retrain = section_recipe(suite.retrain, suite.retrain.lr[0], suite.performance)
-    spent = retrain.epochs * steps_per_epoch(retrain.batch_size)
+    spent = recipe_steps(retrain, steps_per_epoch)
     methods = spec.build()
-    own = dense
-    for variant in (m.dense_variant() for m in methods):
-        if variant is not None and variant.recipe is not None:
-            own = variant.recipe(own)
+    own = with_dense_variants(dense, methods)
     if any(m.dense_variant() is not None for m in methods) and not suite.pretrain.checkpoint:
         # as the runner counts it (``own_beyond_shared``): negative when the method's dense training is shorter
         spent += (recipe_budget_steps(own, retrain.batch_size, steps_per_epoch)

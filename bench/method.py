@@ -14,7 +14,7 @@ channels, and every component's other hooks run in order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -114,6 +114,14 @@ class DenseVariant:
     param_groups: Callable[[nn.Module, Recipe], list[dict[str, Any]]] | None = None
     # the dense recipe as this variant trains it (its own schedule, say); what it changes must be in ``key``
     recipe: Callable[[Recipe], Recipe] | None = None
+
+
+def with_dense_variants(recipe: Recipe, methods: Sequence[Method]) -> Recipe:
+    """``recipe`` (the suite's dense recipe) as the methods' dense variants change it (their own schedule, say)."""
+    for variant in (m.dense_variant() for m in methods):
+        if variant is not None and variant.recipe is not None:
+            recipe = variant.recipe(recipe)
+    return recipe
 
 
 class Method:

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from bench import distributed, environment, faults
-from bench.cost import after_dense_steps, budgeted, scoring_cost, stage_cost
+from bench.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring_cost, stage_cost
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
 from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.measure import count_flops, count_parameters, counting_flops, measure_latency
-from bench.method import Method, PruneTarget, RunContext, refuse_groups
+from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
 from bench.models import ModelEntry
 from bench.models.init import initialise_
 from bench.progress import Progress
@@ -190,11 +190,8 @@ def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> 
 
 def dense_recipe(run: Run, methods: Sequence[Method] = ()) -> Recipe:
     """The suite's pretrain recipe, as the methods' dense variants change it (their own schedule, say)."""
-    recipe = section_recipe(run.suite.pretrain, run.suite.pretrain.lr, run.suite.performance)
-    for variant in (m.dense_variant() for m in methods):
-        if variant is not None and variant.recipe is not None:
-            recipe = variant.recipe(recipe)
-    return recipe
+    shared = section_recipe(run.suite.pretrain, run.suite.pretrain.lr, run.suite.performance)
+    return with_dense_variants(shared, methods)
 
 
 def retrain_recipe(run: Run) -> Recipe:
@@ -472,7 +469,7 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
     if loaded:
         dense_cost.update(flops=None, loaded=True)
     elif own:  # what its own dense training spent beyond the shared recipe's (negative when shorter) counts in budgets
-        shared_steps = planned_steps(ws.data, dense_recipe(run)) * run.suite.pretrain.batch_size / retrain_batch
+        shared_steps = recipe_budget_steps(dense_recipe(run), retrain_batch, ws.data.steps_per_epoch)
         dense_cost["own_beyond_shared"] = round(dense_cost["budget_steps"] - shared_steps, 6)
     began = time.perf_counter()
     phase_history: list[dict[str, Any]] = []

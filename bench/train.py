@@ -288,20 +288,25 @@ class StepFlops(NamedTuple):
         return round(self.per_sample * samples) + self.per_step * steps
 
 
+def recipe_steps(recipe: Recipe, steps_per_epoch: Callable[[int], int]) -> int:
+    """Optimizer steps a recipe trains for: its step limit, or its epochs of ``steps_per_epoch(batch_size)``."""
+    return recipe.max_steps if recipe.max_steps is not None else recipe.epochs * steps_per_epoch(recipe.batch_size)
+
+
 def planned_steps(data: Any, recipe: Recipe) -> int:
-    """Optimizer steps a recipe trains for: its step limit, or its epochs of batches."""
-    per_epoch = data.steps_per_epoch(recipe.batch_size)
-    return recipe.max_steps if recipe.max_steps is not None else recipe.epochs * per_epoch
+    """Optimizer steps a recipe trains for on ``data``."""
+    return recipe_steps(recipe, data.steps_per_epoch)
 
 
 def counted_step(model: nn.Module, data: Any, recipe: Recipe, hooks: Sequence[TrainHooks]) -> StepFlops:
     """The FLOPs of one step of this phase, counted on a copy before training (bench.measure.training_step_flops):
     the hooks' penalties at the phase's last step, where a ramped regulariser is at full strength (TPP's Gram
     term is absent while its strength is 0). Gradient-side hooks (after_backward) add no matmul FLOPs."""
-    if planned_steps(data, recipe) == 0:
+    steps = planned_steps(data, recipe)
+    if steps == 0:
         return StepFlops(0.0, 0)
     info = data.info
-    last = planned_steps(data, recipe) - 1
+    last = steps - 1
     model_flops, extra = training_step_flops(
         model, (info.in_channels, info.image_size, info.image_size), recipe.batch_size,
         lambda twin: [hook.penalty(twin, last) for hook in hooks])
