@@ -10,10 +10,7 @@ from bench.cli import main
 from bench.config import apply_overrides, load_suite, parse_override
 from bench.errors import ConfigError
 from bench.grid import expand
-from bench.plugins import load_builtin
 from tests.conftest import tiny_suite
-
-load_builtin()
 
 
 def problems_of(write_suite, suite) -> str:

@@ -18,11 +18,8 @@ from bench.config import load_suite
 from bench.data import MNIST_SUBSET_SOURCE, DataError, build_dataset, check_dataset_options, data_source
 from bench.errors import ConfigError
 from bench.grid import expand
-from bench.plugins import load_builtin
 from tests.conftest import PROJECT, tiny_suite
 from tests.test_data import _write_fake_idx_tree, _write_pickle
-
-load_builtin()
 
 
 @pytest.mark.parametrize(

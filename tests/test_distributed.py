@@ -14,12 +14,9 @@ import torch
 from bench.cli import main
 from bench.distributed import check_gpus_for, shared_gpus, swap_in_sync_batchnorms, unwrap
 from bench.errors import ConfigError
-from bench.plugins import load_builtin
 from bench.registry import MODELS
 from methods.rni import bound_batchnorms_
 from tests.conftest import PROJECT, tiny_suite
-
-load_builtin()
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch build has no torch.distributed gloo backend")

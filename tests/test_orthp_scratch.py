@@ -17,7 +17,6 @@ from bench.cli import main
 from bench.config import Schedule, load_suite
 from bench.data import build_dataset
 from bench.grid import expand
-from bench.plugins import load_builtin
 from bench.pruning import slim, trace_dependencies
 from bench.registry import MODELS
 from bench.trainability import jacobian_singular_values
@@ -25,8 +24,6 @@ from methods.l1 import mean_abs_weight
 from methods.orthp import OrthP, OrthPHparams, orthogonal_factor, orthogonalize_
 from methods.scratch import Scratch, ScratchHparams, budget_recipe, reinitialize_
 from tests.conftest import PROJECT, tiny_suite
-
-load_builtin()
 
 HIDDEN = [f"layers.{i}" for i in range(6)]
 INPUT_SHAPE = (1, 1, 32, 32)

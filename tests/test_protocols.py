@@ -9,6 +9,7 @@ protocol fails here. OrthoReg's suites are pinned in their own tests.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def test_tpp_resnet50_imagenet_is_table_2(tmp_path: Path) -> None:
     suite, runs = plan("tpp_resnet50_imagenet", f"pretrain.checkpoint={weights}")
     assert (suite.model, suite.dataset_name, suite.seeds) == ("resnet50", "imagenet", [0])
     # Torchvision's pretrained ResNet-50 (tpp.md §1.7: `pretrained=True`, 76.13%), loaded, not trained.
-    assert runs[0].dense_key["pretrain"] == {"checkpoint_sha256": runs[0].dense_key["pretrain"]["checkpoint_sha256"]}
+    assert runs[0].dense_key["pretrain"] == {"checkpoint_sha256": hashlib.sha256(b"pinned weights").hexdigest()}
     # Retraining (tpp.md §1.7 and §4.3): 90 epochs, 0:1e-2, 30:1e-3, 60:1e-4, 75:1e-5, batch 256, wd 1e-4 (the code's
     # default; the README does not set it), momentum 0.9.
     assert recipe(suite.retrain) == {"epochs": 90, "lr": [0.01], "batch_size": 256, "momentum": 0.9,
@@ -149,24 +150,23 @@ def rni_methods(lam: float, shift: float, slim_lam: float) -> dict[str, list[dic
             "l1": [{"name": "l1", "hparams": {}}]}
 
 
-def test_rni_cifar_is_the_codes_vgg16_protocol() -> None:
-    suite, runs = rni_protocol("rni_cifar")
-    assert suite.model == "vgg16" and suite.prune.layers == ["features.*"]  # all 13 conv/BN layers (B.3)
-    assert methods(runs) == rni_methods(1e-3, 3.0, 1e-4)  # notebook VGG-16: λ 1e-3, b 3; L1-slim λ 1e-4 (B.2)
+# Re-keyed on 2026-12-03 by pretrain.init: fan_out (the code's initialisation; before: dcbafe487204 and 8d3ae0eca44f
+# for rni).
+@pytest.mark.parametrize("name, model, layers, hparams, ids", [
+    # the notebook's VGG-16: all 13 conv/BN layers (B.3); λ 1e-3, b 3; L1-slim λ 1e-4 (B.2)
+    ("rni_cifar", "vgg16", ["features.*"], (1e-3, 3.0, 1e-4),
+     {"rni": "91f5303fbd2a", "slimming": "629bffdf1d09", "ucs": "2f6629a40270", "l1": "3d40d049570f"}),
+    # the notebook's ResNet-56: bn1 of the 27 blocks only (B.3); λ 1e-4, b 0; L1-slim λ 1e-5 (B.2)
+    ("rni_resnet56_cifar", "resnet56", ["layer*.*.conv1"], (1e-4, 0.0, 1e-5),
+     {"rni": "4803c8115ec6", "slimming": "1b9863cb180c", "ucs": "c89012777494", "l1": "8b7cea9a3ed9"}),
+])
+def test_rni_suites_are_the_codes_protocols(name: str, model: str, layers: list[str],
+                                            hparams: tuple[float, float, float], ids: dict[str, str]) -> None:
+    suite, runs = rni_protocol(name)
+    assert suite.model == model and suite.prune.layers == layers
+    assert methods(runs) == rni_methods(*hparams)
     assert len(runs) == 4 * 2
-    # Re-keyed on 2026-12-03 by pretrain.init: fan_out (the code's initialisation; before: dcbafe487204, ...).
-    assert first_ids(runs) == {"rni": "91f5303fbd2a", "slimming": "629bffdf1d09", "ucs": "2f6629a40270",
-                               "l1": "3d40d049570f"}
-
-
-def test_rni_resnet56_cifar_is_the_codes_resnet56_protocol() -> None:
-    suite, runs = rni_protocol("rni_resnet56_cifar")
-    assert suite.model == "resnet56" and suite.prune.layers == ["layer*.*.conv1"]  # bn1 of the 27 blocks only (B.3)
-    assert methods(runs) == rni_methods(1e-4, 0.0, 1e-5)  # notebook ResNet-56: λ 1e-4, b 0; L1-slim λ 1e-5 (B.2)
-    assert len(runs) == 4 * 2
-    # Re-keyed on 2026-12-03 by pretrain.init: fan_out (before: 8d3ae0eca44f, ...).
-    assert first_ids(runs) == {"rni": "4803c8115ec6", "slimming": "1b9863cb180c", "ucs": "c89012777494",
-                               "l1": "8b7cea9a3ed9"}
+    assert first_ids(runs) == ids
 
 
 def test_mlp_trainability_is_tpps_mnist_experiment_scaled_for_a_cpu() -> None:

@@ -1,7 +1,8 @@
 """The shipped suites: every one validates and expands; the CPU ones run end to end with the numbers their issues ask.
 
 The paper-protocol suites (ResNet56, VGG, ImageNet) need GPUs and the real datasets, so here they are only planned;
-``methods_cpu.yaml`` (every regularising method on synthetic data) and the quickstart (real Fashion-MNIST) run whole.
+the quickstart (real Fashion-MNIST) runs whole, and ``methods_cpu.yaml`` (every regularising method on synthetic data)
+too under ``-m slow``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_every_shipped_suite_validates_and_expands(suite: Path, tmp_path: Path, 
     assert not any(tmp_path.iterdir())  # planning writes nothing
 
 
-# The first run id of every method of two shipped suites, pinned: an option added to a method must not move the
+# The first run id of every method of some shipped suites, pinned: an option added to a method must not move the
 # ids of results that already exist (declare it keyed_at_default=False), and nothing else may either.
 PINNED = {
     # Re-keyed once on 2026-12-03: the prune key holds the resolved layer names instead of the patterns as written.

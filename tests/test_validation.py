@@ -16,10 +16,7 @@ from bench.config import load_suite
 from bench.data import FASHION_MNIST_SYSTEM_DIR, build_dataset
 from bench.data.base import validation_split
 from bench.grid import expand
-from bench.plugins import load_builtin
 from tests.conftest import PROJECT, tiny_suite
-
-load_builtin()
 
 SYNTHETIC = {"num_train": 512, "num_test": 256, "channels": 1, "size": 32}
 
