@@ -1,7 +1,8 @@
 """The structured-pruning benchmark harness. Methods and plugins import only what this module exports."""
-from bench.config import Schedule
-from bench.errors import ConfigError, UserError
-from bench.measure import count_flops, count_parameters, counting_flops
+from bench import legacy
+from bench.core.config import Schedule
+from bench.core.errors import ConfigError, UserError
+from bench.core.schema import field
 from bench.method import (
                           DenseVariant,
                           Method,
@@ -16,10 +17,12 @@ from bench.method import (
                           register_method,
                           scoped,
 )
-from bench.schema import field
-from bench.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
+from bench.training.measure import count_flops, count_parameters, counting_flops
+from bench.training.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "counting_flops",
            "derive_seed", "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile",
            "keep_from_scores", "scoped", "register_method"]
+
+legacy.install()

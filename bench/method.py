@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.errors import ConfigError, UserError
-from bench.groups import Group
+from bench.core.errors import ConfigError, UserError
+from bench.core.registry import METHODS
 from bench.pruning import num_pruned
-from bench.registry import METHODS
-from bench.train import Recipe, TrainHooks
+from bench.pruning.groups import Group
+from bench.training.train import Recipe, TrainHooks
 
 
 @dataclass

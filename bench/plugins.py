@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from bench.errors import ConfigError
-from bench.registry import DATASETS, METHODS, MODELS, NameClash, registering_from
+from bench.core.errors import ConfigError
+from bench.core.registry import DATASETS, METHODS, MODELS, NameClash, registering_from
 
 log = logging.getLogger(__name__)
 

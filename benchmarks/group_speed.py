@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench.models  # noqa: E402,F401 - registers the models
-from bench.groups import plan_groups, slim_groups  # noqa: E402
-from bench.measure import count_flops, count_parameters  # noqa: E402
+from bench.core.registry import MODELS  # noqa: E402
 from bench.pruning import select_layers  # noqa: E402
-from bench.registry import MODELS  # noqa: E402
+from bench.pruning.groups import plan_groups, slim_groups  # noqa: E402
+from bench.training.measure import count_flops, count_parameters  # noqa: E402
 
 
 def measure(name: str, repeats: int) -> str:

@@ -41,11 +41,11 @@ from typing import Any
 
 import torch
 
+from bench.core.registry import MODELS
 from bench.data import DataError, build_dataset
 from bench.plugins import load_builtin
-from bench.registry import MODELS
-from bench.train import Recipe, evaluate, fit
-from bench.trainability import DEFAULT_MAX_BYTES, jsv_stats
+from bench.training.train import Recipe, evaluate, fit
+from bench.training.trainability import DEFAULT_MAX_BYTES, jsv_stats
 
 TARGET = 0.05  # JSV at most 5 % of a retraining epoch
 SETUPS = {  # model -> dataset, its options, the description printed

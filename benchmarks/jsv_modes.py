@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.core.registry import MODELS  # noqa: E402
 from bench.data import build_dataset  # noqa: E402
 from bench.plugins import load_builtin  # noqa: E402
-from bench.registry import MODELS  # noqa: E402
-from bench.train import Recipe, fit  # noqa: E402
-from bench.trainability import jsv_stats  # noqa: E402
+from bench.training.train import Recipe, fit  # noqa: E402
+from bench.training.trainability import jsv_stats  # noqa: E402
 
 
 def main() -> None:

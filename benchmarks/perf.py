@@ -38,14 +38,14 @@ from torch import nn
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from bench.config import Performance  # noqa: E402
+from bench.core.config import Performance  # noqa: E402
+from bench.core.registry import MODELS  # noqa: E402
 from bench.data import FASHION_MNIST_SYSTEM_DIR, build_dataset  # noqa: E402
-from bench.measure import count_flops, measure_latency, training_step_flops  # noqa: E402
 from bench.method import PruneTarget, keep_from_scores  # noqa: E402
 from bench.plugins import load_builtin  # noqa: E402
 from bench.pruning import prunable_layers, slim, trace_dependencies  # noqa: E402
-from bench.registry import MODELS  # noqa: E402
-from bench.train import Recipe, make_optimizer, step_settings, train_epoch  # noqa: E402
+from bench.training.measure import count_flops, measure_latency, training_step_flops  # noqa: E402
+from bench.training.train import Recipe, make_optimizer, step_settings, train_epoch  # noqa: E402
 from methods.l1 import mean_abs_weight  # noqa: E402
 
 
@@ -439,7 +439,7 @@ def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = No
     dataset, which any training pays, are timed apart: those functions are wrapped with timers for this run.
     """
     import bench.data
-    import bench.runner
+    import bench.pipeline.runner
     from bench.cli import main
     print("\nharness overhead: the quickstart suite (12 runs: mlp7_linear on Fashion-MNIST, l1, random, tpp), "
           "every cost outside training; then the suite on a local pool")
@@ -486,7 +486,7 @@ def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
     then every retraining epoch) are timed; their share of that run's wall time is the figure (target <= 5%). The two
     wall times differ also because the split leaves 55,000 of the 60,000 images to train on.
     """
-    import bench.runner
+    import bench.pipeline.runner
     print("\nvalidation split: one quickstart run (l1, ratio 0.9, LR 0.01, 6 retraining epochs; dense model made "
           "beforehand) without a split and with validation: 5000")
     one_run = ("--set", "methods=[l1]", "--set", "prune.ratios=[0.9]", "--set", "retrain.lr=[0.01]")

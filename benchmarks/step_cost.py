@@ -23,13 +23,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bench.errors import ConfigError, UserError
+from bench.core.errors import ConfigError, UserError
+from bench.core.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from bench.core.schema import parse
 from bench.method import Method, PruneTarget, RunContext
 from bench.plugins import load_builtin
 from bench.pruning import prunable_layers, trace_dependencies
-from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
-from bench.schema import parse
-from bench.train import Recipe, TrainHooks, make_optimizer, train_epoch
+from bench.training.train import Recipe, TrainHooks, make_optimizer, train_epoch
 
 Step = Callable[[], object]  # one timed training step; what it returns is ignored
 

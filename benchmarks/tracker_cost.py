@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from bench.core.errors import UserError
+from bench.core.registry import MODELS
 from bench.data import build_dataset
-from bench.errors import UserError
+from bench.pipeline.trackers import KINDS, LiveLog, require
 from bench.plugins import load_builtin
-from bench.registry import MODELS
-from bench.trackers import KINDS, LiveLog, require
-from bench.train import Recipe, fit
+from bench.training.train import Recipe, fit
 
 
 def epoch_seconds(data_root: str | None) -> tuple[float, dict[str, float]]:

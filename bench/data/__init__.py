@@ -5,6 +5,7 @@
 does; ``options`` checks a suite's options and builds the dataset. Plugins import everything from ``bench.data``.
 """
 
+from bench.core.registry import DATASETS
 from bench.data.base import (
     DATA_ROOT_ENV,
     DataError,
@@ -19,7 +20,6 @@ from bench.data.fakedata import synthetic
 from bench.data.folder import ImageFolderDataset, imagenet
 from bench.data.idx import _IDX_STEMS, FASHION_MNIST_SYSTEM_DIR, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
 from bench.data.options import OPTION_LOW, build_dataset, check_dataset_options, data_source, keyed_dataset_options
-from bench.registry import DATASETS
 
 __all__ = [
     "DATASETS",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.core.registry import DATASETS
 from bench.data.base import DataError, Dataset, make_tensor_dataset, not_found, root_hint, torchvision_download
-from bench.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 

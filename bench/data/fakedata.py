@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.core.registry import DATASETS
 from bench.data.base import DataError, Dataset, make_tensor_dataset
-from bench.registry import DATASETS
 
 
 @DATASETS.register("synthetic")

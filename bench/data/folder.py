@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.core.registry import DATASETS
 from bench.data.base import (
     DataError,
     Dataset,
@@ -25,7 +26,6 @@ from bench.data.base import (
     root_hint,
     validation_split,
 )
-from bench.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.core.registry import DATASETS
 from bench.data.base import (
     DataError,
     Dataset,
@@ -29,7 +30,6 @@ from bench.data.base import (
     root_hint,
     torchvision_download,
 )
-from bench.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from bench.core.errors import ConfigError
+from bench.core.registry import DATASETS
+from bench.core.schema import convert_value, unknown_key
 from bench.data.base import DataError, Dataset
 from bench.data.idx import mnist_source
-from bench.errors import ConfigError
-from bench.registry import DATASETS
-from bench.schema import convert_value, unknown_key
 
 # Smallest allowed value of the integer dataset options with these names (any dataset's, plugins' too).
 OPTION_LOW = {"image_size": 1, "num_train": 1, "num_test": 1, "num_classes": 2, "channels": 1, "size": 1,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from bench.registry import MODELS
+from bench.core.registry import MODELS
 
 NONLINEARITIES = ("linear", "relu")
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import UserError
+from bench.core.errors import UserError
+from bench.core.store import content_hash, write_bytes
 from bench.report import costs, plots, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
@@ -26,7 +27,6 @@ from bench.report.references import load_reference
 from bench.report.render import to_csv, to_latex, to_markdown
 from bench.report.tables import Table
 from bench.report.webpage import Section, page
-from bench.store import content_hash, write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.cost import STAGES, flat_columns
-from bench.errors import UserError
-from bench.manifest import MANIFEST, Manifest, difference, fixed_config, read_manifest
-from bench.store import DENSE_DIR, content_hash
+from bench.core.errors import UserError
+from bench.core.store import DENSE_DIR, content_hash
+from bench.suite.cost import STAGES, flat_columns
+from bench.suite.manifest import MANIFEST, Manifest, difference, fixed_config, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 REQUIRED = ["method", "model", "dataset", "ratio", "lr", "acc_mean", "acc_std", "source"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.train import Diverged
+from bench.training.train import Diverged
 
 RunKey = tuple[str, float, float, int]  # (method, ratio, lr, seed)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
-from bench.manifest import flatten
+from bench.core.errors import UserError
+from bench.suite.manifest import flatten
 
 log = logging.getLogger(__name__)
 

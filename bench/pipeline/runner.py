@@ -23,21 +23,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from bench import distributed, environment, faults
-from bench.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring_cost, stage_cost
-from bench.errors import CheckpointError, ConfigError, UserError
-from bench.grid import Run, resolve_path
-from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
-from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
-from bench.measure import count_flops, count_parameters, counting_flops, measure_latency
-from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
-from bench.models import ModelEntry
-from bench.models.init import initialise_
-from bench.progress import Progress
-from bench.pruning import PruningError, layer_ratios, prunable_layers
-from bench.pruning import select_layers as named_layers
-from bench.registry import MODELS
-from bench.store import (
+from bench.core import distributed, environment, faults
+from bench.core.errors import CheckpointError, ConfigError, UserError
+from bench.core.progress import Progress
+from bench.core.registry import MODELS
+from bench.core.store import (
     CorruptFileError,
     DenseDir,
     PrunedDir,
@@ -53,8 +43,18 @@ from bench.store import (
     save_checkpoint,
     write_json,
 )
-from bench.trackers import LiveLog
-from bench.train import (
+from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
+from bench.models import ModelEntry
+from bench.models.init import initialise_
+from bench.pipeline.trackers import LiveLog
+from bench.pruning import PruningError, layer_ratios, prunable_layers
+from bench.pruning import select_layers as named_layers
+from bench.pruning.groups import GroupPlan, group_sizes, plan_groups, slim_groups
+from bench.pruning.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
+from bench.suite.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring_cost, stage_cost
+from bench.suite.grid import Run, resolve_path
+from bench.training.measure import count_flops, count_parameters, counting_flops, measure_latency
+from bench.training.train import (
     BaseHooks,
     Diverged,
     Recipe,
@@ -66,7 +66,7 @@ from bench.train import (
     release_memory,
     section_recipe,
 )
-from bench.trainability import jsv_stats
+from bench.training.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
 

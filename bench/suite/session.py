@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from bench.config import Suite, load_suite
-from bench.errors import ConfigError
-from bench.grid import Run, expand
+from bench.core.config import Suite, load_suite
+from bench.core.errors import ConfigError
 from bench.plugins import load_builtin, load_enabled, load_plugin
+from bench.suite.grid import Run, expand
 
 
 def load_runs(suite_file: str | Path, overrides: Sequence[str] = (), plugins: Sequence[str] = (),

@@ -83,7 +83,7 @@ def check_gpus_for(nproc: int, device: str) -> None:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     visible = torch.cuda.device_count() if cuda else 0
     if cuda and nproc > visible:
-        from bench.errors import ConfigError
+        from bench.core.errors import ConfigError
 
         raise ConfigError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, {visible} visible (NCCL cannot put two ranks "
                           f"on one GPU); use --nproc {visible} or fewer, or --device cpu.")
@@ -105,7 +105,7 @@ def refuse_shared_gpus(device: torch.device) -> None:
     dist.all_gather_object(placements, (socket.gethostname(), str(torch.cuda.get_device_properties(device).uuid)))
     shared = shared_gpus(placements)
     if shared:
-        from bench.errors import UserError
+        from bench.core.errors import UserError
 
         host = next(iter(shared))[0]
         needed = sum(1 for h, _ in placements if h == host)
@@ -148,7 +148,7 @@ def main_only(action: Callable[[], None], what: str) -> None:
     if error is not None:
         raise error
     if failure is not None:
-        from bench.errors import UserError
+        from bench.core.errors import UserError
 
         raise UserError(f"rank 0 failed to {what}: {failure}")
 
@@ -180,7 +180,7 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool = False) -
     if not active():
         return model
     if sync_batchnorm:
-        from bench.errors import ConfigError
+        from bench.core.errors import ConfigError
 
         if device.type != "cuda":
             raise ConfigError("performance.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel).")
@@ -190,7 +190,7 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool = False) -
 
 def swap_in_sync_batchnorms(model: nn.Module) -> int:
     """Replace every plain BatchNorm of ``model`` by a SyncBatchNorm sharing its tensors; returns how many."""
-    from bench.errors import ConfigError
+    from bench.core.errors import ConfigError
 
     swapped = 0
     for parent in list(model.modules()):

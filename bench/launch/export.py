@@ -11,10 +11,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from bench import trackers
-from bench.errors import CheckpointError, UserError
-from bench.manifest import read_manifest
-from bench.store import read_json
+from bench.core.errors import CheckpointError, UserError
+from bench.core.store import read_json
+from bench.pipeline import trackers
+from bench.suite.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Check:
 def method_entries(names: list[str]) -> list[Any]:
     """Suite entries for ``names``: tiny hyperparameters where known; a component that does not select (a
     re-initialiser) chained after l1."""
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
 
     entries: list[Any] = []
     for name in names:
@@ -97,7 +97,7 @@ class Workdir:
 
     def dense_history(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         """The history of the dense model a run started from."""
-        from bench.grid import content_hash
+        from bench.suite.grid import content_hash
 
         path = self.root / "results" / "_dense" / content_hash(result["config"]["dense"]) / "dense.json"
         return json.loads(path.read_text())["history"] if path.exists() else []
@@ -120,7 +120,7 @@ def run_inline(work: Workdir, spec: dict[str, Any], memory: list[int] | None = N
     """Execute a suite's runs one after another in this process (as ``bench.py run`` does), noting the memory in
     use after each run in ``memory``; returns the results."""
     from bench.launch import Invocation
-    from bench.runner import execute, validate_runs
+    from bench.pipeline.runner import execute, validate_runs
 
     invocation = Invocation(suite=str(work.write(spec)), results=str(work.root / "results"))
     loaded, runs, suite_dir = invocation.load()
@@ -202,7 +202,7 @@ def check_memory(memory: list[int], device: torch.device) -> Check:
 def check_latency(device: torch.device) -> Check:
     """measure_latency against the same forward passes timed around an explicit device synchronisation: a timer
     stopped before the device finished would read a fraction of it."""
-    from bench.measure import measure_latency
+    from bench.training.measure import measure_latency
 
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(8)]).to(device).eval()
@@ -229,9 +229,9 @@ def check_latency(device: torch.device) -> Check:
 def check_jsv(device: torch.device) -> Check:
     """The JSV of a resnet20 on the device, with TF32 switched on globally as Ampere's cuDNN default has it, equals
     the CPU's within 1e-4 relative (mean and min singular value): the JSV switches TF32 off for itself."""
+    from bench.core.registry import MODELS
     from bench.plugins import load_builtin
-    from bench.registry import MODELS
-    from bench.trainability import TF32_SWITCHES, jsv_stats
+    from bench.training.trainability import TF32_SWITCHES, jsv_stats
 
     load_builtin()
     torch.manual_seed(0)
@@ -325,8 +325,8 @@ def resolve(device: str) -> torch.device:
 def selftest(device: str = "cpu", nproc: int = 1, quick: bool = False, workdir: Path | None = None,
              say: Callable[[str], None] = print) -> int:
     """Run every check on ``device``, printing a line per check through ``say``; 0 when all passed, else 1."""
+    from bench.core.registry import METHODS
     from bench.plugins import load_builtin
-    from bench.registry import METHODS
 
     here = resolve(device)
     load_builtin()

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from bench.errors import ConfigError
-from bench.schema import field, parse
+from bench.core.errors import ConfigError
+from bench.core.schema import field, parse
 
 RESULT_FORMAT = 1  # bump when a change to the harness alters results, so old run ids no longer match
 # Nodes of a YAML document with its aliases expanded: the largest shipped suite has a few hundred; an alias bomb

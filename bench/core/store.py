@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from bench import distributed, faults
-from bench.errors import CheckpointError, UserError
+from bench.core import distributed, faults
+from bench.core.errors import CheckpointError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -39,14 +39,14 @@ import torch
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from bench import distributed, environment
-from bench.config import Slurm, Suite
-from bench.errors import ConfigError, UserError
-from bench.grid import Run, suite_data_root
+from bench.core import distributed, environment
+from bench.core.config import Slurm, Suite
+from bench.core.errors import ConfigError, UserError
+from bench.core.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
 from bench.method import Method
-from bench.runner import FINISHED, Workspace, execute, make_pruned, obtain_dense
-from bench.session import load_runs, resolve_device
-from bench.store import DenseDir, PrunedDir, RunDir, file_lock, read_json, write_json
+from bench.pipeline.runner import FINISHED, Workspace, execute, make_pruned, obtain_dense
+from bench.suite.grid import Run, suite_data_root
+from bench.suite.session import load_runs, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ class Invocation:
 
     def workspace(self, suite: Suite, suite_dir: Path, device: str | None = None) -> Workspace:
         """Build the suite's dataset and the workspace runs execute in (``device`` overrides the usual choice)."""
+        from bench.core.registry import MODELS
         from bench.data import build_dataset
-        from bench.registry import MODELS
 
         with environment.recording_reads() as reads:  # the dataset's files, for each result's provenance
             data = build_dataset(suite.dataset_name, suite.dataset_options,

@@ -14,7 +14,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 
-from bench.config import RESULT_FORMAT, Ratio, Suite
-from bench.cost import resolve_budget
+from bench.core.config import RESULT_FORMAT, Ratio, Suite
+from bench.core.errors import ConfigError
+from bench.core.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from bench.core.schema import parse, to_plain
+from bench.core.store import content_hash, hash_file
 from bench.data import (
     DataError,
     build_dataset,
@@ -24,12 +27,9 @@ from bench.data import (
     keyed_dataset_options,
     resolve_data_root,
 )
-from bench.errors import ConfigError
 from bench.method import Method
 from bench.pruning import select_layers
-from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
-from bench.schema import parse, to_plain
-from bench.store import content_hash, hash_file
+from bench.suite.cost import resolve_budget
 
 LABEL_KEY = "label"  # reserved key in a method's options: the name results show for that entry
 

@@ -23,10 +23,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench.config import Suite
-from bench.errors import ConfigError, UserError
+from bench.core.config import Suite
+from bench.core.errors import ConfigError, UserError
 from bench.method import Method, with_dense_variants
-from bench.train import Recipe, recipe_steps, section_recipe
+from bench.training.train import Recipe, recipe_steps, section_recipe
 
 STAGES = ("dense", "phase", "select", "retrain")
 

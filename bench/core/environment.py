@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_ENV = "BENCH_COMMAND"  # the command line, passed on to pool workers and Slurm tasks
 MAX_HASHED_BYTES = 1 << 30     # a file read whole that is larger gets its size only (hashing it would cost minutes)
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import CheckpointError, UserError
-from bench.manifest import MANIFEST, Manifest, read_manifest
-from bench.store import (
+from bench.core.errors import CheckpointError, UserError
+from bench.core.store import (
     DENSE_DIR,
     PRUNED_DIR,
     CorruptFileError,
@@ -32,6 +31,7 @@ from bench.store import (
     read_json,
     remove_checkpoint,
 )
+from bench.suite.manifest import MANIFEST, Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 

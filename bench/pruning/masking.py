@@ -15,10 +15,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from bench.groups import GroupPlan, channel_masks, slim_groups
-from bench.measure import count_flops, count_parameters
 from bench.pruning import PRUNABLE_TYPES, PruningError, _index
-from bench.train import BaseHooks
+from bench.pruning.groups import GroupPlan, channel_masks, slim_groups
+from bench.training.measure import count_flops, count_parameters
+from bench.training.train import BaseHooks
 
 
 def parameter_masks(model: nn.Module, plan: GroupPlan, keep: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench import distributed, environment
-from bench.config import Suite, device_problem, load_suite
-from bench.errors import ConfigError, UserError
-from bench.grid import Run
+from bench.core import distributed, environment
+from bench.core.config import Suite, device_problem, load_suite
+from bench.core.errors import ConfigError, UserError
+from bench.core.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from bench.core.schema import describe, describe_keywords
+from bench.pipeline.trackers import require as require_tracker
 from bench.plugins import load_builtin, load_enabled, load_plugin
-from bench.registry import DATASETS, METHODS, MODELS, UnknownNameError
-from bench.schema import describe, describe_keywords
-from bench.session import load_runs
-from bench.trackers import require as require_tracker
+from bench.suite.grid import Run
+from bench.suite.session import load_runs
 
 if TYPE_CHECKING:
     from bench.launch import Invocation
@@ -206,10 +206,10 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_dir: Path) -> int:
+    from bench.core.progress import Progress
+    from bench.core.store import RunDir, check_writable
     from bench.launch import Invocation, run_local
-    from bench.progress import Progress
-    from bench.runner import execute, validate_runs
-    from bench.store import RunDir, check_writable
+    from bench.pipeline.runner import execute, validate_runs
 
     invocation = Invocation.from_args(args)
     # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
@@ -255,9 +255,9 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
 def record_suite(results: Path, suite: Suite, suite_dir: Path, runs: list[Run]) -> None:
     """Keep the suite as run beside its results: ``suite.json`` (so ``report`` finds e.g. its reference) and
     ``manifest.json`` (its runs, so reports never pool runs of another configuration)."""
-    from bench.manifest import Manifest, write_manifest
-    from bench.schema import to_plain
-    from bench.store import write_json
+    from bench.core.schema import to_plain
+    from bench.core.store import write_json
+    from bench.suite.manifest import Manifest, write_manifest
 
     write_manifest(results / suite.name, Manifest.of(suite.name, runs))
     record = to_plain(suite)
@@ -294,7 +294,7 @@ def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs:
 
 
 def command_plan(args: argparse.Namespace) -> int:
-    from bench.store import RunDir
+    from bench.core.store import RunDir
 
     suite, runs, _ = prepare(args)
     dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
@@ -319,7 +319,7 @@ def command_plan(args: argparse.Namespace) -> int:
 def dense_models(suite: Suite, runs: list[Run]) -> list[str]:
     """One line per dense model the runs start from: id, seed, how it is trained (a method's dense variant can change
     the recipe) and the methods that share it."""
-    from bench.runner import dense_recipe
+    from bench.pipeline.runner import dense_recipe
 
     users: dict[str, tuple[Run, list[str]]] = {}
     for run in runs:
@@ -384,7 +384,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from bench.export import export_suite
+    from bench.launch.export import export_suite
 
     name = load_suite(args.suite).name if Path(args.suite).suffix in (".yaml", ".yml") else args.suite
     print(export_suite(Path(args.results), name, args.tracker, args.target))
@@ -420,7 +420,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_selftest(args: argparse.Namespace) -> int:
-    from bench.selftest import selftest
+    from bench.cli.selftest import selftest
 
     if device_problem(args.device) or args.nproc < 1:
         raise ConfigError(f"selftest: --device {args.device} --nproc {args.nproc}: use auto, cpu or cuda[:N], N >= 1.")
@@ -429,7 +429,7 @@ def command_selftest(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    from bench import maintenance
+    from bench.launch import maintenance
 
     name = load_suite(args.suite).name if args.suite and Path(args.suite).suffix in (".yaml", ".yml") else args.suite
     checked = maintenance.verify(Path(args.results), name)
@@ -457,7 +457,7 @@ def _megabytes(size: int) -> str:
 
 
 def command_gc(args: argparse.Namespace) -> int:
-    from bench import maintenance
+    from bench.launch import maintenance
 
     removals, unknown = maintenance.collect(Path(args.results), args.keep_dense)
     for suite in unknown:

@@ -22,10 +22,10 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from bench import distributed, faults
-from bench.config import Performance, Schedule
-from bench.measure import training_step_flops
-from bench.store import load_checkpoint, save_checkpoint
+from bench.core import distributed, faults
+from bench.core.config import Performance, Schedule
+from bench.core.store import load_checkpoint, save_checkpoint
+from bench.training.measure import training_step_flops
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from torch.fx import GraphModule, Node, Tracer
 from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
-from bench.errors import ConfigError, UserError
+from bench.core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

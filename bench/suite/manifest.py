@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import CheckpointError
-from bench.store import read_json, write_json
+from bench.core.errors import CheckpointError
+from bench.core.store import read_json, write_json
 
 if TYPE_CHECKING:
-    from bench.grid import Run
+    from bench.suite.grid import Run
 
 log = logging.getLogger(__name__)
 
