@@ -137,6 +137,12 @@ class Method:
     # cannot is refused before any work, with ``group_limit`` as the reason.
     group_aware: ClassVar[bool] = False
     group_limit: ClassVar[str] = "it scores each layer's own channels and knows nothing of coupled groups"
+    # What `bench.py selftest` picks methods by (bench/ names none): options shrinking a method's own phase to a few
+    # steps (a method with such options joins --quick), whether it needs convolutions or BatchNorm (resnet20 only),
+    # and the plain one-shot selector the checks pair with everything (a non-selecting component chains after it).
+    selftest_options: ClassVar[dict[str, Any] | None] = None
+    needs_convolutions: ClassVar[bool] = False
+    selftest_baseline: ClassVar[bool] = False
 
     def __init__(self, hparams: Any) -> None:
         self.hparams = hparams

@@ -181,6 +181,7 @@ class GrowingL2Hooks(BaseHooks):
 @register_method("greg")
 class GReg(Method):
     """Pick by mean |w| (per layer by default), push the picked filters down with a growing L2, then remove them."""
+    selftest_options = {"delta": 0.5, "update_interval": 1, "stabilize": 2}
 
     Hparams = GRegHparams
     description = "Wang et al. 2021 (GReg-1): growing L2 penalty on the mean-|w|-picked filters, then remove them"

@@ -16,6 +16,7 @@ def mean_abs_weight(model: nn.Module, layers: list[str]) -> dict[str, torch.Tens
 @register_method("l1")
 class L1(Method):
     """One-shot magnitude selection; the ranking is per layer, or global with ``prune.scope: global``."""
+    selftest_baseline = True
 
     description = "Li et al. 2017: remove the filters with the smallest mean |w| (one shot), then retrain"
     group_aware = True

@@ -327,6 +327,8 @@ def piecewise(factors: list[float]) -> Schedule:
 @register_method("orthoreg")
 class OrthoReg(Method):
     """Orthonormality-regularised training, then global squared-Taylor pruning (one shot or in rounds)."""
+    selftest_options = {"protocol": "iterative", "round_epochs": 1, "importance_samples": 32}
+    needs_convolutions = True
 
     Hparams = OrthoRegHparams
     description = ("Lubana et al. 2020 (OrthoReg): train with an L1 filter-orthonormality penalty, no weight decay; "

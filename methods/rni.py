@@ -134,6 +134,7 @@ class RNIHparams:
 @register_method("rni")
 class RNI(Method):
     """Dense training with bounded BatchNorms and the receding regulariser, then a one-shot σ(w) quantile cut."""
+    needs_convolutions = True
 
     Hparams = RNIHparams
     description = "receding neuron importances (sigmoid-bounded BN)"

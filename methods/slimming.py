@@ -73,6 +73,7 @@ class SlimmingHparams:
 @register_method("slimming")
 class Slimming(Method):
     """Sparsity-trained dense model (its own cached variant), then a global cut on |γ|."""
+    needs_convolutions = True
 
     Hparams = SlimmingHparams
     description = "Liu et al. 2017 (Network Slimming): L1 on BN scales in dense training, remove the smallest |γ|"

@@ -220,6 +220,8 @@ class TPPHooks(BaseHooks):
 @register_method("tpp")
 class TPP(Method):
     """Pick by mean |w|, regularise the picked filters with a growing strength, zero them, then let them be removed."""
+    # bench.py selftest's few-step phase (stabilize 22 >= resnet20's layers, one zeroed per step)
+    selftest_options = {"delta": 0.5, "update_interval": 1, "stabilize": 22, "zero_out_interval": 1}
 
     Hparams = TPPHparams
     description = ("Wang & Fu 2023: decorrelate the picked filters (Gram) and shrink them and their BN with a growing "

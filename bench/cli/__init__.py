@@ -425,7 +425,7 @@ def command_selftest(args: argparse.Namespace) -> int:
     if device_problem(args.device) or args.nproc < 1:
         raise ConfigError(f"selftest: --device {args.device} --nproc {args.nproc}: use auto, cpu or cuda[:N], N >= 1.")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return selftest(device, args.nproc, args.quick)
+    return selftest(main, device, args.nproc, args.quick)
 
 
 def command_verify(args: argparse.Namespace) -> int:

@@ -29,13 +29,8 @@ from bench.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: Hyperparameters that shrink each built-in method with a phase to a few steps (the rest run at their defaults).
-TINY_METHODS: dict[str, dict[str, Any]] = {
-    "tpp": {"delta": 0.5, "update_interval": 1, "stabilize": 22, "zero_out_interval": 1},  # 22 >= resnet20's layers
-    "greg": {"delta": 0.5, "update_interval": 1, "stabilize": 2},
-    "orthoreg": {"protocol": "iterative", "round_epochs": 1, "importance_samples": 32},
-}
-QUICK_METHODS = ("l1", "tpp", "greg", "orthoreg")   # --quick: the methods with a phase of their own, and l1
+Command = Callable[[list[str]], int]   # the command line's entry point, bench.cli.main
+
 SPEED_OPTIONS = {"amp": "bf16", "channels_last": True, "fused_optimizer": True}
 RELATIVE = 1e-4   # tolerance of the JSV against the CPU and of data-parallel losses against one process
 
@@ -53,16 +48,45 @@ class Check:
         return f"{verdict}  {self.name:24} {self.detail}"
 
 
-def method_entries(names: list[str]) -> list[Any]:
-    """Suite entries for ``names``: tiny hyperparameters where known; a component that does not select (a
-    re-initialiser) chained after l1."""
-    from bench.core.registry import METHODS
+@dataclass(frozen=True)
+class Roster:
+    """The methods the checks run, chosen by what each method class declares (``selftest_options``,
+    ``needs_convolutions``, ``selftest_baseline``): the self-test names no method."""
 
-    entries: list[Any] = []
-    for name in names:
-        entry: Any = {name: TINY_METHODS[name]} if name in TINY_METHODS else name
-        entries.append(entry if METHODS.get(name).selects else f"l1 + {name}")
-    return entries
+    names: list[str]     # every method the method checks run (--quick: the quick ones)
+    baseline: str        # the plain one-shot selector every check pairs with the others
+    phased: list[str]    # methods that shrink their own phase with selftest_options, in registration order
+
+    @classmethod
+    def registered(cls, quick: bool) -> Roster:
+        """From the methods registered now (built-ins and enabled plugins)."""
+        from bench.core.registry import METHODS
+
+        names = list(METHODS)
+        baseline = next((n for n in names if METHODS.get(n).selftest_baseline), None)
+        if baseline is None:
+            raise UserError("selftest: no registered method declares selftest_baseline = True (a plain one-shot "
+                            "selector the checks pair with the others); the built-in methods declare one.")
+        phased = [n for n in names if METHODS.get(n).selftest_options is not None]
+        return cls([baseline, *phased] if quick else names, baseline, phased)
+
+    def entries(self, names: list[str]) -> list[Any]:
+        """Suite entries for ``names``: each method's tiny options where it declares them; a component that does
+        not select (a re-initialiser) chained after the baseline."""
+        from bench.core.registry import METHODS
+
+        entries: list[Any] = []
+        for name in names:
+            method = METHODS.get(name)
+            entry: Any = {name: dict(method.selftest_options)} if method.selftest_options is not None else name
+            entries.append(entry if method.selects else f"{self.baseline} + {name}")
+        return entries
+
+    def without_convolutions(self, names: list[str]) -> list[str]:
+        """``names`` less the methods that need convolutions or BatchNorm."""
+        from bench.core.registry import METHODS
+
+        return [n for n in names if not METHODS.get(n).needs_convolutions]
 
 
 def suite(name: str, model: str, methods: list[Any], device: str, performance: dict[str, Any] | None = None
@@ -151,14 +175,13 @@ def options_missed(work: Workdir, results: dict[str, dict[str, Any]], wanted: di
     return missed
 
 
-def check_methods(work: Workdir, device: str, names: list[str], memory: list[int]) -> list[Check]:
+def check_methods(work: Workdir, device: str, roster: Roster, memory: list[int]) -> list[Check]:
     """Every method on resnet20 and the MLP (methods needing convolutions or BatchNorm on resnet20 only)."""
     checks = []
-    conv_only = {"orthoreg", "rni", "slimming"}
     for model in ("resnet20", "mlp7_relu"):
-        chosen = [n for n in names if model == "resnet20" or n not in conv_only]
+        chosen = roster.names if model == "resnet20" else roster.without_convolutions(roster.names)
         began = time.perf_counter()
-        results = run_inline(work, suite(f"methods_{model}", model, method_entries(chosen), device), memory)
+        results = run_inline(work, suite(f"methods_{model}", model, roster.entries(chosen), device), memory)
         bad = failures(results)
         detail = (f"{len(results)} runs ok ({', '.join(chosen)}) in {time.perf_counter() - began:.0f} s" if not bad
                   else "; ".join(bad))
@@ -166,18 +189,19 @@ def check_methods(work: Workdir, device: str, names: list[str], memory: list[int
     return checks
 
 
-def check_speed_options(work: Workdir, device: str, quick: bool, memory: list[int]) -> list[Check]:
+def check_speed_options(work: Workdir, device: str, quick: bool, roster: Roster, memory: list[int]) -> list[Check]:
     """bf16, channels_last and fused SGD in every phase of the phase methods on both models; torch.compile on the
-    MLP's, and (not with --quick) on resnet20 for l1: each fit compiles afresh, so one method suffices there."""
-    cases = [("resnet20", ["l1", "tpp", "greg", "orthoreg"], False), ("mlp7_relu", ["l1", "tpp", "greg"], True)]
+    MLP's, and (not with --quick) on resnet20 for the baseline: each fit compiles afresh, so one method suffices."""
+    phased = [roster.baseline, *roster.phased]
+    cases = [("resnet20", phased, False), ("mlp7_relu", roster.without_convolutions(phased), True)]
     if not quick:
-        cases.append(("resnet20", ["l1"], True))
+        cases.append(("resnet20", [roster.baseline], True))
     checks = []
     for model, names, compiled in cases:
         options = dict(SPEED_OPTIONS, compile=compiled)
         began = time.perf_counter()
         name = f"speed_{model}{'_compiled' if compiled else ''}"
-        results = run_inline(work, suite(name, model, method_entries(names), device, options), memory)
+        results = run_inline(work, suite(name, model, roster.entries(names), device, options), memory)
         wanted = dict(options, channels_last=True if model == "resnet20" else None)  # None: the MLP has no conv
         bad = failures(results) + options_missed(work, results, wanted)
         label = ", ".join(k if v is True else f"{k} {v}" for k, v in options.items() if v)
@@ -267,15 +291,14 @@ def close(a: dict[str, list[float]], b: dict[str, list[float]], tolerance: float
     return max((abs(x - y) / max(abs(y), 1e-12) for k in a for x, y in zip(a[k], b[k])), default=0.0)
 
 
-def check_data_parallel(work: Workdir, device: torch.device, nproc: int) -> Check:
+def check_data_parallel(work: Workdir, device: torch.device, nproc: int, roster: Roster, main: Command) -> Check:
     """``run --nproc N`` against one process: every run ok, training losses within 1e-4 relative (resnet20 with
     SyncBatchNorm on CUDA, whose global-batch statistics are one process's; the BatchNorm-free MLP on CPU)."""
-    from bench.cli import main
-
     if nproc < 2:
         return Check("data parallel", None, "--nproc 2 or more runs a DDP run against one process")
     cuda = device.type == "cuda"
-    spec = suite("ddp", "resnet20" if cuda else "mlp7_relu", ["l1", {"greg": TINY_METHODS["greg"]}], str(device),
+    methods = roster.entries([roster.baseline, *roster.without_convolutions(roster.phased)[-1:]])
+    spec = suite("ddp", "resnet20" if cuda else "mlp7_relu", methods, str(device),
                  {"sync_batchnorm": True} if cuda else None)
     one = run_inline(Workdir(work.root / "one"), spec)  # its own caches: the DDP run trains everything itself
     began = time.perf_counter()
@@ -292,12 +315,11 @@ def check_data_parallel(work: Workdir, device: torch.device, nproc: int) -> Chec
     return Check("data parallel", passed, detail)
 
 
-def check_pool(work: Workdir, device: torch.device) -> Check:
+def check_pool(work: Workdir, device: torch.device, roster: Roster, main: Command) -> Check:
     """``run --executor local --workers 2``: every run ok, with the losses of the same suite run in this process
     (within 1e-4 relative: CPU workers use fewer threads, which reorders sums)."""
-    from bench.cli import main
-
-    spec = suite("pool", "mlp7_relu", ["l1", "random", {"greg": TINY_METHODS["greg"]}], str(device))
+    spec = suite("pool", "mlp7_relu", roster.entries([roster.baseline, *roster.without_convolutions(roster.phased)]),
+                 str(device))
     inline = run_inline(Workdir(work.root / "inline"), spec)
     began = time.perf_counter()
     code = main(["run", str(work.write(spec)), "--results", str(work.root / "results"), "--executor", "local",
@@ -322,27 +344,27 @@ def resolve(device: str) -> torch.device:
     return torch.device(device)
 
 
-def selftest(device: str = "cpu", nproc: int = 1, quick: bool = False, workdir: Path | None = None,
+def selftest(main: Command, device: str = "cpu", nproc: int = 1, quick: bool = False, workdir: Path | None = None,
              say: Callable[[str], None] = print) -> int:
-    """Run every check on ``device``, printing a line per check through ``say``; 0 when all passed, else 1."""
-    from bench.core.registry import METHODS
+    """Run every check on ``device``, printing a line per check through ``say``; 0 when all passed, else 1.
+    ``main`` is the command line's entry point, which the pool and data-parallel checks run (so no import of it)."""
     from bench.plugins import load_builtin
 
     here = resolve(device)
     load_builtin()
-    names = [n for n in QUICK_METHODS if n in METHODS] if quick else list(METHODS)
+    roster = Roster.registered(quick)
     loggers = {logger: logger.level for logger in (logging.getLogger(), logging.getLogger("bench"))}
     logging.getLogger().setLevel(logging.WARNING)  # the checks' lines, not the runs' progress or suite summaries
     logging.getLogger("bench").setLevel(logging.ERROR)
     try:
-        return _selftest(here, names, nproc, quick, workdir, say)
+        return _selftest(here, roster, nproc, quick, workdir, say, main)
     finally:
         for logger, level in loggers.items():
             logger.setLevel(level)
 
 
-def _selftest(here: torch.device, names: list[str], nproc: int, quick: bool, workdir: Path | None,
-              say: Callable[[str], None]) -> int:
+def _selftest(here: torch.device, roster: Roster, nproc: int, quick: bool, workdir: Path | None,
+              say: Callable[[str], None], main: Command) -> int:
     """The checks of :func:`selftest`, in order."""
     device = str(here)
     began = time.perf_counter()
@@ -350,13 +372,13 @@ def _selftest(here: torch.device, names: list[str], nproc: int, quick: bool, wor
         work = Workdir(Path(workdir) if workdir else Path(tmp))
         memory: list[int] = []
         steps: list[Callable[[], list[Check]]] = [
-            lambda: [] if quick else check_methods(work, device, names, memory),  # quick: the speed runs only
-            lambda: check_speed_options(work, device, quick, memory),
+            lambda: [] if quick else check_methods(work, device, roster, memory),  # quick: the speed runs only
+            lambda: check_speed_options(work, device, quick, roster, memory),
             lambda: [check_memory(memory, here)],
             lambda: [check_latency(here)],
             lambda: [check_jsv(here)],
-            lambda: [check_data_parallel(work, here, nproc)],
-            lambda: [check_pool(work, here)],
+            lambda: [check_data_parallel(work, here, nproc, roster, main)],
+            lambda: [check_pool(work, here, roster, main)],
         ]
         checks: list[Check] = []
         for step in steps:
