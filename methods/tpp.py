@@ -35,10 +35,18 @@ from bench import (
     field,
     filter_weights,
     keep_from_scores,
+    register_count_rule,
     register_method,
 )
 
 log = logging.getLogger(__name__)
+
+
+@register_count_rule("tpp_code")
+def tpp_code_count(n: int, ratio: float) -> int:
+    """``prune.count_rule: tpp_code``: TPP's released code, min(ceil(ratio*n), int(0.995*n)) on the unrounded
+    product (0.28 of 25 removes 8, because 0.28*25 = 7.000000000000001)."""
+    return min(math.ceil(ratio * n), int(0.995 * n))
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)  # the code's learnable layers that occur in our models (it also lists Conv1d, MHA)
 

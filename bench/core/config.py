@@ -118,11 +118,12 @@ class Prune:
         "remove", keyed_at_default=False,
         doc="remove: pruned channels are removed physically; mask: they are zeroed and kept at zero through "
             "retraining (shapes unchanged; a layer feeding a residual sum is masked on its own, at its BatchNorm)")
-    count_rule: Literal["ceil", "tpp_code"] = field(
+    count_rule: str = field(
         "ceil", keyed_at_default=False,
-        doc="filters a layerwise cut removes from N at ratio r: ceil: ceil(r*N) of r*N rounded to 6 decimals, at most "
-            "N-1 (0.28 of 25 removes 7); tpp_code: min(ceil(r*N), int(0.995*N)) of the unrounded float product, as "
-            "TPP's released code counts (0.28 of 25 removes 8, because 0.28*25 = 7.000000000000001)")
+        doc="filters a layerwise cut removes from N at ratio r, by a registered count rule: ceil: ceil(r*N) of r*N "
+            "rounded to 6 decimals, at most N-1 (0.28 of 25 removes 7); methods register their codes' rules, e.g. "
+            "tpp_code: min(ceil(r*N), int(0.995*N)) of the unrounded float product, as TPP's released code counts "
+            "(0.28 of 25 removes 8, because 0.28*25 = 7.000000000000001)")
 
     def validate(self) -> list[str]:
         problems = []

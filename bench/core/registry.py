@@ -99,5 +99,7 @@ class Registry(Generic[T]):
 
 
 METHODS: Registry = Registry("method")
+# prune.count_rule: rule(n, ratio) -> filters a layerwise cut removes out of n (bench.pruning.num_pruned applies it)
+COUNT_RULES: Registry = Registry("count rule")
 MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset")

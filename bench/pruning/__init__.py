@@ -25,10 +25,12 @@ from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bench.core.errors import ConfigError, UserError
+from bench.core.registry import COUNT_RULES
 
 log = logging.getLogger(__name__)
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+CountRule = Callable[[int, float], int]   # (n filters, ratio) -> filters removed
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 # Per-channel (or elementwise) ops that map 0 to 0: a removed channel and a zeroed one behave the same through them.
@@ -125,17 +127,30 @@ def layer_ratios(layers: list[str], ratio: float | Mapping[str, float]) -> dict[
     }
 
 
+def register_count_rule(name: str) -> Callable[[CountRule], CountRule]:
+    """Decorator: make ``rule(n, ratio) -> filters removed`` available to suites as ``prune.count_rule: name``."""
+    def decorate(rule: CountRule) -> CountRule:
+        COUNT_RULES.add(name, rule)
+        return rule
+
+    return decorate
+
+
+@register_count_rule("ceil")
+def ceil_count(n: int, ratio: float) -> int:
+    """The harness's rule: ceil of ratio*n rounded to 6 decimals (float noise such as 0.3*10 = 3.0000000000000004
+    does not count), at most n - 1."""
+    return max(0, min(math.ceil(round(ratio * n, 6)), n - 1))
+
+
 def num_pruned(n: int, ratio: float, rule: str = "ceil") -> int:
-    """Filters to remove out of ``n`` at ``ratio`` (``prune.count_rule``). ``ceil``: ceil of ratio*n rounded to 6
-    decimals (float noise such as 0.3*10 = 3.0000000000000004 does not count), at most n - 1. ``tpp_code``: TPP's
-    released code, min(ceil(ratio*n), int(0.995*n)) on the unrounded product."""
+    """Filters to remove out of ``n`` at ``ratio`` by the registered count rule ``rule`` (``prune.count_rule``):
+    the one place a ratio becomes a count."""
     if not 0.0 <= ratio <= 1.0:
         raise PruningError(f"pruning ratio must be in [0, 1], got {ratio}")
-    if rule == "tpp_code":
-        return min(math.ceil(ratio * n), int(0.995 * n))
-    if rule != "ceil":
-        raise PruningError(f"unknown count rule {rule!r}; known: ceil, tpp_code")
-    return max(0, min(math.ceil(round(ratio * n, 6)), n - 1))
+    if rule not in COUNT_RULES:
+        raise PruningError(COUNT_RULES.unknown_message(rule))
+    return COUNT_RULES.get(rule)(n, ratio)
 
 
 def channel_counts(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:

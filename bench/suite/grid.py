@@ -16,7 +16,7 @@ import torch
 
 from bench.core.config import RESULT_FORMAT, Ratio, Suite
 from bench.core.errors import ConfigError
-from bench.core.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from bench.core.registry import COUNT_RULES, DATASETS, METHODS, MODELS, UnknownNameError
 from bench.core.schema import parse, to_plain
 from bench.core.store import content_hash, hash_file
 from bench.data import (
@@ -210,6 +210,8 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
             problems.append(f"{key}: {registry.unknown_message(name)}")
     if suite.dataset_name in DATASETS:
         problems.extend(check_dataset_options(suite.dataset_name, suite.dataset_options))
+    if suite.prune.count_rule not in COUNT_RULES:
+        problems.append(f"prune.count_rule: {COUNT_RULES.unknown_message(suite.prune.count_rule)}")
     specs = []
     for i, entry in enumerate(suite.methods):
         try:
