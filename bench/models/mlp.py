@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 INPUT_SIDE = 32
 WIDTH = 100

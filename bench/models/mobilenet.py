@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 CFG: tuple[int | tuple[int, int], ...] = (
     64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 WIDTHS = (64, 128, 256, 512)
 BLOCKS = (3, 4, 6, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 STAGE_WIDTHS = (16, 32, 64)
 

@@ -12,7 +12,7 @@ from functools import partial
 
 from torch import nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 BASIC_LAYERS = ("layer*.*.conv1",)
 BOTTLENECK_LAYERS = ("layer*.*.conv1", "layer*.*.conv2")

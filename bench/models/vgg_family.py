@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 from bench.models.vgg import VGG
 
 CFG11: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)

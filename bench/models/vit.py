@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bench.models import register_model
+from bench.models._registry import register_model
 
 
 class HeadAttention(nn.Module):
