@@ -25,8 +25,8 @@ from bench.pruning import (
     PRUNABLE_TYPES,
     LayerDeps,
     PruningError,
-    _index,
-    _is_depthwise,
+    channel_index,
+    is_depthwise,
     meta_copy,
     slim,
     trace_dependencies,
@@ -86,7 +86,7 @@ def plan_groups(model: nn.Module, example_input: Tensor, layers: Sequence[str], 
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     heads, rest = _head_groups(modules, layers)
-    coupled = [n for n in rest if coupled_only or _is_depthwise(modules.get(n))]
+    coupled = [n for n in rest if coupled_only or is_depthwise(modules.get(n))]
     branches: dict[str, LayerDeps] | None = {} if mask else None
     chains = trace_dependencies(model, example_input, [n for n in rest if n not in coupled], coupled, branches) if len(
         coupled) < len(rest) else {}
@@ -126,7 +126,7 @@ def slim_groups(model: nn.Module, plan: GroupPlan, keep: Mapping[str, Tensor]) -
     chain_keep = {}
     for name, indices in keep.items():
         group = _group(plan, name)
-        index = _index(name, indices, group.size, keep=True)
+        index = channel_index(name, indices, group.size, keep=True)
         if group.kind == "chain":
             chain_keep[name] = index
         elif group.kind == "branch":
@@ -148,7 +148,7 @@ def zero_groups_(model: nn.Module, plan: GroupPlan, pruned: Mapping[str, Tensor]
     biases, BatchNorm weight and shift), so those channels carry 0 without a shape change."""
     for name, indices in pruned.items():
         group = _group(plan, name)
-        index = _index(name, indices, group.size, keep=False)
+        index = channel_index(name, indices, group.size, keep=False)
         if group.kind in ("chain", "branch"):
             zero_pruned_(model, {name: index}, plan.deps)
             continue

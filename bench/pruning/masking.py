@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from bench.pruning import PRUNABLE_TYPES, PruningError, _index
+from bench.pruning.base import PRUNABLE_TYPES, PruningError, channel_index
 from bench.pruning.groups import GroupPlan, channel_masks, slim_groups
 from bench.training.measure import count_flops, count_parameters
 from bench.training.train import BaseHooks
@@ -44,7 +44,7 @@ def pruned_units(plan: GroupPlan, keep: Mapping[str, Tensor]) -> dict[str, Tenso
     pruned = {}
     for name, indices in keep.items():
         kept = torch.zeros(plan.groups[name].size, dtype=torch.bool)
-        kept[_index(name, indices, kept.numel(), keep=True)] = True
+        kept[channel_index(name, indices, kept.numel(), keep=True)] = True
         pruned[name] = torch.nonzero(~kept).flatten()
     return pruned
 
