@@ -183,7 +183,7 @@ def _write_fake_idx_tree(raw: Path) -> None:
 
 
 def test_idx_files_in_torchvision_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data.idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-debian")
     _write_fake_idx_tree(tmp_path / "FashionMNIST" / "raw")
     _write_fake_idx_tree(tmp_path / "MNIST" / "raw")
     for name in ("fashion_mnist", "mnist"):
@@ -200,7 +200,7 @@ def test_idx_files_in_torchvision_layout(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_missing_mnist_family_names_paths_and_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system_dir = tmp_path / "no-debian"
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system_dir)
+    monkeypatch.setattr(data.idx, "FASHION_MNIST_SYSTEM_DIR", system_dir)
     with pytest.raises(DataError) as err:
         build_dataset("fashion_mnist", {}, tmp_path, None)
     message = str(err.value)
@@ -212,13 +212,13 @@ def test_missing_mnist_family_names_paths_and_fixes(tmp_path: Path, monkeypatch:
 
 
 def test_download_needs_a_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data.idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-debian")
     with pytest.raises(DataError, match="needs a data root"):
         build_dataset("fashion_mnist", {"download": True}, None, None)
 
 
 @pytest.mark.skipif(
-    not (data.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (data.idx.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian package dataset-fashion-mnist is not installed",
 )
 def test_fashion_mnist_from_debian(tmp_path: Path) -> None:

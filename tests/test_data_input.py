@@ -83,7 +83,7 @@ def test_corrupt_cifar_batch_is_named(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)
     with pytest.raises(DataError) as err:
-        data._read_cifar_pickle(path, b"labels")
+        data.read_cifar_pickle(path, b"labels")
     assert str(path) in str(err.value) and "download" in str(err.value)
 
 
@@ -97,7 +97,7 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path, monkeypatch
     path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     _write_pickle(path, {b"data": _Exploit(), b"labels": [0]})
     with pytest.raises(DataError, match=r"refers to (posix|os|nt)\.system"):
-        data._read_cifar_pickle(path, b"labels")
+        data.read_cifar_pickle(path, b"labels")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -106,7 +106,7 @@ def test_cifar_pickles_of_every_protocol_load(tmp_path: Path, protocol: int) -> 
     path = tmp_path / "batch"
     rows = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
     path.write_bytes(pickle.dumps({"data": rows, "labels": [np.int64(3), 4]}, protocol=protocol))
-    images, labels = data._read_cifar_pickle(path, b"labels")
+    images, labels = data.read_cifar_pickle(path, b"labels")
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [3, 4]
     assert images.flatten().tolist() == rows.flatten().tolist()
 
@@ -152,8 +152,8 @@ def test_data_source_names_the_subset_when_it_is_loaded(tmp_path: Path) -> None:
 
 def test_fashion_mnist_prefers_the_data_root_over_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system_dir = tmp_path / "debian"
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system_dir)
-    for stem in data._IDX_STEMS.values():  # unreadable system files: loading fails if they are tried first
+    monkeypatch.setattr(data.idx, "FASHION_MNIST_SYSTEM_DIR", system_dir)
+    for stem in data.IDX_STEMS.values():  # unreadable system files: loading fails if they are tried first
         system_dir.mkdir(exist_ok=True)
         (system_dir / stem).write_bytes(b"junk")
     _write_fake_idx_tree(tmp_path / "root" / "FashionMNIST" / "raw")

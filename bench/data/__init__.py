@@ -15,10 +15,10 @@ from bench.data.base import (
     resize_images,
     resolve_data_root,
 )
-from bench.data.cifar import _read_cifar_pickle, cifar10, cifar100
+from bench.data.cifar import cifar10, cifar100, read_cifar_pickle
 from bench.data.fakedata import synthetic
 from bench.data.folder import ImageFolderDataset, imagenet
-from bench.data.idx import _IDX_STEMS, FASHION_MNIST_SYSTEM_DIR, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
+from bench.data.idx import FASHION_MNIST_SYSTEM_DIR, IDX_STEMS, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
 from bench.data.options import OPTION_LOW, build_dataset, check_dataset_options, data_source, keyed_dataset_options
 
 __all__ = [
@@ -32,8 +32,8 @@ __all__ = [
     "DatasetInfo",
     "ImageFolderDataset",
     "TensorImageDataset",
-    "_IDX_STEMS",  # private, kept for the tests that write files under these names
-    "_read_cifar_pickle",  # private, kept for the tests of the restricted unpickler
+    "IDX_STEMS",  # the file names of an IDX tree
+    "read_cifar_pickle",
     "build_dataset",
     "check_dataset_options",
     "cifar10",

@@ -45,7 +45,7 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_pickle(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
+def read_cifar_pickle(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
     """One CIFAR batch file (a pickled dict, as torchvision and the CIFAR site ship it) as uint8 images + labels.
 
     Unpickled by _CifarUnpickler, which refuses anything but containers and numpy arrays; a corrupt or foreign file
@@ -111,7 +111,7 @@ def _cifar(spec: _CifarSpec, root: Path | None, image_size: int | None, download
             + ", or add download=true to the dataset options (needs network)",
         )
     start = time.perf_counter()
-    parts = [_read_cifar_pickle(p, spec.label_key) for p in paths]
+    parts = [read_cifar_pickle(p, spec.label_key) for p in paths]
     train = (torch.cat([x for x, _ in parts[:-1]]), torch.cat([y for _, y in parts[:-1]]))
     dataset = make_tensor_dataset(spec.name, spec.num_classes, train, parts[-1], spec.mean, spec.std, image_size,
                                   augment=True, validation=validation)

