@@ -21,9 +21,9 @@ from bench.errors import ConfigError, UserError
 from bench.launch import (
     Invocation,
     Submission,
-    _init_pool_worker,
     check_slurm_device,
     dense_stage,
+    init_pool_worker,
     latest_tasks,
     live_tasks,
     make_executor,
@@ -226,12 +226,12 @@ def test_pool_workers_on_one_named_gpu_say_so_and_make_it_current(write_suite, t
     assert "all 2 workers share that one GPU" in caplog.text
     slots: queue.Queue[int] = queue.Queue()
     slots.put(0)
-    _init_pool_worker(slots, None, None, logging.WARNING)  # CPU workers never touch CUDA
+    init_pool_worker(slots, None, None, logging.WARNING)  # CPU workers never touch CUDA
     slots.put(0)
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the GPU-less half of this test does not apply")
     with pytest.raises(RuntimeError, match="NVIDIA driver|CUDA"):
-        _init_pool_worker(slots, ["cuda:1"], None, logging.WARNING)
+        init_pool_worker(slots, ["cuda:1"], None, logging.WARNING)
 
 
 def test_local_pool_matches_the_inline_loop(write_suite, tmp_path: Path) -> None:
