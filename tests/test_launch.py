@@ -135,11 +135,12 @@ def test_executor_options_are_checked(write_suite, tmp_path: Path) -> None:
 
 
 def test_launch_does_not_import_the_command_line() -> None:
-    """The executors sit below the CLI: what both need (loading a suite, the device) lives in bench.session."""
-    tree = ast.parse((Path(__file__).parents[1] / "bench" / "launch.py").read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert "bench.session" in imported and not any(name == "bench.cli" or name.startswith("bench.cli.")
+    """The executors sit below the CLI: what both need (loading a suite, the device) lives in bench.suite.session."""
+    trees = [ast.parse(path.read_text()) for path in (Path(__file__).parents[1] / "bench" / "launch").glob("*.py")]
+    imported = {node.module for tree in trees for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for tree in trees for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert "bench.suite.session" in imported and not any(name == "bench.cli" or name.startswith("bench.cli.")
                                                    for name in imported)
 
 
