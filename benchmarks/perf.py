@@ -439,14 +439,14 @@ def overhead_section(workdir: Path, workers: int, fashion_root: Path | None = No
     dataset, which any training pays, are timed apart: those functions are wrapped with timers for this run.
     """
     import bench.data
-    import bench.pipeline.runner
+    import bench.pipeline.metrics
     from bench.cli import main
     print("\nharness overhead: the quickstart suite (12 runs: mlp7_linear on Fashion-MNIST, l1, random, tpp), "
           "every cost outside training; then the suite on a local pool")
     results = workdir / "results"
     # One-time costs of a process are paid by a warm-up and shown on their own line.
     warm_up = warm_up_quickstart(workdir, fashion_root)
-    with timing({"jsv": (bench.runner, "jsv_stats"), "latency": (bench.runner, "measure_latency"),
+    with timing({"jsv": (bench.pipeline.metrics, "jsv_stats"), "latency": (bench.pipeline.metrics, "measure_latency"),
                  "data": (bench.data, "build_dataset")}) as spent:
         wall = run_quickstart("--results", str(results), fashion_root=fashion_root)
     compute, phases = 0.0, {}
@@ -482,7 +482,7 @@ def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
     retraining epochs, the measurements) on Fashion-MNIST with a 5,000-image split, beside the same run without one.
 
     Each run's dense model is made first, untimed, as a suite's runs share it. In the run with the split the
-    evaluations of the split (``bench.runner.validation_metrics``, wrapped for this run: the dense and pruned models,
+    evaluations of the split (``bench.pipeline.runner.validation_metrics``, wrapped for this run: the dense and pruned models,
     then every retraining epoch) are timed; their share of that run's wall time is the figure (target <= 5%). The two
     wall times differ also because the split leaves 55,000 of the 60,000 images to train on.
     """
@@ -495,7 +495,7 @@ def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
                           ("with", '{"name": "fashion_mnist", "validation": 5000}')):
         options = ("--results", str(workdir / f"{name}-validation"), *one_run, "--set", f"dataset={dataset}")
         run_quickstart(*options, "--set", "retrain.epochs=0", fashion_root=fashion_root)  # dense model, untimed
-        with timing({"validation": (bench.runner, "validation_metrics")}) as spent:
+        with timing({"validation": (bench.pipeline.runner, "validation_metrics")}) as spent:
             walls[name] = run_quickstart(*options, fashion_root=fashion_root)
     share = spent["validation"] / walls["with"]
     row("run wall time, no split: 60,000 images (s)", f"{walls['without']:.1f}")

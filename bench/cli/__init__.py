@@ -209,7 +209,8 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     from bench.core.progress import Progress
     from bench.core.store import RunDir, check_writable
     from bench.launch import Invocation, run_local
-    from bench.pipeline.runner import execute, validate_runs
+    from bench.pipeline.runner import execute
+    from bench.pipeline.setup import validate_runs
 
     invocation = Invocation.from_args(args)
     # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
@@ -319,7 +320,7 @@ def command_plan(args: argparse.Namespace) -> int:
 def dense_models(suite: Suite, runs: list[Run]) -> list[str]:
     """One line per dense model the runs start from: id, seed, how it is trained (a method's dense variant can change
     the recipe) and the methods that share it."""
-    from bench.pipeline.runner import dense_recipe
+    from bench.pipeline.setup import dense_recipe
 
     users: dict[str, tuple[Run, list[str]]] = {}
     for run in runs:

@@ -144,7 +144,8 @@ def run_inline(work: Workdir, spec: dict[str, Any], memory: list[int] | None = N
     """Execute a suite's runs one after another in this process (as ``bench.py run`` does), noting the memory in
     use after each run in ``memory``; returns the results."""
     from bench.launch import Invocation
-    from bench.pipeline.runner import execute, validate_runs
+    from bench.pipeline.runner import execute
+    from bench.pipeline.setup import validate_runs
 
     invocation = Invocation(suite=str(work.write(spec)), results=str(work.root / "results"))
     loaded, runs, suite_dir = invocation.load()

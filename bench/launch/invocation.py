@@ -14,7 +14,9 @@ from bench.core.config import Suite
 from bench.core.errors import UserError
 from bench.core.store import DenseDir, PrunedDir
 from bench.method import Method
-from bench.pipeline.runner import Workspace, execute, make_pruned, obtain_dense
+from bench.pipeline.dense import obtain_dense
+from bench.pipeline.runner import execute, make_pruned
+from bench.pipeline.setup import Workspace
 from bench.suite.grid import Run, suite_data_root
 from bench.suite.session import load_runs, resolve_device
 

@@ -16,46 +16,46 @@ import platform
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from bench.core import distributed, environment, faults
-from bench.core.errors import CheckpointError, ConfigError, UserError
-from bench.core.progress import Progress
-from bench.core.registry import MODELS
+from bench.core.errors import CheckpointError, UserError
 from bench.core.store import (
-    CorruptFileError,
-    DenseDir,
     PrunedDir,
     RunDir,
     file_lock,
-    load_checkpoint,
-    load_with_digest,
     making,
-    move_aside,
     read_json,
     remove_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
     write_json,
 )
-from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
-from bench.models import ModelEntry
-from bench.models.init import initialise_
+from bench.method import Method, RunContext
+from bench.pipeline.dense import MAKE_ATTEMPTS, load_shared, obtain_dense, usable_checkpoint
+from bench.pipeline.metrics import jsv, jsv_probe, measure, validation_metrics
+from bench.pipeline.setup import (
+    Workspace,
+    dense_recipe,
+    example_input,
+    group_plan,
+    masking,
+    model_entry,
+    new_model,
+    prune_target,
+    retrain_recipe,
+    suite_performance,
+)
 from bench.pipeline.trackers import LiveLog
-from bench.pruning import PruningError, layer_ratios, prunable_layers
-from bench.pruning import select_layers as named_layers
-from bench.pruning.groups import GroupPlan, group_sizes, plan_groups, slim_groups
+from bench.pruning.groups import GroupPlan, group_sizes, slim_groups
 from bench.pruning.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.suite.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring_cost, stage_cost
 from bench.suite.grid import Run, resolve_path
-from bench.training.measure import count_flops, count_parameters, counting_flops, measure_latency
+from bench.training.measure import counting_flops
 from bench.training.train import (
-    BaseHooks,
     Diverged,
     Recipe,
     derive_seed,
@@ -64,320 +64,11 @@ from bench.training.train import (
     make_optimizer,
     planned_steps,
     release_memory,
-    section_recipe,
 )
-from bench.training.trainability import jsv_stats
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("ok", "diverged")
-
-
-@dataclass
-class Workspace:
-    """What every run of a suite shares in one process: where results go, the data and the device."""
-
-    results: Path
-    data: Any
-    device: torch.device
-    suite_dir: Path | None = None
-    progress: Progress | None = None
-    reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
-
-
-# ----------------------------------------------------------------------------------------- models and layers
-
-def model_entry(run_or_name: Run | str) -> ModelEntry:
-    name = run_or_name if isinstance(run_or_name, str) else run_or_name.suite.model
-    return MODELS.get(name)
-
-
-def new_model(run: Run, info: Any, methods: list[Method]) -> nn.Module:
-    """The dense architecture with its seeded initialisation (``pretrain.init``) and the methods' dense variants
-    applied."""
-    torch.manual_seed(derive_seed(run.seed, "init"))
-    model = model_entry(run).build(num_classes=info.num_classes, in_channels=info.in_channels)
-    initialise_(model, run.suite.pretrain.init)
-    for variant in (m.dense_variant() for m in methods):
-        if variant is not None and variant.prepare is not None:
-            model = variant.prepare(model)
-    return model
-
-
-def select_layers(model: nn.Module, run: Run) -> list[str]:
-    """The prunable layers the suite names (or the model's usual ones); unmatched patterns are errors."""
-    entry = model_entry(run)
-    prune = run.suite.prune
-    skip = prune.skip if prune.skip is not None else ([] if prune.layers is not None else list(entry.default_skip))
-    layers = named_layers(model, run.suite.model, prune.layers, prune.skip, entry.default_layers,
-                                   entry.default_skip)
-    if isinstance(run.ratio, dict):
-        unused = [p for p in run.ratio if not prunable_layers(model, [p], skip) or
-                  not set(prunable_layers(model, [p], skip)) & set(layers)]
-        if unused:
-            raise ConfigError(f"prune.ratios: profile patterns {', '.join(map(repr, unused))} match none of the "
-                              f"pruned layers ({', '.join(layers[:4])}, ...).")
-    return layers
-
-
-def prune_target(run: Run, plan: GroupPlan) -> PruneTarget:
-    """The run's target: one entry per group (named by its leader), with the ratio of the leader's pattern."""
-    prune = run.suite.prune
-    layers = plan.leaders
-    ratios = layer_ratios(layers, run.ratio) if prune.scope == "layerwise" else {n: float(run.ratio) for n in layers}
-    return PruneTarget(layers=layers, ratios=ratios, scope=prune.scope, min_keep=prune.min_keep,
-                       count_rule=prune.count_rule, groups=dict(plan.groups), floor_fraction=prune.floor_fraction,
-                       floor_keeps=prune.floor_keeps)
-
-
-def group_plan(model: nn.Module, run: Run, info: Any) -> GroupPlan:
-    """The channel groups of the suite's layers on ``model``; a layer that cannot be pruned is a ConfigError."""
-    try:
-        return plan_groups(model, example_input(info), select_layers(model, run), mask=masking(run))
-    except PruningError as err:
-        raise ConfigError(f"prune.layers: {err}") from None
-
-
-def masking(run: Run) -> bool:
-    """Whether the run masks its pruned channels (``prune.mode: mask``) instead of removing them."""
-    return run.suite.prune.mode == "mask"
-
-
-def example_input(info: Any, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
-
-
-def validate_runs(runs: list[Run], info: Any, suite_dir: Path | None = None) -> None:
-    """Check, before any work, that each run's layers exist and can be removed physically, and that a
-    user-supplied dense checkpoint loads into the model."""
-    checked: set[tuple[str, str]] = set()
-    probe = runs[0].suite.trainability if runs else None
-    if probe is not None and probe.enabled and probe.samples > info.num_train:
-        raise ConfigError(f"trainability.samples: {probe.samples} probe samples asked for, but the training set "
-                          f"has {info.num_train}; use at most {info.num_train}.")
-    expected = runs[0].dense_key.get("data_source") if runs else info.source
-    if expected != info.source:
-        raise ConfigError(f"dataset: the run ids were computed for {expected or 'the full data'}, but the data loaded "
-                          f"are {info.source or 'the full set'} (files changed under the data root meanwhile?); "
-                          "run the command again.")
-    if runs and runs[0].suite.pretrain.checkpoint:
-        model = new_model(runs[0], info, [])
-        load_user_checkpoint(model, resolve_path(runs[0].suite.pretrain.checkpoint, suite_dir))
-    for run in runs:
-        key = (run.method.label, str(run.ratio))
-        if key in checked:
-            continue
-        checked.add(key)
-        methods = run.method.build()
-        if run.suite.pretrain.checkpoint and any(m.dense_variant() is not None for m in methods):
-            raise ConfigError(f"methods: '{run.method.label}' trains its own dense model (its dense variant changes "
-                              "dense training), which pretrain.checkpoint cannot provide: the checkpoint was not "
-                              "trained that way. Drop pretrain.checkpoint (give a training recipe) or run this "
-                              "method in a suite of its own.")
-        dense_recipe(run, methods)  # a variant that cannot change this recipe says so now, before any work
-        model = new_model(run, info, methods)
-        target = prune_target(run, group_plan(model, run, info))
-        for method in methods:
-            refuse_groups(method, target)
-            if masking(run) and type(method).after_slim is not Method.after_slim:
-                raise ConfigError(f"methods: '{run.method.label}' changes the model after removal "
-                                  f"({getattr(method, 'name', type(method).__name__)}.after_slim), which a masked "
-                                  "model does not go through; use prune.mode: remove for it.")
-            method.check(model, target, tuple(example_input(info).shape))
-
-
-# ----------------------------------------------------------------------------------------- recipes
-
-def dense_recipe(run: Run, methods: Sequence[Method] = ()) -> Recipe:
-    """The suite's pretrain recipe, as the methods' dense variants change it (their own schedule, say)."""
-    shared = section_recipe(run.suite.pretrain, run.suite.pretrain.lr, run.suite.performance)
-    return with_dense_variants(shared, methods)
-
-
-def retrain_recipe(run: Run) -> Recipe:
-    return section_recipe(run.suite.retrain, run.lr, run.suite.performance)
-
-
-def suite_performance(recipe: Recipe, run: Run) -> Recipe:
-    """``recipe`` with the suite's speed options: they enter the run id, so every phase trains with them, whatever
-    recipe a method built (TPP's 110,001-step phase ran fp32, NCHW and uncompiled before this was enforced)."""
-    return dataclasses.replace(recipe, performance=run.suite.performance)
-
-
-# ----------------------------------------------------------------------------------------- dense model
-
-def load_user_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a user's dense state_dict (plain, or wrapped in 'state_dict'/'model'; 'module.' prefixes dropped)."""
-    state = load_checkpoint(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0:3]
-        raise CheckpointError(f"pretrain.checkpoint '{path}' does not fit this model: {' '.join(first)} "
-                              "Check the suite's model and dataset (number of classes).") from None
-
-
-MAKE_ATTEMPTS = 3  # a shared model found corrupt is made again; one still corrupt after that is a disk problem
-
-
-def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Module, dict[str, Any]]:
-    """The dense model of a run: loaded from the cache, or trained once (other processes wait on the lock); a
-    corrupt cached model is moved aside and trained again. The returned record holds its ``sha256``."""
-    dense = DenseDir(ws.results, run.dense_id)
-    for _ in range(MAKE_ATTEMPTS):
-        model = new_model(run, ws.data.info, methods)  # afresh: an attempt that found its model corrupt trained this
-        with making(dense) as here:
-            if here:
-                train_dense(run, ws, methods, model, dense)
-        loaded = load_shared(dense)
-        if loaded is not None:
-            model.load_state_dict(loaded[0]["model"])
-            return model.to(ws.device), {**read_json(dense.meta), "sha256": loaded[1]}
-    raise CheckpointError(f"the dense model '{dense.model}' was made again but is still unreadable; check the disk.")
-
-
-def load_shared(cache: DenseDir | PrunedDir) -> tuple[dict[str, Any], str] | None:
-    """A cached model's state and sha256, or None when it was corrupt: then it is moved aside (under the cache's
-    lock, unless another process made it again meanwhile) with a warning, for the caller to make it again."""
-    try:
-        return load_with_digest(cache.model)
-    except CorruptFileError:
-        pass
-    except CheckpointError:  # gone since it was found made: another process found it corrupt and moved it aside
-        return None
-    with file_lock(cache.lock, blocking=True):
-        try:
-            return load_with_digest(cache.model)  # made again by another process while we waited for the lock
-        except CorruptFileError as err:
-            problem = err.problem
-        except CheckpointError:  # moved aside by another process, which has not made it again yet
-            return None
-        target = move_aside(cache.model)
-    log.warning("%s was corrupt (%s): moved aside to %s; making it again", cache.model, problem, target)
-    return None
-
-
-def usable_checkpoint(path: Path, restart: str) -> Path:
-    """A stage's resumable checkpoint ``path``; when it exists but is corrupt it is moved aside with a warning and the
-    stage restarts (``restart``: from where, in words). Call holding the stage's lock."""
-    if not distributed.agree(path.exists()):
-        return path
-    try:
-        load_checkpoint(path)
-    except CorruptFileError as err:
-        target = move_aside(path)
-        log.warning("%s was corrupt (%s): moved aside to %s; %s", path, err.problem, target, restart)
-    return path
-
-
-class BestCheckpoint(BaseHooks):
-    """The weights of the dense epoch with the highest ``metric`` (``test_acc`` or ``val_acc``; the first on ties).
-
-    A hook without step work: its state rides in ``fit``'s checkpoint, so a resumed dense training still knows the
-    best epoch before the kill."""
-
-    def __init__(self, metric: str) -> None:
-        self.metric, self.epoch, self.score = metric, 0, -math.inf
-        self.weights: dict[str, torch.Tensor] | None = None
-
-    def offer(self, model: nn.Module, epoch: int, row: dict[str, Any]) -> None:
-        if row[self.metric] > self.score:
-            self.epoch, self.score = epoch, row[self.metric]
-            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "score": self.score, "weights": self.weights}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.score, self.weights = state["epoch"], state["score"], state["weights"]
-
-
-def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
-    began = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    best_on = run.suite.pretrain.best_on
-    best = None
-    if run.suite.pretrain.checkpoint:
-        load_user_checkpoint(model, resolve_path(run.suite.pretrain.checkpoint, ws.suite_dir))
-    else:
-        recipe = dense_recipe(run, methods)
-        variants = [v for v in (m.dense_variant() for m in methods) if v is not None]
-        hooks = [h for v in variants for h in v.hooks]
-        optimizer = None
-        groups = [v.param_groups for v in variants if v.param_groups is not None]
-        if groups:
-            optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
-        if best_on != "final":
-            best = BestCheckpoint("val_acc" if best_on == "validation" else "test_acc")
-            hooks.append(best)
-        bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
-
-        def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
-            if bar:
-                bar(epoch, total, row)
-            if best is not None:
-                best.offer(model, epoch, row)
-
-        def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
-            return validation_metrics(net, ws) if best_on == "validation" else {}
-
-        history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
-                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"),
-                      optimizer=optimizer, progress=progress, on_epoch_end=on_epoch_end)
-        if bar:
-            bar.close()
-    # Which epoch's weights are pruned: the last one, or the best one by pretrain.best_on.
-    chosen = {"best_on": best_on if best is not None and best.weights is not None else "final",
-              "epoch": len(history), "epochs": len(history)}
-    if chosen["best_on"] != "final":
-        model.load_state_dict(best.weights)
-        chosen["epoch"] = best.epoch
-    model.to(ws.device)
-    # The chosen epoch already evaluated this very model; evaluate only when nothing was trained here.
-    acc = history[chosen["epoch"] - 1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
-    save_checkpoint(dense.model, {"model": model.state_dict()})
-    # The images it trained on: the training set less any validation split (none when loaded from a checkpoint).
-    trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
-    write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "checkpoint": chosen,
-                            "history": history, "num_train": trained_on, "seconds": time.perf_counter() - began})
-    remove_checkpoint(dense.checkpoint)
-    log.info("dense model %s: test accuracy %.4f (%s checkpoint, epoch %d of %d)", run.dense_id, acc,
-             chosen["best_on"], chosen["epoch"], chosen["epochs"])
-
-
-# ----------------------------------------------------------------------------------------- one run
-
-def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any]:
-    """Parameters, FLOPs and (unless switched off) measured inference latency of ``model``."""
-    shape = (info.in_channels, info.image_size, info.image_size)
-    found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
-    latency = run.suite.latency
-    if latency.enabled:
-        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats,
-                                                      min_time_s=latency.min_time_s)
-    return found
-
-
-def validation_metrics(model: nn.Module, ws: Workspace) -> dict[str, float]:
-    """``val_loss`` and ``val_acc`` on the dataset's validation split; nothing when it has none."""
-    if not ws.data.info.num_val:
-        return {}
-    loss, acc = evaluate(model, ws.data, 1000, ws.device, "validation")
-    return {"val_loss": loss, "val_acc": acc}
-
-
-def jsv_probe(run: Run, ws: Workspace) -> torch.Tensor | None:
-    t = run.suite.trainability
-    return ws.data.probe(t.samples, derive_seed(run.seed, "probe")) if t.enabled else None
-
-
-def jsv(model: nn.Module, probe: torch.Tensor | None, run: Run) -> dict[str, float]:
-    return {} if probe is None else jsv_stats(model, probe, mode=run.suite.trainability.mode).as_dict()
-
 
 def run_context(run: Run, ws: Workspace, dense_model: nn.Module, methods: Sequence[Method]
                 ) -> tuple[RunContext, GroupPlan]:

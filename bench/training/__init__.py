@@ -1,0 +1,2 @@
+"""Training and measuring a model: the training loop (``train``: one optimizer factory, the schedules, ``fit``),
+parameter and FLOP counts and latency (``measure``), and the Jacobian singular values (``trainability``)."""
