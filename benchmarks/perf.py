@@ -482,9 +482,9 @@ def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
     retraining epochs, the measurements) on Fashion-MNIST with a 5,000-image split, beside the same run without one.
 
     Each run's dense model is made first, untimed, as a suite's runs share it. In the run with the split the
-    evaluations of the split (``bench.pipeline.runner.validation_metrics``, wrapped for this run: the dense and pruned models,
-    then every retraining epoch) are timed; their share of that run's wall time is the figure (target <= 5%). The two
-    wall times differ also because the split leaves 55,000 of the 60,000 images to train on.
+    evaluations of the split (``bench.pipeline.runner.validation_metrics``, wrapped for this run: the dense and
+    pruned models, then every retraining epoch) are timed; their share of that run's wall time is the figure
+    (target <= 5%). The two wall times differ also because the split leaves 55,000 of the 60,000 images to train on.
     """
     import bench.pipeline.runner
     print("\nvalidation split: one quickstart run (l1, ratio 0.9, LR 0.01, 6 retraining epochs; dense model made "
