@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.cli.parser import (  # build_parser: re-exported for callers of bench.cli
+    SLURM_FLAGS,
+    build_parser,
+)
 from bench.core import distributed, environment
 from bench.core.config import Suite, device_problem, load_suite
 from bench.core.errors import ConfigError, UserError
@@ -32,135 +36,6 @@ if TYPE_CHECKING:
     from bench.launch import Invocation
 
 log = logging.getLogger("bench")
-
-
-def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every command takes."""
-    parser.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
-
-
-def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", help="a YAML suite file, e.g. suites/quickstart.yaml")
-    parser.add_argument("--results", default="results", help="results directory (default: results/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a suite key with a YAML value, e.g. --set retrain.lr=[0.1,0.01]")
-    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
-                        help="import outside code that registers methods, models or datasets: a .py file, a module, "
-                        "or an installed package's entry point (group pruning_bench.plugins; $BENCH_PLUGINS=all "
-                        "enables every installed one)")
-    parser.add_argument("--data-root", help="where datasets live (else the suite's data_root, else "
-                        "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
-
-
-SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
-    ("--partition", str, "sbatch --partition"), ("--account", str, "sbatch --account"), ("--qos", str, "sbatch --qos"),
-    ("--gpus-per-task", int, "GPUs per task"), ("--cpus-per-task", int, "CPUs per task"),
-    ("--tasks-per-run", int, "processes per run, data-parallel (DDP)"),
-    ("--mem-gb", float, "memory per run in GB"), ("--timeout-min", int, "time limit per task in minutes"),
-    ("--array-parallelism", int, "tasks running at once"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench.py", description="Structured-pruning benchmark harness: "
-                                     "prune-then-retrain sweeps over methods, ratios, retraining LRs and seeds.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run every unfinished run of a suite", description="Run a suite: every "
-                         "method × ratio × retraining LR × seed. Finished runs are skipped, interrupted ones resume.")
-    _add_suite_arguments(run)
-    run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
-    run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
-                     help="inline: one run after another in this process (default); local: a pool of --workers "
-                     "processes; slurm: submit one job array (a task per run) and return")
-    run.add_argument("--workers", type=int, metavar="N",
-                     help="local: worker processes (default: the number of visible GPUs, else 1)")
-    run.add_argument("--nproc", type=int, metavar="N", default=1,
-                     help="inline: train each run data-parallel (DDP) in N processes on this machine, one GPU each "
-                     "on CUDA, gloo on CPU (like torchrun --nproc-per-node N)")
-    run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
-    slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
-                                   "--set slurm.KEY=VALUE); see docs/cluster.md")
-    for flag, kind, help_text in SLURM_FLAGS:
-        key = flag[2:].replace("-", "_")
-        slurm.add_argument(flag, type=kind, dest=f"slurm_{key}", metavar=key.upper(), help=help_text)
-
-    plan = sub.add_parser("plan", help="list the runs a suite expands to and which are done",
-                          description="List the runs of a suite and their status, without running anything.")
-    _add_suite_arguments(plan)
-
-    status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed, diverged "
-                            "or corrupt", description="Each run's state from its result file and lock (a started "
-                            "run whose process is gone is interrupted; an unreadable result.json is corrupt, with "
-                            "the parse error) and, for runs submitted to Slurm, from the scheduler "
-                            "(sacct), with counts and the logs of failed runs.")
-    _add_suite_arguments(status)
-
-    report = sub.add_parser("report", help="write tables, figures and an HTML page of the results",
-                            description="Collect every result.json under the results directory and write, per "
-                            "suite, <results>/<suite>/report/: runs.csv, tables (md, tex, csv), figures (png, pdf), "
-                            "summary.md and a self-contained index.html.")
-    report.add_argument("--results", default="results", help="results directory (default: results/)")
-    report.add_argument("--suite", dest="suites", action="append", default=[], metavar="NAME_OR_FILE",
-                        help="only this suite (repeatable); a suite file (.yaml) also supplies its 'reference'")
-    report.add_argument("--filter", dest="query", metavar="EXPR", help="keep the runs where this pandas query on "
-                        "runs.csv's columns holds, e.g. \"method in ['l1','tpp'] and ratio == 0.9\"; the report goes "
-                        "beside the full one, to <suite>/report/filtered/<name>/")
-    report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
-                        "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
-    report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
-
-    selftest = sub.add_parser("selftest", help="check that this machine runs the harness: every method, the speed "
-                              "options, memory, latency, JSV, data parallelism, the pool",
-                              description="Tiny suites on synthetic data that prove this machine ready; one PASS/FAIL "
-                              "line per check, exit status 0 only when all pass. Run it first on a new (GPU) node.")
-    selftest.add_argument("--device", default="auto", help="auto (default: cuda when a GPU is visible), cpu or cuda")
-    selftest.add_argument("--nproc", type=int, default=1, metavar="N",
-                          help="also run a data-parallel run in N processes against one (N >= 2)")
-    selftest.add_argument("--quick", action="store_true",
-                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU)")
-    export = sub.add_parser("export", help="write a suite's runs to TensorBoard or MLflow",
-                            description="Write the runs of a suite as last run (its manifest.json) to a tracker: one "
-                            "tracker run per run, named by its run id, with the configuration as parameters, the "
-                            "per-epoch history as step metrics and the final metrics; unfinished runs with their "
-                            "status. Exporting again rewrites them. Needs the tracker's extra: pip install -e "
-                            "'.[tensorboard]' or '.[mlflow]'.")
-    export.add_argument("suite", help="a suite name (its folder under --results) or its YAML file")
-    export.add_argument("--to", dest="tracker", choices=["tensorboard", "mlflow"], required=True)
-    export.add_argument("target", metavar="DIR_OR_URI", help="tensorboard: a log directory (runs go to "
-                        "DIR/<suite>/<run id>); mlflow: a tracking URI, or a directory for a local file store")
-    export.add_argument("--results", default="results", help="results directory (default: results/)")
-
-    listing = sub.add_parser("list", help="list registered methods, models or datasets",
-                             description="List registered methods (with hyperparameters), models or datasets (with "
-                             "options).")
-    listing.add_argument("what", choices=["methods", "models", "datasets"])
-    listing.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_MODULE_OR_ENTRY_POINT",
-                         help="import outside code first: a .py file, a module or an installed plugin's entry point")
-    verify = sub.add_parser("verify", help="check every result, checkpoint and cached model of a results folder",
-                            description="Read every result.json, checkpoint and cached model (their sha256 checked) "
-                            "and check each against what refers to it: a finished run's model.pt keeps the channels "
-                            "its result records, a pruned model belongs to its prune id and to the dense model now "
-                            "cached. Prints what is corrupt, orphaned (nothing refers to it; looked for only without "
-                            "SUITE) or stale; exit 0 only when all is well.")
-    verify.add_argument("suite", nargs="?", help="only this suite (its name, or its YAML file) and the cached models "
-                        "it refers to")
-    verify.add_argument("--results", default="results", help="results directory (default: results/)")
-    verify.add_argument("--fix", action="store_true", help="move what is wrong aside (<file>.<kind>-<time>, kept for "
-                        "inspection), so that the next run makes it again")
-
-    gc = sub.add_parser("gc", help="delete cached models and checkpoints no unfinished run needs",
-                        description="Delete the cached dense and pruned models that no unfinished run of any suite in "
-                        "the folder needs, leftover checkpoints (a finished run's, unless its suite keeps them; a "
-                        "run's no longer in its suite), files set aside by verify --fix or a self-healed cache, and "
-                        "stale temporaries; print the space freed. Never a result.json or a finished run's model.pt, "
-                        "never anything a live run holds a lock on.")
-    gc.add_argument("--results", default="results", help="results directory (default: results/)")
-    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
-    gc.add_argument("--keep-dense", action="store_true", help="keep every cached dense model (the expensive ones)")
-    for command in sub.choices.values():
-        _add_common_arguments(command)
-    return parser
 
 
 def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
