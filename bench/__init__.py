@@ -10,7 +10,6 @@ from bench.method import (
                           Phase,
                           PruneTarget,
                           RunContext,
-                          filter_weights,
                           global_ratio,
                           keep_above_quantile,
                           keep_from_scores,
@@ -18,12 +17,13 @@ from bench.method import (
                           scoped,
 )
 from bench.pruning import register_count_rule
+from bench.pruning.scores import filter_magnitude, filter_weights
 from bench.training.measure import count_flops, count_parameters, counting_flops
 from bench.training.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "counting_flops",
-           "derive_seed", "evaluate", "field", "filter_weights", "global_ratio", "keep_above_quantile",
-           "keep_from_scores", "scoped", "register_count_rule", "register_method"]
+           "derive_seed", "evaluate", "field", "filter_magnitude", "filter_weights", "global_ratio",
+           "keep_above_quantile", "keep_from_scores", "scoped", "register_count_rule", "register_method"]
 
 legacy.install()

@@ -343,8 +343,3 @@ def keep_above_quantile(scores: Mapping[str, torch.Tensor], target: PruneTarget,
             passing = torch.sort(top).values
         keep[name] = passing
     return keep
-
-
-def filter_weights(module: nn.Module) -> torch.Tensor:
-    """A conv or linear weight as one row per output channel (N × rest)."""
-    return module.weight.detach().flatten(1)

@@ -24,7 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench import BaseHooks, Method, Phase, Recipe, RunContext, field, filter_weights, keep_from_scores, register_method
+from bench import (
+    BaseHooks,
+    Method,
+    Phase,
+    Recipe,
+    RunContext,
+    field,
+    filter_magnitude,
+    keep_from_scores,
+    register_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +148,7 @@ class GrowingL2Hooks(BaseHooks):
         frozen once growth has stopped), computed on the device."""
         growing = self._stop == 0
         for name, (module, pruned, kept) in zip(self.pruned, self._layers):
-            magnitude = filter_weights(module).abs().mean(dim=1)
+            magnitude = filter_magnitude(module)
             ratio = (magnitude.index_select(0, kept).mean() / magnitude.index_select(0, pruned).mean()).double()
             previous = self._ratios.get(name)
             updated = ratio if previous is None else 0.9 * previous + 0.1 * ratio
@@ -203,7 +213,7 @@ class GReg(Method):
     def phase(self, model: nn.Module, ctx: RunContext) -> Phase:
         """Pick the filters on the dense model (recomputed identically on resume) and build the growth phase."""
         hp = self.hparams
-        members = {m: filter_weights(model.get_submodule(m)).abs().mean(dim=1) for m in ctx.target.members()}
+        members = {m: filter_magnitude(model.get_submodule(m)) for m in ctx.target.members()}
         scores = self.group_scores(members, ctx.target)
         self._keep = keep_from_scores(scores, ctx.target)
         pruned = {}

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench import Method, RunContext, filter_weights, register_method
+from bench import Method, RunContext, filter_magnitude, register_method
 
 
 def mean_abs_weight(model: nn.Module, layers: list[str]) -> dict[str, torch.Tensor]:
     """Each output filter's mean |w| (Li et al.'s sum of |w| divided by the filter size, as TPP's code)."""
     modules = dict(model.named_modules())
-    return {name: filter_weights(modules[name]).abs().mean(dim=1) for name in layers}
+    return {name: filter_magnitude(modules[name]) for name in layers}
 
 
 @register_method("l1")

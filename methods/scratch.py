@@ -32,7 +32,7 @@ from bench import (
     RunContext,
     derive_seed,
     field,
-    filter_weights,
+    filter_magnitude,
     register_method,
 )
 
@@ -95,7 +95,7 @@ class Scratch(Method):
     def scores(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.Tensor]:
         """L1's criterion (Li et al. 2017): each filter's mean |w|."""
         modules = dict(model.named_modules())
-        return {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.layers}
+        return {name: filter_magnitude(modules[name]) for name in ctx.target.layers}
 
     def after_slim(self, model: nn.Module, ctx: RunContext) -> None:
         reinitialize_(model, derive_seed(ctx.seed, "scratch"), self.hparams.conv_init)

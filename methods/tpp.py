@@ -33,7 +33,7 @@ from bench import (
     Recipe,
     RunContext,
     field,
-    filter_weights,
+    filter_magnitude,
     keep_from_scores,
     register_count_rule,
     register_method,
@@ -268,7 +268,7 @@ class TPP(Method):
         """Pick the filters on the dense model (recomputed identically on resume) and build the regularisation phase."""
         hp = self.hparams
         modules = dict(model.named_modules())
-        scores = {name: filter_weights(modules[name]).abs().mean(dim=1) for name in ctx.target.members()}
+        scores = {name: filter_magnitude(modules[name]) for name in ctx.target.members()}
         self._keep = keep_from_scores(self.group_scores(scores, ctx.target), ctx.target)
         order = self._zeroing_order(model, ctx.input_shape)
         layers = []
