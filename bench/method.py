@@ -13,7 +13,6 @@ channels, and every component's other hooks run in order.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -23,7 +22,7 @@ from torch import nn
 
 from bench.core.errors import ConfigError, UserError
 from bench.core.registry import METHODS
-from bench.pruning import num_pruned
+from bench.pruning import num_pruned, ratio_count
 from bench.pruning.groups import Group
 from bench.training.train import Recipe, TrainHooks
 
@@ -273,7 +272,7 @@ def keep_from_scores(scores: Mapping[str, torch.Tensor], target: PruneTarget) ->
     ratio = next(iter(target.ratios.values()))
     flat = [(float(v), name, i) for name in target.layers for i, v in enumerate(scores[name].detach().float().cpu())]
     total = len(flat)
-    n_drop = min(math.ceil(round(ratio * total, 6)), total - len(target.layers))
+    n_drop = min(ratio_count(ratio, total), total - len(target.layers))
     sizes = {name: scores[name].numel() for name in target.layers}
     floor = {name: target.floor(sizes[name]) for name in target.layers}
     protected = {name: target.protected(sizes[name]) for name in target.layers}

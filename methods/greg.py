@@ -28,6 +28,7 @@ from bench import (
     BaseHooks,
     Method,
     Phase,
+    Ramp,
     Recipe,
     RunContext,
     field,
@@ -57,23 +58,13 @@ class GRegHparams:
 
 
 @dataclass(frozen=True)
-class GrowthSchedule:
+class GrowthSchedule(Ramp):
     """λ as a function of the iteration t (0-based) and of the update count at which growth stopped, if early.
 
     The code updates λ at every t with t mod K_u = 0, t = 0 included, so λ(t) = δ·(⌊t/K_u⌋ + 1) while growing; it
     reaches the ceiling at update u_max = ceil(ceiling/δ), at iteration (u_max − 1)·K_u, and removal follows K_s
     iterations later: the phase has (u_max − 1)·K_u + K_s + 1 steps.
     """
-
-    delta: float
-    ceiling: float
-    update_interval: int
-    stabilize: int
-
-    @property
-    def max_updates(self) -> int:
-        """Updates until λ reaches the ceiling (rounded first so that 1/1e-4 is 10000, not 10000.000000000002)."""
-        return math.ceil(round(self.ceiling / self.delta, 9))
 
     @property
     def total_steps(self) -> int:

@@ -67,6 +67,7 @@ from bench import (
     derive_seed,
     field,
     global_ratio,
+    ratio_count,
     register_method,
 )
 
@@ -423,14 +424,14 @@ class OrthoReg(Method):
             ratio = global_ratio(ctx.target, self.name)
             share = ratio if last else cumulative_fraction(ratio, rounds, done)
             total = sum(sizes.values())
-            due = math.ceil(round(share * total, 6)) if last else round(share * total)
+            due = ratio_count(share, total) if last else round(share * total)
             counts: dict[str, int] | int = due - sum(len(s) for s in self.pruned.values())
         else:
             counts = {}
             for name, n in sizes.items():
                 ratio = ctx.target.ratios[name]
                 share = ratio if last else cumulative_fraction(ratio, rounds, done)
-                due = math.ceil(round(share * n, 6)) if last else round(share * n)
+                due = ratio_count(share, n) if last else round(share * n)
                 counts[name] = due - len(self.pruned.get(name, set()))
         self.pruned = drop_lowest(scores, counts, self.floors(model, ctx), self.pruned,
                                   by_index=ctx.target.floor_keeps == "index")

@@ -30,6 +30,7 @@ from bench import (
     Method,
     Phase,
     PruneTarget,
+    Ramp,
     Recipe,
     RunContext,
     field,
@@ -81,7 +82,7 @@ class TPPHparams:
 
 
 @dataclass(frozen=True)
-class StrengthSchedule:
+class StrengthSchedule(Ramp):
     """r(t) as a pure function of the iteration t (0-based, as ``fit`` counts): resumable without state.
 
     r = Δ·floor(t/K_u) until the first update with r >= τ, at t_s = ceil(τ/Δ)·K_u; then r stays at that value and
@@ -89,15 +90,10 @@ class StrengthSchedule:
     filters after that step), so the phase has t_s + K_s + 1 steps.
     """
 
-    delta: float
-    ceiling: float
-    update_interval: int
-    stabilize: int
-
     @property
     def updates(self) -> int:
-        """Updates until r >= τ: ceil(τ/Δ), rounded first so that e.g. 1/1e-4 is not 10000.000000000002."""
-        return math.ceil(round(self.ceiling / self.delta, 9))
+        """Updates until r >= τ (``Ramp.max_updates``)."""
+        return self.max_updates
 
     @property
     def ramp_end(self) -> int:

@@ -67,11 +67,16 @@ def register_count_rule(name: str) -> Callable[[CountRule], CountRule]:
     return decorate
 
 
+def ratio_count(ratio: float, n: int) -> int:
+    """ceil(ratio·n) of the product rounded to 6 decimals, so float noise (0.3·10 = 3.0000000000000004) does not
+    count: the arithmetic of every ratio-to-count rule here, and of methods that count filters themselves."""
+    return math.ceil(round(ratio * n, 6))
+
+
 @register_count_rule("ceil")
 def ceil_count(n: int, ratio: float) -> int:
-    """The harness's rule: ceil of ratio*n rounded to 6 decimals (float noise such as 0.3*10 = 3.0000000000000004
-    does not count), at most n - 1."""
-    return max(0, min(math.ceil(round(ratio * n, 6)), n - 1))
+    """The harness's rule: ``ratio_count``, at most n - 1."""
+    return max(0, min(ratio_count(ratio, n), n - 1))
 
 
 def num_pruned(n: int, ratio: float, rule: str = "ceil") -> int:
