@@ -3,10 +3,10 @@ at zero through retraining, for protocols that mask (OrthoReg's ResNet code zero
 and what removing them would leave, which the harness reports beside what the masked model costs.
 
 A unit is zeroed through the parameters that produce it (weight rows, biases, BatchNorm scale and shift), so the
-masked model's outputs equal the slimmed model's wherever removal exists (``tests/test_masking.py``). During training
-``MaskHooks`` zero those entries' gradients after every backward pass (so momentum and weight decay never move them) and
-the entries themselves after every step. The masks are rebuilt from the kept units that ``pruned.pt`` and ``model.pt``
-store, so a resumed run holds the same ones.
+masked model's outputs equal the slimmed model's wherever removal exists (``tests/pruning/test_masking.py``). During
+training ``MaskHooks`` zero those entries' gradients after every backward pass (so momentum and weight decay never
+move them) and the entries themselves after every step. The masks are rebuilt from the kept units that ``pruned.pt``
+and ``model.pt`` store, so a resumed run holds the same ones.
 """
 from __future__ import annotations
 

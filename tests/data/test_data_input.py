@@ -19,7 +19,7 @@ from bench.data import MNIST_SUBSET_SOURCE, DataError, build_dataset, check_data
 from bench.errors import ConfigError
 from bench.grid import expand
 from tests.conftest import PROJECT, tiny_suite
-from tests.test_data import _write_fake_idx_tree, _write_pickle
+from tests.data.test_data import _write_fake_idx_tree, _write_pickle
 
 
 @pytest.mark.parametrize(

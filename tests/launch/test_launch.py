@@ -136,7 +136,7 @@ def test_executor_options_are_checked(write_suite, tmp_path: Path) -> None:
 
 def test_launch_does_not_import_the_command_line() -> None:
     """The executors sit below the CLI: what both need (loading a suite, the device) lives in bench.suite.session."""
-    trees = [ast.parse(path.read_text()) for path in (Path(__file__).parents[1] / "bench" / "launch").glob("*.py")]
+    trees = [ast.parse(path.read_text()) for path in (Path(__file__).parents[2] / "bench" / "launch").glob("*.py")]
     imported = {node.module for tree in trees for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for tree in trees for node in ast.walk(tree) if isinstance(node, ast.Import)
                  for alias in node.names}

@@ -7,7 +7,7 @@ import pytest
 
 from bench.cli import main
 from tests.conftest import tiny_suite
-from tests.test_runner import results_of
+from tests.pipeline.test_runner import results_of
 
 SMALL_DATA = {"name": "synthetic", "num_train": 64, "num_test": 32, "channels": 3, "size": 32}
 

@@ -4,7 +4,7 @@ At the end every run is ok and finished once (killed attempts may show, never tw
 clean single-runner execution, and ``verify`` finds nothing wrong. A 20-run and a 200-run version, both marked slow
 (the default suite's kill and concurrency tests are in test_faults.py):
 
-    .venv/bin/python -m pytest tests/test_soak.py -m slow -q -p no:cacheprovider
+    .venv/bin/python -m pytest tests/pipeline/test_soak.py -m slow -q -p no:cacheprovider
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def soak(tmp_path: Path, suite: dict[str, Any], seed: int = 0) -> None:
     assert main(["verify", "--results", str(results), "--quiet"]) == 0
 
 
-@pytest.mark.slow  # 32 s; tests/test_faults.py covers kills and concurrent runners by default
+@pytest.mark.slow  # 32 s; tests/core/test_faults.py covers kills and concurrent runners by default
 def test_soak_20_runs_two_runners_a_killed_third_and_a_truncated_dense_model(tmp_path: Path) -> None:
     soak(tmp_path, soak_suite(ratios=[0.5], seeds=[0, 1]))
 

@@ -22,8 +22,8 @@ from bench.pruning import PruningError, prunable_layers
 from bench.store import load_checkpoint
 from bench.train import Recipe, make_optimizer, train_epoch
 from tests.conftest import PROJECT, tiny_suite
-from tests.test_faults import comparable, final_results, run_suite
-from tests.test_groups import Concat, built, halves, randomised, small_vit
+from tests.core.test_faults import comparable, final_results, run_suite
+from tests.pruning.test_groups import Concat, built, halves, randomised, small_vit
 
 RESNET34_BRANCHES = ["layer*.*.conv1", "layer*.*.conv2", "layer*.*.shortcut.0"]
 

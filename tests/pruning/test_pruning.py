@@ -72,7 +72,7 @@ def assert_slim_matches_masked(model: nn.Module, x: Tensor, layers: list[str], s
     return slimmed
 
 
-# Models whose default layers form coupled groups (residual streams, heads): tests/test_groups.py covers them.
+# Models whose default layers form coupled groups (residual streams, heads): tests/pruning/test_groups.py covers them.
 GROUPED = ("mobilenet_v2_cifar", "vit_cifar")
 
 

@@ -33,7 +33,7 @@ from bench.report.stats import kendall_tau, mean_ci, t_quantile  # noqa: E402
 from bench.report.synthetic import default_jsv, write_synthetic_results  # noqa: E402
 from tests.conftest import tiny_suite  # noqa: E402
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 QUICKSTART = {"methods": ["l1", "random"], "ratios": [0.5, 0.9], "lrs": [0.01, 0.001], "seeds": [0, 1, 2]}
 ONE_CELL = [90.0, 91.0, 93.0]  # final accuracies (%) of seeds 0, 1, 2 in one cell, for the hand-checked interval
 TABLE_NAMES = ["verdict", "paired", "status", "problems", "accuracy", "lr_gap", "ranks", "rank_stability",
