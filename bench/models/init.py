@@ -15,6 +15,16 @@ INITS = ("model", "fan_out")
 
 
 @torch.no_grad()
+def kaiming_convs_(model: nn.Module) -> nn.Module:
+    """The CIFAR models' own initialisation of their convolutions: Kaiming-normal on fan-in for ReLU (the rest keeps
+    PyTorch's defaults); one loop the ResNets, VGGs and MobileNet share."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    return model
+
+
+@torch.no_grad()
 def initialise_(model: nn.Module, name: str) -> nn.Module:
     """Re-initialise ``model`` in place with the named scheme (``model``: leave it as built); returns it."""
     if name == "model":

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models._registry import register_model
+from bench.models.init import kaiming_convs_
 
 CFG: tuple[int | tuple[int, int], ...] = (
     64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024,
@@ -46,9 +47,7 @@ class MobileNetV1Cifar(nn.Module):
         self.layers = nn.Sequential(*blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        kaiming_convs_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models._registry import register_model
+from bench.models.init import kaiming_convs_
 
 WIDTHS = (64, 128, 256, 512)
 BLOCKS = (3, 4, 6, 3)
@@ -47,9 +48,7 @@ class ResNet34Cifar(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(WIDTHS[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        kaiming_convs_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models._registry import register_model
+from bench.models.init import kaiming_convs_
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -55,9 +56,7 @@ class ResNetCifar(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(STAGE_WIDTHS[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        kaiming_convs_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
