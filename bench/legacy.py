@@ -31,7 +31,7 @@ MOVED: dict[str, str] = {
     "bench.grid": "bench.suite.grid",
     "bench.manifest": "bench.suite.manifest",
     "bench.session": "bench.suite.session",
-    "bench.runner": "bench.pipeline",   # split into setup, dense, metrics and runner
+    "bench.runner": "bench.pipeline.runner",   # which re-exports what moved to setup, dense and metrics
     "bench.trackers": "bench.pipeline.trackers",
     "bench.export": "bench.launch.export",
     "bench.maintenance": "bench.launch.maintenance",

@@ -36,6 +36,8 @@ from bench.core.store import (
 )
 from bench.method import Method, RunContext
 from bench.pipeline.dense import MAKE_ATTEMPTS, load_shared, obtain_dense, usable_checkpoint
+from bench.pipeline.dense import BestCheckpoint as BestCheckpoint  # re-exported (the flat bench.runner had it)
+from bench.pipeline.dense import train_dense as train_dense  # re-exported
 from bench.pipeline.metrics import jsv, jsv_probe, measure, validation_metrics
 from bench.pipeline.setup import (
     Workspace,
@@ -49,6 +51,9 @@ from bench.pipeline.setup import (
     retrain_recipe,
     suite_performance,
 )
+from bench.pipeline.setup import load_user_checkpoint as load_user_checkpoint  # re-exported
+from bench.pipeline.setup import select_layers as select_layers  # re-exported
+from bench.pipeline.setup import validate_runs as validate_runs  # re-exported
 from bench.pipeline.trackers import LiveLog
 from bench.pruning.groups import GroupPlan, group_sizes, slim_groups
 from bench.pruning.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
