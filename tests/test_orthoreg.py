@@ -421,3 +421,40 @@ def test_phase_steps_counts_the_codes_iterative_segments() -> None:
     assert baseline.phase_steps(dense, dense, per_epoch) == (100 * 782, 64)
     plain = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=3, round_epochs=10))
     assert plain.phase_steps(dense, dense, per_epoch) == (30 * 782, 64)
+
+
+# ----------------------------------------------------------------------------------------- the code's init
+
+@pytest.mark.parametrize("model_name", ["vgg13", "mobilenet_v1", "resnet34_cifar"])
+def test_torch_default_init_draws_the_first_layer_as_nn_conv2d_does(model_name: str) -> None:
+    """``pretrain.init: torch_default`` (the OrthoReg code sets no init) gives the first conv nn.Conv2d's own default:
+    U(−1/√fan_in, 1/√fan_in), std 1/√(3·fan_in), a filter row's squared norm about 1/3; the model's own Kaiming-normal
+    fan-in init has std √(2/fan_in) (√6 ≈ 2.45× larger) and squared row norms about 2. BatchNorm: scale 1, shift 0."""
+    from bench.models.init import initialise_
+
+    torch.manual_seed(0)
+    own = MODELS.get(model_name).build(num_classes=100, in_channels=3)
+    default = initialise_(copy.deepcopy(own), "torch_default")
+    first = next(m for m in default.modules() if isinstance(m, nn.Conv2d))
+    first_own = next(m for m in own.modules() if isinstance(m, nn.Conv2d))
+    torch.manual_seed(1)
+    reference = nn.Conv2d(3, first.out_channels, 3, padding=1, bias=False)  # PyTorch's default, another draw
+    fan_in = first.weight[0].numel()
+    bound = 1 / math.sqrt(fan_in)
+    w = first.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.98 * bound
+    assert w.std().item() == pytest.approx(reference.weight.std().item(), rel=0.06)
+    assert w.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.06)
+    assert w.flatten(1).square().sum(1).mean().item() == pytest.approx(1 / 3, rel=0.08)
+    assert w.mean().item() == pytest.approx(0.0, abs=0.1 * bound)
+    # the model's own init is the one it replaces: 2.45x the weight scale, squared row norms near 2
+    assert first_own.weight.std().item() / w.std().item() == pytest.approx(math.sqrt(6), rel=0.1)
+    assert first_own.weight.detach().flatten(1).square().sum(1).mean().item() == pytest.approx(2.0, rel=0.15)
+    for m in default.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.abs().max() <= 1 / math.sqrt(m.weight[0].numel())
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+        if isinstance(m, nn.Linear):
+            assert m.weight.abs().max() <= 1 / math.sqrt(m.in_features)
+            assert m.bias.abs().max() <= 1 / math.sqrt(m.in_features) and m.bias.abs().max() > 0

@@ -31,7 +31,7 @@ ORTHOREG = {"protocol": "early_bird", "importance_samples": 10000, "importance_b
             "between": [], "rounds": 2, "round_epochs": 25, "lr": 0.1}
 PROTOCOLS = {
     "orthoreg_cifar100": {
-        "model": "vgg13", "dataset": "cifar100", "seeds": [0],
+        "model": "vgg13", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.05,
                   "floor_keeps": "important", "layers": ["features.*"]},
         "methods": {
@@ -40,7 +40,7 @@ PROTOCOLS = {
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "fan_in"})},
     },
     "orthoreg_mobilenet_cifar100": {
-        "model": "mobilenet_v1", "dataset": "cifar100", "seeds": [0],
+        "model": "mobilenet_v1", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.05,
                   "floor_keeps": "important", "layers": ["conv1", "layers.*.conv2"]},
         "methods": {
@@ -49,7 +49,7 @@ PROTOCOLS = {
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "none"})},
     },
     "orthoreg_resnet34_cifar100": {  # the code's ResNet rule: no 5% floor, one filter per layer
-        "model": "resnet34_cifar", "dataset": "cifar100", "seeds": [0],
+        "model": "resnet34_cifar", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.0,
                   "floor_keeps": "important"},
         "methods": {
@@ -58,14 +58,15 @@ PROTOCOLS = {
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "none"})},
     },
 }
-# The first run id of each method and the dense ids, as of the code's protocol (2026-12-03).
+# The first run id of each method and the dense ids, as of the code's protocol (2026-12-06: PyTorch's default init,
+# issue 30).
 RUN_IDS = {
-    "orthoreg_cifar100": {"orthoreg": "68a77bf8960f", "fisher": "d37c4233a860", "bn_scale": "c544fe41ec95",
-                          "dense:orthoreg": "81995d47b23e", "dense:fisher": "5128ca8a61dd",
-                          "dense:bn_scale": "5128ca8a61dd"},
-    "orthoreg_mobilenet_cifar100": {"orthoreg": "1973d809a2fd", "fisher": "229b5f5f2730", "bn_scale": "05b649c99a55",
-                                    "dense:orthoreg": "11fd56b8b0a8", "dense:fisher": "74f19513e53f",
-                                    "dense:bn_scale": "74f19513e53f"},
+    "orthoreg_cifar100": {"orthoreg": "372952cf0227", "fisher": "b50d46f70c02", "bn_scale": "63c0fdc0414a",
+                          "dense:orthoreg": "8f0961cdc5ff", "dense:fisher": "8bc8aba7e7c5",
+                          "dense:bn_scale": "8bc8aba7e7c5"},
+    "orthoreg_mobilenet_cifar100": {"orthoreg": "849fd15158ac", "fisher": "5f8d530f0cee", "bn_scale": "f73632efef5a",
+                                    "dense:orthoreg": "3f650ff0cd7b", "dense:fisher": "33eb12a19592",
+                                    "dense:bn_scale": "33eb12a19592"},
 }
 
 
@@ -96,7 +97,8 @@ def protocol(runs: list[Run]) -> dict[str, Any]:
         methods[run.method.label] = (method.name, dataclasses.asdict(method.hparams))
         dense[run.method.label] = recipe_of(dense_recipe(run, [method]))
         retrain[run.method.label] = recipe_of(retrain_recipe(run))
-    return {"model": suite.model, "dataset": suite.dataset_name, "seeds": suite.seeds, "prune": prune,
+    return {"model": suite.model, "dataset": suite.dataset_name, "seeds": suite.seeds, "init": suite.pretrain.init,
+            "prune": prune,
             "methods": methods, "dense": dense, "retrain": retrain}
 
 
@@ -112,7 +114,7 @@ def test_orthoreg_suites_follow_the_code_protocol(name: str) -> None:
 @pytest.mark.parametrize("edit", ["pretrain.lr=0.05", "pretrain.epochs=30",
                                   "retrain.schedule.milestones=[60, 120]", "retrain.lr=[0.01]",
                                   "retrain.weight_decay=5.0e-4", "pretrain.batch_size=64", "prune.floor_fraction=0",
-                                  "prune.ratios=[0.5]"])
+                                  "prune.ratios=[0.5]", "pretrain.init=model"])
 def test_an_edit_to_the_protocol_is_caught(edit: str) -> None:
     assert protocol(suite_runs("orthoreg_cifar100", [edit])) != protocol(suite_runs("orthoreg_cifar100"))
 
@@ -126,8 +128,8 @@ def test_a_scheduled_pretrain_is_refused_where_orthoreg_adds_its_last_epoch(tmp_
     assert out == "" and "error: methods: orthoreg: dense_low_lr_epochs 1" in err and "Traceback" not in err
     assert main(["plan", suite, "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out.split("dense models:\n")[1]
-    assert out == ("81995d47b23e  seed 0  25 epochs, lr 0.1 step x0.1 at [24], weight decay 0, batch 128  (orthoreg)\n"
-                   "5128ca8a61dd  seed 0  25 epochs, lr 0.1 constant, weight decay 0.0001, batch 128  "
+    assert out == ("8f0961cdc5ff  seed 0  25 epochs, lr 0.1 step x0.1 at [24], weight decay 0, batch 128  (orthoreg)\n"
+                   "8bc8aba7e7c5  seed 0  25 epochs, lr 0.1 constant, weight decay 0.0001, batch 128  "
                    "(fisher, bn_scale)\n")
     assert not any(tmp_path.iterdir())
 
