@@ -612,3 +612,21 @@ def test_iterative_protocol_starts_from_the_dense_model_it_is_given(between: lis
     phase = method.phase(model, make_context(model, layers, 0.5, data))
     assert phase is not None and phase.recipe.epochs == 2 + sum(between)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("model_name", "code_over_ours", "kaiming_over_default"),
+                         [("vgg13", 0.984, 4.91), ("mobilenet_v1", 0.615, 5.68), ("resnet34_cifar", 1.034, 4.90)])
+def test_penalty_at_initialisation_under_the_two_rules_and_inits(model_name: str, code_over_ours: float,
+                                                                  kaiming_over_default: float) -> None:
+    """The README's measured effect: Σ α_l ‖G_l − I‖₁ of a seed-0 model under PyTorch's default init, the code's α
+    over ours; and the models' own Kaiming-normal init over PyTorch's default (both with our α)."""
+    from bench.models.init import initialise_
+
+    def penalty(init: str, rule: str) -> float:
+        torch.manual_seed(0)
+        model = initialise_(MODELS.get(model_name).build(num_classes=100, in_channels=3), init)
+        return float(OrthoPenalty(1.0, rule).penalty(model, 0).detach())
+
+    default = penalty("torch_default", "smaller_side")
+    assert penalty("torch_default", "code") / default == pytest.approx(code_over_ours, abs=0.0015)
+    assert penalty("model", "smaller_side") / default == pytest.approx(kaiming_over_default, abs=0.015)
