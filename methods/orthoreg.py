@@ -16,9 +16,12 @@ Protocols (``protocol``):
 - ``early_bird``: the dense model itself is trained with the regulariser and no weight decay (the code's EBT mode:
   25 epochs from scratch, 24 at lr 0.1 and 1 at 0.01: ``dense_low_lr_epochs: 1`` on the suite's constant-LR pretrain,
   which is the baselines' 25 epochs at 0.1 with weight decay 1e-4); one global prune; retrain.
-- ``iterative``: a phase on the shared dense model (the code's 160-epoch base model at dc8391b; at 869f049, the commit
-  the README cites, that load is commented out and the 25 ortho epochs train from scratch: a deviation, the phase
-  starts from the dense model). With ``between: [35, 35, 10]``
+- ``iterative``: a phase on the shared dense model (``start: dense``, the code at dc8391b, which loads its 160-epoch
+  base model). At 869f049, the commit the README cites, that load is commented out and the first 25 ortho epochs
+  train from scratch: ``start: scratch`` (with ``between``) makes those epochs the dense variant (``round_epochs`` at
+  ``lr``, the last at lr/10, weight decay 0, whatever the suite's pretrain, which stays the baselines' base model),
+  prunes round 1 at the phase's start and continues with the ``between`` epochs (at the retraining recipe's weight
+  decay, the code's single wd). With ``between: [35, 35, 10]``
   it is the code's VGG path: 25 ortho epochs (24 at lr, 1 at lr/10, weight decay 0), then at the end of each round but
   the last r_i = p / ((i+1)·p + n·(1 − p)) of the remaining filters are zeroed (masked, and kept at zero), 80 epochs
   follow without the regulariser (35 / 35 / 10 at lr, lr/10, lr/100, the dense recipe's weight decay 1e-4) and 25
@@ -293,6 +296,12 @@ class OrthoRegHparams:
     scope: Literal["global", "layerwise"] = field(
         "global", doc="global: one ranking over all pruned layers (the code, whatever prune.scope says); layerwise: "
                       "each layer's prune.ratios value")
+    start: Literal["dense", "scratch"] = field(
+        "dense", keyed_at_default=False,
+        doc="iterative with between: where the ortho training starts: dense, the phase fine-tunes the shared dense "
+            "model (the code at dc8391b, from its base model); scratch, the code at 869f049 (base-model load "
+            "commented out): the first round's ortho epochs are the dense training itself (the early-bird dense "
+            "model, from the suite's init), pruned at the phase's start")
     alpha: Literal["smaller_side", "code"] = field(
         "smaller_side", keyed_at_default=False,
         doc="the layer weights α_l = √n_l / Σ√n: smaller_side, n_l = min(rows, columns) of every conv; code, the "
@@ -362,19 +371,27 @@ class SegmentHooks(BaseHooks):
                     param.grad.add_(param, alpha=self.weight_decay)
 
 
+def prunes_first(hp: OrthoRegHparams) -> bool:
+    """Whether the code's iterative phase prunes round 1 before its first step: its baselines (λ = 0), and
+    ``start: scratch``, whose first ortho epochs were the dense training."""
+    return hp.lam == 0 or hp.start == "scratch"
+
+
 def code_segments(hp: OrthoRegHparams) -> tuple[list[float], list[bool], list[int]]:
     """The code's iterative phase per epoch: LR factor and whether the ortho term is on; and the epochs after which
     a round prunes. λ > 0: each round's ortho epochs (the last at lr/10), with ``between`` unregularised epochs
     (at lr, lr/10, lr/100) after each pruning; λ = 0 (its baselines): only the ``between`` epochs, the first round
-    pruned before the phase."""
+    pruned before the phase; ``start: scratch``: the first round's ortho epochs left out (the dense training), the
+    first round pruned before the phase."""
     ortho = [1.0] * (hp.round_epochs - 1) + [0.1] if hp.lam > 0 else []
     plain = [0.1 ** i for i, epochs in enumerate(hp.between) for _ in range(epochs)]
-    factors, regularised, ends = list(ortho), [True] * len(ortho), []
+    lead = [] if prunes_first(hp) else ortho
+    factors, regularised, ends = list(lead), [True] * len(lead), []
     for _ in range(hp.rounds - 1):
         ends.append(len(factors) - 1)
         factors += plain + ortho
         regularised += [False] * len(plain) + [True] * len(ortho)
-    return factors, regularised, ends if hp.lam > 0 else ends[1:]
+    return factors, regularised, ends[1:] if prunes_first(hp) else ends
 
 
 def piecewise(factors: list[float]) -> Schedule:
@@ -397,17 +414,28 @@ class OrthoReg(Method):
 
     def dense_variant(self) -> DenseVariant | None:
         hp = self.hparams
-        if hp.protocol != "early_bird" or hp.lam == 0:
+        if hp.start == "scratch" and (hp.protocol != "iterative" or not hp.between):
+            raise ConfigError("methods: orthoreg: start: scratch is the code's iterative path (869f049), which needs "
+                              "protocol: iterative and between epochs (the code's [35, 35, 10]); set them or drop "
+                              "start (early_bird always trains its dense model from scratch).")
+        if hp.lam == 0 or (hp.protocol != "early_bird" and hp.start != "scratch"):
             return None
         key: dict[str, Any] = {"lam": hp.lam, "weight_decay": 0.0}
         if hp.alpha != "smaller_side":
             key["alpha"] = hp.alpha
         if hp.dense_low_lr_epochs:
             key["low_lr_epochs"] = hp.dense_low_lr_epochs
+        if hp.start == "scratch":
+            key |= {"start": "scratch", "epochs": hp.round_epochs, "lr": hp.lr}
 
         def ortho_recipe(recipe: Recipe) -> Recipe:
-            """No weight decay; with ``dense_low_lr_epochs``, the last epochs at lr/10 (the code's 24 + 1)."""
+            """No weight decay; with ``dense_low_lr_epochs``, the last epochs at lr/10 (the code's 24 + 1); with
+            ``start: scratch``, the first round's ortho epochs whatever the suite's pretrain says (its Fisher
+            baseline's base model): ``round_epochs`` at ``lr``, the last at lr/10 (the code's [24, 1])."""
             recipe = replace(recipe, weight_decay=0.0)
+            if hp.start == "scratch":
+                return replace(recipe, epochs=hp.round_epochs, lr=hp.lr, schedule=Schedule(
+                    name="step", milestones=[hp.round_epochs - 1] if hp.round_epochs > 1 else [], gamma=0.1))
             k = hp.dense_low_lr_epochs
             if not k:
                 return recipe
@@ -439,15 +467,18 @@ class OrthoReg(Method):
         steps = ctx.data.steps_per_epoch(dense.batch_size)
         if hp.between:
             factors, regularised, ends = code_segments(hp)
-            if hp.lam == 0 and hp.rounds > 1:
-                self.prune_round(model, ctx, 1)  # the code's baselines prune the dense model first
+            if prunes_first(hp) and hp.rounds > 1:
+                self.prune_round(model, ctx, 1)  # the code's baselines, or the ortho dense model (start: scratch)
             if not factors:
                 return None
             recipe = Recipe(epochs=len(factors), lr=hp.lr, batch_size=dense.batch_size, momentum=dense.momentum,
                             nesterov=dense.nesterov, weight_decay=0.0, schedule=piecewise(factors))
-            done = 1 if hp.lam > 0 else 2
+            done = 2 if prunes_first(hp) else 1
             rounds = RoundHooks(self, ctx, {(end + 1) * steps - 1: done + i for i, end in enumerate(ends)})
-            segments = SegmentHooks(hp.lam, dense.weight_decay, regularised, steps, hp.alpha)
+            # the unregularised epochs' weight decay: the dense recipe's (the code's single wd); with start: scratch
+            # the dense recipe is the ortho one (wd 0), so the retraining recipe's
+            decay = ctx.retrain.weight_decay if hp.start == "scratch" else dense.weight_decay
+            segments = SegmentHooks(hp.lam, decay, regularised, steps, hp.alpha)
             return Phase(recipe=recipe, hooks=[segments, rounds])
         epochs = hp.rounds * hp.round_epochs
         schedule = Schedule(name="step", milestones=[epochs - 1] if epochs > 1 else [], gamma=0.1)

@@ -599,9 +599,8 @@ def test_unspent_drop_keeps_one_filter_without_reassigning_its_budget() -> None:
 
 @pytest.mark.parametrize("between", [[], [1, 1]])
 def test_iterative_protocol_starts_from_the_dense_model_it_is_given(between: list[int]) -> None:
-    """A documented deviation: the iterative phase trains the shared dense model as it comes (the code at dc8391b
-    loads its 160-epoch base model; at 869f049, the commit cited, that load is commented out and the ortho epochs
-    train from scratch). No dense variant, and building the phase re-initialises nothing."""
+    """By default (``start: dense``) the iterative phase trains the shared dense model as it comes, as the code at
+    dc8391b starts from its 160-epoch base model: no dense variant, and building the phase re-initialises nothing."""
     torch.manual_seed(0)
     model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
     data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
@@ -630,3 +629,37 @@ def test_penalty_at_initialisation_under_the_two_rules_and_inits(model_name: str
     default = penalty("torch_default", "smaller_side")
     assert penalty("torch_default", "code") / default == pytest.approx(code_over_ours, abs=0.0015)
     assert penalty("model", "smaller_side") / default == pytest.approx(kaiming_over_default, abs=0.015)
+
+
+def test_iterative_start_scratch_is_the_code_at_869f049() -> None:
+    """``start: scratch``: the code at 869f049 (base-model load commented out) trains its first 25 ortho epochs from
+    scratch (24 at 0.1, 1 at 0.01, wd 0) whatever the base model's recipe: that is the dense variant; the phase then
+    prunes round 1 at once and runs the 80 plain epochs (the retraining recipe's weight decay, the code's wd 1e-4)
+    and the next 25 ortho epochs; round 2 is the selection."""
+    hp = OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=25, between=[35, 35, 10], start="scratch")
+    method = OrthoReg(hp)
+    variant = method.dense_variant()
+    assert variant.key == {"orthoreg": {"lam": 0.01, "weight_decay": 0.0, "start": "scratch", "epochs": 25,
+                                        "lr": 0.1}}
+    base = Recipe(epochs=160, lr=0.1, batch_size=128, weight_decay=1e-4,
+                  schedule=Schedule(name="step", milestones=[80, 120], gamma=0.1))  # the Fisher baseline's base model
+    dense = variant.recipe(base)
+    assert (dense.epochs, dense.lr, dense.weight_decay, dense.batch_size) == (25, 0.1, 0.0, 128)
+    assert (dense.schedule.name, dense.schedule.milestones, dense.schedule.gamma) == ("step", [24], 0.1)
+    pruned_first = []
+    method.prune_round = lambda model, ctx, done: pruned_first.append(done)
+    ctx = SimpleNamespace(target=SimpleNamespace(layers=["a"]), data=SimpleNamespace(steps_per_epoch=lambda b: 4),
+                          dense_recipe=dense, retrain=Recipe(140, 0.1, weight_decay=1e-4))
+    phase = method.phase(nn.Linear(2, 2), ctx)
+    assert pruned_first == [1]  # round 1 prunes the ortho dense model before the phase's first step
+    assert epoch_lrs(phase.recipe) == pytest.approx([0.1] * 35 + [0.01] * 35 + [0.001] * 10 + [0.1] * 24 + [0.01])
+    segments, rounds = phase.hooks
+    assert segments.regularised == [False] * 80 + [True] * 25 and segments.weight_decay == 1e-4
+    assert rounds.ends == {} and method.phase_steps(base, base, lambda b: 4) == (105 * 4, 128)
+    three = OrthoReg(dataclasses.replace(hp, rounds=3))
+    three.prune_round = lambda model, ctx, done: None
+    assert three.phase(nn.Linear(2, 2), ctx).hooks[1].ends == {105 * 4 - 1: 2}  # round 2 after 80 + 25 epochs
+    assert OrthoReg(dataclasses.replace(hp, start="dense")).dense_variant() is None
+    for bad in (dict(between=[]), dict(protocol="early_bird")):
+        with pytest.raises(ConfigError, match="start: scratch is the code's iterative path"):
+            OrthoReg(dataclasses.replace(hp, **bad)).dense_variant()

@@ -28,8 +28,8 @@ ORTHO_DENSE = BASELINE_DENSE | {"schedule": ("step", [24], 0.1), "weight_decay":
 RETRAIN = {"epochs": 140, "lr": 0.1, "schedule": ("step", [60, 100], 0.1), "weight_decay": 1e-4, "batch_size": 128,
            "momentum": 0.9, "nesterov": False}
 ORTHOREG = {"protocol": "early_bird", "importance_samples": 10000, "importance_batch_size": 128, "scope": "global",
-            "between": [], "rounds": 2, "round_epochs": 25, "lr": 0.1, "alpha": "smaller_side", "budget": "channels",
-            "unspent": "reassign"}
+            "between": [], "rounds": 2, "round_epochs": 25, "lr": 0.1, "start": "dense", "alpha": "smaller_side",
+            "budget": "channels", "unspent": "reassign"}
 PROTOCOLS = {
     "orthoreg_cifar100": {
         "model": "vgg13", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
