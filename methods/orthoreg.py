@@ -36,7 +36,8 @@ Protocols (``protocol``):
   the code's iterative runs used Adam with unknown settings (README), here SGD (UNCERTAIN). The intermediate masks
   zero a layer and its BatchNorm; a depthwise conv after it (MobileNet) still passes its BatchNorm shift until removal.
 
-The code's own rules, each a named option the OrthoReg suites set: ``alpha: code`` weights the first conv and every
+The code's own rules, each a named option the OrthoReg suites set (as they set ``pretrain.init: torch_default``, the
+code's PyTorch-default init): ``alpha: code`` weights the first conv and every
 depthwise conv by √C_out (VGG-13 64 not 27, MobileNet's stem 32 not 27, a depthwise conv its width not 9, ResNet's
 stem 64 not 27) and a ResNet projection shortcut by its block conv1's √C_out while its own √C_in enters the
 normaliser (1.41x the default's weight); on a PyTorch-default-initialised model (seed 0) the penalty is then 0.984x
@@ -46,13 +47,13 @@ conv's copy of its score ranking with it; p of 10,944 units go, not p of 5,984 c
 code's ResNet keep-one floor: a layer the cut would empty keeps its best filter and that budget is not spent
 elsewhere (the default reassigns it, as the code's VGG/MobileNet floor, which stands outside the ranking, does).
 
-Further deviations, all deliberate: the floor protects each layer's most
-important filters (the code protects the highest indices: ``prune.floor_keeps: index``), and it is the code's
-VGG/MobileNet floor int(0.05·n) + 1 on every model unless a suite sets ``floor_fraction: 0`` (one filter kept per
-layer, the code's ResNet rule; ``prune.floor_fraction`` gives the same floor to the baselines); ``ceil(p·N)`` filters
-go where the code removes ``int(p·N)`` (equal where p·N is whole). The code ranks a ResNet's conv1, conv2 and shortcut
-convs together and zero-masks conv2 and shortcut outputs per block: with ``prune.mode: mask`` and those layers the
-harness does the same (suites/orthoreg_resnet34_cifar100.yaml); removing instead, a ResNet prunes each block's conv1
+Further deviations, all deliberate: the floor protects each layer's most important filters (the code protects the
+highest indices: ``prune.floor_keeps: index``), and it is the code's VGG/MobileNet floor int(0.05·n) + 1 on every
+model unless a suite sets ``floor_fraction: 0`` (one filter kept per layer, with ``unspent: drop`` the code's ResNet
+rule; ``prune.floor_fraction`` gives the same floor to the baselines); ``ceil(p·N)`` filters go where the code removes
+``int(p·N)`` (equal where p·N is whole). The code ranks a ResNet's conv1, conv2 and shortcut convs together and
+zero-masks conv2 and shortcut outputs per block: with ``prune.mode: mask`` and those layers the harness does the same
+(suites/orthoreg_resnet34_cifar100.yaml); removing instead, a ResNet prunes each block's conv1
 (the block-internal channels). ``lam: 0`` gives the code's "Fisher" baseline: the same importance and ranking
 on the shared dense model, without the regulariser (and with the recipe's weight decay).
 """
