@@ -67,11 +67,12 @@ class Pretrain(Optim):
         doc="which dense checkpoint is pruned: final (the last epoch's), or the epoch with the best test accuracy "
             "(test: what the TPP, GReg, RNI and OrthoReg code prune; selected on the test set, so optimistic) or "
             "the best validation accuracy (validation: needs the dataset option validation: N > 0)")
-    init: Literal["model", "fan_out"] = field(
+    init: Literal["model", "fan_out", "torch_default"] = field(
         "model", keyed_at_default=False,
-        doc="the dense model's initialisation: the model's own, or fan_out (the RNI code's: every conv "
+        doc="the dense model's initialisation: the model's own, fan_out (the RNI code's: every conv "
             "N(0, sqrt(2/(k*k*out_channels))), every linear N(0, 0.01) with zero bias, plain BatchNorm scale 0.5 "
-            "and shift 0; a bounded BN's scale stays N(0, 1))")
+            "and shift 0; a bounded BN's scale stays N(0, 1)), or torch_default (the OrthoReg code's: PyTorch's "
+            "own layer init, conv and linear weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm 1 and 0)")
 
 
 @dataclass

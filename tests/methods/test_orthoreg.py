@@ -4,6 +4,7 @@ protocols through the training loop, and the depthwise pass-through that MobileN
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -421,3 +422,244 @@ def test_phase_steps_counts_the_codes_iterative_segments() -> None:
     assert baseline.phase_steps(dense, dense, per_epoch) == (100 * 782, 64)
     plain = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=3, round_epochs=10))
     assert plain.phase_steps(dense, dense, per_epoch) == (30 * 782, 64)
+
+
+# ----------------------------------------------------------------------------------------- the code's init
+
+@pytest.mark.parametrize("model_name", ["vgg13", "mobilenet_v1", "resnet34_cifar"])
+def test_torch_default_init_draws_the_first_layer_as_nn_conv2d_does(model_name: str) -> None:
+    """``pretrain.init: torch_default`` (the OrthoReg code sets no init) gives the first conv nn.Conv2d's own default:
+    U(−1/√fan_in, 1/√fan_in), std 1/√(3·fan_in), a filter row's squared norm about 1/3; the model's own Kaiming-normal
+    fan-in init has std √(2/fan_in) (√6 ≈ 2.45× larger) and squared row norms about 2. BatchNorm: scale 1, shift 0."""
+    from bench.models.init import initialise_
+
+    torch.manual_seed(0)
+    own = MODELS.get(model_name).build(num_classes=100, in_channels=3)
+    default = initialise_(copy.deepcopy(own), "torch_default")
+    first = next(m for m in default.modules() if isinstance(m, nn.Conv2d))
+    first_own = next(m for m in own.modules() if isinstance(m, nn.Conv2d))
+    torch.manual_seed(1)
+    reference = nn.Conv2d(3, first.out_channels, 3, padding=1, bias=False)  # PyTorch's default, another draw
+    fan_in = first.weight[0].numel()
+    bound = 1 / math.sqrt(fan_in)
+    w = first.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.98 * bound
+    assert w.std().item() == pytest.approx(reference.weight.std().item(), rel=0.06)
+    assert w.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.06)
+    assert w.flatten(1).square().sum(1).mean().item() == pytest.approx(1 / 3, rel=0.08)
+    assert w.mean().item() == pytest.approx(0.0, abs=0.1 * bound)
+    # the model's own init is the one it replaces: 2.45x the weight scale, squared row norms near 2
+    assert first_own.weight.std().item() / w.std().item() == pytest.approx(math.sqrt(6), rel=0.1)
+    assert first_own.weight.detach().flatten(1).square().sum(1).mean().item() == pytest.approx(2.0, rel=0.15)
+    for m in default.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.abs().max() <= 1 / math.sqrt(m.weight[0].numel())
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+        if isinstance(m, nn.Linear):
+            assert m.weight.abs().max() <= 1 / math.sqrt(m.in_features)
+            assert m.bias.abs().max() <= 1 / math.sqrt(m.in_features) and m.bias.abs().max() > 0
+
+
+# ----------------------------------------------------------------------------------------- the code's α, budget, floor
+
+def test_code_alpha_per_layer_on_resnet34() -> None:
+    """``alpha: code`` is res_train_ortho's: the stem √64 (ours √27), conv1/conv2 √min(rows, columns), a projection
+    shortcut weighted with its block conv1's √C_out but counted with its own √C_in in the normaliser."""
+    model = MODELS.get("resnet34_cifar").build(num_classes=100, in_channels=3)
+    code, ours = layer_weights(model, "code"), layer_weights(model)
+    # the normaliser: stem 8; 6 convs √64; 8 √128 + shortcut √64; 12 √256 + shortcut √128; 6 √512 + shortcut √256
+    total = 8 + 6 * 8 + 8 * math.sqrt(128) + 8 + 12 * 16 + math.sqrt(128) + 6 * math.sqrt(512) + 16
+    assert total == pytest.approx(272 + 9 * math.sqrt(128) + 6 * math.sqrt(512))
+    expected = {"conv1": 8, "layer1.0.conv1": 8, "layer1.2.conv2": 8, "layer2.0.conv1": math.sqrt(128),
+                "layer2.0.shortcut.0": math.sqrt(128), "layer3.0.shortcut.0": 16, "layer4.0.shortcut.0": math.sqrt(512),
+                "layer4.2.conv2": math.sqrt(512)}
+    for name, numerator in expected.items():
+        assert code[name] == pytest.approx(numerator / total, rel=1e-12), name
+    assert len(code) == 1 + 2 * 16 + 3
+    assert sum(code.values()) == pytest.approx((total - 8 - math.sqrt(128) - 16 + math.sqrt(128) + 16
+                                                + math.sqrt(512)) / total)  # > 1: the shortcuts' swap
+    ours_total = math.sqrt(27) + total - 8
+    assert ours["conv1"] == pytest.approx(math.sqrt(27) / ours_total)
+    assert ours["layer2.0.shortcut.0"] == pytest.approx(8 / ours_total)
+    # the code's stem weight is about 1.53x ours, its shortcut's about 1.41x (the normalisers differ by 0.6 %)
+    assert code["conv1"] / ours["conv1"] == pytest.approx(8 / math.sqrt(27) * ours_total / total)
+    assert code["layer2.0.shortcut.0"] / ours["layer2.0.shortcut.0"] == pytest.approx(1.406, abs=0.005)
+
+
+def test_code_alpha_per_layer_on_mobilenet() -> None:
+    """``alpha: code`` is mobile_train_ortho's: the stem √32 (ours √27), each depthwise conv √C (ours √9), each
+    pointwise conv √C_in (as ours); the normaliser is the sum of the same numerators."""
+    model = MODELS.get("mobilenet_v1").build(num_classes=100, in_channels=3)
+    code, ours = layer_weights(model, "code"), layer_weights(model)
+    widths = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024]  # each block's input
+    total = math.sqrt(32) + 2 * sum(math.sqrt(c) for c in widths)
+    assert code["conv1"] == pytest.approx(math.sqrt(32) / total)
+    for i, c in enumerate(widths):
+        assert code[f"layers.{i}.conv1"] == pytest.approx(math.sqrt(c) / total)
+        assert code[f"layers.{i}.conv2"] == pytest.approx(math.sqrt(c) / total)
+    assert sum(code.values()) == pytest.approx(1.0)
+    ours_total = math.sqrt(27) + 13 * 3 + sum(math.sqrt(c) for c in widths)
+    assert ours["layers.12.conv1"] == pytest.approx(3 / ours_total)
+    assert code["layers.12.conv1"] / ours["layers.12.conv1"] == pytest.approx(32 / 3 * ours_total / total)
+    with pytest.raises(ValueError, match="unknown α rule"):
+        layer_weights(model, "fan_in")
+
+
+def test_code_alpha_reaches_the_penalty_and_the_dense_key() -> None:
+    """The rule is what OrthoPenalty sums with, and it keys the early-bird dense model (the default stays unkeyed)."""
+    torch.manual_seed(0)
+    model = MODELS.get("mobilenet_v1").build(num_classes=10, in_channels=3)
+    deviations = {n: float(gram_deviation(m).detach()) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    for rule in ("smaller_side", "code"):
+        expected = 1e-3 * sum(a * deviations[n] for n, a in layer_weights(model, rule).items())
+        assert float(OrthoPenalty(1e-3, rule).penalty(model, 0).detach()) == pytest.approx(expected, rel=1e-5)
+    assert OrthoPenalty(1e-3, "code").penalty(model, 0) < 0.8 * OrthoPenalty(1e-3).penalty(model, 0)
+    assert OrthoReg(OrthoRegHparams(alpha="code")).dense_variant().key == {
+        "orthoreg": {"lam": 0.01, "weight_decay": 0.0, "alpha": "code"}}
+
+
+def code_mobile_counts(scores: list[torch.Tensor], ratio: float) -> list[int]:
+    """The released code's MobileNet count, written out as main.py and pruner.py do it: every layer's scores, each
+    depthwise conv given a copy of the previous layer's; the floor's highest indices set to 1e7 (constrain_ratios);
+    int(p · entries) lowest entries, in a stable order; each real layer loses its own entries among them."""
+    entries = []  # (layer id, index, score): 0 the stem, odd the depthwise copies, even > 0 the pointwise convs
+    for i, s in enumerate(scores):
+        if i:
+            entries += [(2 * i - 1, j, float(v)) for j, v in enumerate(scores[i - 1])]
+        entries += [(2 * i, j, float(v)) for j, v in enumerate(s)]
+    sizes: dict[int, int] = {}
+    for layer, _, _ in entries:
+        sizes[layer] = sizes.get(layer, 0) + 1
+    floor = {layer: int(0.05 * n) + 1 for layer, n in sizes.items()}
+    entries = [(layer, j, 1e7 if j >= sizes[layer] - floor[layer] else v) for layer, j, v in entries]
+    lowest = sorted(range(len(entries)), key=lambda k: entries[k][2])[: int(ratio * len(entries))]
+    return [sum(entries[k][0] == 2 * i for k in lowest) for i in range(len(scores))]
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_mobilenet_budget_in_bn_channels_matches_the_codes_count(ratio: float) -> None:
+    """``budget: bn_channels`` on the MobileNet suite: p of the 10,944 BN channels (not of the 5,984 channels) go, a
+    channel feeding a depthwise conv costing two; per layer the counts equal the code's procedure, written out above,
+    on random scores with the code's index floor, the last layer's lowest. ``channels`` removes ceil(p · 5,984),
+    fewer channels here: the last pointwise conv's cost one unit each, the others two."""
+    from tests.suite.test_orthoreg_suites import suite_runs
+
+    run = next(r for r in suite_runs("orthoreg_mobilenet_cifar100") if r.method.label == "fisher" and r.ratio == ratio)
+    (method,) = run.method.build()
+    assert method.hparams.budget == "bn_channels"
+    from bench.runner import dense_recipe, group_plan, prune_target, retrain_recipe
+
+    info = SimpleNamespace(num_classes=100, in_channels=3, image_size=32)
+    model = MODELS.get("mobilenet_v1").build(num_classes=100, in_channels=3)
+    plan = group_plan(model, run, info)
+    target = prune_target(run, plan)
+    target.floor_keeps = "index"  # the code's floor, so the written-out procedure applies as it is
+    ctx = RunContext(target=target, data=None, device=torch.device("cpu"), seed=0, nonlinearity="relu",
+                     batchnorm_of={m: bn for g in plan.groups.values() for m, bn in g.batchnorm_of.items()},
+                     dense_recipe=dense_recipe(run, [method]), retrain=retrain_recipe(run))
+    generator = torch.Generator().manual_seed(int(ratio * 100))
+    scores = {n: torch.rand(model.get_submodule(n).weight.shape[0], generator=generator) for n in target.layers}
+    scores["layers.12.conv2"] *= 0.01  # the one-unit channels rank lowest: the two budgets then part clearly
+    costs = method.unit_costs(ctx, target.layers)
+    assert sum(model.get_submodule(n).weight.shape[0] * costs[n] for n in target.layers) == 10944
+    assert costs["layers.12.conv2"] == 1 and set(costs.values()) == {1, 2}
+    method.importance = lambda model, ctx, round_index: scores  # the ranking, not the Taylor pass, is under test
+    keep = method.select(model, ctx)
+    pruned = [scores[n].numel() - len(keep[n]) for n in target.layers]
+    assert pruned == code_mobile_counts(list(scores.values()), ratio)
+    units = sum(p * costs[n] for p, n in zip(pruned, target.layers))
+    assert int(ratio * 10944) <= units <= int(ratio * 10944) + 1
+    method.hparams = dataclasses.replace(method.hparams, budget="channels")
+    plain = method.select(model, ctx)
+    assert sum(scores[n].numel() - len(plain[n]) for n in target.layers) == math.ceil(ratio * 5984) < sum(pruned)
+
+
+def test_unspent_drop_keeps_one_filter_without_reassigning_its_budget() -> None:
+    """``unspent: drop`` is the code's ResNet rule (main.py: a layer the global cut empties has its count lowered by
+    one): the n lowest filters are taken, a layer keeps its most important one, and nothing else goes in its place.
+    ``reassign`` (the default) removes the next lowest filter elsewhere instead."""
+    scores = {"a": torch.tensor([0.1, 0.2, 0.3, 0.4]), "b": torch.tensor([5.0, 1.0, 6.0, 7.0, 8.0]),
+              "c": torch.tensor([0.5, 9.0, 0.05])}
+    floors = dict.fromkeys(scores, 1)
+    dropped = drop_lowest(scores, 6, floors, {}, reassign=False)
+    # the 6 lowest: c2, a0..a3, c0; a keeps a3 (its most important): 5 go, not 6
+    assert dropped == {"a": {0, 1, 2}, "b": set(), "c": {0, 2}}
+    reassigned = drop_lowest(scores, 6, floors, {})
+    assert reassigned == {"a": {0, 1, 2}, "b": {1}, "c": {0, 2}}
+
+    def code_rule(n: int) -> dict[str, int]:  # the code: counts from the n lowest, then a full layer gives one back
+        lowest = sorted((float(v), name) for name, s in scores.items() for v in s)[:n]
+        counts = {name: sum(1 for _, m in lowest if m == name) for name in scores}
+        return {name: c - (c == scores[name].numel()) for name, c in counts.items()}
+
+    for n in range(13):
+        assert {k: len(v) for k, v in drop_lowest(scores, n, floors, {}, reassign=False).items()} == code_rule(n)
+
+
+@pytest.mark.parametrize("between", [[], [1, 1]])
+def test_iterative_protocol_starts_from_the_dense_model_it_is_given(between: list[int]) -> None:
+    """By default (``start: dense``) the iterative phase trains the shared dense model as it comes, as the code at
+    dc8391b starts from its 160-epoch base model: no dense variant, and building the phase re-initialises nothing."""
+    torch.manual_seed(0)
+    model = MODELS.get("resnet20").build(num_classes=4, in_channels=3)
+    data = DATASETS.get("synthetic")(root=None, num_train=64, num_test=16, num_classes=4, size=8)
+    layers = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    method = OrthoReg(OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=1, between=between))
+    assert method.dense_variant() is None  # it trains on the suite's shared dense model
+    before = copy.deepcopy(model.state_dict())
+    phase = method.phase(model, make_context(model, layers, 0.5, data))
+    assert phase is not None and phase.recipe.epochs == 2 + sum(between)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("model_name", "code_over_ours", "kaiming_over_default"),
+                         [("vgg13", 0.984, 4.91), ("mobilenet_v1", 0.615, 5.68), ("resnet34_cifar", 1.034, 4.90)])
+def test_penalty_at_initialisation_under_the_two_rules_and_inits(model_name: str, code_over_ours: float,
+                                                                  kaiming_over_default: float) -> None:
+    """The README's measured effect: Σ α_l ‖G_l − I‖₁ of a seed-0 model under PyTorch's default init, the code's α
+    over ours; and the models' own Kaiming-normal init over PyTorch's default (both with our α)."""
+    from bench.models.init import initialise_
+
+    def penalty(init: str, rule: str) -> float:
+        torch.manual_seed(0)
+        model = initialise_(MODELS.get(model_name).build(num_classes=100, in_channels=3), init)
+        return float(OrthoPenalty(1.0, rule).penalty(model, 0).detach())
+
+    default = penalty("torch_default", "smaller_side")
+    assert penalty("torch_default", "code") / default == pytest.approx(code_over_ours, abs=0.0015)
+    assert penalty("model", "smaller_side") / default == pytest.approx(kaiming_over_default, abs=0.015)
+
+
+def test_iterative_start_scratch_is_the_code_at_869f049() -> None:
+    """``start: scratch``: the code at 869f049 (base-model load commented out) trains its first 25 ortho epochs from
+    scratch (24 at 0.1, 1 at 0.01, wd 0) whatever the base model's recipe: that is the dense variant; the phase then
+    prunes round 1 at once and runs the 80 plain epochs (the retraining recipe's weight decay, the code's wd 1e-4)
+    and the next 25 ortho epochs; round 2 is the selection."""
+    hp = OrthoRegHparams(protocol="iterative", rounds=2, round_epochs=25, between=[35, 35, 10], start="scratch")
+    method = OrthoReg(hp)
+    variant = method.dense_variant()
+    assert variant.key == {"orthoreg": {"lam": 0.01, "weight_decay": 0.0, "start": "scratch", "epochs": 25,
+                                        "lr": 0.1}}
+    base = Recipe(epochs=160, lr=0.1, batch_size=128, weight_decay=1e-4,
+                  schedule=Schedule(name="step", milestones=[80, 120], gamma=0.1))  # the Fisher baseline's base model
+    dense = variant.recipe(base)
+    assert (dense.epochs, dense.lr, dense.weight_decay, dense.batch_size) == (25, 0.1, 0.0, 128)
+    assert (dense.schedule.name, dense.schedule.milestones, dense.schedule.gamma) == ("step", [24], 0.1)
+    pruned_first = []
+    method.prune_round = lambda model, ctx, done: pruned_first.append(done)
+    ctx = SimpleNamespace(target=SimpleNamespace(layers=["a"]), data=SimpleNamespace(steps_per_epoch=lambda b: 4),
+                          dense_recipe=dense, retrain=Recipe(140, 0.1, weight_decay=1e-4))
+    phase = method.phase(nn.Linear(2, 2), ctx)
+    assert pruned_first == [1]  # round 1 prunes the ortho dense model before the phase's first step
+    assert epoch_lrs(phase.recipe) == pytest.approx([0.1] * 35 + [0.01] * 35 + [0.001] * 10 + [0.1] * 24 + [0.01])
+    segments, rounds = phase.hooks
+    assert segments.regularised == [False] * 80 + [True] * 25 and segments.weight_decay == 1e-4
+    assert rounds.ends == {} and method.phase_steps(base, base, lambda b: 4) == (105 * 4, 128)
+    three = OrthoReg(dataclasses.replace(hp, rounds=3))
+    three.prune_round = lambda model, ctx, done: None
+    assert three.phase(nn.Linear(2, 2), ctx).hooks[1].ends == {105 * 4 - 1: 2}  # round 2 after 80 + 25 epochs
+    assert OrthoReg(dataclasses.replace(hp, start="dense")).dense_variant() is None
+    for bad in (dict(between=[]), dict(protocol="early_bird")):
+        with pytest.raises(ConfigError, match="start: scratch is the code's iterative path"):
+            OrthoReg(dataclasses.replace(hp, **bad)).dense_variant()

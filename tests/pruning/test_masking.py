@@ -160,8 +160,9 @@ CPU_SIZED = [  # the suite's model, layers, mode and methods; two optimizer step
     "pretrain.epochs=1", "pretrain.batch_size=32", "pretrain.schedule=constant", "retrain.epochs=1",
     "retrain.batch_size=32", "retrain.schedule=constant", "prune.ratios=[0.5]", "trainability.enabled=false",
     "latency.enabled=false",
-    "methods=[{orthoreg: {lam: 0.01, floor_fraction: 0, importance_samples: 32, importance_batch_size: 32}}, "
-    "{orthoreg: {lam: 0, floor_fraction: 0, importance_samples: 32, importance_batch_size: 32, label: fisher}}, "
+    "methods=[{orthoreg: {lam: 0.01, floor_fraction: 0, alpha: code, unspent: drop, importance_samples: 32, "
+    "importance_batch_size: 32}}, {orthoreg: {lam: 0, floor_fraction: 0, unspent: drop, importance_samples: 32, "
+    "importance_batch_size: 32, label: fisher}}, "
     "{slimming: {lam: 0, label: bn_scale}}]",
 ]
 

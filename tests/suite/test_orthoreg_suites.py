@@ -28,44 +28,51 @@ ORTHO_DENSE = BASELINE_DENSE | {"schedule": ("step", [24], 0.1), "weight_decay":
 RETRAIN = {"epochs": 140, "lr": 0.1, "schedule": ("step", [60, 100], 0.1), "weight_decay": 1e-4, "batch_size": 128,
            "momentum": 0.9, "nesterov": False}
 ORTHOREG = {"protocol": "early_bird", "importance_samples": 10000, "importance_batch_size": 128, "scope": "global",
-            "between": [], "rounds": 2, "round_epochs": 25, "lr": 0.1}
+            "between": [], "rounds": 2, "round_epochs": 25, "lr": 0.1, "start": "dense", "alpha": "smaller_side",
+            "budget": "channels", "unspent": "reassign"}
 PROTOCOLS = {
     "orthoreg_cifar100": {
-        "model": "vgg13", "dataset": "cifar100", "seeds": [0],
+        "model": "vgg13", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.05,
                   "floor_keeps": "important", "layers": ["features.*"]},
         "methods": {
-            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-2, "floor_fraction": 0.05, "dense_low_lr_epochs": 1}),
+            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-2, "floor_fraction": 0.05, "dense_low_lr_epochs": 1,
+                                                 "alpha": "code"}),
             "fisher": ("orthoreg", ORTHOREG | {"lam": 0.0, "floor_fraction": 0.05, "dense_low_lr_epochs": 0}),
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "fan_in"})},
     },
     "orthoreg_mobilenet_cifar100": {
-        "model": "mobilenet_v1", "dataset": "cifar100", "seeds": [0],
+        "model": "mobilenet_v1", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.05,
                   "floor_keeps": "important", "layers": ["conv1", "layers.*.conv2"]},
         "methods": {
-            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-3, "floor_fraction": 0.05, "dense_low_lr_epochs": 1}),
-            "fisher": ("orthoreg", ORTHOREG | {"lam": 0.0, "floor_fraction": 0.05, "dense_low_lr_epochs": 0}),
+            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-3, "floor_fraction": 0.05, "dense_low_lr_epochs": 1,
+                                                 "alpha": "code", "budget": "bn_channels"}),
+            "fisher": ("orthoreg", ORTHOREG | {"lam": 0.0, "floor_fraction": 0.05, "dense_low_lr_epochs": 0,
+                                               "budget": "bn_channels"}),
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "none"})},
     },
     "orthoreg_resnet34_cifar100": {  # the code's ResNet rule: no 5% floor, one filter per layer
-        "model": "resnet34_cifar", "dataset": "cifar100", "seeds": [0],
+        "model": "resnet34_cifar", "dataset": "cifar100", "seeds": [0], "init": "torch_default",
         "prune": {"ratios": [0.25, 0.5, 0.75], "scope": "global", "min_keep": 1, "floor_fraction": 0.0,
                   "floor_keeps": "important"},
         "methods": {
-            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-2, "floor_fraction": 0.0, "dense_low_lr_epochs": 1}),
-            "fisher": ("orthoreg", ORTHOREG | {"lam": 0.0, "floor_fraction": 0.0, "dense_low_lr_epochs": 0}),
+            "orthoreg": ("orthoreg", ORTHOREG | {"lam": 1e-2, "floor_fraction": 0.0, "dense_low_lr_epochs": 1,
+                                                 "alpha": "code", "unspent": "drop"}),
+            "fisher": ("orthoreg", ORTHOREG | {"lam": 0.0, "floor_fraction": 0.0, "dense_low_lr_epochs": 0,
+                                               "unspent": "drop"}),
             "bn_scale": ("slimming", {"lam": 0.0, "scope": "global", "cut": "count", "divide_by": "none"})},
     },
 }
-# The first run id of each method and the dense ids, as of the code's protocol (2026-12-03).
+# The first run id of each method and the dense ids, as of the code's protocol (2026-12-06, issue 30: PyTorch's
+# default init in every suite; OrthoReg's α by the code's rule; MobileNet's budget in BN channels).
 RUN_IDS = {
-    "orthoreg_cifar100": {"orthoreg": "68a77bf8960f", "fisher": "d37c4233a860", "bn_scale": "c544fe41ec95",
-                          "dense:orthoreg": "81995d47b23e", "dense:fisher": "5128ca8a61dd",
-                          "dense:bn_scale": "5128ca8a61dd"},
-    "orthoreg_mobilenet_cifar100": {"orthoreg": "1973d809a2fd", "fisher": "229b5f5f2730", "bn_scale": "05b649c99a55",
-                                    "dense:orthoreg": "11fd56b8b0a8", "dense:fisher": "74f19513e53f",
-                                    "dense:bn_scale": "74f19513e53f"},
+    "orthoreg_cifar100": {"orthoreg": "10f767d7f3af", "fisher": "b50d46f70c02", "bn_scale": "63c0fdc0414a",
+                          "dense:orthoreg": "8f608738287c", "dense:fisher": "8bc8aba7e7c5",
+                          "dense:bn_scale": "8bc8aba7e7c5"},
+    "orthoreg_mobilenet_cifar100": {"orthoreg": "772086f72b10", "fisher": "cf07e495f980", "bn_scale": "f73632efef5a",
+                                    "dense:orthoreg": "8bf97cbeb927", "dense:fisher": "33eb12a19592",
+                                    "dense:bn_scale": "33eb12a19592"},
 }
 
 
@@ -96,7 +103,8 @@ def protocol(runs: list[Run]) -> dict[str, Any]:
         methods[run.method.label] = (method.name, dataclasses.asdict(method.hparams))
         dense[run.method.label] = recipe_of(dense_recipe(run, [method]))
         retrain[run.method.label] = recipe_of(retrain_recipe(run))
-    return {"model": suite.model, "dataset": suite.dataset_name, "seeds": suite.seeds, "prune": prune,
+    return {"model": suite.model, "dataset": suite.dataset_name, "seeds": suite.seeds, "init": suite.pretrain.init,
+            "prune": prune,
             "methods": methods, "dense": dense, "retrain": retrain}
 
 
@@ -112,7 +120,7 @@ def test_orthoreg_suites_follow_the_code_protocol(name: str) -> None:
 @pytest.mark.parametrize("edit", ["pretrain.lr=0.05", "pretrain.epochs=30",
                                   "retrain.schedule.milestones=[60, 120]", "retrain.lr=[0.01]",
                                   "retrain.weight_decay=5.0e-4", "pretrain.batch_size=64", "prune.floor_fraction=0",
-                                  "prune.ratios=[0.5]"])
+                                  "prune.ratios=[0.5]", "pretrain.init=model"])
 def test_an_edit_to_the_protocol_is_caught(edit: str) -> None:
     assert protocol(suite_runs("orthoreg_cifar100", [edit])) != protocol(suite_runs("orthoreg_cifar100"))
 
@@ -126,8 +134,8 @@ def test_a_scheduled_pretrain_is_refused_where_orthoreg_adds_its_last_epoch(tmp_
     assert out == "" and "error: methods: orthoreg: dense_low_lr_epochs 1" in err and "Traceback" not in err
     assert main(["plan", suite, "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out.split("dense models:\n")[1]
-    assert out == ("81995d47b23e  seed 0  25 epochs, lr 0.1 step x0.1 at [24], weight decay 0, batch 128  (orthoreg)\n"
-                   "5128ca8a61dd  seed 0  25 epochs, lr 0.1 constant, weight decay 0.0001, batch 128  "
+    assert out == ("8f608738287c  seed 0  25 epochs, lr 0.1 step x0.1 at [24], weight decay 0, batch 128  (orthoreg)\n"
+                   "8bc8aba7e7c5  seed 0  25 epochs, lr 0.1 constant, weight decay 0.0001, batch 128  "
                    "(fisher, bn_scale)\n")
     assert not any(tmp_path.iterdir())
 
