@@ -287,3 +287,148 @@ def test_a_winner_is_bolded_only_when_it_beats_every_method(tmp_path: Path) -> N
     assert resolved_best(ok[ok.status == "ok"], "0.9", 0.01) is None
     pair = ok[ok.method != "C"]
     assert resolved_best(pair[pair.status == "ok"], "0.9", 0.01) == "A"
+
+
+# ----------------------------------------------------------------------------------------- issue 27's cases, end to end
+
+def _report(tmp_path: Path, suite: str) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """`bench.py report` on the generated tree: the verdict and paired tables (csv), verdict.md and summary.md."""
+    from bench.cli import main
+
+    assert main(["report", "--results", str(tmp_path), "--workers", "1"]) == 0
+    report = tmp_path / suite / "report"
+    paired = report / "tables" / "paired.csv"
+    return (pd.read_csv(report / "tables" / "verdict.csv"),
+            pd.read_csv(paired) if paired.exists() else pd.DataFrame(),
+            (report / "tables" / "verdict.md").read_text(), (report / "summary.md").read_text())
+
+
+def _spread(seed: int) -> float:
+    return 0.004 * ((seed * 7) % 5) / 4
+
+
+def test_a_crash_leaves_the_lr_and_marks_the_cell_incomplete(tmp_path: Path) -> None:
+    """Issue 27: one failed run (CUDA out of memory) at a seed of l1's best LR moved the LR to 0.001 and made tpp
+    the resolved winner. Now the LR stays 0.01, l1 is incomplete with its error and nothing involving it resolves."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        if method == "l1":
+            return (0.851 if lr == 0.01 else 0.801) + _spread(seed)
+        return (0.80 if lr == 0.01 else 0.79) + _spread(seed + 1)
+
+    write_synthetic_results(tmp_path, "crash", ["l1", "tpp"], [0.5], [0.01, 0.001], [0, 1, 2, 3, 4], accuracy=acc,
+                            validation=acc, statuses={("l1", 0.5, 0.01, 2): "failed"})
+    verdict, paired, verdict_md, summary = _report(tmp_path, "crash")
+    l1 = verdict[verdict.method == "l1"].iloc[0]
+    assert l1.lr_selected == 0.01 and bool(l1.incomplete) and l1.failed == 1 and l1.seeds_left_out == 2
+    assert list(paired.state) == ["incomplete"] and not paired.resolved.any() and "**" not in verdict_md
+    assert "l1 is incomplete: 1 run(s) failed (RuntimeError: CUDA out of memory" in summary
+    assert "resolved margin" not in summary
+
+
+def test_the_headline_names_the_method_that_is_ahead(tmp_path: Path) -> None:
+    """Reference a (best on validation); b resolved behind it, c resolved ahead on test: the headline names c."""
+    def val(method: str, ratio: float, lr: float, seed: int) -> float:
+        return {"a": 0.86, "b": 0.80, "c": 0.84}[method] + _spread(seed)
+
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return {"a": 0.84, "b": 0.80, "c": 0.87}[method] + _spread(seed + {"a": 0, "b": 1, "c": 2}[method])
+
+    write_synthetic_results(tmp_path, "ahead", ["a", "b", "c"], [0.5], [0.01], [0, 1, 2, 3, 4], accuracy=acc,
+                            validation=val)
+    _, paired, verdict_md, summary = _report(tmp_path, "ahead")
+    assert paired.set_index("method").state.to_dict() == {"b": "resolved", "c": "resolved"}
+    assert "but c (LR 0.01) is ahead of it on test by a resolved margin (+3.00 points" in summary
+    assert "It is" not in summary.split("ahead of it on test")[0][-200:]  # b is never called ahead
+    assert "**" not in verdict_md  # a is not a winner: c beats it
+
+
+def test_an_untuned_method_is_flagged_and_nothing_resolved(tmp_path: Path) -> None:
+    """l1 finished one of its three LRs (the others still running): tpp's clear lead over it is not a verdict."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.85 if method == "tpp" else 0.75) + _spread(seed + (method == "tpp"))
+
+    running = {("l1", 0.5, lr, s): "running" for lr in (0.1, 0.001) for s in range(5)}
+    write_synthetic_results(tmp_path, "untuned", ["l1", "tpp"], [0.5], [0.1, 0.01, 0.001], [0, 1, 2, 3, 4],
+                            accuracy=acc, validation=acc, statuses=running)
+    verdict, paired, verdict_md, summary = _report(tmp_path, "untuned")
+    assert verdict.set_index("method").untuned.to_dict()["l1"] == "0.1 0.001"
+    assert list(paired.state) == ["untuned"] and "**" not in verdict_md
+    assert "l1 is untuned (LRs missing: 0.1, 0.001): the comparison waits for those runs" in summary
+    assert "untuned (LRs missing: 0.1, 0.001)" in verdict_md
+
+
+def test_validation_ties_are_declared_never_broken_on_test(tmp_path: Path) -> None:
+    def val(method: str, ratio: float, lr: float, seed: int) -> float:
+        return 0.85 + _spread(seed)
+
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.80 if method == "A" else 0.82) + _spread(seed + (method == "B"))
+
+    write_synthetic_results(tmp_path, "tie", ["A", "B"], [0.5], [0.01], [0, 1, 2], accuracy=acc, validation=val)
+    _, paired, _, summary = _report(tmp_path, "tie")
+    assert list(paired.reference) == ["A"]  # method order, although B is higher on test
+    assert "A and B tie on validation accuracy" in summary and "not broken on test" in summary
+
+
+def test_diverged_seeds_are_counted_apart_and_never_t_tested(tmp_path: Path) -> None:
+    """A diverges at one of five seeds of its best LR: its accuracy is over the four converged seeds (an interval
+    inside [0, 100]), the divergence count is shown, and its comparison is not resolved by t."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.999 if method == "A" else 0.90) - 0.01 * (seed == 3) + _spread(seed) / 10
+
+    write_synthetic_results(tmp_path, "div", ["A", "B"], [0.5], [0.01], [0, 1, 2, 3, 4], accuracy=lambda *k:
+                            min(acc(*k), 1.0), validation=lambda *k: min(acc(*k), 1.0),
+                            statuses={("A", 0.5, 0.01, 1): "diverged"})
+    verdict, paired, verdict_md, summary = _report(tmp_path, "div")
+    a = verdict.set_index("method").loc["A"]
+    assert (a.converged, a.diverged) == (4, 1) and 0 <= a.ci_low and a.ci_high <= 100
+    assert "1 of 5" in verdict_md and "[" in verdict_md.split("| A ")[1].split("\n")[0]  # clipped: a range
+    assert list(paired.state) == ["diverged seed: not tested by t"] and math.isnan(paired.p.iloc[0])
+    assert "A diverged at 1 of 5 seeds at its selected LR 0.01" in summary
+
+
+@pytest.mark.parametrize("seeds, accuracy", [
+    ([0], lambda m, r, lr, s: 0.90 if m == "A" else 0.80),  # one seed
+    ([0, 1], lambda m, r, lr, s: (0.90 if m == "A" else 0.80) + 0.01 * s),  # two seeds, sd 0 of the differences
+    ([0, 1, 2], lambda m, r, lr, s: (0.90 if m == "A" else 0.80) + 0.01 * s)])  # three seeds, sd 0
+def test_one_seed_or_no_spread_is_too_few_seeds(tmp_path: Path, seeds: list[int], accuracy) -> None:
+    write_synthetic_results(tmp_path, "few", ["A", "B"], [0.5], [0.01], seeds, accuracy=accuracy, validation=accuracy)
+    _, paired, verdict_md, summary = _report(tmp_path, "few")
+    assert list(paired.state) == ["too few seeds"] and not paired.resolved.any() and "**" not in verdict_md
+    assert "too few seeds to test" in summary
+
+
+def test_a_method_that_fails_at_every_seed_stays_visible(tmp_path: Path) -> None:
+    failed = {("bug", 0.5, 0.01, s): "failed" for s in range(3)}
+    write_synthetic_results(tmp_path, "bug", ["A", "bug"], [0.5], [0.01], [0, 1, 2], accuracy=clear_win,
+                            validation=clear_win, statuses=failed)
+    verdict, _, verdict_md, summary = _report(tmp_path, "bug")
+    assert "failed at every seed: RuntimeError: CUDA out of memory" in verdict_md
+    assert "bug failed at every seed: RuntimeError: CUDA out of memory" in summary
+
+
+def test_the_headline_and_the_paired_table_read_the_same_comparisons(tmp_path: Path) -> None:
+    """Every resolved comparison of the table appears in the headline and nothing unresolved is called resolved,
+    across a tree mixing a winner ratio and an unresolved one (one Holm family over both ratios)."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        lead = 0.05 if ratio == 0.5 else 0.001
+        return (0.80 + lead if method == "A" else 0.80) + _spread(seed + (method == "B"))
+
+    write_synthetic_results(tmp_path, "mix", ["A", "B"], [0.5, 0.9], [0.01], [0, 1, 2, 3, 4], accuracy=acc,
+                            validation=acc)
+    verdict, paired, verdict_md, summary = _report(tmp_path, "mix")
+    assert set(paired.family) == {2}
+    resolved = paired.set_index("ratio").resolved.to_dict()
+    assert resolved == {0.5: True, 0.9: False}
+    assert "At ratio 0.5" in summary and "ahead of every other method on test by a resolved margin" in summary
+    assert summary.count("resolved margin") == 1 and "Holm over all 2 comparisons of the suite" in summary
+    assert verdict[verdict.winner].method.tolist() == ["A"] and verdict_md.count("**") == 2
+    assert "cannot resolve a difference smaller than" in summary
+
+
+def test_index_html_renders_the_markdown_it_embeds(tmp_path: Path) -> None:
+    write_synthetic_results(tmp_path, "q", ["l1", "random"], [0.5], [0.01, 0.001], [0, 1])
+    write_reports(tmp_path, workers=1)
+    page = (tmp_path / "q" / "report" / "index.html").read_text()
+    assert "<code>validation: N</code>" in page and "`validation" not in page
+    assert "<em>test</em>" in page and "*test*" not in page

@@ -246,7 +246,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         mine = ok[(ok.ratio == ratio) & (ok.method == method)]
         by_seed = mine.pivot_table(index="seed", columns="lr", values="acc_final", aggfunc="first")
         paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
-        differences = (paired[high] - paired[low]) * 100
+        differences = (paired[high] - paired[low]) * 100 if len(paired) else pd.Series(dtype=float)
         gap = Cell.of(differences, (-100.0, 100.0)) if len(paired) else Cell(math.nan, math.nan, 0)
         tests.append(paired_t_test(differences.to_numpy(dtype=float)))
         a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
