@@ -351,9 +351,10 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
                            f"test by a resolved margin ({best.test.mean:+.2f} points, p {_p(best.p_holm)}, "
                            f"{family_words}), so the method chosen at selection does not win.", ratio, best.method))
     else:
-        testable = [c for c in mine if c.state in (RESOLVED, NOT_RESOLVED)]
-        weakest = (max(testable, key=lambda c: (c.p_holm, -abs(c.test.mean))) if testable else
-                   next((c for c in mine if c.state not in (RESOLVED,)), mine[0]))
+        # Speak of what stands most in the way: a comparison waiting for runs, then one no test can make, then the
+        # least resolved (highest Holm p).
+        priority = {INCOMPLETE: 0, UNTUNED: 1, DIVERGED_PAIR: 2, TOO_FEW: 3, NOT_RESOLVED: 4, RESOLVED: 5}
+        weakest = min(mine, key=lambda c: (priority[c.state], -(c.p_holm if not math.isnan(c.p_holm) else 1.0)))
         rival = next(s for s in here if s.method == weakest.method)
         diff = weakest.test.mean
         standing = ("—" if math.isnan(diff) else f"{abs(diff):.2f} points behind it" if diff <= 0 else
@@ -367,8 +368,10 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
                       "are needed)")
         elif weakest.state == DIVERGED_PAIR:
             reason = "not resolved: a diverged seed makes the accuracies bimodal, so no t-test is made"
+        elif weakest.state == INCOMPLETE:
+            reason = "not resolved: a run failed and must be redone (below)"
         else:
-            reason = "not resolved: the comparison waits for runs (below)"
+            reason = "not resolved: untuned, the comparison waits for runs (below)"
         resolved_behind = [c.method for c in mine if c.resolved and c.test.mean < 0]
         behind = (f" It is resolved ahead of {', '.join(resolved_behind)}." if resolved_behind else "")
         out.append(Finding("lead", lead + f"; {rival.method} (LR {_lr(here, rival.method)}) is {standing}: "
