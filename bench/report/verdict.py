@@ -43,6 +43,7 @@ BY_TEST = "test (optimistic)"
 FINISHED = ("ok", "diverged")  # an outcome of the method; anything else is not its result
 UNFINISHED = ("running", "unknown", "corrupt", "interrupted", "pending")  # no outcome yet
 RESOLVED, NOT_RESOLVED, TOO_FEW = "resolved", "not resolved", "too few seeds"
+HINGES = "LR choice hinges on a divergence"
 DIVERGED_PAIR, UNTUNED, INCOMPLETE, NOT_ASSESSED = ("diverged seed: not tested by t", "untuned", "incomplete",
                                                     "not assessed (LRs chosen on test)")
 
@@ -92,6 +93,7 @@ class Selection:
     missing_lrs: tuple[float, ...] = ()  # LRs of the grid with no finished run: the method is untuned
     grid: tuple[float, ...] = ()
     counts: dict[float, dict[str, int]] = field(default_factory=dict)  # lr -> status -> runs
+    lr_without_divergence: float = math.nan  # the LR the converged seeds alone would choose, where it differs
 
     @property
     def untuned(self) -> bool:
@@ -114,6 +116,9 @@ class Selection:
         if self.diverged_seeds:
             parts.append(f"{len(self.diverged_seeds)} of {len(self.per_seed)} seeds diverged at this LR "
                          "(accuracy over the converged seeds)")
+        if not math.isnan(self.lr_without_divergence):
+            parts.append(f"the LR choice hinges on a divergence (the converged seeds alone choose LR "
+                         f"{self.lr_without_divergence:g})")
         if self.edge:
             parts.append(f"the best LR may lie outside the grid ({self.edge})")
         if self.seeds_left_out:
@@ -177,10 +182,15 @@ def select_lrs(runs: pd.DataFrame, methods: list[str]) -> list[Selection]:
             if not common:
                 edge = (edge + "; " if edge else "") + "no seed finished at every LR: LRs compared on different seeds"
             converged = Cell.of(at.value[at.status == "ok"], bounds=(0.0, 100.0))
+            # Would the converged seeds alone choose another LR? Then a divergence decided the choice: a rare,
+            # random divergence must not make a method look worse by a resolved margin (verdict_calibration.py).
+            ok_scores = score[mine & (score.status == "ok")].groupby("lr").value.mean()
+            alone = float(ok_scores.idxmax()) if len(ok_scores) else lr
+            hinge = alone if alone != lr and (test[mine].status != "ok").any() else math.nan
             chosen.append(Selection(ratio, method, lr, converged, float(score_means[lr]), oracle,
                                     float(test_means[oracle]), float(test_means[oracle] - test_means[lr]), edge,
                                     at.value, at.dense_id, by, left_out, failure_at, diverged, failed, False,
-                                    missing, grid, counts))
+                                    missing, grid, counts, hinge))
     return chosen
 
 
@@ -251,6 +261,8 @@ def compare(selections: list[Selection]) -> list[Comparison]:
             state = UNTUNED
         elif diverged:
             state = DIVERGED_PAIR
+        elif not (math.isnan(reference.lr_without_divergence) and math.isnan(other.lr_without_divergence)):
+            state = HINGES
         elif test.too_few:
             state = TOO_FEW
         else:
@@ -353,7 +365,7 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
     else:
         # Speak of what stands most in the way: a comparison waiting for runs, then one no test can make, then the
         # least resolved (highest Holm p).
-        priority = {INCOMPLETE: 0, UNTUNED: 1, DIVERGED_PAIR: 2, TOO_FEW: 3, NOT_RESOLVED: 4, RESOLVED: 5}
+        priority = {INCOMPLETE: 0, UNTUNED: 1, DIVERGED_PAIR: 2, HINGES: 3, TOO_FEW: 4, NOT_RESOLVED: 5, RESOLVED: 6}
         weakest = min(mine, key=lambda c: (priority[c.state], -(c.p_holm if not math.isnan(c.p_holm) else 1.0)))
         rival = next(s for s in here if s.method == weakest.method)
         diff = weakest.test.mean
@@ -368,6 +380,9 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
                       "are needed)")
         elif weakest.state == DIVERGED_PAIR:
             reason = "not resolved: a diverged seed makes the accuracies bimodal, so no t-test is made"
+        elif weakest.state == HINGES:
+            reason = ("not resolved: a diverged seed decided an LR choice (the converged seeds alone would choose "
+                      "another LR), so the difference may be the divergence's, not the method's")
         elif weakest.state == INCOMPLETE:
             reason = "not resolved: a run failed and must be redone (below)"
         else:
@@ -591,7 +606,8 @@ def paired_table(assessment: Assessment) -> Table | None:
             f"two-sided. The family: p (Holm, suite) corrects across all {family} tested comparisons of every ratio "
             f"of this suite, so 'resolved' (p (Holm) < {ALPHA:g}) survives everything the headline states. Fewer than "
             f"{MIN_PAIRS} pairs or differences without spread are 'too few seeds'; a comparison across a diverged "
-            "seed is not tested by t (bimodal data); an untuned or incomplete method is never resolved; with the "
+            "seed is not tested by t (bimodal data), nor one where a divergence decided a method's LR (its converged "
+            "seeds alone would choose another); an untuned or incomplete method is never resolved; with the "
             f"LRs chosen on test nothing is assessed. 'Seeds for {POWER:.0%} power': the pairs the t-test at the "
             f"family's strictest level ({ALPHA:g}/{max(family, 1)}, Holm's first step) needs for {POWER:.0%} power "
             "against the observed difference, with the sd at its one-sided "
