@@ -65,7 +65,7 @@ class Cell:
         return min(high, self.bounds[1]) if self.bounds and not math.isnan(high) else high
 
     def text(self, expected: int, digits: int = 2, fmt: str = "f") -> str:
-        """'93.10 ± 0.21' ('99.60 [98.90, 100.00]' where the interval meets a bound), with '(n=k)' when fewer values
+        """'93.10 ± 0.21' ('99.60 (CI 98.90–100.00)' where the interval meets a bound), with '(n=k)' when fewer values
         than ``expected``; '—' for none."""
         if self.n == 0:
             return "—"
@@ -73,7 +73,7 @@ class Cell:
         if self.n > 1 and (self.low, self.high) == (self.mean - self.half, self.mean + self.half):
             body += f" ± {self.half:.{digits}{fmt}}"
         elif self.n > 1:
-            body += f" [{self.low:.{digits}{fmt}}, {self.high:.{digits}{fmt}}]"
+            body += f" (CI {self.low:.{digits}{fmt}}–{self.high:.{digits}{fmt}})"
         return body + (f" (n={self.n})" if self.n < expected else "")
 
 
@@ -189,7 +189,7 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
                 row += [f"{ref.mean:.2f} ({ref.half:.2f})" if ref else "", f"{diff:+.2f}" if ref and cell.n else ""]
             data.append({"_row": len(rows), "_column": len(row) - (3 if with_ref else 1), "ratio": ratio,
                          "method": method, "lr": lr, "n": cell.n, "mean": cell.mean,
-                         "ci_half": cell.half, "ci_low": cell.mean - cell.half, "ci_high": cell.mean + cell.half,
+                         "ci_half": cell.half, "ci_low": cell.low, "ci_high": cell.high,
                          "not_ok": problems or "", "paper_mean": ref.mean if ref else math.nan,
                          "paper_std": ref.half if ref else math.nan, "diff_vs_paper": diff})
         rows.append(row)

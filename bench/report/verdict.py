@@ -540,7 +540,8 @@ def verdict_table(assessment: Assessment) -> Table:
     failure = ("chance (100/classes)" if any(s.failure_at > 0 for s in selections) else
                "0% (the results do not say how many classes there are, so chance is unknown)")
     note = (f"{how} Test accuracy is the mean over the seeds that converged, ± its {LEVEL:.0%} t-interval (shown as "
-            "a range where it would leave [0, 100]); 'diverged' counts the seeds whose training broke at that LR. "
+            "'(CI low–high)', clipped, where it would leave [0, 100]); 'diverged' counts the seeds whose training "
+            "broke at that LR. "
             f"In choosing the LR (and in the regret) a diverged run counts at {failure}, so an LR that breaks a seed "
             "does not win on the others. A failed run (an exception, out of memory, a lost node) is never counted: "
             "the cell is incomplete until `bench.py run` redoes it. A method without a finished run at every LR of "
@@ -578,7 +579,7 @@ def paired_table(assessment: Assessment) -> Table | None:
         else:
             low, high = max(t.mean - t.half, -100.0), min(t.mean + t.half, 100.0)
             diff = f"{t.mean:+.2f} ± {t.half:.2f}" if (low, high) == (t.mean - t.half, t.mean + t.half) else \
-                f"{t.mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+                f"{t.mean:+.2f} (CI {low:+.2f} to {high:+.2f})"
         if c.seeds_needed is None:
             needed = "—"
         elif c.resolved:
