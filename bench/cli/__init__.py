@@ -230,6 +230,10 @@ def command_status(args: argparse.Namespace) -> int:
               f"{r.state:11}  {r.task or '-':10}  {r.detail}")
     counts = Counter(r.state for r in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    failed = [r.run.run_id for r in rows if r.state == "failed"]
+    if failed:  # an infrastructure fault or a bug, never the method's result: the report waits for these
+        print(f"{len(failed)} failed run(s) to rerun (not results: the report leaves their cells incomplete); "
+              f"`bench.py run {args.suite}` redoes them: {', '.join(failed)}")
     logs = [r for r in rows if r.log is not None and r.state in ("failed", "running")]
     for r in logs:
         print(f"log of {r.run.run_id} ({r.state}): {r.log}")

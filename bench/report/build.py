@@ -73,11 +73,9 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     """Every table and figure of one suite's report, in reading order, and its headline (sentences)."""
     runs, history = data.runs, data.history
     methods = [m for m in styles.order if m in set(runs.method)]
-    selections = verdict.select_lrs(runs, methods)
-    comparisons = verdict.compare(selections)
-    items = [Item("Verdict", table=costs.with_cost(
-        verdict.verdict_table(selections, comparisons, verdict.selected_by(runs)), runs))]
-    paired = verdict.paired_table(comparisons)
+    assessment = verdict.assess(runs, methods)
+    items = [Item("Verdict", table=costs.with_cost(verdict.verdict_table(assessment), runs))]
+    paired = verdict.paired_table(assessment)
     items.append(Item("Paired comparisons", table=paired) if paired is not None else
                  Item("Paired comparisons", missing="needs finished runs of two or more methods at a ratio."))
     items.append(Item("Runs by status", table=tables.status_table(runs, methods)))
@@ -98,12 +96,12 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     jobs += [(f"Epoch curves, ratio {r}", plots.epoch_curves, (runs, history, r, styles))
              for r in tables.ratio_order(runs)]
     jobs.append(("JSV vs accuracy", plots.jsv_vs_accuracy, (runs, styles)))
-    chosen = {(s.ratio, s.method): s.lr_selected for s in selections}
+    chosen = {(s.ratio, s.method): s.lr_selected for s in assessment.selections}
     jobs.append(("Accuracy vs training cost", plots.accuracy_vs_cost, (runs, styles, chosen)))
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))
-    return items, verdict.headline(runs, selections, comparisons)
+    return items, assessment.headline
 
 
 def _facts(data: Results, query: str | None, reference: pd.DataFrame | None) -> list[str]:

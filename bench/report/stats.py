@@ -1,62 +1,32 @@
-"""Small exact statistics for the report, without scipy: Student-t intervals, the paired t-test with Holm's
-correction, the seeds a difference would need, and Kendall's and Spearman's rank correlations.
-
-Seed counts are small integers, so the t distribution's CDF has a closed form (Abramowitz & Stegun 26.7.3/4)
-that bisection inverts to machine precision; it is the one t distribution of the whole reporter (intervals and
-p-values alike). scipy would be a heavy dependency for these few functions; the tests check them against
-published tables and scipy's documented values.
+"""The report's statistics, with scipy.stats doing the arithmetic: Student-t intervals kept inside the possible range,
+the paired t-test with Holm's correction, the seeds a difference needs for 80% power (noncentral t, with an upper
+confidence bound on the spread), the probability of improvement with a bootstrap interval (as ``rliable`` defines
+it), and Kendall's and Spearman's rank correlations (Spearman's with an exact permutation p-value).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
+from scipy import stats as sps
+
+MIN_PAIRS = 3  # fewer paired seeds never resolve anything: one or two pairs say nothing about the spread
+SD_BOUND_LEVEL = 0.8  # the one-sided confidence level of the upper bound on the sd that the power advice uses
+POWER = 0.8
+EXACT_PERMUTATION_POINTS = 9  # up to 9! = 362,880 orderings, Spearman's permutation p-value is exact
 
 
-def _t_two_sided_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with an integer number of degrees of freedom ``df`` >= 1 (exact series)."""
-    theta = math.atan(t / math.sqrt(df))
-    c = math.cos(theta) ** 2
-    term, total = 1.0, 1.0
-    if df % 2:  # odd: (2/pi) * (theta + sin cos * (1 + 2/3 c + 2*4/(3*5) c^2 + ...)), (df-3)/2 terms after 1
-        if df == 1:
-            return 2 * theta / math.pi
-        for k in range(1, (df - 3) // 2 + 1):
-            term *= c * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-    for k in range(1, (df - 2) // 2 + 1):  # even: sin * (1 + 1/2 c + 1*3/(2*4) c^2 + ...)
-        term *= c * (2 * k - 1) / (2 * k)
-        total += term
-    return math.sin(theta) * total
-
-
-@functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (e.g. 0.975, 2 -> 4.3027)."""
     if df < 1 or int(df) != df:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
     if not 0 < p < 1:
         raise ValueError(f"p must lie in (0, 1), got {p}")
-    if p == 0.5:
-        return 0.0
-    mass = abs(2 * p - 1)
-    low, high = 0.0, 1.0
-    while _t_two_sided_mass(high, int(df)) < mass:
-        high *= 2
-    for _ in range(200):
-        mid = (low + high) / 2
-        if _t_two_sided_mass(mid, int(df)) < mass:
-            low = mid
-        else:
-            high = mid
-        if high - low <= 1e-13 * max(1.0, high):
-            break
-    return math.copysign((low + high) / 2, p - 0.5)
+    return float(sps.t.ppf(p, df))
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
@@ -81,9 +51,7 @@ def t_two_sided_p(t: float, df: int) -> float:
     """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom: the two-sided p-value of a t statistic."""
     if math.isnan(t):
         return math.nan
-    if math.isinf(t):
-        return 0.0
-    return max(0.0, 1.0 - _t_two_sided_mass(abs(t), int(df)))
+    return float(2 * sps.t.sf(abs(t), df))
 
 
 @dataclass(frozen=True)
@@ -97,26 +65,32 @@ class PairedTest:
     n: int
     sd: float
 
+    @property
+    def too_few(self) -> bool:
+        """Fewer than MIN_PAIRS pairs, or no spread at all among the differences: no test can speak."""
+        return self.n < MIN_PAIRS or not self.sd > 0
+
 
 def paired_t_test(differences: Sequence[float] | np.ndarray, level: float = 0.95) -> PairedTest:
-    """The paired t-test of per-pair differences against zero (``scipy.stats.ttest_rel``'s statistic and
-    two-sided p); with fewer than two pairs there is no test (NaN), and all-equal differences give p 0 or 1."""
+    """The paired t-test of per-pair differences against zero (``scipy.stats.ttest_1samp``, two-sided). Fewer than
+    two pairs, or differences that are all equal (sd 0: the t statistic is infinite or undefined), give no p-value
+    (NaN): such data are "too few seeds", never a resolved difference."""
     x = np.asarray(differences, dtype=float)
     x = x[np.isfinite(x)]
     mean, half, n = mean_ci(x, level)
     if n < 2:
         return PairedTest(mean, half, math.nan, math.nan, n, math.nan)
     sd = float(x.std(ddof=1))
-    if sd == 0:
-        return PairedTest(mean, 0.0, math.copysign(math.inf, mean) if mean else math.nan,
-                          0.0 if mean else 1.0, n, 0.0)
-    t = mean / (sd / math.sqrt(n))
-    return PairedTest(mean, half, t, t_two_sided_p(t, n - 1), n, sd)
+    if not sd > 0:
+        return PairedTest(mean, 0.0, math.nan, math.nan, n, 0.0)
+    result = sps.ttest_1samp(x, 0.0)
+    return PairedTest(mean, half, float(result.statistic), float(result.pvalue), n, sd)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control over the comparisons given; NaN stays NaN):
-    sort ascending, multiply the i-th smallest by (k - i), carry the running maximum, cap at 1."""
+    """Holm's step-down adjusted p-values (family-wise error control over the comparisons given; NaN stays NaN and
+    is not counted in the family): sort ascending, multiply the i-th smallest by (k - i), carry the running maximum,
+    cap at 1."""
     indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     k = len(indexed)
     adjusted = [math.nan] * len(p_values)
@@ -127,76 +101,128 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def paired_differences(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """``a - b`` over the seeds (index) both have with a finite value."""
+    seeds = a.dropna().index.intersection(b.dropna().index)
+    return (a[seeds] - b[seeds]).to_numpy(dtype=float)
+
+
+def sd_upper_bound(sd: float, n: int, level: float = SD_BOUND_LEVEL) -> float:
+    """The one-sided ``level`` upper confidence bound on a normal population's sd from a sample sd over ``n``
+    values (chi-square with n - 1 degrees of freedom): sd * sqrt((n - 1) / chi2_{1 - level, n - 1})."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return sd * math.sqrt((n - 1) / float(sps.chi2.ppf(1 - level, n - 1)))
+
+
+def power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """The power of the two-sided one-sample t-test at level ``alpha`` with ``n`` pairs when the true mean paired
+    difference is ``effect`` and its sd ``sd`` (noncentral t with n - 1 degrees of freedom)."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, critical = n - 1, float(sps.t.ppf(1 - alpha / 2, n - 1))
+    noncentrality = abs(effect) / (sd / math.sqrt(n))
+    upper = float(sps.nct.sf(critical, df, noncentrality))
+    lower = float(sps.nct.cdf(-critical, df, noncentrality))  # the wrong-sign tail: negligible, NaN when tiny
+    return min(1.0, upper + (lower if math.isfinite(lower) else 0.0))
+
+
+def seeds_for_power(effect: float, sd: float, alpha: float, target: float = POWER, most: int = 1000) -> int | None:
+    """The fewest pairs (at least MIN_PAIRS) at which the paired t-test at ``alpha`` has ``target`` power against a
+    true difference ``effect`` with spread ``sd``; None when the effect is zero or more than ``most`` are needed."""
+    if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0 or not sd > 0:
+        return None
+    if power(effect, sd, most, alpha) < target:
+        return None
+    low, high = MIN_PAIRS - 1, most  # power grows with n: bisect for the first n reaching the target
+    while high - low > 1:
+        mid = (low + high) // 2
+        if power(effect, sd, mid, alpha) >= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def smallest_resolvable(sd: float, n: int, alpha: float, target: float = POWER) -> float:
+    """The smallest true difference (same units as ``sd``) that ``n`` pairs resolve with ``target`` power at
+    ``alpha``: what a suite's seed count can hope to tell apart."""
+    if n < MIN_PAIRS or not sd > 0:
+        return math.nan
+    return float(optimize.brentq(lambda d: power(d, sd, n, alpha) - target, 1e-9 * sd, 1e3 * sd))
+
+
+def probability_of_improvement(a: Sequence[float], b: Sequence[float], resamples: int = 2000, level: float = 0.95,
+                               seed: int = 0) -> tuple[float, float, float]:
+    """P(A > B) as ``rliable`` defines it (the Mann-Whitney U statistic over all run pairs, ties counting half) and
+    its percentile bootstrap interval, runs of each method resampled independently (``scipy.stats.bootstrap``)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not x.size or not y.size:
+        return math.nan, math.nan, math.nan
+
+    def statistic(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
+        u, v = np.moveaxis(u, axis, -1)[..., :, None], np.moveaxis(v, axis, -1)[..., None, :]
+        return ((u > v) + 0.5 * (u == v)).mean(axis=(-2, -1))
+
+    point = float(statistic(x, y))
+    if x.size < 2 or y.size < 2:
+        return point, math.nan, math.nan
+    result = sps.bootstrap((x, y), statistic, n_resamples=resamples, confidence_level=level, method="percentile",
+                           vectorized=True, rng=np.random.default_rng(seed))
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, resamples: int = 9999
+                 ) -> tuple[float, float, int]:
+    """Spearman's rank correlation over the pairs where both are finite, its two-sided permutation p-value (exact
+    up to EXACT_PERMUTATION_POINTS points, else ``resamples`` seeded permutations) and the count of pairs; NaN for
+    fewer than three pairs or a constant side."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = int(a.size)
+    if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan, math.nan, n
+
+    rb = sps.rankdata(b)
+    rb = (rb - rb.mean()) / np.linalg.norm(rb - rb.mean())
+
+    def rho(u: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Spearman's rho of each row of ``u`` with ``b``: the Pearson correlation of their ranks (vectorized, so
+        the 9! orderings of an exact test take a moment)."""
+        ru = np.moveaxis(sps.rankdata(u, axis=axis), axis, -1)
+        ru = ru - ru.mean(axis=-1, keepdims=True)
+        return (ru @ rb) / np.linalg.norm(ru, axis=-1)
+
+    result = sps.permutation_test((a,), rho, permutation_type="pairings", alternative="two-sided", vectorized=True,
+                                  n_resamples=math.inf if n <= EXACT_PERMUTATION_POINTS else resamples,
+                                  rng=np.random.default_rng(0))
+    return float(result.statistic), float(result.pvalue), n
+
+
+def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Kendall's tau-b between two paired samples (``scipy.stats.kendalltau``); NaN for fewer than two pairs or when
+    one side is all ties. 1 means the same order, -1 the reverse."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(sps.kendalltau(a, b).statistic)
+
+
 def against_reference(reference: pd.Series, others: Sequence[pd.Series], level: float = 0.95
                       ) -> list[tuple[PairedTest, float]]:
     """Each of ``others`` (per-seed values, indexed by seed) minus ``reference``, paired on the seeds both have:
-    the paired t-test and its Holm-adjusted p across these comparisons. The one rule behind every "resolved" and
-    every bolded winner of the report."""
-    tests = []
-    for other in others:
-        seeds = other.dropna().index.intersection(reference.dropna().index)
-        tests.append(paired_t_test((other[seeds] - reference[seeds]).to_numpy(dtype=float), level))
+    the paired t-test and its Holm-adjusted p across these comparisons."""
+    tests = [paired_t_test(paired_differences(other, reference), level) for other in others]
     return list(zip(tests, holm([t.p for t in tests])))
 
 
 def beats_every_other(reference: pd.Series, others: Sequence[pd.Series], alpha: float = 0.05) -> bool:
     """True when ``reference`` is ahead of every one of ``others`` by a paired difference that Holm's correction
-    across them resolves (p < ``alpha``, two or more pairs each): the report's only reason to bold a winner."""
-    return bool(others) and all(t.n >= 2 and t.mean < 0 and p < alpha for t, p in against_reference(reference, others))
-
-
-def seeds_to_resolve(mean: float, sd: float, alpha: float = 0.05, most: int = 1000) -> int | None:
-    """The fewest pairs at which a paired difference of this mean and standard deviation would be significant at
-    ``alpha`` (two-sided, uncorrected): the smallest n with |mean| > t_{1-alpha/2, n-1} * sd / sqrt(n). None when
-    the mean is zero or more than ``most`` would be needed."""
-    if not math.isfinite(mean) or not math.isfinite(sd) or mean == 0:
-        return None
-    if sd == 0:
-        return 2
-    for n in range(2, most + 1):
-        if abs(mean) > t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n):
-            return n
-    return None
-
-
-def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, int]:
-    """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite, and that count;
-    NaN for fewer than three pairs or a constant side."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    n = int(a.size)
-    if n < 3:
-        return math.nan, n
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan, n
-    return float(np.corrcoef(ra, rb)[0, 1]), n
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(values.size)
-    ranks[order] = np.arange(1, values.size + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Kendall's tau-b between two paired samples (ties handled as in tau-b); NaN when undefined.
-
-    1 means the same order, -1 the reverse; NaN for fewer than two pairs or when one side is all ties.
-    """
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if a.size < 2:
-        return math.nan
-    i, j = np.triu_indices(a.size, k=1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    pairs = i.size
-    denominator = math.sqrt(float(pairs - np.sum(da == 0)) * float(pairs - np.sum(db == 0)))
-    return float(np.sum(da * db)) / denominator if denominator > 0 else math.nan
+    across them resolves (p < ``alpha``, at least MIN_PAIRS pairs with some spread each): the fixed-LR tables' rule
+    for bolding a winner."""
+    return bool(others) and all(not t.too_few and t.mean < 0 and p < alpha
+                                for t, p in against_reference(reference, others))

@@ -10,18 +10,17 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from bench.report.stats import beats_every_other, kendall_tau, mean_ci
+from bench.report.cells import LEVEL, PERCENT, Cell, cells
+from bench.report.stats import beats_every_other, holm, kendall_tau, paired_t_test
 
 log = logging.getLogger(__name__)
 
-LEVEL = 0.95  # confidence level of every interval in the report
 KEY = ""  # column group of the row keys (ratio, method)
 
 
@@ -36,29 +35,6 @@ class Table:
     rows: list[list[str]]
     data: pd.DataFrame
     bold: set[tuple[int, int]] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Mean, t-interval half-width and count of one group of values."""
-
-    mean: float
-    half: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> Cell:
-        """The cell of some values (NaNs ignored)."""
-        return cls(*mean_ci(np.fromiter(values, dtype=float), LEVEL))
-
-    def text(self, expected: int, digits: int = 2, fmt: str = "f") -> str:
-        """'93.10 ± 0.21', with '(n=k)' when fewer values than ``expected``; '—' for none."""
-        if self.n == 0:
-            return "—"
-        body = f"{self.mean:.{digits}{fmt}}"
-        if self.n > 1:
-            body += f" ± {self.half:.{digits}{fmt}}"
-        return body + (f" (n={self.n})" if self.n < expected else "")
 
 
 def lr_label(lr: float) -> str:
@@ -76,15 +52,6 @@ def ratio_order(runs: pd.DataFrame) -> list[str]:
 def learning_rates(runs: pd.DataFrame) -> list[float]:
     """The retraining learning rates, highest first (the order of the TPP paper's Table 1)."""
     return sorted(runs.lr.dropna().unique().tolist(), reverse=True)
-
-
-def cells(runs: pd.DataFrame, value: str | Callable[[pd.DataFrame], pd.Series], by: list[str]
-          ) -> dict[tuple[Any, ...], Cell]:
-    """Mean ± t-interval of ``value`` (a column, or a function of the frame) per group of ``by``."""
-    values = runs[value] if isinstance(value, str) else value(runs)
-    frame = runs[by].assign(_v=pd.to_numeric(values).astype(float))
-    return {key if isinstance(key, tuple) else (key,): Cell.of(group._v)
-            for key, group in frame.groupby(by, sort=False, dropna=False)}
 
 
 def per_seed(runs: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -149,7 +116,7 @@ def _ref_lr(lookup: dict[tuple[str, str, float], Cell], ratio: str, method: str,
 def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame | None = None) -> Table:
     """Final test accuracy (%) per method × ratio, one column group per retraining LR, best per ratio in bold."""
     ok = runs[runs.status == "ok"]
-    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"], PERCENT)
     bad = not_ok(runs, ["ratio", "method", "lr"])
     lookup = reference_lookup(reference, runs)
     lrs = learning_rates(runs)
@@ -172,7 +139,7 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
                 row += [f"{ref.mean:.2f} ({ref.half:.2f})" if ref else "", f"{diff:+.2f}" if ref and cell.n else ""]
             data.append({"_row": len(rows), "_column": len(row) - (3 if with_ref else 1), "ratio": ratio,
                          "method": method, "lr": lr, "n": cell.n, "mean": cell.mean,
-                         "ci_half": cell.half, "ci_low": cell.mean - cell.half, "ci_high": cell.mean + cell.half,
+                         "ci_half": cell.half, "ci_low": cell.low, "ci_high": cell.high,
                          "not_ok": problems or "", "paper_mean": ref.mean if ref else math.nan,
                          "paper_std": ref.half if ref else math.nan, "diff_vs_paper": diff})
         rows.append(row)
@@ -215,7 +182,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
     if len(lrs) < 2:
         return None
     ok = runs[runs.status == "ok"]
-    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"], PERCENT)
     lookup = reference_lookup(reference, runs)
     header = [(KEY, "ratio"), (KEY, "method"), (KEY, "LRs compared"), ("high LR", "acc (%)"),
               ("low LR", "acc (%)"), ("gap (points)", "high − low")]
@@ -223,18 +190,18 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         header.append(("gap (points)", "paper"))
     expected = _expected(acc.values())
     pairs = {ratio: gap_lrs(ok, ratio, methods, lrs) for ratio in ratio_order(runs)}
-    rows, data, bold = [], [], set()
+    rows, data, tests = [], [], []
     for ratio, method in _grid(runs, methods):
         high, low = pairs[ratio]
         mine = ok[(ok.ratio == ratio) & (ok.method == method)]
         by_seed = mine.pivot_table(index="seed", columns="lr", values="acc_final", aggfunc="first")
         paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
-        gap = Cell.of((paired[high] - paired[low]) * 100) if len(paired) else Cell(math.nan, math.nan, 0)
+        differences = (paired[high] - paired[low]) * 100 if len(paired) else pd.Series(dtype=float)
+        gap = Cell.of(differences, (-100.0, 100.0)) if len(paired) else Cell(math.nan, math.nan, 0)
+        tests.append(paired_t_test(differences.to_numpy(dtype=float)))
         a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
         row = [ratio, method, f"{high:g} − {low:g}", a.text(expected), b.text(expected),
                gap.text(expected) if gap.n else "—"]
-        if gap.n > 1 and abs(gap.mean) > gap.half:
-            bold.add((len(rows), 5))
         ref_high, ref_low = _ref_lr(lookup, ratio, method, high), _ref_lr(lookup, ratio, method, low)
         ref_gap = ref_high.mean - ref_low.mean if ref_high and ref_low else math.nan
         if lookup:
@@ -243,12 +210,17 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         data.append({"ratio": ratio, "method": method, "lr_high": high, "lr_low": low, "acc_high": a.mean,
                      "acc_low": b.mean, "gap": gap.mean, "gap_ci_half": gap.half, "pairs": gap.n,
                      "paper_gap": ref_gap})
+    adjusted = holm([t.p if not t.too_few else math.nan for t in tests])
+    bold = {(i, 5) for i, (t, p) in enumerate(zip(tests, adjusted)) if not t.too_few and p < 0.05}
+    for record, t, p in zip(data, tests, adjusted):
+        record.update(p=t.p, p_holm=p)
     skipped = sorted({lr for ratio, (high, low) in pairs.items() for lr in lrs if lr > high or lr < low}, reverse=True)
     note = ("The trainability bias: accuracy at a high minus a low retraining LR, in points: the grid's highest and "
             "lowest LR at which every method of that ratio finished a run. The gap is the mean of per-seed "
-            f"differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; bold where that interval "
-            "excludes zero. A method that preserves trainability should depend little on the LR; a large positive "
-            "gap means the method only looks good when retrained with a large LR.")
+            f"differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; bold where the paired "
+            "t-test resolves it after Holm's correction across every row of this table (the family; p < 0.05, at "
+            "least 3 seeds with some spread). A method that preserves trainability should depend little on the LR; a "
+            "large positive gap means the method only looks good when retrained with a large LR.")
     if skipped:
         note += (f" Left out: LR {', '.join(f'{lr:g}' for lr in skipped)}, where some method finished no run at a "
                  "ratio (see the accuracy table and the runs that did not finish).")
@@ -262,7 +234,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
 def _means(runs: pd.DataFrame) -> dict[tuple[Any, ...], Cell]:
     """Final accuracy (%) of the finished runs per (ratio, lr, method)."""
     ok = runs[runs.status == "ok"]
-    return cells(ok, lambda f: f.acc_final * 100, ["ratio", "lr", "method"])
+    return cells(ok, lambda f: f.acc_final * 100, ["ratio", "lr", "method"], PERCENT)
 
 
 def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
@@ -290,12 +262,16 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
             data.append({"ratio": ratio, "method": method, "lr": lr, "rank": rank,
                          "mean": means[(ratio, lr, method)].mean if rank else math.nan})
         rows.append(row)
-    note = ("Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share the "
+    note = ("Ranked at each fixed retraining LR, every method at the same LR: not the verdict's ranking, which puts "
+            "each method at its own validation-chosen LR (so the two can name different leaders without "
+            "disagreeing). Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share "
+            "the "
             "better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
             "it from every other method (Holm-corrected, as in the accuracy table). Read across a "
             "row: a method whose rank moves with the LR is judged differently depending on a retraining choice, "
             "not on its pruning.")
-    return Table("ranks", "Method ranks per ratio and learning rate", note, header, rows, pd.DataFrame(data), bold)
+    return Table("ranks", "Method ranks per ratio at each fixed learning rate (not the verdict's chosen LRs)", note,
+                 header, rows, pd.DataFrame(data), bold)
 
 
 def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
@@ -348,7 +324,9 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
         data.append(record)
     if not rows:
         return None
-    note = ("Per ratio: the most accurate method at each retraining LR (with its lead over the runner-up) and "
+    note = ("Ranked at each fixed retraining LR, every method at the same LR (the verdict instead puts each method "
+            "at its own validation-chosen LR). Per ratio: the most accurate method at each retraining LR (with its "
+            "lead over the runner-up) and "
             "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
             "finished at both). 'yes' (bold) flags ratios where the winner, among the methods finished at every LR, "
             "changes with the retraining LR alone, "
@@ -356,7 +334,8 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
             "bias can show as a large learning-rate gap for one method without a change of winner (see the gap "
             "table and the headline). A margin inside the accuracy table's intervals means the winner is not "
             "resolved by these seeds.")
-    return Table("rank_stability", "Rank stability across learning rates", note, header, rows, pd.DataFrame(data),
+    return Table("rank_stability", "Rank stability across fixed learning rates (not the verdict's chosen LRs)", note,
+                 header, rows, pd.DataFrame(data),
                  bold)
 
 
@@ -368,7 +347,7 @@ def trainability_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     ok = runs[runs.status == "ok"]
     dense = cells(per_seed(runs, "jsv_dense"), "jsv_dense", ["ratio", "method"])
     pruned = cells(per_seed(runs, "jsv_pruned"), "jsv_pruned", ["ratio", "method"])
-    train = cells(ok, lambda f: f.acc_trainability * 100, ["ratio", "method", "lr"])
+    train = cells(ok, lambda f: f.acc_trainability * 100, ["ratio", "method", "lr"], PERCENT)
     final = cells(ok, "jsv_final", ["ratio", "method", "lr"])
     header = [(KEY, "ratio"), (KEY, "method"), ("mean JSV", "dense"), ("mean JSV", "after pruning")]
     for lr in lrs:
@@ -464,8 +443,10 @@ def status_table(runs: pd.DataFrame, methods: list[str]) -> Table:
         rows.append([method] + [str(n) for n in numbers] + [str(sum(numbers))])
         data.append({"method": method, **dict(zip(statuses, numbers)), "total": sum(numbers)})
     note = ("Every result file found, by status. 'running' also covers runs that were interrupted; run the suite "
-            "again to resume them. Failed, diverged and corrupt runs (an unreadable result.json: run the suite again "
-            "to redo them) are listed below and are never averaged in.")
+            "again to resume them. Diverged runs (the method's training broke) are a result: the verdict counts them "
+            "at chance when it chooses an LR and reports them beside the accuracy. Failed runs (an exception, out of "
+            "memory, a lost node) and corrupt ones (an unreadable result.json) are not: they are listed below, never "
+            "averaged in, and `bench.py run` on the suite redoes them.")
     return Table("status", "Runs by status", note, header, rows, pd.DataFrame(data))
 
 

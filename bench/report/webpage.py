@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 
 from bench.report.plots import Plot
@@ -54,10 +55,24 @@ class Section:
     files: str = ""
 
 
+def inline_markdown(text: str) -> str:
+    """HTML for a sentence written in Markdown (the headline's and the notes'): escaped, then `code`, **bold** and
+    *emphasis* rendered, so the page shows what summary.md means rather than its asterisks and backticks."""
+    escaped = html.escape(text, quote=False)
+    parts = re.split(r"(`[^`]+`)", escaped)
+    for i, part in enumerate(parts):
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            parts[i] = f"<code>{part[1:-1]}</code>"
+        else:
+            part = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", part)
+            parts[i] = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", part)
+    return "".join(parts)
+
+
 def _section(section: Section) -> str:
     """One section: heading, note, then the table, the embedded image or nothing."""
     parts = [f'<section id="{html.escape(section.anchor)}">', f"<h2>{html.escape(section.title)}</h2>",
-             f'<p class="note">{html.escape(section.note)}</p>']
+             f'<p class="note">{inline_markdown(section.note)}</p>']
     if section.table is not None:
         parts.append(f'<div class="scroll">{to_html(section.table)}</div>')
     if section.plot is not None:
@@ -79,7 +94,8 @@ def page(title: str, facts: list[str], sections: list[Section], headline: list[s
     body = "\n".join(_section(s) for s in sections)
     facts_html = "<br>".join(html.escape(f) for f in facts)
     found = ('<section id="headline"><h2>What this suite found</h2><ul>'
-             + "".join(f"<li>{html.escape(line)}</li>" for line in headline) + "</ul></section>\n") if headline else ""
+             + "".join(f"<li>{inline_markdown(line)}</li>" for line in headline) + "</ul></section>\n"
+             ) if headline else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"

@@ -311,6 +311,8 @@ def test_status_joins_result_files_with_the_scheduler(write_suite, tmp_path: Pat
     assert main(["status", str(suite_path), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "1 diverged; 3 failed; 1 interrupted; 1 ok; 5 pending; 1 running" in out
+    rerun = next(line for line in out.splitlines() if line.startswith("3 failed run(s) to rerun"))
+    assert rerun.endswith(f": {ids[3]}, {ids[4]}, {ids[6]}") and ids[7] not in rerun  # diverged is a result
     assert f"log of {ids[3]} (failed): {log_dir / '7_3_0_log.err'}" in out
 
 
