@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
+    report.add_argument("--out", metavar="DIR", help="write the reports to DIR/<suite>/report/ instead of into the "
+                        "results directory (e.g. a colleague's results folder you may read but not write)")
 
     selftest = sub.add_parser("selftest", help="check that this machine runs the harness: every method, the speed "
                               "options, memory, latency, JSV, data parallelism, the pool",
@@ -376,7 +378,7 @@ def command_report(args: argparse.Namespace) -> int:
     if args.reference:
         references = {"*": resolve(args.reference)}
     written = write_reports(Path(args.results), names, query=args.query, references=references,
-                            workers=args.workers)
+                            workers=args.workers, out=Path(args.out) if args.out else None)
     for page in (p for p in written if p.name == "index.html"):
         count = sum(p.is_relative_to(page.parent) for p in written)
         print(f"{page.parent.parent.name}: {count} files in {page.parent}; open {page}")

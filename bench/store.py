@@ -63,11 +63,39 @@ def _atomic_write(path: Path, write: Any) -> None:
     distributed.main_only(lambda: _write_here(path, write), f"write '{path}'")
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: POSIX offers no other way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_error(err: OSError, path: Path) -> StorageError:
+    """The plain message for a write that the disk or the permissions refused, with the remedy that fits."""
+    reason = os.strerror(err.errno or 0)   # "No space left on device", "Permission denied", ...
+    remedy = ("Free space or choose another --results directory" if err.errno in (errno.ENOSPC, errno.EDQUOT) else
+              "Ask its owner for write access (a group's setgid folder, umask 002: see the README) or choose another "
+              "directory you can write (--results, or --out for a report)")
+    return StorageError(f"{reason[0].lower()}{reason[1:]} while writing '{path}'. {remedy}; the previous file is "
+                        "intact.")
+
+
 def _write_here(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes 0600; a file written with open() would get 0666 & ~umask, so a colleague in the group
+            # (umask 002) or any reader (umask 022) can read the results, as the user's umask says.
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -76,10 +104,8 @@ def _write_here(path: Path, write: Any) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-            reason = os.strerror(err.errno)   # "No space left on device", "Disk quota exceeded", ...
-            raise StorageError(f"{reason[0].lower()}{reason[1:]} while writing '{path}'. Free space or choose "
-                               "another --results directory; the previous file is intact.") from None
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, path) from None
         raise
 
 
@@ -91,6 +117,16 @@ def write_bytes(path: Path, payload: bytes | memoryview) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     write_bytes(path, json.dumps(data, indent=1, allow_nan=True).encode())
+
+
+class UnreadableFileError(CheckpointError):
+    """A file this user may not read (its mode or owner): never taken for corrupt, never moved aside or redone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.problem = path, "unreadable (permission)"
+        super().__init__(f"'{path}' is unreadable (permission): this user may not read it. Ask its owner to make it "
+                         "readable (chmod -R g+rX, or umask 002 in a group's setgid folder; see the README), or run "
+                         "as its owner.")
 
 
 class CorruptFileError(CheckpointError):
@@ -108,6 +144,8 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"'{path}' not found.") from None
+    except PermissionError:
+        raise UnreadableFileError(path) from None
     except (OSError, ValueError) as err:
         raise CorruptFileError(path, f"not readable JSON: {err}") from None
     if not isinstance(data, dict):
@@ -125,8 +163,12 @@ def stored_digest(path: Path) -> str | None:
     off between the file and its digest)."""
     try:
         text = digest_path(path).read_text().strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+    except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        return None
+    except PermissionError:
+        raise UnreadableFileError(digest_path(path)) from None
     return text if len(text) == 64 else None
 
 
@@ -163,6 +205,8 @@ def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tu
         payload = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found.") from None
+    except PermissionError:
+        raise UnreadableFileError(path) from None
     except OSError as err:
         raise CorruptFileError(path, f"{type(err).__name__}: {err}") from None
     expected, digest = stored_digest(path), hashlib.sha256(payload).hexdigest()
@@ -210,6 +254,10 @@ def move_aside(path: Path, why: str = "corrupt") -> Path | None:
         os.replace(path, target)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, target) from None
+        raise
     with contextlib.suppress(FileNotFoundError):
         os.replace(digest_path(path), digest_path(target))
     return target
@@ -258,6 +306,14 @@ def _flock(path: Path, blocking: bool) -> Iterator[bool]:
             handle = open(path, "a")
         except FileNotFoundError:  # its folder was just removed (see discard_if_empty): make it again
             continue
+        except PermissionError:  # a reader of another user's results: flock works on a read-only handle too
+            try:
+                handle = open(path)
+            except FileNotFoundError:  # no lock file, and no right to make one: nobody holds it
+                yield True
+                return
+            except PermissionError:
+                raise UnreadableFileError(path) from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -293,9 +349,12 @@ class RunDir:
         self.lock = self.path / ".lock"
 
     def status(self) -> str:
-        """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending' or 'corrupt'."""
+        """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending', 'corrupt' or 'unreadable'
+        (this user may not read its result.json)."""
         try:
             return str(read_json(self.result).get("status", "corrupt"))
+        except UnreadableFileError:
+            return "unreadable"
         except CorruptFileError:
             return "corrupt"
         except CheckpointError:  # not found
@@ -306,7 +365,7 @@ class RunDir:
         try:
             if "status" not in read_json(self.result):
                 return "no 'status' in it"
-        except CorruptFileError as err:
+        except (CorruptFileError, UnreadableFileError) as err:
             return err.problem
         except CheckpointError:
             return None
@@ -376,11 +435,15 @@ def discard_if_empty(directory: Path, lock: Path) -> None:
             directory.rmdir()
 
 
-def check_writable(results: Path) -> None:
-    """Fail early, with a clear message, when the results directory cannot be created or written."""
+def check_writable(results: Path, remedy: str = "pass --results DIR with a directory you can write") -> None:
+    """Fail early, with a clear message, when a directory to write into cannot be created or written: a regular
+    file in its place is "not a directory", a folder this user may not write is "not writable"."""
     probe = results
-    while not probe.exists():
+    while not probe.exists() and not probe.is_symlink():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(f"results directory '{results}' is not writable ('{probe}' does not allow it). "
-                           "Pass --results DIR with a directory you can write.")
+    if not probe.is_dir():
+        where = "" if probe == results else f" ('{probe}' is a file)"
+        raise StorageError(f"'{results}' is not a directory{where}; {remedy}.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"directory '{results}' is not writable by this user ('{probe}' does not allow it); "
+                           f"{remedy}.")
