@@ -83,6 +83,7 @@ class Workspace:
     suite_dir: Path | None = None
     progress: Progress | None = None
     reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
+    data_root: Path | None = None  # the root the data came from (None: none given, the dataset's default location)
 
 
 # ----------------------------------------------------------------------------------------- models and layers
@@ -582,6 +583,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["environment"] = environment.describe(
             ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
+        result["environment"]["data_root"] = str(ws.data_root) if ws.data_root is not None else None
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}
