@@ -52,6 +52,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                         "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
 
 
+LARGE_PLAN = 10_000  # runs in one suite beyond which `run` asks for --yes: more is likely a typo than a plan
+
 SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
     ("--partition", str, "sbatch --partition"), ("--account", str, "sbatch --account"), ("--qos", str, "sbatch --qos"),
     ("--gpus-per-task", int, "GPUs per task"), ("--cpus-per-task", int, "CPUs per task"),
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, metavar="N", default=1,
                      help="inline: train each run data-parallel (DDP) in N processes on this machine, one GPU each "
                      "on CUDA, gloo on CPU (like torchrun --nproc-per-node N)")
+    run.add_argument("--yes", action="store_true", help=f"run a suite of more than {LARGE_PLAN:,} runs (without it, "
+                     "such a plan is refused, in case a list of seeds or ratios is longer than meant)")
     run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
     slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
                                    "--set slurm.KEY=VALUE); see docs/cluster.md")
@@ -193,6 +197,10 @@ def command_run(args: argparse.Namespace) -> int:
                           "--tasks-per-run N instead.")
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
+    if len(runs) > LARGE_PLAN and not args.yes:
+        raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({len(suite.methods)} methods x "
+                          f"{len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs x {len(suite.seeds)} seeds)"
+                          "; pass --yes to run them all, or list fewer seeds, ratios or LRs.", str(args.suite))
     for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
         try:
             require_tracker(kind)

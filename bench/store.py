@@ -216,12 +216,19 @@ def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tu
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        first = (str(err).splitlines() or [""])[0]
-        raise CorruptFileError(path, f"{type(err).__name__}: {first[:120]}{'...' if len(first) > 120 else ''}"
-                               ) from None
+        raise CorruptFileError(path, f"{type(err).__name__}: {first_line(str(err))}") from None
     if not isinstance(state, dict):
         raise CorruptFileError(path, f"it holds a {type(state).__name__}, not a dict of tensors")
     return state, digest
+
+
+def first_line(message: str, limit: int = 300) -> str:
+    """A library's message cut to its first line and, past ``limit`` characters, at a word's end (never mid-word)."""
+    line = (message.strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."
 
 
 def remove_checkpoint(path: Path) -> None:
