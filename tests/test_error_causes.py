@@ -23,7 +23,8 @@ def refused(capsys, tmp_path: Path, *argv: str) -> str:
 def test_a_long_list_without_aliases_is_not_blamed_on_aliases(write_suite, tmp_path: Path, capsys) -> None:
     path = write_suite(yaml.safe_dump(tiny_suite(seeds=list(range(100_001)))))
     err = refused(capsys, tmp_path, "run", str(path))
-    assert "through its aliases" not in err and "holds more than 100,000 values, the limit" in err and "fewer seeds" in err
+    assert "through its aliases" not in err and "fewer seeds" in err
+    assert "holds more than 100,000 values, the limit" in err
     bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
         f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report import latency as latency_check
 from bench.report.stats import beats_every_other, kendall_tau, mean_ci
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,7 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
               ("parameters", "removed (%)"), ("FLOPs", "dense"), ("FLOPs", "pruned"), ("FLOPs", "speed-up (×)")]
     if latency:
         header += [("latency", "dense (ms)"), ("latency", "pruned (ms)"), ("latency", "speed-up (×)")]
-    rows, data = [], []
+    rows, data, unreliable = [], [], []
     for ratio, method in _grid(runs, methods):
         mine = runs[(runs.ratio == ratio) & (runs.method == method)]
         mean = {c: float(pd.to_numeric(mine[c]).mean()) for c in
@@ -437,8 +438,12 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
         record = {"ratio": ratio, "method": method, **mean, "params_removed_pct": removed, "flops_speedup": speedup}
         if latency:
             dense_ms, pruned_ms = (float(pd.to_numeric(mine[c]).mean()) for c in latency)
-            row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"]
-            record.update(latency_dense=dense_ms, latency_pruned=pruned_ms, latency_speedup=dense_ms / pruned_ms)
+            why = latency_check.unreliable_why(runs, mine, *latency)
+            shown = f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"
+            row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"unreliable ({shown})" if why else shown]
+            record.update(latency_dense=dense_ms, latency_pruned=pruned_ms, latency_speedup=dense_ms / pruned_ms,
+                          latency_unreliable=why)
+            unreliable += [why] if why else []
         rows.append(row)
         data.append(record)
     note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
@@ -448,6 +453,12 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
              "suite key latency), as the runs recorded them; a speed-up far below the FLOP ratio means the removed "
              "channels did not make the model proportionally faster." if latency else
              " No latency column: these runs were made with latency measurement switched off (latency.enabled).")
+    load = latency_check.load_sentence(runs, latency[0]) if latency else ""
+    note += f" {load}" if load else ""
+    if unreliable:
+        note += (f" {len(unreliable)} latency speed-ups are marked unreliable and are no finding: the machine, not the "
+                 f"model, set them ({sorted(set(unreliable), key=len)[-1]}). Measure again on an idle machine with "
+                 "pinned threads (README: Measuring latency).")
     return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
 
 
