@@ -107,3 +107,20 @@ def test_a_colleague_gets_the_same_status_verify_and_report(shared_tmp: Path) ->
     assert f"{result.parent.name}  l1" in status.stdout and "unreadable" in status.stdout
     assert f"unreadable {result}: unreadable (permission)" in verify.stdout
     assert report.returncode == 0 and "unreadable" in (home / "out2/tiny/report/runs.csv").read_text()
+
+
+@two_users
+def test_a_result_another_user_may_not_read_is_unreadable_not_corrupt(shared_tmp: Path) -> None:
+    from bench.report.synthetic import write_synthetic_results
+
+    results = shared_tmp / "results"
+    paths = write_synthetic_results(results, "s", ["l1"], [0.5], [0.01], [0, 1])
+    for folder in [results, *results.rglob("*")]:
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    paths[0].chmod(0o600)
+    verify = bench("verify", "--results", str(results), user=NOBODY, home=shared_tmp)
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr and "corrupt" not in verify.stdout
+    assert verify.stdout.splitlines() == [f"unreadable {paths[0]}: unreadable (permission)",
+                                          "verify: 2 runs, 0 dense models, 0 pruned models checked; 1 unreadable."]
+    fixed = bench("verify", "--fix", "--results", str(results), user=NOBODY, home=shared_tmp)
+    assert "Traceback" not in fixed.stderr and paths[0].exists()  # nothing moved aside: only its owner can help
