@@ -64,8 +64,14 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and putting it back: POSIX offers no other way)."""
-    mask = os.umask(0o022)
+    """The process's umask: from /proc/self/status on Linux (reading it changes nothing), else by setting it and
+    putting it back (POSIX's only way, which for an instant gives other threads' new files the mask 077)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
@@ -163,9 +169,7 @@ def stored_digest(path: Path) -> str | None:
     off between the file and its digest)."""
     try:
         text = digest_path(path).read_text().strip()
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError:
+    except (FileNotFoundError, UnicodeDecodeError):
         return None
     except PermissionError:
         raise UnreadableFileError(digest_path(path)) from None
