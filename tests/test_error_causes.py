@@ -74,3 +74,13 @@ def test_a_plan_beyond_ten_thousand_runs_asks_for_yes(write_suite, tmp_path: Pat
                           "2501 seeds); pass --yes")
     assert main(["plan", str(path), "--results", str(tmp_path / "results")]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(", 10004 runs")
+
+
+def test_a_library_message_is_cut_at_a_word_never_inside_one() -> None:
+    from bench.store import first_line
+
+    words = "PytorchStreamReader failed reading zip archive: failed finding central directory " * 6
+    cut = first_line(words + "\nsecond line", limit=100)
+    assert cut.endswith(" ...") and len(cut) <= 104 and words.startswith(cut.removesuffix(" ..."))
+    assert words[len(cut.removesuffix(" ..."))] == " "  # the next character was a space: no word was split
+    assert first_line("short message\nmore") == "short message"
