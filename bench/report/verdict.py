@@ -22,7 +22,8 @@ ALPHA = 0.05  # family-wise error rate of the paired comparisons at one ratio
 CHANCE_MARGIN = 5.0  # points above chance at which a mean accuracy still counts as "fell to chance"
 BY_VALIDATION = "validation"
 BY_TEST = "test (optimistic)"
-UNFINISHED = ("running", "unknown", "corrupt", "interrupted")  # no outcome: left out, never counted at chance
+# no outcome: left out, never counted at chance ("unreadable": this user may not read its result.json)
+UNFINISHED = ("running", "unknown", "corrupt", "unreadable", "interrupted")
 
 
 def outcomes(runs: pd.DataFrame, column: str) -> pd.DataFrame:
