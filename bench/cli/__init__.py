@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bench.cli.parser import (  # build_parser: re-exported for callers of bench.cli
+    LARGE_PLAN,
     SLURM_FLAGS,
     build_parser,
 )
@@ -66,6 +67,10 @@ def command_run(args: argparse.Namespace) -> int:
                           "--tasks-per-run N instead.")
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
+    if len(runs) > LARGE_PLAN and not args.yes:
+        raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({len(suite.methods)} methods x "
+                          f"{len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs x {len(suite.seeds)} seeds)"
+                          "; pass --yes to run them all, or list fewer seeds, ratios or LRs.", str(args.suite))
     for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
         try:
             require_tracker(kind)
@@ -256,7 +261,7 @@ def command_report(args: argparse.Namespace) -> int:
     if args.reference:
         references = {"*": resolve(args.reference)}
     written = write_reports(Path(args.results), names, query=args.query, references=references,
-                            workers=args.workers)
+                            workers=args.workers, out=Path(args.out) if args.out else None)
     for page in (p for p in written if p.name == "index.html"):
         count = sum(p.is_relative_to(page.parent) for p in written)
         print(f"{page.parent.parent.name}: {count} files in {page.parent}; open {page}")

@@ -22,6 +22,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                         "$BENCH_DATA_ROOT); which files are there can decide the data, and so the run ids")
 
 
+LARGE_PLAN = 10_000  # runs in one suite beyond which `run` asks for --yes: more is likely a typo than a plan
+
 SLURM_FLAGS = (  # (flag, type, help); each sets slurm.<flag without dashes> in the suite
     ("--partition", str, "sbatch --partition"), ("--account", str, "sbatch --account"), ("--qos", str, "sbatch --qos"),
     ("--gpus-per-task", int, "GPUs per task"), ("--cpus-per-task", int, "CPUs per task"),
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, metavar="N", default=1,
                      help="inline: train each run data-parallel (DDP) in N processes on this machine, one GPU each "
                      "on CUDA, gloo on CPU (like torchrun --nproc-per-node N)")
+    run.add_argument("--yes", action="store_true", help=f"run a suite of more than {LARGE_PLAN:,} runs (without it, "
+                     "such a plan is refused, in case a list of seeds or ratios is longer than meant)")
     run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
     slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
                                    "--set slurm.KEY=VALUE); see docs/cluster.md")
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--reference", metavar="NAME_OR_CSV", help="published numbers to print beside ours: a "
                         "shipped name (tpp_table1) or a CSV file; overrides the suites' 'reference' keys")
     report.add_argument("--workers", type=int, metavar="N", help="processes drawing figures (default: one per core)")
+    report.add_argument("--out", metavar="DIR", help="write the reports to DIR/<suite>/report/ instead of into the "
+                        "results directory (e.g. a colleague's results folder you may read but not write)")
 
     selftest = sub.add_parser("selftest", help="check that this machine runs the harness: every method, the speed "
                               "options, memory, latency, JSV, data parallelism, the pool",
@@ -88,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--nproc", type=int, default=1, metavar="N",
                           help="also run a data-parallel run in N processes against one (N >= 2)")
     selftest.add_argument("--quick", action="store_true",
-                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU)")
+                          help="fewer methods, torch.compile on the MLP only (what CI runs on CPU); like the full "
+                          "selftest, it skips the data-parallel check unless --nproc 2 or more is given")
     export = sub.add_parser("export", help="write a suite's runs to TensorBoard or MLflow",
                             description="Write the runs of a suite as last run (its manifest.json) to a tracker: one "
                             "tracker run per run, named by its run id, with the configuration as parameters, the "

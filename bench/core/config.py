@@ -130,11 +130,15 @@ def load_yaml(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        size = expanded_size(node, {})
-        if size > MAX_YAML_NODES:
+        sizes: dict[int, int] = {}
+        size = expanded_size(node, sizes)
+        if size > MAX_YAML_NODES and size > len(sizes):  # more values than distinct nodes: aliases repeat some
             raise ConfigError(f"the YAML document expands, through its aliases (*name), to more than "
                               f"{MAX_YAML_NODES:,} values; a suite needs far fewer. Write the values out, or "
                               "use fewer aliases.")
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML document holds more than {MAX_YAML_NODES:,} values, the limit; a suite needs "
+                              "far fewer. List fewer seeds, ratios, LRs or methods.")
         return loader.construct_document(node)
     except RecursionError:
         raise ConfigError("the YAML document is nested too deeply to be a suite.") from None
@@ -198,6 +202,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a suite file with safe YAML loading; errors name the file and the line."""
+    if path.is_dir():
+        raise ConfigError(f"suite file '{path}' is a directory. Give the path of a YAML suite, e.g. "
+                          "suites/quickstart.yaml.")
     if not path.is_file():
         raise ConfigError(f"suite file '{path}' not found. Give the path of a YAML suite, e.g. suites/quickstart.yaml.")
     try:
@@ -220,16 +227,34 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
     """Read, override and validate a suite file; any problem raises ConfigError naming the file and key."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), list(overrides))
+    original = read_yaml(path)
+    raw = apply_overrides(original, list(overrides))
     try:
         return parse(Suite, _normalise(raw))
     except ConfigError as err:
-        raise ConfigError(err.problems, str(path)) from None
+        if not overrides:
+            raise ConfigError(err.problems, str(path)) from None
+        try:
+            parse(Suite, _normalise(copy.deepcopy(original)))
+        except ConfigError:
+            raise ConfigError(err.problems, str(path)) from None  # the file itself is wrong: blame it
+        raise ConfigError([blame_override(problem, overrides) for problem in err.problems]) from None
+
+
+def blame_override(problem: str, overrides: list[str]) -> str:
+    """A problem the ``--set`` expressions made (the file alone is valid), prefixed with the one it names: the
+    first whose key, or a leading part of it, the problem quotes; else with all of them."""
+    for expression in overrides:
+        parts = parse_override(expression)[0]
+        if any(f"'{'.'.join(parts[:i])}'" in problem or f"'{parts[i - 1]}'" in problem
+               for i in range(len(parts), 0, -1)):
+            return f"--set '{expression}': {problem}"
+    return f"--set {' '.join(repr(o) for o in overrides)}: {problem}"
 
 
 __all__ = [
     "Budget", "Latency", "Log", "MAX_YAML_NODES", "Optim", "Performance", "Pretrain", "Prune", "RESULT_FORMAT",
     "Ratio", "Retrain", "SUBMITIT_MANAGED", "Schedule", "Slurm", "Storage", "Suite", "Trainability",
-    "apply_overrides", "device_problem", "expanded_size", "load_suite", "load_yaml", "parse_override",
+    "apply_overrides", "blame_override", "device_problem", "expanded_size", "load_suite", "load_yaml", "parse_override",
     "read_yaml"
 ]

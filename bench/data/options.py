@@ -10,7 +10,7 @@ from typing import Any, get_type_hints
 from bench.core.errors import ConfigError
 from bench.core.registry import DATASETS
 from bench.core.schema import convert_value, unknown_key
-from bench.data.base import DataError, Dataset
+from bench.data.base import DATA_ROOT_ENV, DataError, Dataset
 from bench.data.idx import mnist_source
 
 # Smallest allowed value of the integer dataset options with these names (any dataset's, plugins' too).
@@ -71,6 +71,12 @@ def build_dataset(name: str, options: Mapping[str, Any], root: Path | None, imag
     problems = check_dataset_options(name, options)
     if problems:
         raise ConfigError(problems)
+    if root is not None and not root.is_dir() and not (options.get("download") and not root.exists()):
+        # a root given is honoured, never silently replaced by a default (download=true makes a missing one)
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"dataset '{name}': data root '{root}' {what}. Looked in:\n  - {root}\nTo fix: pass "
+                        f"--data-root DIR (or the suite's data_root, or {DATA_ROOT_ENV}=DIR) naming the folder that "
+                        "holds the dataset, or give none to use the dataset's default location.")
     opts = dict(options)
     if "image_size" in opts:
         if image_size is not None and opts["image_size"] != image_size:

@@ -58,14 +58,14 @@ class Invocation:
         from bench.core.registry import MODELS
         from bench.data import build_dataset
 
+        root = suite_data_root(suite, suite_dir, self.data_root)
         with environment.recording_reads() as reads:  # the dataset's files, for each result's provenance
-            data = build_dataset(suite.dataset_name, suite.dataset_options,
-                                 suite_data_root(suite, suite_dir, self.data_root), MODELS.get(suite.model).image_size)
+            data = build_dataset(suite.dataset_name, suite.dataset_options, root, MODELS.get(suite.model).image_size)
         device_here = distributed.initialize(resolve_device(device or self.device_name(suite)))
         if not distributed.is_main():  # the other ranks of a data-parallel run stay silent
             logging.getLogger().setLevel(logging.ERROR)
         return Workspace(results=Path(self.results), data=data, suite_dir=suite_dir, device=device_here,
-                         reads=reads)
+                         reads=reads, data_root=root.resolve() if root is not None else None)
 
 
 _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] = {}

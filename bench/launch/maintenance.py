@@ -21,6 +21,7 @@ from bench.core.store import (
     DenseDir,
     PrunedDir,
     RunDir,
+    UnreadableFileError,
     content_hash,
     digest_path,
     file_lock,
@@ -40,8 +41,9 @@ FINISHED = ("ok", "diverged")  # as bench.runner.FINISHED (not imported: it woul
 
 @dataclass(frozen=True)
 class Finding:
-    """Something wrong with one file: ``corrupt`` (unreadable), ``orphaned`` (nothing refers to it) or ``stale`` (it
-    does not match what refers to it). ``fix``: the files to move aside so that the next run makes them again."""
+    """Something wrong with one file: ``corrupt`` (its bytes are wrong), ``unreadable`` (this user may not read it:
+    never fixed), ``orphaned`` (nothing refers to it) or ``stale`` (it does not match what refers to it). ``fix``: the
+    files to move aside so that the next run makes them again."""
 
     kind: str
     path: Path
@@ -83,6 +85,8 @@ def result_ids(rd: RunDir) -> tuple[str | None, str | None, str]:
     """A run's prune id, dense id and status as its result.json records them (Nones and 'pending'/'corrupt')."""
     try:
         data = read_json(rd.result)
+    except UnreadableFileError:
+        return None, None, "unreadable"
     except CorruptFileError:
         return None, None, "corrupt"
     except CheckpointError:
@@ -144,9 +148,11 @@ def cache_dirs(results: Path, kind: str) -> list[Path]:
 # ----------------------------------------------------------------------------------------- verify
 
 def check_model(path: Path, lock: Path, fix: tuple[Path, ...] = ()) -> tuple[dict[str, Any] | None, list[Finding]]:
-    """Load a saved model or checkpoint (its digest checked); a corrupt one is a finding."""
+    """Load a saved model or checkpoint (its digest checked); a corrupt or unreadable one is a finding."""
     try:
         return load_checkpoint(path), []
+    except UnreadableFileError as err:
+        return None, [Finding("unreadable", err.path, err.problem, lock)]
     except CorruptFileError as err:
         return None, [Finding("corrupt", path, err.problem, lock, fix or (path,))]
 
@@ -157,6 +163,8 @@ def verify_run(rd: RunDir) -> list[Finding]:
     status = rd.status()
     if status == "corrupt":
         return [Finding("corrupt", rd.result, rd.problem() or "unreadable", rd.lock, (rd.result,))]
+    if status == "unreadable":
+        return [Finding("unreadable", rd.result, rd.problem() or "", rd.lock)]
     findings: list[Finding] = []
     if rd.checkpoint.exists():
         findings += check_model(rd.checkpoint, rd.lock)[1]
@@ -185,6 +193,8 @@ def verify_dense(dense: DenseDir) -> list[Finding]:
     if dense.meta.exists():
         try:
             meta = read_json(dense.meta)
+        except UnreadableFileError as err:
+            return findings + [Finding("unreadable", dense.meta, err.problem, dense.lock)]
         except CorruptFileError as err:
             return findings + [Finding("corrupt", dense.meta, err.problem, dense.lock, (dense.meta, dense.model))]
         key = meta.get("key")
@@ -260,6 +270,8 @@ def fix(findings: list[Finding]) -> tuple[list[tuple[Finding, list[Path]]], list
     moved: list[tuple[Finding, list[Path]]] = []
     busy: list[Finding] = []
     for finding in findings:
+        if not finding.fix:  # unreadable: only its owner can help, and moving it aside would lose nothing wrong
+            continue
         with file_lock(finding.lock, blocking=False) as acquired:
             if not acquired:
                 busy.append(finding)

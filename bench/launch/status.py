@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunState:
-    """One run's state for ``status``: pending, running, interrupted, ok, failed, diverged or corrupt, with its task
-    and a detail."""
+    """One run's state for ``status``: pending, running, interrupted, ok, failed, diverged, corrupt or unreadable, with
+    its task and a detail."""
 
     run: Run
     state: str
@@ -49,6 +49,9 @@ def _run_state(run: Run, rd: RunDir, latest: TaskRecord | None, states: dict[str
         return RunState(run, "failed", task, error[0] if error else "", log_file)
     if file_status == "corrupt":
         return RunState(run, "corrupt", task, f"{rd.result}: {rd.problem()}; run again to redo the run")
+    if file_status == "unreadable":
+        return RunState(run, "unreadable", task, f"{rd.result}: this user may not read it; ask its owner to make it "
+                        "readable (see docs/results.md on sharing a results folder)")
     if job_state == "COMPLETED":   # the task found the run locked by another process, which has not finished it
         return RunState(run, "failed", task, "its Slurm task ended without finishing it (another process held "
                         "the run); submit again to resume", log_file)

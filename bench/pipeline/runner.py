@@ -278,6 +278,7 @@ def execute(run: Run, ws: Workspace) -> str:
         result["environment"] = environment.describe(
             ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
+        result["environment"]["data_root"] = str(ws.data_root) if ws.data_root is not None else None
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}

@@ -16,6 +16,7 @@ from bench.core.errors import CheckpointError, ConfigError
 from bench.core.progress import Progress
 from bench.core.registry import MODELS
 from bench.core.store import (
+    CorruptFileError,
     load_checkpoint,
 )
 from bench.method import Method, PruneTarget, refuse_groups, with_dense_variants
@@ -44,6 +45,7 @@ class Workspace:
     suite_dir: Path | None = None
     progress: Progress | None = None
     reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
+    data_root: Path | None = None  # the root the data came from (None: none given, the dataset's default location)
 
 
 def model_entry(run_or_name: Run | str) -> ModelEntry:
@@ -163,7 +165,13 @@ def suite_performance(recipe: Recipe, run: Run) -> Recipe:
 
 def load_user_checkpoint(model: nn.Module, path: Path) -> None:
     """Load a user's dense state_dict (plain, or wrapped in 'state_dict'/'model'; 'module.' prefixes dropped)."""
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CorruptFileError as err:  # the user's own file: "delete it or run verify --fix" would be wrong advice
+        raise CheckpointError(f"pretrain.checkpoint '{path}' cannot be loaded ({err.problem}). It is your file, not "
+                              "one the harness made: check that it is complete (its size and sha256 as where it came "
+                              "from) and that it was saved with torch.save as a dict of tensors (a state_dict), then "
+                              "give its path in pretrain.checkpoint.") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.core.errors import UserError
-from bench.core.store import content_hash, write_bytes
+from bench.core.store import check_writable, content_hash, write_bytes
 from bench.report import costs, plots, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
@@ -211,8 +211,10 @@ def recorded_reference(suite_dir: Path) -> str | None:
 
 
 def write_reports(results: Path, suites: list[str] | None = None, *, query: str | None = None,
-                  references: Mapping[str, str | Path] | None = None, workers: int | None = None) -> list[Path]:
-    """Write each suite's report under ``results/<suite>/report/``; returns the files written.
+                  references: Mapping[str, str | Path] | None = None, workers: int | None = None,
+                  out: Path | None = None) -> list[Path]:
+    """Write each suite's report under ``results/<suite>/report/`` (or ``out/<suite>/report/``: a reader who may not
+    write the results folder); returns the files written.
 
     Each suite's report covers the suite as it was last run (its manifest); other runs in its folder are listed
     apart. ``query`` (a pandas expression on runs.csv's columns) narrows the runs and writes the report beside the
@@ -232,6 +234,10 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
         if total == 0:
             raise UserError(f"--filter {query!r} matched none of the {len(loaded.runs)} runs under '{results}'.")
         parts = {suite: part for suite, part in parts.items() if len(part.runs)}
+    target = results if out is None else out
+    for suite in parts:
+        check_writable(target / suite / "report", "pass --out DIR to write the report elsewhere" if out is None
+                       else "pass another --out DIR")
     styles = MethodStyles.for_methods(sorted({m for p in parts.values() for m in p.runs.method}))
     references = dict(references or {})
     written: list[Path] = []
@@ -242,7 +248,7 @@ def write_reports(results: Path, suites: list[str] | None = None, *, query: str 
             continue
         spec = references.get(suite, references.get("*")) or recorded_reference(results / suite)
         reference = load_reference(spec) if spec is not None else None
-        directory = filtered_dir(results / suite, query) if query else results / suite / "report"
+        directory = filtered_dir(target / suite, query) if query else target / suite / "report"
         if query:
             write_bytes(directory / "filter.txt", f"{query}\n{FROM_RESULTS}{stamps[suite]}\n".encode())
         else:
@@ -269,7 +275,11 @@ def remove_stale_filtered(folder: Path, stamp: str) -> None:
         return
     for report in sorted(p for p in folder.iterdir() if p.is_dir()):
         record = report / "filter.txt"
-        lines = record.read_text().splitlines() if record.exists() else []
+        try:
+            lines = record.read_text().splitlines() if record.exists() else []
+        except PermissionError:
+            log.warning("%s is unreadable (permission); leaving the filtered report %s as it is", record, report)
+            continue
         if len(lines) >= 2 and lines[1] == FROM_RESULTS + stamp:
             continue
         log.info("removing the filtered report %s: it was made from earlier results of the suite (run report "

@@ -166,13 +166,16 @@ def dense_checkpoint(dense: Any) -> str | None:
     return "final" if best_on == "final" else f"best_on_{best_on}"
 
 
-def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None) -> dict[str, Any]:
-    """The runs.csv row of an unreadable result file: status ``corrupt``, the file and the parse error as its error,
-    and the run's coordinates from the suite's manifest when it lists the run."""
+def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None, status: str = "corrupt"
+                ) -> dict[str, Any]:
+    """The runs.csv row of a result file that cannot be read: status ``corrupt`` (the parse error as its error) or
+    ``unreadable`` (this user may not read it), and the run's coordinates from the suite's manifest when it lists
+    the run."""
     run_id = path.parent.name
     entry = (manifest.runs.get(run_id) if manifest else None) or {"method": "unknown"}
-    row, _ = flatten_result({**entry, "run_id": run_id, "status": "corrupt",
-                             "error": f"{path} is not readable JSON ({problem})"}, suite)
+    error = (f"{path} is not readable JSON ({problem})" if status == "corrupt" else
+             f"{path} is unreadable (permission): ask its owner to make it readable")
+    row, _ = flatten_result({**entry, "run_id": run_id, "status": status, "error": error}, suite)
     row["dense_id"] = entry.get("dense_id")
     return row
 
@@ -193,6 +196,13 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             row, rows_history = flatten_result(data, suite)
+        except PermissionError:
+            log.warning("result file %s is unreadable (permission): reported as unreadable; ask its owner to make it "
+                        "readable", path)
+            if suite not in manifests:
+                manifests[suite] = read_manifest(path.parents[2])
+            rows.append(corrupt_row(path, suite, "", manifests[suite], status="unreadable"))
+            continue
         except (OSError, ValueError, TypeError, AttributeError) as err:
             log.warning("corrupt result file %s (%s): reported as corrupt; run the suite again to redo the run",
                         path, err)

@@ -15,7 +15,8 @@ from bench.report.tables import ratio_order
 BY_VALIDATION = "validation"
 BY_TEST = "test (optimistic)"
 FINISHED = ("ok", "diverged")  # an outcome of the method; anything else is not its result
-UNFINISHED = ("running", "unknown", "corrupt", "interrupted", "pending")  # no outcome yet
+# no outcome yet ("unreadable": this user may not read its result.json): left out, never counted at chance
+UNFINISHED = ("running", "unknown", "corrupt", "unreadable", "interrupted", "pending")
 
 
 def outcomes(runs: pd.DataFrame, column: str) -> pd.DataFrame:

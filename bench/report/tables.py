@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report import latency as latency_check
 from bench.report.cells import LEVEL, PERCENT, Cell, cells
 from bench.report.stats import beats_every_other, holm, kendall_tau, paired_t_test
 
@@ -386,24 +387,14 @@ def _human(count: float) -> str:
     return f"{count:.0f}"
 
 
-def latency_columns(runs: pd.DataFrame) -> tuple[str, str] | None:
-    """The (dense, pruned) latency metric columns to compare: median ms when recorded, else the first common pair."""
-    suffixes = [c.removeprefix("latency_dense_") for c in runs.columns if c.startswith("latency_dense_")]
-    common = [s for s in suffixes if f"latency_pruned_{s}" in runs and runs[f"latency_pruned_{s}"].notna().any()]
-    if not common:
-        return None
-    suffix = "median_ms" if "median_ms" in common else sorted(common)[0]
-    return f"latency_dense_{suffix}", f"latency_pruned_{suffix}"
-
-
 def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     """Parameters and FLOPs before and after pruning, and a latency speed-up where results record latency."""
-    latency = latency_columns(runs)
+    latency = latency_check.latency_columns(runs)
     header = [(KEY, "ratio"), (KEY, "method"), ("parameters", "dense"), ("parameters", "pruned"),
               ("parameters", "removed (%)"), ("FLOPs", "dense"), ("FLOPs", "pruned"), ("FLOPs", "speed-up (×)")]
     if latency:
         header += [("latency", "dense (ms)"), ("latency", "pruned (ms)"), ("latency", "speed-up (×)")]
-    rows, data = [], []
+    rows, data, unreliable = [], [], []
     for ratio, method in _grid(runs, methods):
         mine = runs[(runs.ratio == ratio) & (runs.method == method)]
         mean = {c: float(pd.to_numeric(mine[c]).mean()) for c in
@@ -415,9 +406,9 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
                _human(mean["flops_pruned"]), f"{speedup:.2f}" if not math.isnan(speedup) else "—"]
         record = {"ratio": ratio, "method": method, **mean, "params_removed_pct": removed, "flops_speedup": speedup}
         if latency:
-            dense_ms, pruned_ms = (float(pd.to_numeric(mine[c]).mean()) for c in latency)
-            row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"]
-            record.update(latency_dense=dense_ms, latency_pruned=pruned_ms, latency_speedup=dense_ms / pruned_ms)
+            speed, found = latency_check.speedup_cells(runs, mine, *latency)
+            row, unreliable = row + speed, unreliable + [found["latency_unreliable"]]
+            record.update(found)
         rows.append(row)
         data.append(record)
     note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
@@ -427,6 +418,7 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
              "suite key latency), as the runs recorded them; a speed-up far below the FLOP ratio means the removed "
              "channels did not make the model proportionally faster." if latency else
              " No latency column: these runs were made with latency measurement switched off (latency.enabled).")
+    note += latency_check.reliability_note(runs, latency[0], unreliable) if latency else ""
     return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
 
 

