@@ -1,4 +1,5 @@
-"""The command line: ``run``, ``plan``, ``status``, ``report``, ``list``, ``verify`` and ``gc``.
+"""The command line: ``run``, ``plan``, ``status``, ``report``, ``export``, ``export-model``, ``latency``, ``list``,
+``verify`` and ``gc``.
 
 Errors a user can fix exit with status 2.
 """
@@ -130,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("target", metavar="DIR_OR_URI", help="tensorboard: a log directory (runs go to "
                         "DIR/<suite>/<run id>); mlflow: a tracking URI, or a directory for a local file store")
     export.add_argument("--results", default="results", help="results directory (default: results/)")
+
+    take = sub.add_parser("export-model", help="write a finished run's pruned model as a file that loads without "
+                          "this harness", description="Write a finished run's pruned model: pt2 (a torch.export "
+                          "program: torch.export.load(FILE).module()), onnx (the dynamo exporter; runs in ONNX "
+                          "Runtime; needs the onnx extra) or state (the slim state dict), each with a dynamic batch "
+                          "dimension, and FILE.json beside it (run id, method, ratio, accuracy, channels kept, "
+                          "sha256). Masked runs export their masked model and say so.")
+    take.add_argument("run", metavar="RUN_DIR_OR_ID", help="a run's folder, or its id (unique prefix) under --results")
+    take.add_argument("--format", dest="fmt", default="pt2",
+                      help="pt2 (default), onnx or state")
+    take.add_argument("--out", metavar="FILE", help="where to write (default: <run id>.pt2/.onnx/.pt here)")
+    take.add_argument("--results", default="results", help="results directory (default: results/)")
+
+    sweep = sub.add_parser("latency", help="time finished runs' dense and pruned models per batch size and backend",
+                           description="Dense and pruned inference latency (median and IQR over timed blocks, "
+                           "torch.utils.benchmark.Timer) and the speed-up, per batch size and backend, for a run or "
+                           "every finished run of a suite, without retraining. Prints the table and writes it as CSV "
+                           "(default <results>/<suite>/latency_sweep.csv).")
+    sweep.add_argument("target", metavar="RUN_OR_SUITE", help="a run's folder or id, or a suite (YAML file or name)")
+    sweep.add_argument("--batch-sizes", default="1,8,64", help="comma-separated batch sizes (default 1,8,64)")
+    sweep.add_argument("--backends", default="eager", help="comma-separated: eager, onnxruntime (the onnx extra); "
+                       "default eager")
+    sweep.add_argument("--repeats", type=int, default=20, help="timed blocks at least (default 20)")
+    sweep.add_argument("--min-time-s", type=float, default=0.2, help="seconds of timing per model, at least")
+    sweep.add_argument("--out", metavar="FILE", help="CSV to write (default <results>/<suite>/latency_sweep.csv)")
+    sweep.add_argument("--results", default="results", help="results directory (default: results/)")
 
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets (with "
@@ -391,6 +418,35 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export_model(args: argparse.Namespace) -> int:
+    from bench.deploy import export_model
+
+    path, sidecar = export_model(args.run, args.fmt, args.out, args.results)
+    print(f"wrote {path} and {sidecar.name}")
+    return 0
+
+
+def _integers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{flag} '{text}': give comma-separated whole numbers, e.g. 1,8,64.") from None
+
+
+def command_latency(args: argparse.Namespace) -> int:
+    from bench.deploy import latency_sweep, sweep_table
+
+    if args.repeats < 1 or not args.min_time_s > 0:
+        raise UserError(f"--repeats {args.repeats} --min-time-s {args.min_time_s}: need repeats >= 1 and a "
+                        "positive time.")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows, path = latency_sweep(args.target, Path(args.results), _integers(args.batch_sizes, "--batch-sizes"),
+                               backends, args.repeats, args.min_time_s, Path(args.out) if args.out else None)
+    print(sweep_table(rows))
+    print(f"{torch.get_num_threads()} threads; written to {path}")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     load_builtin()
     load_enabled()
@@ -477,7 +533,8 @@ def command_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "export": command_export, "list": command_list, "verify": command_verify, "gc": command_gc,
+            "export": command_export, "export-model": command_export_model, "latency": command_latency,
+            "list": command_list, "verify": command_verify, "gc": command_gc,
             "selftest": command_selftest}
 
 

@@ -165,6 +165,18 @@ class Latency:
     repeats: int = field(20, low=1, doc="timed blocks at least (median and IQR over them), after 5 untimed passes")
     min_time_s: float = field(0.2, low=0, low_open=True, keyed_at_default=False,
                               doc="seconds torch.utils.benchmark's blocked_autorange spends timing, at least")
+    backends: list[str] = field(default_factory=lambda: ["eager"], min_items=1, keyed_at_default=False,
+                                doc="runtimes to time each model in: eager (PyTorch) and onnxruntime (CPU; the onnx "
+                                "extra); eager must be one of them")
+
+    def validate(self) -> list[str]:
+        from bench.latency_backends import EAGER, check_backends
+
+        problems = check_backends(self.backends) if self.enabled else []
+        if EAGER not in self.backends:
+            problems.append(f"latency.backends: {self.backends} leaves out '{EAGER}', the reference every other "
+                            "backend is compared with; add it.")
+        return problems
 
 
 @dataclass

@@ -29,7 +29,8 @@ from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
 from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
-from bench.measure import count_flops, count_parameters, counting_flops, measure_latency
+from bench.latency_backends import latency_key, measure_backend
+from bench.measure import count_flops, count_parameters, counting_flops
 from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
 from bench.models import ModelEntry
 from bench.models.init import initialise_
@@ -357,8 +358,9 @@ def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any
     found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
     latency = run.suite.latency
     if latency.enabled:
-        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats,
-                                                      min_time_s=latency.min_time_s)
+        for backend in latency.backends:
+            found[latency_key(backend, prefix)] = measure_backend(backend, model, shape, latency.batch_size,
+                                                                  latency.repeats, min_time_s=latency.min_time_s)
     return found
 
 
@@ -582,6 +584,8 @@ def execute(run: Run, ws: Workspace) -> str:
         result["environment"] = environment.describe(
             ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
+        info = ws.data.info  # what bench.deploy rebuilds the model for, without loading the data
+        result["input_shape"] = [info.in_channels, info.image_size, info.image_size]
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}
