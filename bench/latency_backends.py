@@ -57,6 +57,10 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     was_training = model.training
     model.eval()
     example = torch.zeros((2, *input_shape))  # batch 2: a batch of 1 would be specialised away
+    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:  # the exporter's optimiser passes log at INFO: noise on a command's output
+        logger.setLevel(logging.WARNING)
     try:
         with torch.no_grad():
             program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
@@ -67,6 +71,8 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         return buffer.getvalue()
     finally:
         model.train(was_training)
+        for logger, level in zip(chatty, levels):
+            logger.setLevel(level)
 
 
 class OnnxRuntimeModule(nn.Module):

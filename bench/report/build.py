@@ -100,6 +100,8 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     jobs.append(("JSV vs accuracy", plots.jsv_vs_accuracy, (runs, styles)))
     chosen = {(s.ratio, s.method): s.lr_selected for s in selections}
     jobs.append(("Accuracy vs training cost", plots.accuracy_vs_cost, (runs, styles, chosen)))
+    if any(c.startswith("speedup_") for c in runs.columns):  # only where latency was measured
+        jobs.append(("Speed-up vs FLOP reduction", plots.speedup_vs_flops, (runs, styles)))
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))

@@ -390,3 +390,40 @@ def accuracy_vs_cost(runs: pd.DataFrame, styles: MethodStyles, selected: dict[tu
         "retraining LR, as in the verdict) against the training FLOPs a run spent (the shared dense model counted in "
         "full, the method's phase with its regulariser, scoring passes and retraining; log axis). Ringed and joined: "
         "the Pareto front, the methods no other beats on both cost and accuracy at that ratio."), png, pdf)
+
+
+def speedup_vs_flops(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
+    """Measured speed-up (dense / pruned median latency) against the FLOP ratio, a panel per latency backend, every
+    ok run a point, with the line where latency falls as FLOPs do."""
+    backends = [c.removeprefix("speedup_") for c in runs.columns if c.startswith("speedup_")]
+    ok = runs[runs.status == "ok"]
+    backends = [b for b in backends if pd.to_numeric(ok[f"speedup_{b}"], errors="coerce").notna().any()]
+    if ok.empty or not backends:
+        return None
+    methods = [m for m in styles.order if m in set(ok.method)]
+    handles = styles.handles(methods) + [Line2D([], [], color="0.4", linestyle="--", label="speed-up = FLOP ratio")]
+    flops = pd.to_numeric(ok.flops_ratio, errors="coerce")
+    measured_all = [pd.to_numeric(ok[f"speedup_{b}"], errors="coerce") for b in backends]
+    top = float(np.nanmax([flops.max(), *(m.max() for m in measured_all), 1.0])) * 1.1  # shared axes, both ways
+    with _style():
+        fig, axes = _figure(1, len(backends), (2.8, 2.4), [h.get_label() for h in handles], sharey=True)
+        for ax, backend, measured in zip(axes.flat, backends, measured_all):
+            for method in methods:
+                mine = (ok.method == method) & measured.notna() & flops.notna()
+                ax.scatter(flops[mine], measured[mine], color=styles.colours[method], marker=styles.markers[method],
+                           s=24, zorder=3)
+            ax.plot([0, top], [0, top], color="0.4", linestyle="--", linewidth=0.9)
+            ax.axhline(1.0, color="0.6", linewidth=0.7)
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ax.set_title(backend)
+            ax.set_xlabel("FLOP reduction (dense / pruned)")
+        axes[0, 0].set_ylabel("measured speed-up (×)")
+        _legend(fig, handles)
+        png, pdf = _render(fig)
+    return Plot("speedup_vs_flops", "Measured speed-up against FLOP reduction", (
+        "Each point is one finished run: the dense model's median latency over the pruned model's (suite key latency: "
+        "batch size, Timer blocks, the run's thread count) against the FLOP ratio, one panel per latency backend "
+        "(eager PyTorch on the run's device; onnxruntime on the CPU). On the dashed line latency falls as FLOPs do; "
+        "points below it are the gap between fewer FLOPs and a faster model, below the grey line the pruned model is "
+        "slower. Wall-clock, so it varies with the machine's load."), png, pdf)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.latency_backends import backends_in
 from bench.report.stats import beats_every_other, kendall_tau, mean_ci
 
 log = logging.getLogger(__name__)
@@ -420,10 +421,14 @@ def latency_columns(runs: pd.DataFrame) -> tuple[str, str] | None:
 def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     """Parameters and FLOPs before and after pruning, and a latency speed-up where results record latency."""
     latency = latency_columns(runs)
+    others = [b for b in backends_in(list(runs.columns)) if b != "eager"]  # deployment runtimes beside eager
     header = [(KEY, "ratio"), (KEY, "method"), ("parameters", "dense"), ("parameters", "pruned"),
               ("parameters", "removed (%)"), ("FLOPs", "dense"), ("FLOPs", "pruned"), ("FLOPs", "speed-up (×)")]
     if latency:
         header += [("latency", "dense (ms)"), ("latency", "pruned (ms)"), ("latency", "speed-up (×)")]
+    for backend in others:
+        header += [(f"latency, {backend}", "dense (ms)"), (f"latency, {backend}", "pruned (ms)"),
+                   (f"latency, {backend}", "speed-up (×)")]
     rows, data = [], []
     for ratio, method in _grid(runs, methods):
         mine = runs[(runs.ratio == ratio) & (runs.method == method)]
@@ -439,6 +444,13 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
             dense_ms, pruned_ms = (float(pd.to_numeric(mine[c]).mean()) for c in latency)
             row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"]
             record.update(latency_dense=dense_ms, latency_pruned=pruned_ms, latency_speedup=dense_ms / pruned_ms)
+        for backend in others:
+            dense_ms, pruned_ms = (float(pd.to_numeric(mine[f"latency_{backend}_{m}_median_ms"]).mean())
+                                   for m in ("dense", "pruned"))
+            ratio_ms = dense_ms / pruned_ms if pruned_ms else math.nan
+            row += [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"{ratio_ms:.2f}" if not math.isnan(ratio_ms) else "—"]
+            record.update({f"latency_{backend}_dense": dense_ms, f"latency_{backend}_pruned": pruned_ms,
+                           f"latency_{backend}_speedup": ratio_ms})
         rows.append(row)
         data.append(record)
     note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
@@ -448,6 +460,10 @@ def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
              "suite key latency), as the runs recorded them; a speed-up far below the FLOP ratio means the removed "
              "channels did not make the model proportionally faster." if latency else
              " No latency column: these runs were made with latency measurement switched off (latency.enabled).")
+    if others:
+        note += (f" Also timed in {', '.join(others)} (suite key latency.backends; median ms per batch on the CPU, the "
+                 "same thread count and Timer procedure as eager): the speed-up where the model is deployed, which "
+                 "can differ from eager's and from the FLOP ratio.")
     return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
 
 
