@@ -28,8 +28,8 @@ from bench.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring
 from bench.errors import CheckpointError, ConfigError, UserError
 from bench.grid import Run, resolve_path
 from bench.groups import GroupPlan, group_sizes, plan_groups, slim_groups
-from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.latency_backends import latency_key, measure_backend
+from bench.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.measure import count_flops, count_parameters, counting_flops
 from bench.method import Method, PruneTarget, RunContext, refuse_groups, with_dense_variants
 from bench.models import ModelEntry
