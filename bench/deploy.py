@@ -301,7 +301,7 @@ def latency_sweep(target: str, results: Path, batch_sizes: list[int], backends: 
     ``<results>/<suite>/latency_sweep.csv``). Everything is checked before anything is timed or written."""
     import pandas as pd
 
-    from bench.latency_backends import check_backends, measure_backend, speedup
+    from bench.latency_backends import check_backends, measure_backend, runtime, speedup
     from bench.store import content_hash
 
     problems = check_backends(backends, "--backends")
@@ -314,6 +314,7 @@ def latency_sweep(target: str, results: Path, batch_sizes: list[int], backends: 
     if not path.parent.is_dir():
         raise UserError(f"--out '{path}': the directory '{path.parent}' does not exist; create it first.")
     opened = [open_run(p, results) for p in paths]
+    threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     dense_times: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in opened:
@@ -321,13 +322,17 @@ def latency_sweep(target: str, results: Path, batch_sizes: list[int], backends: 
         dense_id = content_hash(run.result["config"]["dense"])
         metrics = run.result.get("metrics") or {}
         for backend in backends:
+            dense_runtime = pruned_runtime = None  # each model exported to a backend once, timed at every batch size
             for batch in batch_sizes:
                 key = (dense_id, backend, batch)
                 if key not in dense_times:  # runs that share a dense model share its timing
+                    dense_runtime = dense_runtime or runtime(backend, dense, run.input_shape, threads)
                     dense_times[key] = measure_backend(backend, dense, run.input_shape, batch, repeats,
-                                                       min_time_s=min_time_s)
+                                                       min_time_s=min_time_s, threads=threads, prepared=dense_runtime)
                 d = dense_times[key]
-                p = measure_backend(backend, run.model, run.input_shape, batch, repeats, min_time_s=min_time_s)
+                pruned_runtime = pruned_runtime or runtime(backend, run.model, run.input_shape, threads)
+                p = measure_backend(backend, run.model, run.input_shape, batch, repeats, min_time_s=min_time_s,
+                                    threads=threads, prepared=pruned_runtime)
                 rows.append({"suite": suite, "run_id": run.run_id, "method": run.result.get("method"),
                              "ratio": run.result.get("ratio"), "backend": backend, "batch_size": batch,
                              "dense_median_ms": d["median_ms"], "dense_iqr_ms": d["iqr_ms"],

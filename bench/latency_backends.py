@@ -23,7 +23,7 @@ from bench.measure import measure_latency
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "Backend", "BackendMissing", "check_backends", "latency_key", "measure_backend",
+__all__ = ["BACKENDS", "Backend", "BackendMissing", "check_backends", "latency_key", "measure_backend", "runtime",
            "speedup_columns"]
 
 EAGER = "eager"
@@ -142,17 +142,26 @@ def latency_key(backend: str, prefix: str) -> str:
     return f"latency_{prefix}" if backend == EAGER else f"latency_{backend}_{prefix}"
 
 
-def measure_backend(backend: str, model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
-                    repeats: int = 20, min_time_s: float = 0.2, threads: int | None = None) -> dict[str, float | str]:
-    """``measure_latency`` of ``model`` run in ``backend``; the result names the backend. Non-eager backends run on
-    the CPU: a copy of the model is exported there, the model itself is left as it was."""
+def runtime(backend: str, model: nn.Module, input_shape: tuple[int, ...], threads: int | None = None) -> nn.Module:
+    """``model`` made runnable in ``backend`` (eager: the model itself; others: built from a CPU copy, the model left
+    as it was); prepare once, time at several batch sizes. A backend that cannot run here is a BackendMissing."""
     import copy
 
-    threads = threads or torch.get_num_threads()
     chosen = BACKENDS[backend]
     if (problem := chosen.problem()) is not None:
         raise BackendMissing(f"latency backend '{backend}' cannot run: {problem}.")
-    runnable = model if backend == EAGER else chosen.prepare(copy.deepcopy(model).cpu(), input_shape, threads)
+    if backend == EAGER:
+        return model
+    return chosen.prepare(copy.deepcopy(model).cpu(), input_shape, threads or torch.get_num_threads())
+
+
+def measure_backend(backend: str, model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                    repeats: int = 20, min_time_s: float = 0.2, threads: int | None = None,
+                    prepared: nn.Module | None = None) -> dict[str, float | str]:
+    """``measure_latency`` of ``model`` run in ``backend`` (``prepared``: its :func:`runtime`, when already made, at
+    the same ``threads``); non-eager results name the backend and run on the CPU."""
+    threads = threads or torch.get_num_threads()
+    runnable = prepared if prepared is not None else runtime(backend, model, input_shape, threads)
     found = measure_latency(runnable, input_shape, batch_size, repeats, min_time_s=min_time_s, threads=threads)
     return found if backend == EAGER else {**found, "device": "cpu", "backend": backend}
 

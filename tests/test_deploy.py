@@ -19,7 +19,7 @@ import yaml
 from bench import load_model
 from bench.cli import main
 from bench.data import build_dataset
-from bench.latency_backends import BACKENDS, OnnxRuntimeModule, measure_backend, onnx_bytes
+from bench.latency_backends import BACKENDS, OnnxRuntimeModule, measure_backend, onnx_bytes, runtime
 from bench.train import evaluate
 from tests.conftest import tiny_suite
 
@@ -68,7 +68,8 @@ def batch(run_dir: Path) -> torch.Tensor:
     return torch.randn((5, *shape), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet20", "tv_resnet18", "vit"])
+@pytest.mark.parametrize("name", ["mlp", "resnet20", "tv_resnet18",
+                                  pytest.param("vit", marks=pytest.mark.slow)])  # ViT's exports: ~30 s loaded
 def test_exported_pt2_and_onnx_give_the_harness_models_logits(finished, tmp_path: Path, name: str) -> None:
     run_dir = finished[name]
     model = load_model(run_dir)
@@ -137,11 +138,11 @@ def test_the_json_beside_an_export_names_the_run_and_the_files_digest(finished, 
     monkeypatch.chdir(tmp_path)
     run_id = run_dir.name
     # a run id (not a path) found under --results; the default file name is the run id
-    assert main(["export-model", run_id[:8], "--results", str(results_of(run_dir)), "--format", "onnx"]) == 0
-    out = tmp_path / f"{run_id}.onnx"
-    meta = json.loads((tmp_path / f"{run_id}.onnx.json").read_text())
+    assert main(["export-model", run_id[:8], "--results", str(results_of(run_dir)), "--format", "state"]) == 0
+    out = tmp_path / f"{run_id}.pt"
+    meta = json.loads((tmp_path / f"{run_id}.pt.json").read_text())
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert (meta["run_id"], meta["method"], meta["ratio"], meta["format"]) == (run_id, "l1", "0.5", "onnx")
+    assert (meta["run_id"], meta["method"], meta["ratio"], meta["format"]) == (run_id, "l1", "0.5", "state")
     assert meta["accuracy"] == result["metrics"]["acc_final"]
     assert meta["channels_kept"] == {k: v[0] for k, v in result["metrics"]["channels"].items()}
     assert meta["masked"] is False and "note" not in meta
@@ -240,10 +241,12 @@ def test_the_onnxruntime_backend_runs_the_same_model_with_the_eager_statistics()
     for size in (1, 7):  # the batch dimension is dynamic
         x = torch.randn(size, 3, 8, 8)
         torch.testing.assert_close(session(x), model(x).detach(), atol=1e-5, rtol=1e-5)
-    found = measure_backend("onnxruntime", model, (3, 8, 8), batch_size=4, repeats=3, min_time_s=0.005, threads=1)
+    found = measure_backend("onnxruntime", model, (3, 8, 8), batch_size=4, repeats=3, min_time_s=0.005, threads=1,
+                            prepared=session)
     assert found["backend"] == "onnxruntime" and found["threads"] == 1.0 and found["blocks"] >= 3
     assert found["median_ms"] > 0 and found["iqr_ms"] >= 0 and found["device"] == "cpu"
     assert model.training is False and next(model.parameters()).device.type == "cpu"
+    assert runtime("eager", model, (3, 8, 8)) is model
     assert set(BACKENDS) == {"eager", "onnxruntime"}
 
 
