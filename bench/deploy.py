@@ -85,7 +85,7 @@ def _suite_and_run(path: Path, result: dict[str, Any]) -> Any:
     """The suite (from the ``suite.json`` beside the runs) and the :class:`bench.grid.Run` of ``result``."""
     from bench.config import Suite
     from bench.grid import Run, resolve_method
-    from bench.plugins import load_builtin, load_enabled
+    from bench.plugins import load_builtin, load_enabled, load_plugin
     from bench.schema import parse
 
     load_builtin()
@@ -100,6 +100,12 @@ def _suite_and_run(path: Path, result: dict[str, Any]) -> Any:
                         "rebuild its model; run the suite again (finished runs are skipped) to record it.") from None
     except ConfigError as err:
         raise UserError(f"{suite_file}: {err} (recorded by another version of the harness?)") from None
+    for plugin in suite.plugins:  # modules and entry points load; a file plugin's suite folder is not recorded
+        try:
+            load_plugin(plugin)
+        except UserError as err:
+            log.warning("plugin %s of %s not loaded (%s); its methods and models are unknown here", plugin,
+                        suite_file, err)
     specs = []
     for i, entry in enumerate(suite.methods):
         try:
