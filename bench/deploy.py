@@ -207,9 +207,9 @@ def export_bytes(run: FinishedRun, fmt: str) -> bytes:
     if fmt == "pt2":
         torch.export.save(_program(run), buffer)
     elif fmt == "onnx":
-        from bench.latency_backends import BACKENDS, onnx_bytes
+        from bench.latency_backends import missing, onnx_bytes
 
-        if (problem := BACKENDS["onnxruntime"].problem()) is not None and "onnxscript" in problem:
+        if (problem := missing("onnx", "onnxscript")()) is not None:  # the exporter's; onnxruntime is not needed
             raise UserError(f"--format onnx: the ONNX exporter {problem.removeprefix('it ')}.")
         return onnx_bytes(run.model, run.input_shape)
     else:

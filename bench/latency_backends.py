@@ -99,7 +99,9 @@ def _onnxruntime(model: nn.Module, input_shape: tuple[int, ...], threads: int) -
     return OnnxRuntimeModule(onnx_bytes(model.cpu(), input_shape), threads)
 
 
-def _missing(*modules: str) -> Callable[[], str | None]:
+def missing(*modules: str) -> Callable[[], str | None]:
+    """A backend's ``problem``: which of ``modules`` is not installed, and the extra that installs it."""
+
     def problem() -> str | None:
         absent = [m for m in modules if importlib.util.find_spec(m) is None]
         return (f"it needs {', '.join(absent)}, which is not installed: pip install 'pruning-bench[onnx]'"
@@ -115,7 +117,7 @@ def _no_gpu_backend(name: str) -> Callable[[], str | None]:
 BACKENDS: dict[str, Backend] = {
     EAGER: Backend(EAGER, "PyTorch eager on the model's device", _eager, lambda: None),
     "onnxruntime": Backend("onnxruntime", "ONNX Runtime, CPU execution provider (the onnx extra)", _onnxruntime,
-                           _missing("onnx", "onnxscript", "onnxruntime")),
+                           missing("onnx", "onnxscript", "onnxruntime")),
 }
 # Named so that asking for them gives a reason, not "unknown backend"; they need a GPU, which no machine here has.
 PLANNED = {"torch_compile": _no_gpu_backend("torch_compile"), "tensorrt": _no_gpu_backend("tensorrt")}
