@@ -16,6 +16,7 @@ from bench.method import (
                           register_method,
                           scoped,
 )
+from bench.pipeline.deploy import load_model
 from bench.pruning import ratio_count, register_count_rule
 from bench.pruning.scores import filter_magnitude, filter_weights
 from bench.training.measure import count_flops, count_parameters, counting_flops
@@ -25,6 +26,7 @@ from bench.training.train import BaseHooks, Recipe, TrainHooks, derive_seed, eva
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Ramp", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "counting_flops",
            "derive_seed", "evaluate", "field", "filter_magnitude", "filter_weights", "global_ratio",
-           "keep_above_quantile", "keep_from_scores", "ratio_count", "scoped", "register_count_rule", "register_method"]
+           "keep_above_quantile", "keep_from_scores", "load_model", "ratio_count", "scoped", "register_count_rule",
+           "register_method"]
 
 legacy.install()

@@ -23,6 +23,7 @@ MOVED: dict[str, str] = {
     "bench.schema": "bench.core.schema",
     "bench.store": "bench.core.store",
     "bench.measure": "bench.training.measure",
+    "bench.latency_backends": "bench.training.latency_backends",
     "bench.train": "bench.training.train",
     "bench.trainability": "bench.training.trainability",
     "bench.groups": "bench.pruning.groups",
@@ -33,6 +34,7 @@ MOVED: dict[str, str] = {
     "bench.session": "bench.suite.session",
     "bench.runner": "bench.pipeline.runner",   # which re-exports what moved to setup, dense and metrics
     "bench.trackers": "bench.pipeline.trackers",
+    "bench.deploy": "bench.pipeline.deploy",
     "bench.export": "bench.launch.export",
     "bench.maintenance": "bench.launch.maintenance",
     "bench.selftest": "bench.cli.selftest",

@@ -1,4 +1,5 @@
-"""The command line: ``run``, ``plan``, ``status``, ``report``, ``list``, ``verify`` and ``gc``.
+"""The command line: ``run``, ``plan``, ``status``, ``report``, ``export``, ``export-model``, ``latency``, ``list``,
+``verify`` and ``gc``.
 
 Errors a user can fix exit with status 2.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.cli.deploy import command_export_model, command_latency
 from bench.cli.parser import (  # build_parser: re-exported for callers of bench.cli
     LARGE_PLAN,
     SLURM_FLAGS,
@@ -362,7 +364,8 @@ def command_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
-            "export": command_export, "list": command_list, "verify": command_verify, "gc": command_gc,
+            "export": command_export, "export-model": command_export_model, "latency": command_latency,
+            "list": command_list, "verify": command_verify, "gc": command_gc,
             "selftest": command_selftest}
 
 

@@ -108,6 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/<suite>/<run id>); mlflow: a tracking URI, or a directory for a local file store")
     export.add_argument("--results", default="results", help="results directory (default: results/)")
 
+    take = sub.add_parser("export-model", help="write a finished run's pruned model as a file that loads without "
+                          "this harness", description="Write a finished run's pruned model: pt2 (a torch.export "
+                          "program: torch.export.load(FILE).module()), onnx (the dynamo exporter; runs in ONNX "
+                          "Runtime; needs the onnx extra) or state (the slim state dict), each with a dynamic batch "
+                          "dimension, and FILE.json beside it (run id, method, ratio, accuracy, channels kept, "
+                          "sha256). Masked runs export their masked model and say so.")
+    take.add_argument("run", metavar="RUN_DIR_OR_ID", help="a run's folder, or its id (unique prefix) under --results")
+    take.add_argument("--format", dest="fmt", default="pt2",
+                      help="pt2 (default), onnx or state")
+    take.add_argument("--out", metavar="FILE", help="where to write (default: <run id>.pt2/.onnx/.pt here)")
+    take.add_argument("--results", default="results", help="results directory (default: results/)")
+
+    sweep = sub.add_parser("latency", help="time finished runs' dense and pruned models per batch size and backend",
+                           description="Dense and pruned inference latency (median and IQR over timed blocks, "
+                           "torch.utils.benchmark.Timer) and the speed-up, per batch size and backend, for a run or "
+                           "every finished run of a suite, without retraining. Prints the table and writes it as CSV "
+                           "(default <results>/<suite>/latency_sweep.csv).")
+    sweep.add_argument("target", metavar="RUN_OR_SUITE", help="a run's folder or id, or a suite (YAML file or name)")
+    sweep.add_argument("--batch-sizes", default="1,8,64", help="comma-separated batch sizes (default 1,8,64)")
+    sweep.add_argument("--backends", default="eager", help="comma-separated: eager, onnxruntime (the onnx extra); "
+                       "default eager")
+    sweep.add_argument("--repeats", type=int, default=20, help="timed blocks at least (default 20)")
+    sweep.add_argument("--min-time-s", type=float, default=0.2, help="seconds of timing per model, at least")
+    sweep.add_argument("--out", metavar="FILE", help="CSV to write (default <results>/<suite>/latency_sweep.csv)")
+    sweep.add_argument("--results", default="results", help="results directory (default: results/)")
+
     listing = sub.add_parser("list", help="list registered methods, models or datasets",
                              description="List registered methods (with hyperparameters), models or datasets (with "
                              "options).")

@@ -155,6 +155,17 @@ class Latency:
     repeats: int = field(20, low=1, doc="timed blocks at least (median and IQR over them), after 5 untimed passes")
     min_time_s: float = field(0.2, low=0, low_open=True, keyed_at_default=False,
                               doc="seconds torch.utils.benchmark's blocked_autorange spends timing, at least")
+    backends: list[str] = field(default_factory=lambda: ["eager"], min_items=1, keyed_at_default=False,
+                                doc="runtimes to time each model in: eager (PyTorch) and onnxruntime (CPU; the onnx "
+                                "extra); eager must be one of them")
+
+    def validate(self) -> list[str]:
+        # Unknown, repeated or uninstalled backends are refused where the suite expands (bench.suite.grid), beside
+        # the other registered names: the backends live in bench.training.latency_backends, above this floor.
+        if "eager" not in self.backends:
+            return [f"latency.backends: {self.backends} leaves out 'eager', the reference every other backend is "
+                    "compared with; add it."]
+        return []
 
 
 @dataclass

@@ -9,7 +9,8 @@ from torch import nn
 
 from bench.pipeline.setup import Workspace
 from bench.suite.grid import Run
-from bench.training.measure import count_flops, count_parameters, measure_latency
+from bench.training.latency_backends import latency_key, measure_backend
+from bench.training.measure import count_flops, count_parameters
 from bench.training.train import (
     derive_seed,
     evaluate,
@@ -25,8 +26,9 @@ def measure(model: nn.Module, info: Any, prefix: str, run: Run) -> dict[str, Any
     found: dict[str, Any] = {f"params_{prefix}": count_parameters(model), f"flops_{prefix}": count_flops(model, shape)}
     latency = run.suite.latency
     if latency.enabled:
-        found[f"latency_{prefix}"] = measure_latency(model, shape, latency.batch_size, latency.repeats,
-                                                      min_time_s=latency.min_time_s)
+        for backend in latency.backends:
+            found[latency_key(backend, prefix)] = measure_backend(backend, model, shape, latency.batch_size,
+                                                                  latency.repeats, min_time_s=latency.min_time_s)
     return found
 
 

@@ -279,6 +279,8 @@ def execute(run: Run, ws: Workspace) -> str:
             ws.device, ws.reads, resolve_path(checkpoint, ws.suite_dir) if checkpoint else None)
         result["num_classes"] = ws.data.info.num_classes  # the report's chance level, 100 / classes
         result["environment"]["data_root"] = str(ws.data_root) if ws.data_root is not None else None
+        info = ws.data.info  # what bench.pipeline.deploy rebuilds the model for, without loading the data
+        result["input_shape"] = [info.in_channels, info.image_size, info.image_size]
         if distributed.active():
             result["environment"]["data_parallel"] = {"world_size": distributed.world_size(),
                                                       "backend": str(torch.distributed.get_backend())}

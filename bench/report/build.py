@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.core.errors import UserError
 from bench.core.store import check_writable, content_hash, write_bytes
-from bench.report import costs, plots, tables, verdict
+from bench.report import costs, efficiency, plots, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
 from bench.report.references import load_reference
@@ -89,7 +89,7 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
                 ("Rank stability", tables.rank_stability_table(runs, methods))]
     items += [Item(title, table=t) if t is not None else Item(title, missing=NEEDS_TWO_LRS) for title, t in optional]
     items.append(Item("Trainability", table=tables.trainability_table(runs, methods)))
-    items.append(Item("Efficiency", table=tables.efficiency_table(runs, methods)))
+    items.append(Item("Efficiency", table=efficiency.efficiency_table(runs, methods)))
     jobs: list[tuple[str, Callable[..., Plot | None], tuple[Any, ...]]] = [
         ("Accuracy vs learning rate", plots.accuracy_vs_lr, (runs, styles)),
         ("Accuracy vs ratio", plots.accuracy_vs_ratio, (runs, styles))]
@@ -98,6 +98,8 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     jobs.append(("JSV vs accuracy", plots.jsv_vs_accuracy, (runs, styles)))
     chosen = {(s.ratio, s.method): s.lr_selected for s in assessment.selections}
     jobs.append(("Accuracy vs training cost", plots.accuracy_vs_cost, (runs, styles, chosen)))
+    if any(c.startswith("speedup_") for c in runs.columns):  # only where latency was measured
+        jobs.append(("Speed-up vs FLOP reduction", efficiency.speedup_vs_flops, (runs, styles)))
     for (title, _, _), plot in zip(jobs, render_plots([(f, a) for _, f, a in jobs], workers)):
         items.append(Item(title, plot=plot) if plot is not None else
                      Item(title, missing="no finished run has the data this figure needs."))

@@ -21,6 +21,7 @@ from bench.core.errors import UserError
 from bench.core.store import DENSE_DIR, content_hash
 from bench.suite.cost import STAGES, flat_columns
 from bench.suite.manifest import MANIFEST, Manifest, difference, fixed_config, read_manifest
+from bench.training.latency_backends import speedup_columns
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ HISTORY_COLUMNS = ["suite", "run_id", "method", "ratio", "lr", "seed", "status",
 COST_COLUMNS = [f"cost_{q}_{stage}" for stage in STAGES for q in ("steps", "epochs", "flops", "seconds", "shared")] + [
     "cost_steps_total", "cost_flops_total", "cost_steps_after_dense", "cost_steps_amortised", "cost_flops_amortised",
     "budget_steps", "budget_match", "budget_rule", "prune_id"]
-LATENCY_PREFIX = "latency_"
+LATENCY_PREFIX = "latency_"  # the runs table's speed-up columns: bench.training.latency_backends.speedup_columns
 NUMERIC_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*[0-9.]""")
 QUOTED_RATIO = re.compile(r"""\bratio\s*(==|!=|<=|>=|<|>|in|not in)\s*\[?\s*['"][0-9.]""")
 
@@ -223,6 +224,8 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
         if column not in runs:
             runs[column] = None
     runs = amortised(runs[COLUMNS + EXTRA_COLUMNS + COST_COLUMNS + latency])
+    if latency:  # dense / pruned median latency per backend, beside dense / pruned FLOPs (latency_backends)
+        runs = runs.assign(**speedup_columns(runs))
     for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
         runs[column] = pd.to_numeric(runs[column])
     frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)

@@ -102,7 +102,7 @@ def file_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "ratio"
 
 
-def _style() -> contextlib.AbstractContextManager[None]:
+def figure_style() -> contextlib.AbstractContextManager[None]:
     """seaborn's whitegrid/paper look plus the fixed title position, for the duration of one figure."""
     stack = contextlib.ExitStack()
     stack.enter_context(sns.axes_style("whitegrid"))
@@ -111,7 +111,7 @@ def _style() -> contextlib.AbstractContextManager[None]:
     return stack
 
 
-def _render(fig: Figure) -> tuple[bytes, bytes]:
+def render_figure(fig: Figure) -> tuple[bytes, bytes]:
     """The figure as PNG and PDF bytes."""
     png, pdf = io.BytesIO(), io.BytesIO()
     fig.savefig(png, format="png", dpi=PNG_DPI)
@@ -119,7 +119,7 @@ def _render(fig: Figure) -> tuple[bytes, bytes]:
     return png.getvalue(), pdf.getvalue()
 
 
-def _figure(rows: int, columns: int, panel: tuple[float, float], legend_labels: list[str], title_lines: int = 1,
+def new_figure(rows: int, columns: int, panel: tuple[float, float], legend_labels: list[str], title_lines: int = 1,
             titled_rows: bool = True, bottom_extra: float = 0.0, **subplots: Any) -> tuple[Figure, np.ndarray]:
     """A figure of ``rows`` × ``columns`` panels of ``panel`` inches with fixed margins in inches and room on the
     right for a legend of ``legend_labels``; fixed margins render several times faster than constrained layout.
@@ -144,8 +144,8 @@ def _log(ax: Axes, which: str) -> None:
     (ax.xaxis if which == "x" else ax.yaxis).set_minor_locator(NullLocator())
 
 
-def _legend(fig: Figure, handles: list[Line2D]) -> None:
-    """One legend for the whole figure, in the right margin ``_figure`` leaves for it."""
+def figure_legend(fig: Figure, handles: list[Line2D]) -> None:
+    """One legend for the whole figure, in the right margin ``new_figure`` leaves for it."""
     fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
@@ -172,8 +172,8 @@ def _accuracy_panels(fig: Figure, axes: np.ndarray, used: int, handles: list[Lin
         ax.set_ylabel("final test accuracy (%)")
     for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
-    _legend(fig, handles)
-    return _render(fig)
+    figure_legend(fig, handles)
+    return render_figure(fig)
 
 
 def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
@@ -189,9 +189,9 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     chance = chance_percent(runs)
     handles = styles.handles(methods) + [Line2D([], [], color="0.4", linestyle="--", label="dense")]
     handles += _chance_handle(chance)
-    with _style():
+    with figure_style():
         rows, columns = _grid_shape(len(ratios))
-        fig, axes = _figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
+        fig, axes = new_figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
         for ax, ratio in zip(axes.flat, ratios):
             for method in methods:
                 x = [lr for lr in lrs if (ratio, method, lr) in acc]
@@ -228,9 +228,9 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
                                          for lr in lrs]
     chance = chance_percent(runs)
     handles += _chance_handle(chance)
-    with _style():
+    with figure_style():
         lines = 1 if numeric else max(r.count(",") + 1 for r in ratios)  # a profile: one pattern per line
-        fig, axes = _figure(1, 1, (5.0, 3.2), [h.get_label() for h in handles], bottom_extra=0.14 * (lines - 1))
+        fig, axes = new_figure(1, 1, (5.0, 3.2), [h.get_label() for h in handles], bottom_extra=0.14 * (lines - 1))
         ax = axes[0, 0]
         for method in methods:
             for lr in lrs:
@@ -243,8 +243,8 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
             ax.set_xticks([position[r] for r in ratios], [r.replace(",", "\n") for r in ratios])
         ax.set_xlabel("pruning ratio")
         ax.set_ylabel("final test accuracy (%)")
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        figure_legend(fig, handles)
+        png, pdf = render_figure(fig)
     return Plot("accuracy_vs_ratio", "Accuracy against the pruning ratio", (
         "Final test accuracy (mean, 95% t-interval band) against the pruning ratio; colour is the method, the line "
         "style the retraining LR (solid: highest, dotted: lowest). Where a method's solid and dotted lines part, "
@@ -271,9 +271,9 @@ def epoch_curves(runs: pd.DataFrame, history: pd.DataFrame, ratio: str, styles: 
     best = ok.groupby(["method", "lr"]).acc_best.mean() * 100
     jsv0 = per_seed(ok, "jsv_pruned").groupby("method").jsv_pruned.mean()
     handles = [Line2D([], [], color="0.2", linestyle=dashes[lr], label=lr_label(lr)) for lr in lrs]
-    with _style():
+    with figure_style():
         rows = 2 if with_jsv else 1
-        fig, axes = _figure(rows, len(methods), (2.3, 1.9), [h.get_label() for h in handles], title_lines=2,
+        fig, axes = new_figure(rows, len(methods), (2.3, 1.9), [h.get_label() for h in handles], title_lines=2,
                             titled_rows=False, sharex=True, sharey="row")
         axes[-1, 0].xaxis.set_major_locator(MaxNLocator(6, integer=True))
         for j, method in enumerate(methods):
@@ -292,8 +292,8 @@ def epoch_curves(runs: pd.DataFrame, history: pd.DataFrame, ratio: str, styles: 
             _log(axes[0, 0], "y")
             axes[0, 0].set_ylabel("mean JSV")
         axes[-1, 0].set_ylabel("test accuracy (%)")
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        figure_legend(fig, handles)
+        png, pdf = render_figure(fig)
     left_out = " (LRs between are left out)" if len(swept) > 2 else ""
     pair = " / ".join(f"{lr:g}" for lr in lrs)
     return Plot(f"epochs_ratio_{file_stem(ratio)}", f"JSV and accuracy per retraining epoch, ratio {ratio}", (
@@ -316,9 +316,9 @@ def jsv_vs_accuracy(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     lrs = learning_rates(ok)
     handles = [Line2D([], [], color=styles.colours[m], marker="o", linestyle="", label=m) for m in methods]
     handles += [Line2D([], [], color="0.3", marker=ratio_marker[r], linestyle="", label=f"ratio {r}") for r in ratios]
-    with _style():
+    with figure_style():
         rows, columns = _grid_shape(len(lrs))
-        fig, axes = _figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
+        fig, axes = new_figure(rows, columns, (2.8, 2.2), [h.get_label() for h in handles], sharey=True)
         for ax, lr in zip(axes.flat, lrs):
             mine = points[points.lr == lr]
             for p in mine.itertuples():
@@ -332,8 +332,8 @@ def jsv_vs_accuracy(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
             ax.set_ylabel("final test accuracy (%)")
         for ax in list(axes.flat)[len(lrs):]:
             ax.set_visible(False)
-        _legend(fig, handles)
-        png, pdf = _render(fig)
+        figure_legend(fig, handles)
+        png, pdf = render_figure(fig)
     return Plot("jsv_vs_accuracy", "Trainability right after pruning against final accuracy", (
         "Each point is one method at one ratio (means over seeds): the mean JSV right after pruning against the final "
         "accuracy, one panel per retraining LR; the marker shows the ratio. Kendall's τ measures how well the "
@@ -367,9 +367,9 @@ def accuracy_vs_cost(runs: pd.DataFrame, styles: MethodStyles, selected: dict[tu
     methods = [m for m in styles.order if m in set(points.method)]
     handles = styles.handles(methods) + [Line2D([], [], color="0.3", linestyle="--", marker="o", fillstyle="none",
                                                 markersize=9, label="Pareto front")]
-    with _style():
+    with figure_style():
         rows, columns = _grid_shape(len(ratios))
-        fig, axes = _figure(rows, columns, (3.0, 2.4), [h.get_label() for h in handles])
+        fig, axes = new_figure(rows, columns, (3.0, 2.4), [h.get_label() for h in handles])
         for ax, ratio in zip(axes.flat, ratios):
             mine = points[points.ratio == ratio]
             front = pareto_front(mine)

@@ -1,5 +1,5 @@
 """The report's tables, built from the runs DataFrame: accuracy with t-intervals, the learning-rate gap, rank
-stability across learning rates, trainability, efficiency and run status.
+stability across learning rates, trainability and run status (efficiency: ``bench.report.efficiency``).
 
 Each builder returns a :class:`Table` (display strings with column groups and bold cells, plus the numbers
 behind them for the CSV) or None when the results cannot support it (e.g. a single retraining LR); renderers
@@ -16,7 +16,6 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report import latency as latency_check
 from bench.report.cells import LEVEL, PERCENT, Cell, cells
 from bench.report.stats import beats_every_other, holm, kendall_tau, paired_t_test
 
@@ -89,7 +88,7 @@ def resolved_best(ok: pd.DataFrame, ratio: str, lr: float, alpha: float = 0.05) 
     return str(best) if beats_every_other(by_seed[best], [by_seed[m] for m in ordered.index[1:]], alpha) else None
 
 
-def _grid(runs: pd.DataFrame, methods: list[str]) -> list[tuple[str, str]]:
+def row_keys(runs: pd.DataFrame, methods: list[str]) -> list[tuple[str, str]]:
     """(ratio, method) row keys present in the runs, ratios ascending, methods in report order."""
     present = set(zip(runs.ratio, runs.method))
     return [(r, m) for r in ratio_order(runs) for m in methods if (r, m) in present]
@@ -127,7 +126,7 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
         header += [(lr_label(lr), "acc (%)")] + ([(lr_label(lr), "paper"), (lr_label(lr), "Δ")] if with_ref else [])
     expected = _expected(acc.values())
     rows, blocks, data = [], [], []
-    for ratio, method in _grid(runs, methods):
+    for ratio, method in row_keys(runs, methods):
         row = [ratio, method]
         for lr in lrs:
             cell = acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0))
@@ -192,7 +191,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
     expected = _expected(acc.values())
     pairs = {ratio: gap_lrs(ok, ratio, methods, lrs) for ratio in ratio_order(runs)}
     rows, data, tests = [], [], []
-    for ratio, method in _grid(runs, methods):
+    for ratio, method in row_keys(runs, methods):
         high, low = pairs[ratio]
         mine = ok[(ok.ratio == ratio) & (ok.method == method)]
         by_seed = mine.pivot_table(index="seed", columns="lr", values="acc_final", aggfunc="first")
@@ -253,7 +252,7 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
             present = pd.Series({m: means[(ratio, lr, m)].mean for m in methods if (ratio, lr, m) in means})
             for method, rank in present.rank(ascending=False, method="min").items():
                 ranks[(ratio, lr, method)] = int(rank)
-    for ratio, method in _grid(runs, methods):
+    for ratio, method in row_keys(runs, methods):
         row = [ratio, method]
         for j, lr in enumerate(lrs):
             rank = ranks.get((ratio, lr, method))
@@ -356,7 +355,7 @@ def trainability_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     empty = Cell(math.nan, math.nan, 0)
     expected = _expected(list(pruned.values()) + list(train.values()))
     rows, data = [], []
-    for ratio, method in _grid(runs, methods):
+    for ratio, method in row_keys(runs, methods):
         d, p = dense.get((ratio, method), empty), pruned.get((ratio, method), empty)
         row = [ratio, method, d.text(expected, 3, "g"), p.text(expected, 3, "g")]
         for lr in lrs:
@@ -373,53 +372,6 @@ def trainability_table(runs: pd.DataFrame, methods: list[str]) -> Table:
             "retraining schedule (Wang et al. 2023).")
     return Table("trainability", "Trainability: Jacobian singular values and early accuracy", note, header, rows,
                  pd.DataFrame(data))
-
-
-# ----------------------------------------------------------------------------------------- efficiency
-
-def _human(count: float) -> str:
-    """A count for people: 154010 -> '154.0k', 20084000 -> '20.08M', 987 -> '987'."""
-    if math.isnan(count):
-        return "—"
-    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1)):
-        if abs(count) >= scale:
-            return f"{count / scale:.{digits}f}{unit}"
-    return f"{count:.0f}"
-
-
-def efficiency_table(runs: pd.DataFrame, methods: list[str]) -> Table:
-    """Parameters and FLOPs before and after pruning, and a latency speed-up where results record latency."""
-    latency = latency_check.latency_columns(runs)
-    header = [(KEY, "ratio"), (KEY, "method"), ("parameters", "dense"), ("parameters", "pruned"),
-              ("parameters", "removed (%)"), ("FLOPs", "dense"), ("FLOPs", "pruned"), ("FLOPs", "speed-up (×)")]
-    if latency:
-        header += [("latency", "dense (ms)"), ("latency", "pruned (ms)"), ("latency", "speed-up (×)")]
-    rows, data, unreliable = [], [], []
-    for ratio, method in _grid(runs, methods):
-        mine = runs[(runs.ratio == ratio) & (runs.method == method)]
-        mean = {c: float(pd.to_numeric(mine[c]).mean()) for c in
-                ("params_dense", "params_pruned", "flops_dense", "flops_pruned")}
-        removed = 100 * (1 - mean["params_pruned"] / mean["params_dense"])
-        speedup = mean["flops_dense"] / mean["flops_pruned"]
-        row = [ratio, method, _human(mean["params_dense"]), _human(mean["params_pruned"]),
-               f"{removed:.2f}" if not math.isnan(removed) else "—", _human(mean["flops_dense"]),
-               _human(mean["flops_pruned"]), f"{speedup:.2f}" if not math.isnan(speedup) else "—"]
-        record = {"ratio": ratio, "method": method, **mean, "params_removed_pct": removed, "flops_speedup": speedup}
-        if latency:
-            speed, found = latency_check.speedup_cells(runs, mine, *latency)
-            row, unreliable = row + speed, unreliable + [found["latency_unreliable"]]
-            record.update(found)
-        rows.append(row)
-        data.append(record)
-    note = ("Parameters and FLOPs of one forward pass on one sample, dense and after physical removal. FLOPs count "
-            "2 per multiply-add of convolutions and linear layers (so the speed-up equals the MAC speed-up the TPP "
-            "paper prints); 'removed' counts every parameter, BatchNorm included.")
-    note += (f" Latency: {latency[0]} vs {latency[1]} (ms per batch, wall-clock inference on the run's device, "
-             "suite key latency), as the runs recorded them; a speed-up far below the FLOP ratio means the removed "
-             "channels did not make the model proportionally faster." if latency else
-             " No latency column: these runs were made with latency measurement switched off (latency.enabled).")
-    note += latency_check.reliability_note(runs, latency[0], unreliable) if latency else ""
-    return Table("efficiency", "Parameter and FLOP reduction", note, header, rows, pd.DataFrame(data))
 
 
 # ----------------------------------------------------------------------------------------- status

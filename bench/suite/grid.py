@@ -30,6 +30,7 @@ from bench.data import (
 from bench.method import Method
 from bench.pruning import select_layers
 from bench.suite.cost import resolve_budget
+from bench.training.latency_backends import check_backends
 
 LABEL_KEY = "label"  # reserved key in a method's options: the name results show for that entry
 
@@ -212,6 +213,8 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
         problems.extend(check_dataset_options(suite.dataset_name, suite.dataset_options))
     if suite.prune.count_rule not in COUNT_RULES:
         problems.append(f"prune.count_rule: {COUNT_RULES.unknown_message(suite.prune.count_rule)}")
+    if suite.latency.enabled:
+        problems.extend(check_backends(suite.latency.backends))
     specs = []
     for i, entry in enumerate(suite.methods):
         try:

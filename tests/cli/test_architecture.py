@@ -17,7 +17,7 @@ FLOORS = ["core", "data", "models", "training", "pruning", "method", "plugins", 
 ROOT = {"bench", "bench.legacy"}
 MAX_LINES = 400
 # Modules still over MAX_LINES, at most this long: the list only shrinks (issue 28 splits them).
-OVER_LIMIT: dict[str, int] = {"bench.report.tables": 500}
+OVER_LIMIT: dict[str, int] = {"bench.report.tables": 433}
 
 
 def module_name(path: Path) -> str:

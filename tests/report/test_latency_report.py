@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.measure import machine_load, measure_latency
-from bench.report import tables
+from bench.report import efficiency
 from bench.report.latency import DENSE_SPREAD_LIMIT, IQR_LIMIT, dense_spread
 from bench.report.load import load_results
 from bench.report.synthetic import write_synthetic_results
@@ -54,7 +54,7 @@ def _runs(tmp_path: Path, dense: list[float], pruned: list[float], iqr: float) -
 def test_a_speedup_the_machine_set_is_marked_unreliable(tmp_path: Path) -> None:
     runs = _runs(tmp_path, [0.217, 84.0], [0.2, 0.2], iqr=0.01)  # the 0.217 to 84 ms for one dense model
     assert dense_spread(runs, "latency_dense_median_ms").iloc[0] == pytest.approx(84.0 / 0.217)
-    table = tables.efficiency_table(runs, ["l1"])
+    table = efficiency.efficiency_table(runs, ["l1"])
     assert table.rows[0][-1].startswith("unreliable (") and "387× apart across runs" in table.note
     assert f"limit {DENSE_SPREAD_LIMIT}×" in table.note and "no finding" in table.note
     assert "other processes kept a median 90% of the cores busy" in table.note
@@ -62,7 +62,7 @@ def test_a_speedup_the_machine_set_is_marked_unreliable(tmp_path: Path) -> None:
 
 
 def test_a_wide_iqr_is_unreliable_and_a_steady_measurement_is_a_number(tmp_path: Path) -> None:
-    wide = tables.efficiency_table(_runs(tmp_path / "a", [10.0, 11.0], [5.0, 5.0], iqr=0.5 * 10), ["l1"])
+    wide = efficiency.efficiency_table(_runs(tmp_path / "a", [10.0, 11.0], [5.0, 5.0], iqr=0.5 * 10), ["l1"])
     assert wide.rows[0][-1] == "unreliable (2.10)" and f"limit {IQR_LIMIT:.0%}" in wide.note
-    steady = tables.efficiency_table(_runs(tmp_path / "b", [10.0, 11.0], [5.0, 5.0], iqr=0.1), ["l1"])
+    steady = efficiency.efficiency_table(_runs(tmp_path / "b", [10.0, 11.0], [5.0, 5.0], iqr=0.1), ["l1"])
     assert steady.rows[0][-1] == "2.10" and "unreliable" not in steady.note and steady.data.latency_unreliable[0] == ""

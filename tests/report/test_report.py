@@ -20,6 +20,7 @@ from bench.cli import main  # noqa: E402
 from bench.errors import UserError  # noqa: E402
 from bench.report import (  # noqa: E402
     COLUMNS,
+    efficiency,
     load_reference,
     load_results,
     tables,
@@ -224,10 +225,10 @@ def test_latency_speedup_column_appears_only_with_latency_metrics(tmp_path: Path
     write_synthetic_results(tmp_path, "s", ["l1"], [0.5], [0.01], [0], extra_metrics={
         "latency_dense": {"median_ms": 10.0, "mean_ms": 11.0, "device": "cpu"}, "latency_pruned": {"median_ms": 4.0}})
     runs = load_results(tmp_path).runs
-    table = tables.efficiency_table(runs, ["l1"])
+    table = efficiency.efficiency_table(runs, ["l1"])
     assert table.header[-1] == ("latency", "speed-up (×)") and table.rows[0][-1] == "2.50"
-    assert "latency" not in str(tables.efficiency_table(runs.drop(columns=[c for c in runs if "latency" in c]),
-                                                        ["l1"]).header)
+    assert "latency" not in str(efficiency.efficiency_table(runs.drop(columns=[c for c in runs if "latency" in c]),
+                                                            ["l1"]).header)
 
 
 # ----------------------------------------------------------------------------------------- rendering
