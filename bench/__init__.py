@@ -19,9 +19,10 @@ from bench.method import (
 from bench.pipeline.deploy import load_model
 from bench.pruning import ratio_count, register_count_rule
 from bench.pruning.scores import filter_magnitude, filter_weights
+from bench.training.hooks import BaseHooks, TrainHooks
 from bench.training.measure import count_flops, count_parameters, counting_flops
 from bench.training.ramp import Ramp
-from bench.training.train import BaseHooks, Recipe, TrainHooks, derive_seed, evaluate
+from bench.training.train import Recipe, derive_seed, evaluate
 
 __all__ = ["BaseHooks", "ConfigError", "DenseVariant", "Method", "NoHparams", "Phase", "PruneTarget", "Ramp", "Recipe",
            "RunContext", "Schedule", "TrainHooks", "UserError", "count_flops", "count_parameters", "counting_flops",

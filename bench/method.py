@@ -24,7 +24,8 @@ from bench.core.errors import ConfigError, UserError
 from bench.core.registry import METHODS
 from bench.pruning import num_pruned, ratio_count
 from bench.pruning.groups import Group
-from bench.training.train import Recipe, TrainHooks
+from bench.training.hooks import TrainHooks
+from bench.training.train import Recipe
 
 
 @dataclass

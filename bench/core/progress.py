@@ -7,7 +7,8 @@ from tqdm.auto import tqdm
 
 
 class PhaseBar:
-    """An epoch bar for one training phase; ``fit`` calls it after every epoch with (epoch, total, row)."""
+    """An epoch bar for one training phase; called after every epoch with (epoch, total, row) (in
+    ``fit``'s hook list as an ``EpochHooks`` report)."""
 
     def __init__(self, description: str, disable: bool) -> None:
         self._bar = tqdm(desc=description, unit="epoch", leave=False, disable=disable, dynamic_ncols=True)

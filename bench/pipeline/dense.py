@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from bench.method import Method
 from bench.pipeline.metrics import validation_metrics
 from bench.pipeline.setup import Workspace, dense_recipe, load_user_checkpoint, new_model
 from bench.suite.grid import Run, resolve_path
+from bench.training.hooks import BaseHooks, EpochHooks
 from bench.training.train import (
-    BaseHooks,
     evaluate,
     fit,
     make_optimizer,
@@ -97,17 +98,24 @@ def usable_checkpoint(path: Path, restart: str) -> Path:
 class BestCheckpoint(BaseHooks):
     """The weights of the dense epoch with the highest ``metric`` (``test_acc`` or ``val_acc``; the first on ties).
 
-    A hook without step work: its state rides in ``fit``'s checkpoint, so a resumed dense training still knows the
-    best epoch before the kill."""
+    A hook without step work: ``measure(model)``, when given, adds the metric's entries to every epoch's row (the
+    validation split's, which ``fit`` does not evaluate itself); each finished row is ``offer``ed. Its state rides in
+    ``fit``'s checkpoint, so a resumed dense training still knows the best epoch before the kill."""
 
-    def __init__(self, metric: str) -> None:
-        self.metric, self.epoch, self.score = metric, 0, -math.inf
+    def __init__(self, metric: str, measure: Callable[[nn.Module], dict[str, Any]] | None = None) -> None:
+        self.metric, self.epoch, self.score, self.measure = metric, 0, -math.inf, measure
         self.weights: dict[str, torch.Tensor] | None = None
 
     def offer(self, model: nn.Module, epoch: int, row: dict[str, Any]) -> None:
         if row[self.metric] > self.score:
             self.epoch, self.score = epoch, row[self.metric]
             self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def epoch_metrics(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        return self.measure(model) if self.measure is not None else {}
+
+    def after_epoch(self, model: nn.Module, epoch: int, total: int, row: dict[str, Any]) -> None:
+        self.offer(model, epoch, row)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "score": self.score, "weights": self.weights}
@@ -131,23 +139,17 @@ def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module
         groups = [v.param_groups for v in variants if v.param_groups is not None]
         if groups:
             optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
-        if best_on != "final":
-            best = BestCheckpoint("val_acc" if best_on == "validation" else "test_acc")
+        if best_on == "validation":
+            best = BestCheckpoint("val_acc", measure=lambda net: validation_metrics(net, ws))
+        elif best_on != "final":
+            best = BestCheckpoint("test_acc")
+        if best is not None:
             hooks.append(best)
         bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
-
-        def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
-            if bar:
-                bar(epoch, total, row)
-            if best is not None:
-                best.offer(model, epoch, row)
-
-        def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
-            return validation_metrics(net, ws) if best_on == "validation" else {}
-
+        if bar:
+            hooks.append(EpochHooks(report=bar))  # after the others: their state's place in the checkpoint stays
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
-                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"),
-                      optimizer=optimizer, progress=progress, on_epoch_end=on_epoch_end)
+                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"), optimizer=optimizer)
         if bar:
             bar.close()
     # Which epoch's weights are pruned: the last one, or the best one by pretrain.best_on.

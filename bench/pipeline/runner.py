@@ -59,6 +59,7 @@ from bench.pruning.groups import GroupPlan, group_sizes, slim_groups
 from bench.pruning.masking import MaskHooks, apply_masks_, parameter_masks, removal_cost
 from bench.suite.cost import after_dense_steps, budgeted, recipe_budget_steps, scoring_cost, stage_cost
 from bench.suite.grid import Run, resolve_path
+from bench.training.hooks import EpochHooks
 from bench.training.measure import counting_flops
 from bench.training.train import (
     Diverged,
@@ -181,8 +182,8 @@ def prune_once(run: Run, ws: Workspace, methods: list[Method], shared: PrunedDir
             optimizer = make_optimizer(model, recipe, phase.param_groups(model))
         bar = ws.progress.phase(f"{method.name} phase") if ws.progress else None
         rows = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase=f"phase:{method.name}",
-                   hooks=phase.hooks, optimizer=optimizer,
-                   checkpoint=usable_checkpoint(shared.phase, "the phase restarts"), progress=bar)
+                   hooks=[*phase.hooks, EpochHooks(report=bar)] if bar else phase.hooks, optimizer=optimizer,
+                   checkpoint=usable_checkpoint(shared.phase, "the phase restarts"))
         phase_history += rows
         phase_fits.append((rows, recipe.batch_size))
         if bar:
@@ -321,7 +322,7 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     model, record, ctx, keep, masks = prune_stage(run, ws, methods, probe)
     every = run.suite.trainability.every
 
-    def on_epoch_end(net: nn.Module, epoch: int) -> dict[str, Any]:
+    def epoch_metrics(net: nn.Module, epoch: int) -> dict[str, Any]:
         row = validation_metrics(net, ws)
         if probe is not None and every and not epoch % every:
             row.update({f"jsv_{k}": v for k, v in jsv(net, probe, run).items()})
@@ -351,16 +352,16 @@ def _execute_stages(run: Run, ws: Workspace, rd: RunDir, live: LiveLog | None = 
     metrics = {k: v for k, v in record.items() if k not in ("phase_history", "timings", "dense_sha256")}
     lineage = {"dense_sha256": record.get("dense_sha256")}  # None for a pruned model saved before digests
 
-    def progress(epoch: int, total: int, row: dict[str, Any]) -> None:
+    def report(epoch: int, total: int, row: dict[str, Any]) -> None:
         if bar:
             bar(epoch, total, row)
         if live is not None:  # streams the epoch to the suite's trackers (suite key log)
             live.epoch(epoch, row)
 
-    try:
+    try:  # the epoch-end hook last: the mask hook's state keeps its place in the checkpoint
         history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="retrain",
-                      hooks=[MaskHooks(masks)] if masks else [],
-                      optimizer=optimizer, on_epoch_end=on_epoch_end, progress=progress,
+                      hooks=[*([MaskHooks(masks)] if masks else []), EpochHooks(epoch_metrics, report)],
+                      optimizer=optimizer,
                       checkpoint=usable_checkpoint(rd.checkpoint, "retraining restarts from the pruned model"))
     except Diverged as err:  # keep what was measured: the JSV after pruning matters most for exactly these runs
         err.partial = {"metrics": metrics, "history": {"phase": record["phase_history"], "retrain": err.history},

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from bench.pruning.base import PRUNABLE_TYPES, PruningError, channel_index
 from bench.pruning.groups import GroupPlan, channel_masks, slim_groups
+from bench.training.hooks import BaseHooks
 from bench.training.measure import count_flops, count_parameters
-from bench.training.train import BaseHooks
 
 
 def parameter_masks(model: nn.Module, plan: GroupPlan, keep: Mapping[str, Tensor]) -> dict[str, Tensor]:

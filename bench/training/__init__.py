@@ -1,2 +1,3 @@
-"""Training and measuring a model: the training loop (``train``: one optimizer factory, the schedules, ``fit``),
-parameter and FLOP counts and latency (``measure``), and the Jacobian singular values (``trainability``)."""
+"""Training and measuring a model: the training loop (``train``: one optimizer factory, the schedules, ``fit``) and
+its one callback list (``hooks``), parameter and FLOP counts and latency (``measure``), and the Jacobian singular
+values (``trainability``)."""

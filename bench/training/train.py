@@ -1,7 +1,8 @@
-"""The one training loop every phase uses (dense training, a method's phase, retraining), with hooks.
+"""The one training loop every phase uses (dense training, a method's phase, retraining), with one hook list.
 
-Methods never write their own loop: they hand ``fit`` a list of ``TrainHooks`` (a penalty added to the
-loss, gradient-side terms after backward, projections after the optimizer step). ``fit`` checkpoints every
+Methods never write their own loop: they hand ``fit`` a list of ``TrainHooks`` (bench.training.hooks: a penalty
+added to the loss, gradient-side terms after backward, projections after the optimizer step); the epoch-end work
+(extra history entries, progress bars) rides in the same list. ``fit`` checkpoints every
 epoch and resumes from its checkpoint; each epoch's data order and random state are derived from
 (seed, phase, epoch) alone, so a resumed run continues exactly as an uninterrupted one would.
 """
@@ -17,7 +18,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ from torch import nn
 from bench.core import distributed, faults
 from bench.core.config import Performance, Schedule
 from bench.core.store import load_checkpoint, save_checkpoint
+from bench.training.hooks import BaseHooks as BaseHooks  # re-exported: its home before the callback list
+from bench.training.hooks import TrainHooks, end_epoch, hooks_flops, report_epoch
 from bench.training.measure import training_step_flops
 
 log = logging.getLogger(__name__)
@@ -50,46 +53,6 @@ def section_recipe(section: Any, lr: float, performance: Performance) -> Recipe:
     return Recipe(epochs=section.epochs, lr=lr, batch_size=section.batch_size, momentum=section.momentum,
                   nesterov=section.nesterov, weight_decay=section.weight_decay, schedule=section.schedule,
                   performance=performance)
-
-
-class TrainHooks(Protocol):
-    """What a method may plug into the loop; every method is optional (see ``BaseHooks``)."""
-
-    def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None: ...
-    def after_backward(self, model: nn.Module, step: int) -> None: ...
-    def after_step(self, model: nn.Module, step: int) -> None: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def spent_flops(self) -> int: ...
-
-
-class BaseHooks:
-    """No-op hooks to subclass."""
-
-    def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None:
-        return None
-
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        return None
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
-
-    def spent_flops(self) -> int:
-        """FLOPs of work the hook did itself so far in this process (a scoring pass in ``after_step``, counted with
-        ``bench.measure.counting_flops``): added to the phase's training cost."""
-        return 0
-
-
-def hooks_flops(hooks: Sequence[TrainHooks]) -> int:
-    """What the hooks counted of their own work so far (a hook without ``spent_flops`` counts nothing)."""
-    return sum(int(getattr(hook, "spent_flops", lambda: 0)()) for hook in hooks)
 
 
 class Diverged(RuntimeError):
@@ -148,9 +111,6 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device,
     distributed.sum_across(loss_sum, correct, count)
     model.train(was_training)
     return float(loss_sum) / max(int(count), 1), int(correct) / max(int(count), 1)
-
-
-EpochCallback = Callable[[nn.Module, int], dict[str, Any]]
 
 
 #: torch.compile's backend for ``performance.compile``; tests and ``selftest --quick`` on CPU may pick "eager".
@@ -315,13 +275,13 @@ def counted_step(model: nn.Module, data: Any, recipe: Recipe, hooks: Sequence[Tr
 
 def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, seed: int, phase: str,
         hooks: Sequence[TrainHooks] = (), checkpoint: Path | None = None,
-        optimizer: torch.optim.Optimizer | None = None, on_epoch_end: EpochCallback | None = None,
-        eval_batch_size: int = 1000, progress: Callable[[int, int, dict[str, Any]], None] | None = None
-        ) -> list[dict[str, Any]]:
+        optimizer: torch.optim.Optimizer | None = None, eval_batch_size: int = 1000) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``recipe`` and return the per-epoch history.
 
-    Resumes from ``checkpoint`` when it exists and saves it after every epoch; ``on_epoch_end`` adds
-    entries (e.g. Jacobian statistics) to an epoch's history row. Raises ``Diverged`` on a NaN loss.
+    ``hooks`` is the one callback list (bench.training.hooks): step terms, and at each epoch's end entries added
+    to its history row (e.g. Jacobian statistics) and the finished row handed on (a progress bar). Resumes from
+    ``checkpoint`` when it exists and saves it, with the hooks' state, after every epoch. Raises ``Diverged`` on
+    a NaN loss.
     """
     perf = recipe.performance
     autocast, memory_format = step_settings(perf, device)
@@ -380,11 +340,9 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, *, device: torch.device, se
                                "test_acc": test_acc, "seconds": time.perf_counter() - began}
         if not perf.is_default():  # what really ran: a phase that ignored the options would show here
             row["performance"] = applied_performance(model, optimizer, autocast, compiled_graphs() - graphs_before)
-        if on_epoch_end is not None:
-            row.update(on_epoch_end(model, epoch + 1))
+        end_epoch(hooks, model, epoch + 1, row)
         history.append(row)
-        if progress is not None:
-            progress(epoch + 1, total_epochs, row)
+        report_epoch(hooks, model, epoch + 1, total_epochs, row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,

@@ -166,3 +166,66 @@ def test_regularisers_add_no_host_sync_to_a_step() -> None:
     assert syncs([OrthoPenalty(0.01), rounds]) == plain
     # the code's iterative phase: the ortho term for 4 steps, then weight decay added to the gradients
     assert syncs([SegmentHooks(0.01, 1e-4, [True] * 5 + [False] * 5, steps_per_epoch=1), rounds]) == plain
+
+
+class EpochRecorder(BaseHooks):
+    """An epoch-end hook: adds an entry to each row, notes the finished rows and keeps a count in its state."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls, self.seen = name, calls, 0
+
+    def epoch_metrics(self, model: nn.Module, epoch: int) -> dict[str, object]:
+        self.calls.append(f"{self.name}.metrics:{epoch}")
+        return {self.name: epoch}
+
+    def after_epoch(self, model: nn.Module, epoch: int, total: int, row: dict[str, object]) -> None:
+        self.calls.append(f"{self.name}.after:{epoch}/{total}:{sorted(k for k in row if k in ('a', 'b'))}")
+        self.seen += 1
+
+    def state_dict(self) -> dict[str, object]:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.seen = int(state["seen"])
+
+
+class StepOnly:
+    """A hook written against the protocol before it had epoch-end methods, without ``BaseHooks``."""
+
+    def penalty(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        return None
+
+
+def test_one_hook_list_carries_the_epoch_end_work_and_its_state_resumes(tmp_path) -> None:
+    """``fit`` takes one hook list: every hook's ``epoch_metrics`` adds to the row, in list order, before any
+    ``after_epoch`` sees the finished row; a hook without the epoch-end methods still runs; the hooks' state rides in
+    the checkpoint, so a resumed phase goes on counting."""
+    load_builtin()
+    data = DATASETS.get("synthetic")(root=None, num_train=32, num_test=8, channels=1, size=4)
+    recipe = Recipe(epochs=2, lr=0.05, batch_size=16)
+    calls: list[str] = []
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    hooks = [StepOnly(), EpochRecorder("a", calls), EpochRecorder("b", calls)]
+    history = fit(model, data, recipe, device=torch.device("cpu"), seed=0, phase="test", hooks=hooks,
+                  checkpoint=tmp_path / "ckpt.pt")
+    assert calls == ["a.metrics:1", "b.metrics:1", "a.after:1/2:['a', 'b']", "b.after:1/2:['a', 'b']",
+                     "a.metrics:2", "b.metrics:2", "a.after:2/2:['a', 'b']", "b.after:2/2:['a', 'b']"]
+    assert [(row["a"], row["b"]) for row in history] == [(1, 1), (2, 2)]
+    assert list(history[0])[-2:] == ["a", "b"]  # after the loop's own entries
+    resumed = [StepOnly(), EpochRecorder("a", []), EpochRecorder("b", [])]
+    fit(model, data, recipe, device=torch.device("cpu"), seed=0, phase="test", hooks=resumed,
+        checkpoint=tmp_path / "ckpt.pt")
+    assert [h.seen for h in resumed[1:]] == [2, 2]  # loaded from the checkpoint; no epoch left to train
