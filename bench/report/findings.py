@@ -97,6 +97,10 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
         elif weakest.state == HINGES:
             reason = ("not resolved: a diverged seed decided an LR choice (the converged seeds alone would choose "
                       "another LR), so the difference may be the divergence's, not the method's")
+        elif weakest.state == RESOLVED:  # every comparison made is resolved behind it, but a method was never compared
+            never = [s.method for s in here if math.isnan(s.score)]
+            reason = (f"resolved, but {', '.join(never)} has no finished run here (failed at every seed or not run) "
+                      "and was never compared, so no winner is declared (below)")
         elif weakest.state == INCOMPLETE:
             reason = "not resolved: a run failed and must be redone (below)"
         else:

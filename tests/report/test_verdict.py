@@ -408,6 +408,19 @@ def test_a_method_that_fails_at_every_seed_stays_visible(tmp_path: Path) -> None
     assert "bug failed at every seed: RuntimeError: CUDA out of memory" in summary
 
 
+def test_no_winner_is_declared_over_a_method_that_failed_at_every_seed(tmp_path: Path) -> None:
+    """A beats B by a resolved margin, but bug failed at every seed and was never compared: no winner, no bold, and
+    the headline names bug as what blocks it (issue 27: nothing involving a failed method is resolved)."""
+    failed = {("bug", 0.5, 0.01, s): "failed" for s in range(3)}
+    write_synthetic_results(tmp_path, "blocked", ["A", "B", "bug"], [0.5], [0.01], [0, 1, 2], accuracy=clear_win,
+                            validation=clear_win, statuses=failed)
+    verdict, paired, verdict_md, summary = _report(tmp_path, "blocked")
+    assert list(paired.resolved) == [True]  # A against B is still resolved
+    assert not verdict.winner.any() and "**" not in verdict_md
+    assert "ahead of every other method on test by a resolved margin" not in summary
+    assert "bug has no finished run here" in summary and "no winner is declared" in summary
+
+
 def test_the_headline_and_the_paired_table_read_the_same_comparisons(tmp_path: Path) -> None:
     """Every resolved comparison of the table appears in the headline and nothing unresolved is called resolved,
     across a tree mixing a winner ratio and an unresolved one (one Holm family over both ratios)."""
