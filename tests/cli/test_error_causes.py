@@ -58,6 +58,11 @@ def test_a_problem_found_on_expanding_is_blamed_on_the_set_that_made_it(write_su
         f"error: {bad}: latency.backends: unknown backend 'tvm'")
 
 
+def test_the_latency_eager_problem_names_its_key_once(write_suite, tmp_path: Path, capsys) -> None:
+    err = refused(capsys, tmp_path, "plan", str(write_suite(tiny_suite())), "--set", "latency.backends=[onnxruntime]")
+    assert "'latency': backends ['onnxruntime'] leaves out 'eager'" in err and "latency.backends: [" not in err
+
+
 def test_a_users_corrupt_checkpoint_gets_advice_for_a_users_file(write_suite, tmp_path: Path, capsys) -> None:
     checkpoint = tmp_path / "mine.pt"
     checkpoint.write_bytes(b"PK\x03\x04 not really a zip archive, cut short " * 3)
