@@ -198,9 +198,12 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
         differences = (paired[high] - paired[low]) * 100 if len(paired) else pd.Series(dtype=float)
         gap = Cell.of(differences, (-100.0, 100.0)) if len(paired) else Cell(math.nan, math.nan, 0)
-        tests.append(paired_t_test(differences.to_numpy(dtype=float)))
+        ends = runs[(runs.ratio == ratio) & (runs.method == method) & runs.lr.isin([high, low])]
+        diverged = int((ends.status == "diverged").sum())  # no t-test across a diverged seed (issue 27)
+        tests.append(paired_t_test(differences.to_numpy(dtype=float)[: None if not diverged else 0]))
         a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
         row = [ratio, method, f"{high:g} − {low:g}", a.text(expected), b.text(expected),
+               f"diverged seed: not tested ({diverged} diverged)" if diverged else
                gap.text(expected) if gap.n else "—"]
         ref_high, ref_low = _ref_lr(lookup, ratio, method, high), _ref_lr(lookup, ratio, method, low)
         ref_gap = ref_high.mean - ref_low.mean if ref_high and ref_low else math.nan
@@ -209,7 +212,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         rows.append(row)
         data.append({"ratio": ratio, "method": method, "lr_high": high, "lr_low": low, "acc_high": a.mean,
                      "acc_low": b.mean, "gap": gap.mean, "gap_ci_half": gap.half, "pairs": gap.n,
-                     "paper_gap": ref_gap})
+                     "paper_gap": ref_gap, "diverged": diverged})
     adjusted = holm([t.p if not t.too_few else math.nan for t in tests])
     bold = {(i, 5) for i, (t, p) in enumerate(zip(tests, adjusted)) if not t.too_few and p < 0.05}
     for record, t, p in zip(data, tests, adjusted):
@@ -219,8 +222,9 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
             "lowest LR at which every method of that ratio finished a run. The gap is the mean of per-seed "
             f"differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; bold where the paired "
             "t-test resolves it after Holm's correction across every row of this table (the family; p < 0.05, at "
-            "least 3 seeds with some spread). A method that preserves trainability should depend little on the LR; a "
-            "large positive gap means the method only looks good when retrained with a large LR.")
+            "least 3 seeds with some spread). A seed that diverged at either LR makes the row 'diverged seed: not "
+            "tested' (bimodal data: no t-interval or t-test, never bold). A method that preserves trainability should "
+            "depend little on the LR; a large positive gap means it only looks good when retrained with a large LR.")
     if skipped:
         note += (f" Left out: LR {', '.join(f'{lr:g}' for lr in skipped)}, where some method finished no run at a "
                  "ratio (see the accuracy table and the runs that did not finish).")
@@ -265,11 +269,9 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
     note = ("Ranked at each fixed retraining LR, every method at the same LR: not the verdict's ranking, which puts "
             "each method at its own validation-chosen LR (so the two can name different leaders without "
             "disagreeing). Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share "
-            "the "
-            "better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
-            "it from every other method (Holm-corrected, as in the accuracy table). Read across a "
-            "row: a method whose rank moves with the LR is judged differently depending on a retraining choice, "
-            "not on its pruning.")
+            "the better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
+            "it from every other method (Holm-corrected, as in the accuracy table). Read across a row: a method whose "
+            "rank moves with the LR is judged differently depending on a retraining choice, not on its pruning.")
     return Table("ranks", "Method ranks per ratio at each fixed learning rate (not the verdict's chosen LRs)", note,
                  header, rows, pd.DataFrame(data), bold)
 
@@ -326,17 +328,14 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
         return None
     note = ("Ranked at each fixed retraining LR, every method at the same LR (the verdict instead puts each method "
             "at its own validation-chosen LR). Per ratio: the most accurate method at each retraining LR (with its "
-            "lead over the runner-up) and "
-            "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
-            "finished at both). 'yes' (bold) flags ratios where the winner, among the methods finished at every LR, "
-            "changes with the retraining LR alone, "
-            "which is exactly the trainability bias a benchmark must not hide. But 'no' does not mean no bias: the "
-            "bias can show as a large learning-rate gap for one method without a change of winner (see the gap "
-            "table and the headline). A margin inside the accuracy table's intervals means the winner is not "
-            "resolved by these seeds.")
+            "lead over the runner-up) and Kendall's τ-b between the method rankings at two LRs (1: same order, −1: "
+            "reversed; over the methods finished at both). 'yes' (bold) flags ratios where the winner, among the "
+            "methods finished at every LR, changes with the retraining LR alone, which is exactly the trainability "
+            "bias a benchmark must not hide. But 'no' does not mean no bias: the bias can show as a large "
+            "learning-rate gap for one method without a change of winner (see the gap table and the headline). A "
+            "margin inside the accuracy table's intervals means the winner is not resolved by these seeds.")
     return Table("rank_stability", "Rank stability across fixed learning rates (not the verdict's chosen LRs)", note,
-                 header, rows, pd.DataFrame(data),
-                 bold)
+                 header, rows, pd.DataFrame(data), bold)
 
 
 # ----------------------------------------------------------------------------------------- trainability

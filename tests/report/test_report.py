@@ -146,6 +146,19 @@ def test_the_lr_gap_skips_an_lr_where_a_method_always_diverged(tmp_path: Path) -
     assert list(gap.data.gap) == [pytest.approx(10.0)] * 2 and "Left out: LR 0.1" in gap.note
 
 
+def test_a_diverged_seed_at_a_gap_lr_is_not_t_tested_nor_bolded(tmp_path: Path) -> None:
+    """Issue 27: no t-interval or t-test across a diverged seed; the converged pairs alone would give a bold gap."""
+    statuses = {("l1", 0.9, 0.1, s): "diverged" for s in (0, 1)}
+    write_synthetic_results(tmp_path, "d", ["l1", "tpp"], [0.9], [0.1, 0.01], range(7),
+                            accuracy=lambda m, r, lr, s: {0.1: 0.85 + 0.001 * (s % 3), 0.01: 0.8}[lr],
+                            statuses=statuses)
+    gap = tables.lr_gap_table(load_results(tmp_path).runs, ["l1", "tpp"])
+    rows = {row[1]: row for row in gap.rows}
+    assert rows["l1"][5] == "diverged seed: not tested (2 diverged)" and rows["tpp"][5] != rows["l1"][5]
+    l1 = gap.data.set_index("method").loc["l1"]
+    assert l1.diverged == 2 and math.isnan(l1.p) and (0, 5) not in gap.bold and (1, 5) in gap.bold
+
+
 def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:
     means = {("a", 0.9, 0.01): 0.80, ("b", 0.9, 0.01): 0.78, ("c", 0.9, 0.01): 0.70,
              ("a", 0.9, 0.001): 0.70, ("b", 0.9, 0.001): 0.75, ("c", 0.9, 0.001): 0.60,
