@@ -23,7 +23,7 @@ from bench.report.comparison import (
     reference_of,
 )
 from bench.report.plots import chance_percent
-from bench.report.selection import BY_VALIDATION, Selection, outcomes
+from bench.report.selection import BY_VALIDATION, Selection, outcomes, unfinished_words
 from bench.report.stats import MIN_PAIRS, POWER, SD_BOUND_LEVEL, sd_upper_bound, smallest_resolvable, spearman_rho
 from bench.report.tables import per_seed
 
@@ -102,7 +102,7 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
             reason = (f"resolved, but {', '.join(never)} has no finished run here (failed at every seed or not run) "
                       "and was never compared, so no winner is declared (below)")
         elif weakest.state == INCOMPLETE:
-            reason = "not resolved: a run failed and must be redone (below)"
+            reason = "not resolved: a run failed or has no result yet (below)"
         else:
             reason = "not resolved: untuned, the comparison waits for runs (below)"
         resolved_behind = [c.method for c in mine if c.resolved and c.test.mean < 0]
@@ -114,12 +114,19 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
             out.append(Finding("failed_everywhere", f"At ratio {ratio}, {s.method} failed at every seed: "
                                f"{s.failed[0][1]} (a bug or a resource problem, not a result; fix it and run the "
                                "suite again).", ratio, s.method))
-        elif s.incomplete:
+        elif s.failed:
             ids = ", ".join(r for r, _ in s.failed[:4]) + (", ..." if len(s.failed) > 4 else "")
             out.append(Finding("incomplete", f"At ratio {ratio}, {s.method} is incomplete: {len(s.failed)} run(s) "
                                f"failed ({s.failed[0][1]}; run ids {ids}); a failure is not the method's result, "
                                "so nothing involving it is resolved until `bench.py run` has redone them.",
                                ratio, s.method, {"runs": [r for r, _ in s.failed]}))
+        if s.unfinished:
+            ids = ", ".join(r for r, _ in s.unfinished[:4]) + (", ..." if len(s.unfinished) > 4 else "")
+            out.append(Finding("incomplete", f"At ratio {ratio}, {s.method} is incomplete: {len(s.unfinished)} run(s) "
+                               f"have no result yet ({unfinished_words(s)}; run ids {ids}); nothing involving it is "
+                               "resolved until they finish (`bench.py run` resumes or redoes them; an unreadable "
+                               "result needs its owner to fix its permissions).", ratio, s.method,
+                               {"runs": [r for r, _ in s.unfinished]}))
         if s.untuned and not s.runs_failed_all:
             out.append(Finding("untuned", f"At ratio {ratio}, {s.method} is untuned (LRs missing: "
                                f"{', '.join(f'{lr:g}' for lr in s.missing_lrs)}): the comparison waits for those "

@@ -326,6 +326,22 @@ def test_a_crash_leaves_the_lr_and_marks_the_cell_incomplete(tmp_path: Path) -> 
     assert "resolved margin" not in summary
 
 
+def test_a_run_without_a_result_yet_marks_the_cell_incomplete(tmp_path: Path) -> None:
+    """A running (or unreadable, corrupt, interrupted, pending) run is not a result: the comparison waits for it
+    and names it, rather than resolving on the remaining seeds."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.851 if method == "l1" else 0.80) + _spread(seed)
+
+    write_synthetic_results(tmp_path, "wait", ["l1", "tpp"], [0.5], [0.01], [0, 1, 2, 3, 4], accuracy=acc,
+                            validation=acc, statuses={("tpp", 0.5, 0.01, 3): "running"})
+    verdict, paired, verdict_md, summary = _report(tmp_path, "wait")
+    tpp = verdict[verdict.method == "tpp"].iloc[0]
+    assert bool(tpp.incomplete) and tpp.unfinished == 1 and tpp.failed == 0
+    assert list(paired.state) == ["incomplete"] and "**" not in verdict_md
+    assert "tpp is incomplete: 1 run(s) have no result yet (1 running; run ids" in summary
+    assert "resolved margin" not in summary
+
+
 def test_the_headline_names_the_method_that_is_ahead(tmp_path: Path) -> None:
     """Reference a (best on validation); b resolved behind it, c resolved ahead on test: the headline names c."""
     def val(method: str, ratio: float, lr: float, seed: int) -> float:
