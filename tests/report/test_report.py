@@ -159,6 +159,28 @@ def test_a_diverged_seed_at_a_gap_lr_is_not_t_tested_nor_bolded(tmp_path: Path) 
     assert l1.diverged == 2 and math.isnan(l1.p) and (0, 5) not in gap.bold and (1, 5) in gap.bold
 
 
+@pytest.mark.parametrize("status", ["diverged", "failed", "running", None])
+def test_no_bold_beside_a_run_that_is_not_a_result(tmp_path: Path, status: str | None) -> None:
+    """A beats B clearly on its ok seeds, but at LR 0.01 one of A's runs diverged, failed, is still running or is
+    missing: no bold at that LR (the accuracy and rank tables); LR 0.001, where every run is ok, keeps it."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.85 if method == "A" else 0.80 + 0.002 * (seed % 2)) + 0.001 * seed + 0.0003 * (seed * seed % 3)
+
+    write_synthetic_results(tmp_path, "b", ["A", "B"], [0.9], [0.01, 0.001], range(5), accuracy=acc,
+                            statuses={("A", 0.9, 0.01, 4): status} if status else {})
+    if status is None:  # A's seed 4 at LR 0.01 missing
+        for path in (tmp_path / "b" / "runs").glob("*/result.json"):
+            result = json.loads(path.read_text())
+            if (result["method"], result["lr"], result["seed"]) == ("A", 0.01, 4):
+                shutil.rmtree(path.parent)
+    runs = load_results(tmp_path).runs
+    accuracy = tables.accuracy_table(runs, ["A", "B"])
+    assert set(accuracy.data[accuracy.data.best].lr) == {0.001}
+    assert "the verdict's rule" not in accuracy.note
+    ranks = tables.rank_table(runs, ["A", "B"])
+    assert ranks.bold == {(0, 3)}  # A's rank 1 bold at LR 0.001 (column 3) only
+
+
 def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:
     means = {("a", 0.9, 0.01): 0.80, ("b", 0.9, 0.01): 0.78, ("c", 0.9, 0.01): 0.70,
              ("a", 0.9, 0.001): 0.70, ("b", 0.9, 0.001): 0.75, ("c", 0.9, 0.001): 0.60,
