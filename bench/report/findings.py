@@ -24,7 +24,15 @@ from bench.report.comparison import (
 )
 from bench.report.plots import chance_percent
 from bench.report.selection import BY_VALIDATION, Selection, outcomes, unfinished_words
-from bench.report.stats import MIN_PAIRS, POWER, SD_BOUND_LEVEL, sd_upper_bound, smallest_resolvable, spearman_rho
+from bench.report.stats import (
+    EXACT_PERMUTATION_POINTS,
+    MIN_PAIRS,
+    POWER,
+    SD_BOUND_LEVEL,
+    sd_upper_bound,
+    smallest_resolvable,
+    spearman_rho,
+)
 from bench.report.tables import per_seed
 
 CHANCE_MARGIN = 5.0  # points above chance at which a mean accuracy still counts as "fell to chance"
@@ -221,10 +229,15 @@ def _lr_findings(runs: pd.DataFrame) -> list[Finding]:
             caveat = (f"; with fewer than {RHO_FEW} points even a large ρ is weak evidence" if n < RHO_FEW else "")
             significant = "" if p < ALPHA else ", not significant"
             out.append(Finding("jsv", f"Does the JSV just after pruning predict the LR gap? Spearman ρ = {rho:+.2f} "
-                               f"across {n} (method × ratio) points, exact permutation p = {p:.3f}"
+                               f"across {n} (method × ratio) points, {permutation_words(n)} = {p:.3f}"
                                f"{significant}: {reading}{caveat}.", data={"rho": rho, "p": p, "n": n}))
     return out
 
+
+
+def permutation_words(n: int) -> str:
+    """How Spearman's p over ``n`` points was found: exact up to EXACT_PERMUTATION_POINTS, else resampled."""
+    return "exact permutation p" if n <= EXACT_PERMUTATION_POINTS else "permutation p (9,999 resamples)"
 
 
 @dataclass
@@ -257,8 +270,8 @@ def lr_gaps(runs: pd.DataFrame) -> list[Gap]:
 
 
 def jsv_gap_correlation(runs: pd.DataFrame, gaps: list[Gap]) -> tuple[float, float, int]:
-    """Spearman's ρ between the mean JSV just after pruning and the LR gap over (method, ratio) points, its exact
-    permutation p-value and the number of points."""
+    """Spearman's ρ between the mean JSV just after pruning and the LR gap over (method, ratio) points, its
+    permutation p-value (exact up to EXACT_PERMUTATION_POINTS points) and the number of points."""
     jsv = per_seed(runs, "jsv_pruned").groupby(["ratio", "method"]).jsv_pruned.mean()
     pairs = [(jsv[(g.ratio, g.method)], g.gap) for g in gaps if (g.ratio, g.method) in jsv.index]
     if not pairs:

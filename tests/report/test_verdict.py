@@ -69,6 +69,14 @@ def test_spearman_with_ties_and_its_exact_permutation_p() -> None:
     assert math.isnan(spearman_rho([1, 2], [1, 2])[0])
 
 
+def test_the_spearman_p_is_called_exact_only_where_it_is() -> None:
+    from bench.report.findings import permutation_words
+    from bench.report.stats import EXACT_PERMUTATION_POINTS
+
+    assert permutation_words(EXACT_PERMUTATION_POINTS) == "exact permutation p"
+    assert permutation_words(EXACT_PERMUTATION_POINTS + 1) == "permutation p (9,999 resamples)"
+
+
 def test_power_and_the_seeds_it_needs_match_the_noncentral_t() -> None:
     # G*Power / statsmodels TTestPower: effect size d = 1, alpha 0.05 two-sided -> n = 10 gives 0.8031 power
     assert power(1.0, 1.0, 10, 0.05) == pytest.approx(0.8031, abs=5e-4)
