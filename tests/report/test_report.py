@@ -472,3 +472,17 @@ def test_html_page_renders_in_headless_chromium(quickstart_report: Path, tmp_pat
     broken.write_text(text.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
     dom, _ = _render_page(browser, broken, tmp_path, "broken")
     assert 'data-report-ready="no"' in dom
+
+
+def test_accuracy_bands_stay_inside_0_to_100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds at 99.4-100%: the t-interval's upper end passes 100; the figures' bands are clipped as the tables are."""
+    from bench.report import plots
+
+    write_synthetic_results(tmp_path, "top", ["l1"], [0.5], [0.01, 0.001], [0, 1, 2],
+                            accuracy=lambda m, r, lr, s: (1.0, 0.994, 1.0)[s])
+    runs = load_results(tmp_path).runs
+    seen: list = []
+    monkeypatch.setattr(plots, "_band", lambda ax, x, found, *rest: seen.extend(found))
+    styles = MethodStyles.for_methods(["l1"])
+    assert plots.accuracy_vs_lr(runs, styles) and accuracy_vs_ratio(runs, styles)
+    assert seen and all(c.mean + c.half > 100 and c.high == 100.0 for c in seen)
