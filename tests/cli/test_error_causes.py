@@ -63,6 +63,13 @@ def test_the_latency_eager_problem_names_its_key_once(write_suite, tmp_path: Pat
     assert "'latency': backends ['onnxruntime'] leaves out 'eager'" in err and "latency.backends: [" not in err
 
 
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_missing_data_root_is_refused_by_plan_as_by_run(write_suite, tmp_path: Path, capsys, command: str) -> None:
+    path = write_suite(tiny_suite())
+    err = refused(capsys, tmp_path, command, str(path), "--data-root", str(tmp_path / "nowhere"))
+    assert f"data root '{tmp_path / 'nowhere'}' does not exist" in err and "run id" not in err
+
+
 def test_a_users_corrupt_checkpoint_gets_advice_for_a_users_file(write_suite, tmp_path: Path, capsys) -> None:
     checkpoint = tmp_path / "mine.pt"
     checkpoint.write_bytes(b"PK\x03\x04 not really a zip archive, cut short " * 3)
