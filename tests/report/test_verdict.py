@@ -473,7 +473,7 @@ def test_index_html_renders_the_markdown_it_embeds(tmp_path: Path) -> None:
 
 
 def test_the_calibration_benchmark_runs_through_the_report_code(capsys: pytest.CaptureFixture[str]) -> None:
-    """A smoke run of benchmarks/verdict_calibration.py: one null suite and one power check, printed as the README
+    """A smoke run of benchmarks/verdict_calibration.py: one null suite and one power check, printed as docs/reports.md
     quotes them (the figures themselves come from its default run)."""
     import importlib.util
 
