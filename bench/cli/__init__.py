@@ -178,8 +178,13 @@ def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs:
 
 def command_plan(args: argparse.Namespace) -> int:
     from bench.core.store import RunDir
+    from bench.data import check_data_root
+    from bench.suite.grid import suite_data_root
 
-    suite, runs, _ = prepare(args)
+    suite, runs, suite_dir = prepare(args)
+    # before any output, as run refuses it: a data root given that is not there
+    root = suite_data_root(suite, suite_dir, getattr(args, "data_root", None))
+    check_data_root(suite.dataset_name, suite.dataset_options, root)
     dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
     results = Path(args.results)
     rows = [(r.run_id, r.describe(), RunDir(results, suite.name, r.run_id).status()) for r in runs]

@@ -163,7 +163,7 @@ class Latency:
         # Unknown, repeated or uninstalled backends are refused where the suite expands (bench.suite.grid), beside
         # the other registered names: the backends live in bench.training.latency_backends, above this floor.
         if "eager" not in self.backends:
-            return [f"latency.backends: {self.backends} leaves out 'eager', the reference every other backend is "
+            return [f"backends {self.backends} leaves out 'eager', the reference every other backend is "
                     "compared with; add it."]
         return []
 

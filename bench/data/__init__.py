@@ -19,7 +19,14 @@ from bench.data.cifar import cifar10, cifar100, read_cifar_pickle
 from bench.data.fakedata import synthetic
 from bench.data.folder import ImageFolderDataset, imagenet
 from bench.data.idx import FASHION_MNIST_SYSTEM_DIR, IDX_STEMS, MNIST_SUBSET_SOURCE, fashion_mnist, mnist, read_idx
-from bench.data.options import OPTION_LOW, build_dataset, check_dataset_options, data_source, keyed_dataset_options
+from bench.data.options import (
+    OPTION_LOW,
+    build_dataset,
+    check_data_root,
+    check_dataset_options,
+    data_source,
+    keyed_dataset_options,
+)
 
 __all__ = [
     "DATASETS",
@@ -35,6 +42,7 @@ __all__ = [
     "IDX_STEMS",  # the file names of an IDX tree
     "read_cifar_pickle",
     "build_dataset",
+    "check_data_root",
     "check_dataset_options",
     "cifar10",
     "cifar100",

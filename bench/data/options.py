@@ -64,6 +64,16 @@ def keyed_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, An
     return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
 
 
+def check_data_root(name: str, options: Mapping[str, Any], root: Path | None) -> None:
+    """A DataError when a data root is given but is not a directory (download=true makes a missing one): a root
+    given is honoured, never silently replaced by a default. ``run`` and ``plan`` refuse it before any output."""
+    if root is not None and not root.is_dir() and not (options.get("download") and not root.exists()):
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"dataset '{name}': data root '{root}' {what}. Looked in:\n  - {root}\nTo fix: pass "
+                        f"--data-root DIR (or the suite's data_root, or {DATA_ROOT_ENV}=DIR) naming the folder that "
+                        "holds the dataset, or give none to use the dataset's default location.")
+
+
 def build_dataset(name: str, options: Mapping[str, Any], root: Path | None, image_size: int | None) -> Dataset:
     """Build the registered dataset ``name`` with the suite's ``options``; ``image_size`` (the model's input size)
     resizes images once at load. Invalid options raise a ConfigError naming each (see check_dataset_options)."""
@@ -71,12 +81,7 @@ def build_dataset(name: str, options: Mapping[str, Any], root: Path | None, imag
     problems = check_dataset_options(name, options)
     if problems:
         raise ConfigError(problems)
-    if root is not None and not root.is_dir() and not (options.get("download") and not root.exists()):
-        # a root given is honoured, never silently replaced by a default (download=true makes a missing one)
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise DataError(f"dataset '{name}': data root '{root}' {what}. Looked in:\n  - {root}\nTo fix: pass "
-                        f"--data-root DIR (or the suite's data_root, or {DATA_ROOT_ENV}=DIR) naming the folder that "
-                        "holds the dataset, or give none to use the dataset's default location.")
+    check_data_root(name, options, root)
     opts = dict(options)
     if "image_size" in opts:
         if image_size is not None and opts["image_size"] != image_size:

@@ -109,13 +109,21 @@ def compare(selections: list[Selection]) -> list[Comparison]:
     return out
 
 
+def blockers(selections: list[Selection], ratio: str) -> list[str]:
+    """The methods at ``ratio`` that stop any winner being declared there: failed at every seed (never compared),
+    incomplete (a failed run to redo) or untuned (LRs of its grid without a finished run)."""
+    return [s.method for s in selections
+            if s.ratio == ratio and (math.isnan(s.score) or s.incomplete or s.untuned)]
+
+
 def winners(selections: list[Selection], comparisons: list[Comparison]) -> dict[str, str]:
     """Ratio -> the reference method, only where it is ahead of every other method on test by a resolved paired
-    difference: the only case in which the report bolds a winner."""
+    difference and no method at the ratio is incomplete, failed everywhere or untuned: the only case in which the
+    report bolds a winner."""
     result = {}
     for ratio in dict.fromkeys(c.ratio for c in comparisons):
         mine = [c for c in comparisons if c.ratio == ratio]
-        if all(c.resolved and c.test.mean < 0 for c in mine):
+        if all(c.resolved and c.test.mean < 0 for c in mine) and not blockers(selections, ratio):
             result[ratio] = mine[0].reference
     return result
 

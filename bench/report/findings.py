@@ -23,8 +23,16 @@ from bench.report.comparison import (
     reference_of,
 )
 from bench.report.plots import chance_percent
-from bench.report.selection import BY_VALIDATION, Selection, outcomes
-from bench.report.stats import MIN_PAIRS, POWER, SD_BOUND_LEVEL, sd_upper_bound, smallest_resolvable, spearman_rho
+from bench.report.selection import BY_VALIDATION, Selection, outcomes, unfinished_words
+from bench.report.stats import (
+    EXACT_PERMUTATION_POINTS,
+    MIN_PAIRS,
+    POWER,
+    SD_BOUND_LEVEL,
+    sd_upper_bound,
+    smallest_resolvable,
+    spearman_rho,
+)
 from bench.report.tables import per_seed
 
 CHANCE_MARGIN = 5.0  # points above chance at which a mean accuracy still counts as "fell to chance"
@@ -97,8 +105,12 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
         elif weakest.state == HINGES:
             reason = ("not resolved: a diverged seed decided an LR choice (the converged seeds alone would choose "
                       "another LR), so the difference may be the divergence's, not the method's")
+        elif weakest.state == RESOLVED:  # every comparison made is resolved behind it, but a method was never compared
+            never = [s.method for s in here if math.isnan(s.score)]
+            reason = (f"resolved, but {', '.join(never)} has no finished run here (failed at every seed or not run) "
+                      "and was never compared, so no winner is declared (below)")
         elif weakest.state == INCOMPLETE:
-            reason = "not resolved: a run failed and must be redone (below)"
+            reason = "not resolved: a run failed or has no result yet (below)"
         else:
             reason = "not resolved: untuned, the comparison waits for runs (below)"
         resolved_behind = [c.method for c in mine if c.resolved and c.test.mean < 0]
@@ -110,12 +122,19 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
             out.append(Finding("failed_everywhere", f"At ratio {ratio}, {s.method} failed at every seed: "
                                f"{s.failed[0][1]} (a bug or a resource problem, not a result; fix it and run the "
                                "suite again).", ratio, s.method))
-        elif s.incomplete:
+        elif s.failed:
             ids = ", ".join(r for r, _ in s.failed[:4]) + (", ..." if len(s.failed) > 4 else "")
             out.append(Finding("incomplete", f"At ratio {ratio}, {s.method} is incomplete: {len(s.failed)} run(s) "
                                f"failed ({s.failed[0][1]}; run ids {ids}); a failure is not the method's result, "
                                "so nothing involving it is resolved until `bench.py run` has redone them.",
                                ratio, s.method, {"runs": [r for r, _ in s.failed]}))
+        if s.unfinished:
+            ids = ", ".join(r for r, _ in s.unfinished[:4]) + (", ..." if len(s.unfinished) > 4 else "")
+            out.append(Finding("incomplete", f"At ratio {ratio}, {s.method} is incomplete: {len(s.unfinished)} run(s) "
+                               f"have no result yet ({unfinished_words(s)}; run ids {ids}); nothing involving it is "
+                               "resolved until they finish (`bench.py run` resumes or redoes them; an unreadable "
+                               "result needs its owner to fix its permissions).", ratio, s.method,
+                               {"runs": [r for r, _ in s.unfinished]}))
         if s.untuned and not s.runs_failed_all:
             out.append(Finding("untuned", f"At ratio {ratio}, {s.method} is untuned (LRs missing: "
                                f"{', '.join(f'{lr:g}' for lr in s.missing_lrs)}): the comparison waits for those "
@@ -210,10 +229,15 @@ def _lr_findings(runs: pd.DataFrame) -> list[Finding]:
             caveat = (f"; with fewer than {RHO_FEW} points even a large ρ is weak evidence" if n < RHO_FEW else "")
             significant = "" if p < ALPHA else ", not significant"
             out.append(Finding("jsv", f"Does the JSV just after pruning predict the LR gap? Spearman ρ = {rho:+.2f} "
-                               f"across {n} (method × ratio) points, exact permutation p = {p:.3f}"
+                               f"across {n} (method × ratio) points, {permutation_words(n)} = {p:.3f}"
                                f"{significant}: {reading}{caveat}.", data={"rho": rho, "p": p, "n": n}))
     return out
 
+
+
+def permutation_words(n: int) -> str:
+    """How Spearman's p over ``n`` points was found: exact up to EXACT_PERMUTATION_POINTS, else resampled."""
+    return "exact permutation p" if n <= EXACT_PERMUTATION_POINTS else "permutation p (9,999 resamples)"
 
 
 @dataclass
@@ -246,8 +270,8 @@ def lr_gaps(runs: pd.DataFrame) -> list[Gap]:
 
 
 def jsv_gap_correlation(runs: pd.DataFrame, gaps: list[Gap]) -> tuple[float, float, int]:
-    """Spearman's ρ between the mean JSV just after pruning and the LR gap over (method, ratio) points, its exact
-    permutation p-value and the number of points."""
+    """Spearman's ρ between the mean JSV just after pruning and the LR gap over (method, ratio) points, its
+    permutation p-value (exact up to EXACT_PERMUTATION_POINTS points) and the number of points."""
     jsv = per_seed(runs, "jsv_pruned").groupby(["ratio", "method"]).jsv_pruned.mean()
     pairs = [(jsv[(g.ratio, g.method)], g.gap) for g in gaps if (g.ratio, g.method) in jsv.index]
     if not pairs:

@@ -3,11 +3,12 @@
 A speed-up is marked unreliable (and printed as such, never as a finding) where the dense model's own median latency
 differs across the runs that share it by more than DENSE_SPREAD_LIMIT times, or where a measurement's IQR exceeds
 IQR_LIMIT of its median; the note says how busy the machine was while timing
-(``bench.training.measure.machine_load``). The efficiency table (``bench.report.tables``) takes its latency columns,
+(``bench.training.measure.machine_load``). The efficiency table (``bench.report.efficiency``) takes its latency columns,
 cells and note from here.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -73,10 +74,15 @@ def speedup_cells(runs: pd.DataFrame, mine: pd.DataFrame, dense_column: str, pru
     ``unreliable_why`` finds a reason) and its record's ``latency_*`` entries."""
     dense_ms, pruned_ms = (float(pd.to_numeric(mine[c]).mean()) for c in (dense_column, pruned_column))
     why = unreliable_why(runs, mine, dense_column, pruned_column)
-    shown = f"{dense_ms / pruned_ms:.2f}" if pruned_ms else "—"
-    cells = [f"{dense_ms:.3g}", f"{pruned_ms:.3g}", f"unreliable ({shown})" if why else shown]
-    return cells, {"latency_dense": dense_ms, "latency_pruned": pruned_ms, "latency_speedup": dense_ms / pruned_ms,
+    speedup = dense_ms / pruned_ms if pruned_ms > 0 and dense_ms >= 0 else math.nan  # NaN (no number) fails both
+    shown = "—" if math.isnan(speedup) else f"{speedup:.2f}"
+    cells = [_ms(dense_ms), _ms(pruned_ms), f"unreliable ({shown})" if why and not math.isnan(speedup) else shown]
+    return cells, {"latency_dense": dense_ms, "latency_pruned": pruned_ms, "latency_speedup": speedup,
                    "latency_unreliable": why}
+
+
+def _ms(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3g}"
 
 
 def reliability_note(runs: pd.DataFrame, dense_column: str, reasons: list[str]) -> str:

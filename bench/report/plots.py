@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
+from bench.report.cells import PERCENT
 from bench.report.stats import kendall_tau
 from bench.report.tables import Cell, cells, learning_rates, lr_label, per_seed, ratio_order
 
@@ -157,13 +158,14 @@ def _grid_shape(n: int, most: int = 4) -> tuple[int, int]:
 
 def _band(ax: Axes, x: list[float], found: list[Cell], colour: tuple[float, ...], linestyle: object,
           marker: str) -> None:
-    """A mean line with markers and a shaded t-interval band (where an interval exists)."""
+    """A mean line with markers and a shaded t-interval band (where an interval exists), from each cell's low and
+    high (clipped to its bounds: an accuracy band never leaves [0, 100])."""
     mean = np.array([c.mean for c in found])
-    half = np.array([c.half for c in found])
+    low, high = np.array([c.low for c in found]), np.array([c.high for c in found])
     ax.plot(x, mean, color=colour, linestyle=linestyle, marker=marker, markersize=4, linewidth=1.4)
-    if np.isfinite(half).any():
-        ax.fill_between(x, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=colour, alpha=0.18,
-                        linewidth=0)
+    if np.isfinite(high).any():
+        ax.fill_between(x, np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean),
+                        color=colour, alpha=0.18, linewidth=0)
 
 
 def _accuracy_panels(fig: Figure, axes: np.ndarray, used: int, handles: list[Line2D]) -> tuple[bytes, bytes]:
@@ -181,7 +183,7 @@ def accuracy_vs_lr(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     ok = runs[runs.status == "ok"]
     if ok.empty:
         return None
-    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"], PERCENT)
     dense = per_seed(runs, "acc_dense").acc_dense.mean() * 100
     ratios = ratio_order(ok)
     methods = [m for m in styles.order if m in set(ok.method)]
@@ -216,7 +218,7 @@ def accuracy_vs_ratio(runs: pd.DataFrame, styles: MethodStyles) -> Plot | None:
     ok = runs[runs.status == "ok"]
     if ok.empty:
         return None
-    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"])
+    acc = cells(ok, lambda f: f.acc_final * 100, ["ratio", "method", "lr"], PERCENT)
     ratios = ratio_order(ok)
     values = ok.drop_duplicates("ratio").set_index("ratio").ratio_value
     numeric = bool(values.notna().all())

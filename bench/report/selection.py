@@ -65,6 +65,7 @@ class Selection:
     grid: tuple[float, ...] = ()
     counts: dict[float, dict[str, int]] = field(default_factory=dict)  # lr -> status -> runs
     lr_without_divergence: float = math.nan  # the LR the converged seeds alone would choose, where it differs
+    unfinished: tuple[tuple[str, str], ...] = ()  # (run id, status) of every run here without a result yet
 
     @property
     def untuned(self) -> bool:
@@ -72,7 +73,7 @@ class Selection:
 
     @property
     def incomplete(self) -> bool:
-        return bool(self.failed)
+        return bool(self.failed or self.unfinished)
 
     @property
     def notes(self) -> str:
@@ -82,6 +83,8 @@ class Selection:
             parts.append(f"failed at every seed: {self.failed[0][1]}")
         elif self.failed:
             parts.append(f"incomplete: {len(self.failed)} failed run(s) to rerun ({self.failed[0][1]})")
+        if self.unfinished:
+            parts.append(f"incomplete: {len(self.unfinished)} run(s) without a result yet ({unfinished_words(self)})")
         if self.untuned and not self.runs_failed_all:
             parts.append("untuned (LRs missing: " + ", ".join(f"{lr:g}" for lr in self.missing_lrs) + ")")
         if self.diverged_seeds:
@@ -96,6 +99,14 @@ class Selection:
             seeds = ", ".join(str(s) for s in self.seeds_left_out)
             parts.append(f"seed(s) {seeds} left out: not finished at every LR")
         return "; ".join(parts)
+
+
+def unfinished_words(selection: Selection) -> str:
+    """'2 running, 1 unreadable': the runs of a selection without a result yet, by status."""
+    counts: dict[str, int] = {}
+    for _, status in selection.unfinished:
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 def _grid_counts(runs: pd.DataFrame, ratio: str, method: str) -> dict[float, dict[str, int]]:
@@ -128,12 +139,16 @@ def select_lrs(runs: pd.DataFrame, methods: list[str]) -> list[Selection]:
             mine = (test.ratio == ratio) & (test.method == method)
             finished_lrs = set(test[mine].lr.astype(float))
             missing = tuple(sorted((lr for lr in grid if lr not in finished_lrs), reverse=True))
+            # a run without a result yet at an LR that is compared (one with a finished run): the cell waits for it
+            waiting = everything[everything.status.isin(UNFINISHED) & everything.lr.astype(float).isin(finished_lrs)]
+            unfinished = tuple((str(r.run_id), str(r.status)) for r in waiting.sort_values(["lr", "seed"]).itertuples())
             counts = _grid_counts(runs, ratio, method)
             if not mine.any():  # nothing finished: still shown, with why
                 empty = pd.Series(dtype=float)
                 chosen.append(Selection(ratio, method, math.nan, Cell(math.nan, math.nan, 0), math.nan, math.nan,
                                         math.nan, math.nan, "", empty, empty, by, (), failure_at, (), failed,
-                                        len(failed) == len(everything), missing, grid, counts))
+                                        len(failed) == len(everything), missing, grid, counts,
+                                        unfinished=unfinished))
                 continue
             seeds_by_lr = test[mine].groupby("lr").seed.apply(set)
             common = set.intersection(*seeds_by_lr)
@@ -161,5 +176,5 @@ def select_lrs(runs: pd.DataFrame, methods: list[str]) -> list[Selection]:
             chosen.append(Selection(ratio, method, lr, converged, float(score_means[lr]), oracle,
                                     float(test_means[oracle]), float(test_means[oracle] - test_means[lr]), edge,
                                     at.value, at.dense_id, by, left_out, failure_at, diverged, failed, False,
-                                    missing, grid, counts, hinge))
+                                    missing, grid, counts, hinge, unfinished))
     return chosen

@@ -75,11 +75,14 @@ def _expected(found: Iterable[Cell]) -> int:
     return max((c.n for c in found), default=0)
 
 
-def resolved_best(ok: pd.DataFrame, ratio: str, lr: float, alpha: float = 0.05) -> str | None:
+def resolved_best(runs: pd.DataFrame, ratio: str, lr: float, alpha: float = 0.05) -> str | None:
     """The method with the highest mean final accuracy at this ratio and LR, but only when it beats every other
-    method by a paired difference over seeds that Holm's correction resolves (``stats.beats_every_other``, the
-    verdict's rule too): the one case in which a table bolds a winner. Never with one seed, never inside the noise."""
-    here = ok[(ok.ratio == ratio) & (ok.lr == lr)]
+    method by a paired difference over seeds that Holm's correction resolves (``stats.beats_every_other``) and every
+    method there has an ok run at every seed (none failed, diverged, unfinished or missing): the one case in which a
+    table bolds a winner. Never with one seed, never inside the noise, never beside a run that is not a result."""
+    here, at_ratio = runs[(runs.ratio == ratio) & (runs.lr == lr)], runs[runs.ratio == ratio]
+    if (here.status != "ok").any() or len(here) < at_ratio.method.nunique() * at_ratio.seed.nunique():
+        return None
     by_seed = here.pivot_table(index="seed", columns="method", values="acc_final", aggfunc="first")
     if by_seed.shape[1] < 2:
         return None
@@ -125,7 +128,7 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
     for lr in lrs:
         header += [(lr_label(lr), "acc (%)")] + ([(lr_label(lr), "paper"), (lr_label(lr), "Δ")] if with_ref else [])
     expected = _expected(acc.values())
-    rows, blocks, data = [], [], []
+    rows, data = [], []
     for ratio, method in row_keys(runs, methods):
         row = [ratio, method]
         for lr in lrs:
@@ -143,8 +146,7 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
                          "not_ok": problems or "", "paper_mean": ref.mean if ref else math.nan,
                          "paper_std": ref.half if ref else math.nan, "diff_vs_paper": diff})
         rows.append(row)
-        blocks.append(ratio)
-    winners = {(ratio, lr): resolved_best(ok, ratio, lr) for ratio in set(blocks) for lr in lrs}
+    winners = {(ratio, lr): resolved_best(runs, ratio, lr) for ratio in set(runs.ratio) for lr in lrs}
     bold = {(d["_row"], d["_column"]) for d in data if winners.get((d["ratio"], d["lr"])) == d["method"]}
     frame = pd.DataFrame(data)
     if not frame.empty:
@@ -153,10 +155,10 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
     note = (f"Final test accuracy after retraining, mean ± half-width of the {LEVEL:.0%} Student-t interval over "
             "seeds (n=k marks cells with fewer seeds than the others; no interval for one seed). Bold: the best "
             "method at that ratio and learning rate, only where it beats every other method by a paired difference "
-            "over seeds that a t-test resolves after Holm's correction (p < 0.05; never with one seed), the "
-            "verdict's rule. Runs that did not finish are counted in "
-            "brackets and left out of the mean; each LR here is fixed by hand: see the verdict for each method at "
-            "its own validated LR.")
+            "over seeds that a t-test resolves after Holm's correction (p < 0.05; never with one seed), and never "
+            "where any method there has a run that failed, diverged, has not finished or is missing. Runs that did "
+            "not finish ok are counted in brackets and left out of the mean; each LR here is fixed by hand: see the "
+            "verdict for each method at its own validated LR.")
     if with_ref:
         note += (" 'paper' is the published mean (std), not an interval, and Δ = ours − paper, in points; the "
                  "paper's own runs may report best-epoch rather than final accuracy (uncertain in the sources).")
@@ -198,9 +200,12 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         paired = by_seed[[high, low]].dropna() if {high, low} <= set(by_seed.columns) else by_seed.iloc[:0]
         differences = (paired[high] - paired[low]) * 100 if len(paired) else pd.Series(dtype=float)
         gap = Cell.of(differences, (-100.0, 100.0)) if len(paired) else Cell(math.nan, math.nan, 0)
-        tests.append(paired_t_test(differences.to_numpy(dtype=float)))
+        ends = runs[(runs.ratio == ratio) & (runs.method == method) & runs.lr.isin([high, low])]
+        diverged = int((ends.status == "diverged").sum())  # no t-test across a diverged seed (issue 27)
+        tests.append(paired_t_test(differences.to_numpy(dtype=float)[: None if not diverged else 0]))
         a, b = (acc.get((ratio, method, lr), Cell(math.nan, math.nan, 0)) for lr in (high, low))
         row = [ratio, method, f"{high:g} − {low:g}", a.text(expected), b.text(expected),
+               f"diverged seed: not tested ({diverged} diverged)" if diverged else
                gap.text(expected) if gap.n else "—"]
         ref_high, ref_low = _ref_lr(lookup, ratio, method, high), _ref_lr(lookup, ratio, method, low)
         ref_gap = ref_high.mean - ref_low.mean if ref_high and ref_low else math.nan
@@ -209,7 +214,7 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
         rows.append(row)
         data.append({"ratio": ratio, "method": method, "lr_high": high, "lr_low": low, "acc_high": a.mean,
                      "acc_low": b.mean, "gap": gap.mean, "gap_ci_half": gap.half, "pairs": gap.n,
-                     "paper_gap": ref_gap})
+                     "paper_gap": ref_gap, "diverged": diverged})
     adjusted = holm([t.p if not t.too_few else math.nan for t in tests])
     bold = {(i, 5) for i, (t, p) in enumerate(zip(tests, adjusted)) if not t.too_few and p < 0.05}
     for record, t, p in zip(data, tests, adjusted):
@@ -219,8 +224,9 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
             "lowest LR at which every method of that ratio finished a run. The gap is the mean of per-seed "
             f"differences (seeds that finished at both LRs), ± the {LEVEL:.0%} t-interval; bold where the paired "
             "t-test resolves it after Holm's correction across every row of this table (the family; p < 0.05, at "
-            "least 3 seeds with some spread). A method that preserves trainability should depend little on the LR; a "
-            "large positive gap means the method only looks good when retrained with a large LR.")
+            "least 3 seeds with some spread). A seed that diverged at either LR makes the row 'diverged seed: not "
+            "tested' (bimodal data: no t-interval or t-test, never bold). A method that preserves trainability should "
+            "depend little on the LR; a large positive gap means it only looks good when retrained with a large LR.")
     if skipped:
         note += (f" Left out: LR {', '.join(f'{lr:g}' for lr in skipped)}, where some method finished no run at a "
                  "ratio (see the accuracy table and the runs that did not finish).")
@@ -233,20 +239,17 @@ def lr_gap_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFrame
 
 def _means(runs: pd.DataFrame) -> dict[tuple[Any, ...], Cell]:
     """Final accuracy (%) of the finished runs per (ratio, lr, method)."""
-    ok = runs[runs.status == "ok"]
-    return cells(ok, lambda f: f.acc_final * 100, ["ratio", "lr", "method"], PERCENT)
+    return cells(runs[runs.status == "ok"], lambda f: f.acc_final * 100, ["ratio", "lr", "method"], PERCENT)
 
 
 def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
     """Each method's rank (1 = most accurate) at every ratio and retraining LR."""
     lrs = learning_rates(runs)
     means = _means(runs)
-    ok = runs[runs.status == "ok"]
     if len({m for (_, _, m) in means}) < 2:
         return None
     header = [(KEY, "ratio"), (KEY, "method")] + [("rank (mean acc %)", lr_label(lr)) for lr in lrs]
-    rows, data, bold = [], [], set()
-    ranks = {}
+    rows, data, bold, ranks = [], [], set(), {}
     for ratio in ratio_order(runs):
         for lr in lrs:
             present = pd.Series({m: means[(ratio, lr, m)].mean for m in methods if (ratio, lr, m) in means})
@@ -257,7 +260,7 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
         for j, lr in enumerate(lrs):
             rank = ranks.get((ratio, lr, method))
             row.append(f"{rank} ({means[(ratio, lr, method)].mean:.2f})" if rank else "—")
-            if rank == 1 and resolved_best(ok, ratio, lr) == method:
+            if rank == 1 and resolved_best(runs, ratio, lr) == method:
                 bold.add((len(rows), 2 + j))
             data.append({"ratio": ratio, "method": method, "lr": lr, "rank": rank,
                          "mean": means[(ratio, lr, method)].mean if rank else math.nan})
@@ -265,11 +268,9 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
     note = ("Ranked at each fixed retraining LR, every method at the same LR: not the verdict's ranking, which puts "
             "each method at its own validation-chosen LR (so the two can name different leaders without "
             "disagreeing). Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share "
-            "the "
-            "better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
-            "it from every other method (Holm-corrected, as in the accuracy table). Read across a "
-            "row: a method whose rank moves with the LR is judged differently depending on a retraining choice, "
-            "not on its pruning.")
+            "the better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
+            "it from every other method (Holm-corrected, as in the accuracy table). Read across a row: a method whose "
+            "rank moves with the LR is judged differently depending on a retraining choice, not on its pruning.")
     return Table("ranks", "Method ranks per ratio at each fixed learning rate (not the verdict's chosen LRs)", note,
                  header, rows, pd.DataFrame(data), bold)
 
@@ -326,17 +327,14 @@ def rank_stability_table(runs: pd.DataFrame, methods: list[str]) -> Table | None
         return None
     note = ("Ranked at each fixed retraining LR, every method at the same LR (the verdict instead puts each method "
             "at its own validation-chosen LR). Per ratio: the most accurate method at each retraining LR (with its "
-            "lead over the runner-up) and "
-            "Kendall's τ-b between the method rankings at two LRs (1: same order, −1: reversed; over the methods "
-            "finished at both). 'yes' (bold) flags ratios where the winner, among the methods finished at every LR, "
-            "changes with the retraining LR alone, "
-            "which is exactly the trainability bias a benchmark must not hide. But 'no' does not mean no bias: the "
-            "bias can show as a large learning-rate gap for one method without a change of winner (see the gap "
-            "table and the headline). A margin inside the accuracy table's intervals means the winner is not "
-            "resolved by these seeds.")
+            "lead over the runner-up) and Kendall's τ-b between the method rankings at two LRs (1: same order, −1: "
+            "reversed; over the methods finished at both). 'yes' (bold) flags ratios where the winner, among the "
+            "methods finished at every LR, changes with the retraining LR alone, which is exactly the trainability "
+            "bias a benchmark must not hide. But 'no' does not mean no bias: the bias can show as a large "
+            "learning-rate gap for one method without a change of winner (see the gap table and the headline). A "
+            "margin inside the accuracy table's intervals means the winner is not resolved by these seeds.")
     return Table("rank_stability", "Rank stability across fixed learning rates (not the verdict's chosen LRs)", note,
-                 header, rows, pd.DataFrame(data),
-                 bold)
+                 header, rows, pd.DataFrame(data), bold)
 
 
 # ----------------------------------------------------------------------------------------- trainability
@@ -389,8 +387,9 @@ def status_table(runs: pd.DataFrame, methods: list[str]) -> Table:
     note = ("Every result file found, by status. 'running' also covers runs that were interrupted; run the suite "
             "again to resume them. Diverged runs (the method's training broke) are a result: the verdict counts them "
             "at chance when it chooses an LR and reports them beside the accuracy. Failed runs (an exception, out of "
-            "memory, a lost node) and corrupt ones (an unreadable result.json) are not: they are listed below, never "
-            "averaged in, and `bench.py run` on the suite redoes them.")
+            "memory, a lost node) and corrupt ones (a result.json that cannot be parsed) are not: they are listed "
+            "below, never averaged in, and `bench.py run` on the suite redoes them. An unreadable one (this user may "
+            "not read its result.json) is not redone: its owner must make it readable.")
     return Table("status", "Runs by status", note, header, rows, pd.DataFrame(data))
 
 
@@ -407,9 +406,9 @@ def problem_table(runs: pd.DataFrame) -> Table | None:
         jsv = "" if pd.isna(r.jsv_pruned) else f"{r.jsv_pruned:.3g}"
         rows.append([r.run_id, r.method, r.ratio, f"{r.lr:g}", str(r.seed), r.status, str(r.epochs_done), jsv, error])
     data = bad[["run_id", "method", "ratio", "lr", "seed", "status", "epochs_done", "jsv_pruned", "error"]]
-    return Table("problems", "Runs that did not finish", "Running (or interrupted), failed, diverged and corrupt "
-                 "runs (corrupt: the result.json named in the error cannot be read) with "
-                 "the retraining epochs they finished, the mean JSV of their pruned model when it was measured (a "
+    return Table("problems", "Runs that did not finish", "Running (or interrupted), failed, diverged, corrupt and "
+                 "unreadable runs (the result.json named in the error cannot be parsed, or read) with the retraining "
+                 "epochs they finished, the mean JSV of their pruned model when it was measured (a "
                  "diverged run keeps it: a value near 0 says the pruned network was hard to train), and the first "
                  "line of their error; their result.json holds the rest.", header, rows, data.reset_index(drop=True))
 

@@ -103,6 +103,7 @@ def verdict_table(assessment: Assessment) -> Table:
                      "edge_of_grid": s.edge, "seeds_left_out": " ".join(str(seed) for seed in s.seeds_left_out),
                      "winner": bold_methods.get(s.ratio) == s.method, "ci_low": low, "ci_high": high,
                      "converged": s.acc.n, "diverged": len(s.diverged_seeds), "failed": len(s.failed),
+                     "unfinished": len(s.unfinished),
                      "untuned": " ".join(f"{lr:g}" for lr in s.missing_lrs), "incomplete": s.incomplete})
     if by == BY_VALIDATION:
         how = ("Each method is retrained at the LR with the best mean *validation* accuracy over seeds (a split held "
@@ -118,10 +119,12 @@ def verdict_table(assessment: Assessment) -> Table:
             "broke at that LR. "
             f"In choosing the LR (and in the regret) a diverged run counts at {failure}, so an LR that breaks a seed "
             "does not win on the others. A failed run (an exception, out of memory, a lost node) is never counted: "
-            "the cell is incomplete until `bench.py run` redoes it. A method without a finished run at every LR of "
-            "its grid is untuned. LRs are compared on the seeds that finished at every LR of the method. 'Best LR on "
-            "test' is the oracle's choice; the regret is what choosing without the test set cost, in points. Bold: "
-            "a winner ahead of every other method by a paired difference resolved in the comparisons below.")
+            "the cell is incomplete until `bench.py run` redoes it; so is a cell with a run that has no result yet "
+            "(running, interrupted, pending, corrupt or unreadable), until it finishes. A method without a finished "
+            "run at every LR of its grid is untuned. LRs are compared on the seeds that finished at every LR of the "
+            "method. 'Best LR on test' is the oracle's choice; the regret is what choosing without the test set cost, "
+            "in points. Bold: a winner ahead of every other method by a paired difference resolved in the comparisons "
+            "below, with no method at that ratio incomplete, untuned or failed everywhere.")
     return Table("verdict", f"Verdict: each method at its own retraining LR (selected on {by})", note, header, rows,
                  pd.DataFrame(data), bold)
 

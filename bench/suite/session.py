@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.config import Suite, load_suite
+from bench.core.config import Suite, load_suite, parse_override
 from bench.core.errors import ConfigError
 from bench.plugins import load_builtin, load_enabled, load_plugin
 from bench.suite.grid import Run, expand
@@ -31,8 +31,25 @@ def load_runs(suite_file: str | Path, overrides: Sequence[str] = (), plugins: Se
     try:
         runs = expand(suite, suite_dir, data_root)
     except ConfigError as err:
-        raise ConfigError(err.problems, str(suite_path)) from None
+        blamed = [blame_set(problem, overrides) for problem in err.problems]
+        if overrides and all(b != p for b, p in zip(blamed, err.problems)):
+            raise ConfigError(blamed) from None  # every problem is a --set's: the file is not to blame
+        raise ConfigError(blamed, str(suite_path)) from None
     return suite, runs, suite_dir
+
+
+def blame_set(problem: str, overrides: Sequence[str]) -> str:
+    """``problem`` (``key: ...``, from expanding the suite) prefixed with the ``--set`` that set its key or a part
+    of it (``--set latency.backends=[eager,tvm]`` for ``latency.backends: unknown backend 'tvm'``); unchanged when
+    no ``--set`` touched that key (the file's own problem)."""
+    key = problem.split(":", 1)[0].strip()
+    if " " in key or not key:
+        return problem
+    for expression in overrides:
+        name = ".".join(parse_override(expression)[0])
+        if key == name or key.startswith(name + ".") or name.startswith(key + "."):
+            return f"--set '{expression}': {problem}"
+    return problem
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,9 +3,9 @@
 A pruned model with fewer FLOPs is not always faster where it is served; timing it in the deployment runtime too
 (ONNX Runtime on CPU here) makes that gap visible. Every backend is timed by the same procedure as eager
 (:func:`bench.training.measure.measure_latency`: warm-up passes, ``torch.utils.benchmark.Timer``'s blocked
-autorange, median and IQR over blocks, at the run's thread count). CUDA backends (``torch.compile``, TensorRT)
-plug in through the same :class:`Backend` interface where a GPU is present; none is registered on a CPU-only
-machine.
+autorange, median and IQR over blocks, at the run's thread count). No CUDA backend exists yet: ``torch_compile``
+and ``tensorrt`` are only named (PLANNED), refused with the reason; one would plug in through the same
+:class:`Backend` interface.
 """
 from __future__ import annotations
 

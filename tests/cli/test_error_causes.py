@@ -46,6 +46,30 @@ def test_set_problems_are_blamed_on_the_set(write_suite, tmp_path: Path, capsys,
     assert refused(capsys, tmp_path, "run", str(bad), "--set", override).startswith(f"error: {bad}: ")
 
 
+def test_a_problem_found_on_expanding_is_blamed_on_the_set_that_made_it(write_suite, tmp_path: Path,
+                                                                        capsys) -> None:
+    """The backend names are checked where the suite expands (after load_suite): a bad --set is still its cause."""
+    path = write_suite(tiny_suite())
+    err = refused(capsys, tmp_path, "plan", str(path), "--set", "latency.backends=[eager,tvm]")
+    assert err.startswith("error: --set 'latency.backends=[eager,tvm]': latency.backends: unknown backend 'tvm'")
+    assert str(path) not in err
+    bad = write_suite(tiny_suite(latency={"backends": ["eager", "tvm"]}), "bad.yaml")
+    assert refused(capsys, tmp_path, "plan", str(bad), "--set", "seeds=[0]").startswith(
+        f"error: {bad}: latency.backends: unknown backend 'tvm'")
+
+
+def test_the_latency_eager_problem_names_its_key_once(write_suite, tmp_path: Path, capsys) -> None:
+    err = refused(capsys, tmp_path, "plan", str(write_suite(tiny_suite())), "--set", "latency.backends=[onnxruntime]")
+    assert "'latency': backends ['onnxruntime'] leaves out 'eager'" in err and "latency.backends: [" not in err
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_missing_data_root_is_refused_by_plan_as_by_run(write_suite, tmp_path: Path, capsys, command: str) -> None:
+    path = write_suite(tiny_suite())
+    err = refused(capsys, tmp_path, command, str(path), "--data-root", str(tmp_path / "nowhere"))
+    assert f"data root '{tmp_path / 'nowhere'}' does not exist" in err and "run id" not in err
+
+
 def test_a_users_corrupt_checkpoint_gets_advice_for_a_users_file(write_suite, tmp_path: Path, capsys) -> None:
     checkpoint = tmp_path / "mine.pt"
     checkpoint.write_bytes(b"PK\x03\x04 not really a zip archive, cut short " * 3)

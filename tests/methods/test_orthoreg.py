@@ -617,8 +617,8 @@ def test_iterative_protocol_starts_from_the_dense_model_it_is_given(between: lis
                          [("vgg13", 0.984, 4.91), ("mobilenet_v1", 0.615, 5.68), ("resnet34_cifar", 1.034, 4.90)])
 def test_penalty_at_initialisation_under_the_two_rules_and_inits(model_name: str, code_over_ours: float,
                                                                   kaiming_over_default: float) -> None:
-    """The README's measured effect: Σ α_l ‖G_l − I‖₁ of a seed-0 model under PyTorch's default init, the code's α
-    over ours; and the models' own Kaiming-normal init over PyTorch's default (both with our α)."""
+    """The measured effect docs/methods.md quotes: Σ α_l ‖G_l − I‖₁ of a seed-0 model under PyTorch's default init,
+    the code's α over ours; and the models' own Kaiming-normal init over PyTorch's default (both with our α)."""
     from bench.models.init import initialise_
 
     def penalty(init: str, rule: str) -> float:

@@ -123,8 +123,8 @@ def test_slimming_dense_variant_only_with_a_penalty_and_needs_batchnorms() -> No
 
 def test_growth_schedule_stops_at_the_ceiling_one_update_before_the_code() -> None:
     """λ grows every K_u iterations from t = 0 and stops when it reaches the ceiling: 10,000 updates of 1e-4 to 1.0.
-    A documented deviation (methods/greg.py, README fidelity table): the code tests λ > ceiling and grows once more
-    (10,001 updates, λ = 1.0001); this pins ours."""
+    A documented deviation (methods/greg.py, docs/methods.md fidelity table): the code tests λ > ceiling and grows
+    once more (10,001 updates, λ = 1.0001); this pins ours."""
     s = GrowthSchedule(delta=1e-4, ceiling=1.0, update_interval=10, stabilize=10000)
     assert s.max_updates == 10000 and s.total_steps == 9999 * 10 + 10000 + 1
     assert [s.updates(t, None) for t in (0, 9, 10, 99_989, 99_990, 200_000)] == [1, 1, 2, 9999, 10000, 10000]

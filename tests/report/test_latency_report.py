@@ -10,7 +10,7 @@ import torch
 
 from bench.measure import machine_load, measure_latency
 from bench.report import efficiency
-from bench.report.latency import DENSE_SPREAD_LIMIT, IQR_LIMIT, dense_spread
+from bench.report.latency import DENSE_SPREAD_LIMIT, IQR_LIMIT, dense_spread, speedup_cells
 from bench.report.load import load_results
 from bench.report.synthetic import write_synthetic_results
 
@@ -66,3 +66,14 @@ def test_a_wide_iqr_is_unreliable_and_a_steady_measurement_is_a_number(tmp_path:
     assert wide.rows[0][-1] == "unreliable (2.10)" and f"limit {IQR_LIMIT:.0%}" in wide.note
     steady = efficiency.efficiency_table(_runs(tmp_path / "b", [10.0, 11.0], [5.0, 5.0], iqr=0.1), ["l1"])
     assert steady.rows[0][-1] == "2.10" and "unreliable" not in steady.note and steady.data.latency_unreliable[0] == ""
+
+
+def test_a_zero_or_missing_median_gives_no_speedup(tmp_path: Path) -> None:
+    """A median of 0 must not divide by zero, and a missing one (a backend a row lacks) is shown as —, not 'nan'."""
+    table = efficiency.efficiency_table(_runs(tmp_path, [10.0, 11.0], [0.0, 0.0], iqr=0.1), ["l1"])
+    assert table.rows[0][-1] == "—" and pd.isna(table.data.latency_speedup[0])
+    runs = _runs(tmp_path / "b", [10.0, 11.0], [5.0, 5.0], iqr=0.1)
+    runs["latency_onnxruntime_dense_median_ms"] = runs["latency_onnxruntime_pruned_median_ms"] = float("nan")
+    cells, record = speedup_cells(runs, runs, "latency_onnxruntime_dense_median_ms",
+                                  "latency_onnxruntime_pruned_median_ms")
+    assert cells == ["—", "—", "—"] and pd.isna(record["latency_speedup"])

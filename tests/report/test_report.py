@@ -146,6 +146,41 @@ def test_the_lr_gap_skips_an_lr_where_a_method_always_diverged(tmp_path: Path) -
     assert list(gap.data.gap) == [pytest.approx(10.0)] * 2 and "Left out: LR 0.1" in gap.note
 
 
+def test_a_diverged_seed_at_a_gap_lr_is_not_t_tested_nor_bolded(tmp_path: Path) -> None:
+    """Issue 27: no t-interval or t-test across a diverged seed; the converged pairs alone would give a bold gap."""
+    statuses = {("l1", 0.9, 0.1, s): "diverged" for s in (0, 1)}
+    write_synthetic_results(tmp_path, "d", ["l1", "tpp"], [0.9], [0.1, 0.01], range(7),
+                            accuracy=lambda m, r, lr, s: {0.1: 0.85 + 0.001 * (s % 3), 0.01: 0.8}[lr],
+                            statuses=statuses)
+    gap = tables.lr_gap_table(load_results(tmp_path).runs, ["l1", "tpp"])
+    rows = {row[1]: row for row in gap.rows}
+    assert rows["l1"][5] == "diverged seed: not tested (2 diverged)" and rows["tpp"][5] != rows["l1"][5]
+    l1 = gap.data.set_index("method").loc["l1"]
+    assert l1.diverged == 2 and math.isnan(l1.p) and (0, 5) not in gap.bold and (1, 5) in gap.bold
+
+
+@pytest.mark.parametrize("status", ["diverged", "failed", "running", None])
+def test_no_bold_beside_a_run_that_is_not_a_result(tmp_path: Path, status: str | None) -> None:
+    """A beats B clearly on its ok seeds, but at LR 0.01 one of A's runs diverged, failed, is still running or is
+    missing: no bold at that LR (the accuracy and rank tables); LR 0.001, where every run is ok, keeps it."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.85 if method == "A" else 0.80 + 0.002 * (seed % 2)) + 0.001 * seed + 0.0003 * (seed * seed % 3)
+
+    write_synthetic_results(tmp_path, "b", ["A", "B"], [0.9], [0.01, 0.001], range(5), accuracy=acc,
+                            statuses={("A", 0.9, 0.01, 4): status} if status else {})
+    if status is None:  # A's seed 4 at LR 0.01 missing
+        for path in (tmp_path / "b" / "runs").glob("*/result.json"):
+            result = json.loads(path.read_text())
+            if (result["method"], result["lr"], result["seed"]) == ("A", 0.01, 4):
+                shutil.rmtree(path.parent)
+    runs = load_results(tmp_path).runs
+    accuracy = tables.accuracy_table(runs, ["A", "B"])
+    assert set(accuracy.data[accuracy.data.best].lr) == {0.001}
+    assert "the verdict's rule" not in accuracy.note
+    ranks = tables.rank_table(runs, ["A", "B"])
+    assert ranks.bold == {(0, 3)}  # A's rank 1 bold at LR 0.001 (column 3) only
+
+
 def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:
     means = {("a", 0.9, 0.01): 0.80, ("b", 0.9, 0.01): 0.78, ("c", 0.9, 0.01): 0.70,
              ("a", 0.9, 0.001): 0.70, ("b", 0.9, 0.001): 0.75, ("c", 0.9, 0.001): 0.60,
@@ -437,3 +472,17 @@ def test_html_page_renders_in_headless_chromium(quickstart_report: Path, tmp_pat
     broken.write_text(text.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
     dom, _ = _render_page(browser, broken, tmp_path, "broken")
     assert 'data-report-ready="no"' in dom
+
+
+def test_accuracy_bands_stay_inside_0_to_100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds at 99.4-100%: the t-interval's upper end passes 100; the figures' bands are clipped as the tables are."""
+    from bench.report import plots
+
+    write_synthetic_results(tmp_path, "top", ["l1"], [0.5], [0.01, 0.001], [0, 1, 2],
+                            accuracy=lambda m, r, lr, s: (1.0, 0.994, 1.0)[s])
+    runs = load_results(tmp_path).runs
+    seen: list = []
+    monkeypatch.setattr(plots, "_band", lambda ax, x, found, *rest: seen.extend(found))
+    styles = MethodStyles.for_methods(["l1"])
+    assert plots.accuracy_vs_lr(runs, styles) and accuracy_vs_ratio(runs, styles)
+    assert seen and all(c.mean + c.half > 100 and c.high == 100.0 for c in seen)

@@ -69,6 +69,14 @@ def test_spearman_with_ties_and_its_exact_permutation_p() -> None:
     assert math.isnan(spearman_rho([1, 2], [1, 2])[0])
 
 
+def test_the_spearman_p_is_called_exact_only_where_it_is() -> None:
+    from bench.report.findings import permutation_words
+    from bench.report.stats import EXACT_PERMUTATION_POINTS
+
+    assert permutation_words(EXACT_PERMUTATION_POINTS) == "exact permutation p"
+    assert permutation_words(EXACT_PERMUTATION_POINTS + 1) == "permutation p (9,999 resamples)"
+
+
 def test_power_and_the_seeds_it_needs_match_the_noncentral_t() -> None:
     # G*Power / statsmodels TTestPower: effect size d = 1, alpha 0.05 two-sided -> n = 10 gives 0.8031 power
     assert power(1.0, 1.0, 10, 0.05) == pytest.approx(0.8031, abs=5e-4)
@@ -326,6 +334,22 @@ def test_a_crash_leaves_the_lr_and_marks_the_cell_incomplete(tmp_path: Path) -> 
     assert "resolved margin" not in summary
 
 
+def test_a_run_without_a_result_yet_marks_the_cell_incomplete(tmp_path: Path) -> None:
+    """A running (or unreadable, corrupt, interrupted, pending) run is not a result: the comparison waits for it
+    and names it, rather than resolving on the remaining seeds."""
+    def acc(method: str, ratio: float, lr: float, seed: int) -> float:
+        return (0.851 if method == "l1" else 0.80) + _spread(seed)
+
+    write_synthetic_results(tmp_path, "wait", ["l1", "tpp"], [0.5], [0.01], [0, 1, 2, 3, 4], accuracy=acc,
+                            validation=acc, statuses={("tpp", 0.5, 0.01, 3): "running"})
+    verdict, paired, verdict_md, summary = _report(tmp_path, "wait")
+    tpp = verdict[verdict.method == "tpp"].iloc[0]
+    assert bool(tpp.incomplete) and tpp.unfinished == 1 and tpp.failed == 0
+    assert list(paired.state) == ["incomplete"] and "**" not in verdict_md
+    assert "tpp is incomplete: 1 run(s) have no result yet (1 running; run ids" in summary
+    assert "resolved margin" not in summary
+
+
 def test_the_headline_names_the_method_that_is_ahead(tmp_path: Path) -> None:
     """Reference a (best on validation); b resolved behind it, c resolved ahead on test: the headline names c."""
     def val(method: str, ratio: float, lr: float, seed: int) -> float:
@@ -408,6 +432,19 @@ def test_a_method_that_fails_at_every_seed_stays_visible(tmp_path: Path) -> None
     assert "bug failed at every seed: RuntimeError: CUDA out of memory" in summary
 
 
+def test_no_winner_is_declared_over_a_method_that_failed_at_every_seed(tmp_path: Path) -> None:
+    """A beats B by a resolved margin, but bug failed at every seed and was never compared: no winner, no bold, and
+    the headline names bug as what blocks it (issue 27: nothing involving a failed method is resolved)."""
+    failed = {("bug", 0.5, 0.01, s): "failed" for s in range(3)}
+    write_synthetic_results(tmp_path, "blocked", ["A", "B", "bug"], [0.5], [0.01], [0, 1, 2], accuracy=clear_win,
+                            validation=clear_win, statuses=failed)
+    verdict, paired, verdict_md, summary = _report(tmp_path, "blocked")
+    assert list(paired.resolved) == [True]  # A against B is still resolved
+    assert not verdict.winner.any() and "**" not in verdict_md
+    assert "ahead of every other method on test by a resolved margin" not in summary
+    assert "bug has no finished run here" in summary and "no winner is declared" in summary
+
+
 def test_the_headline_and_the_paired_table_read_the_same_comparisons(tmp_path: Path) -> None:
     """Every resolved comparison of the table appears in the headline and nothing unresolved is called resolved,
     across a tree mixing a winner ratio and an unresolved one (one Holm family over both ratios)."""
@@ -436,7 +473,7 @@ def test_index_html_renders_the_markdown_it_embeds(tmp_path: Path) -> None:
 
 
 def test_the_calibration_benchmark_runs_through_the_report_code(capsys: pytest.CaptureFixture[str]) -> None:
-    """A smoke run of benchmarks/verdict_calibration.py: one null suite and one power check, printed as the README
+    """A smoke run of benchmarks/verdict_calibration.py: one null suite and one power check, printed as docs/reports.md
     quotes them (the figures themselves come from its default run)."""
     import importlib.util
 
