@@ -71,7 +71,7 @@ def command_run(args: argparse.Namespace) -> int:
     suite, runs, suite_dir = prepare(args)
     if len(runs) > LARGE_PLAN and not args.yes:
         raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({len(suite.methods)} methods x "
-                          f"{len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs x {len(suite.seeds)} seeds)"
+                          f"{len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs x {len(suite.seed_list)} seeds)"
                           "; pass --yes to run them all, or list fewer seeds, ratios or LRs.", str(args.suite))
     for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
         try:

@@ -26,6 +26,7 @@ from bench.core.sections import (  # re-exported: callers import the sections fr
     Ratio,
     Retrain,
     Schedule,
+    SeedPlan,
     Slurm,
     Storage,
     Trainability,
@@ -47,7 +48,8 @@ class Suite:
     dataset: str | dict[str, Any]
     prune: Prune
     methods: list[str | dict[str, dict[str, Any] | None]] = field(min_items=1)
-    seeds: list[int] = field(default_factory=lambda: [0], min_items=1)
+    seeds: list[int] | SeedPlan = field(default_factory=lambda: [0], min_items=1,
+                                        doc="a list (swept), or {start, max, step}: grown in rounds (--until-decided)")
     description: str = ""
     data_root: str | None = None
     pretrain: Pretrain = field(default_factory=Pretrain)
@@ -67,7 +69,7 @@ class Suite:
 
     def validate(self) -> list[str]:
         problems = []
-        if len(set(self.seeds)) != len(self.seeds):
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             problems.append(f"'seeds' repeats a seed: {self.seeds}.")
         problems.extend(self.pretrain_problems())
         if problem := device_problem(self.device):
@@ -94,6 +96,16 @@ class Suite:
                             "dataset has none; set the dataset option validation: N (N > 0 training images held "
                             "out), e.g. dataset: {name: cifar10, validation: 5000}, or use best_on: final.")
         return problems
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every seed the suite may run: the list, or a plan's seeds up to its max."""
+        return self.seeds.seeds if isinstance(self.seeds, SeedPlan) else self.seeds
+
+    @property
+    def seed_plan(self) -> SeedPlan | None:
+        """The plan of seeds grown in rounds, or None for a fixed list."""
+        return self.seeds if isinstance(self.seeds, SeedPlan) else None
 
     @property
     def dataset_name(self) -> str:
@@ -254,7 +266,7 @@ def blame_override(problem: str, overrides: list[str]) -> str:
 
 __all__ = [
     "Budget", "Latency", "Log", "MAX_YAML_NODES", "Optim", "Performance", "Pretrain", "Prune", "RESULT_FORMAT",
-    "Ratio", "Retrain", "SUBMITIT_MANAGED", "Schedule", "Slurm", "Storage", "Suite", "Trainability",
+    "Ratio", "Retrain", "SUBMITIT_MANAGED", "Schedule", "SeedPlan", "Slurm", "Storage", "Suite", "Trainability",
     "apply_overrides", "blame_override", "device_problem", "expanded_size", "load_suite", "load_yaml", "parse_override",
     "read_yaml"
 ]

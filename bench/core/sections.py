@@ -281,3 +281,24 @@ class Budget:
         if (self.steps is None) == (self.match is None):
             return ["give exactly one of 'steps' (a number of SGD steps) or 'match' (a method of the suite)."]
         return []
+
+
+@dataclass
+class SeedPlan:
+    """Seeds grown in rounds (``bench.py run --until-decided``): seeds 0 .. start-1 first, then ``step`` more at a
+    time to the cells whose comparisons are neither decided nor futile, up to ``max``; the report tests them with a
+    group-sequential design over those looks (``bench.report.sequential``)."""
+
+    start: int = field(low=3, high=1000, doc="seeds every cell runs first (at least 3: fewer test nothing)")
+    max: int = field(low=3, high=1000, doc="the most seeds a cell gets")
+    step: int = field(low=1, high=1000, doc="seeds a round adds to each undecided cell")
+
+    def validate(self) -> list[str]:
+        if self.max < self.start:
+            return [f"max ({self.max}) is below start ({self.start}); give max >= start."]
+        return []
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed a cell may get, in the order rounds add them: 0 .. max-1."""
+        return list(range(self.max))

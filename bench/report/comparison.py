@@ -42,6 +42,7 @@ class Comparison:
     seeds_needed: int | None = None  # pairs for 80% power at the family's strictest level, sd at its upper bound
     improvement: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # P(method > reference), its CI
     family: int = 0
+    correction: str = "Holm"  # how p_holm corrects for the family: Holm, or sequential (an adaptively grown suite)
 
     @property
     def resolved(self) -> bool:

@@ -37,6 +37,7 @@ from bench.report.tables import per_seed
 
 CHANCE_MARGIN = 5.0  # points above chance at which a mean accuracy still counts as "fell to chance"
 RHO_FEW = 10  # Spearman's rho over fewer points than this carries a caveat
+FAMILY_WORDS = {"Holm": "Holm", "sequential": "group-sequential, Bonferroni"}  # Comparison.correction, in words
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
                            f"({reference.score:.2f}%): a tie, not broken on test; {reference.method} is the "
                            "reference only by the report's method order.", ratio, reference.method))
     ahead = [c for c in mine if c.resolved and c.test.mean > 0]
-    family_words = f"Holm over all {family} comparisons of the suite" if family else "no comparison could be tested"
+    family_words = (f"{FAMILY_WORDS[mine[0].correction]} over all {family} comparisons of the suite" if family
+                    else "no comparison could be tested")
     if not mine[0].assessed:
         weakest = max(mine, key=lambda c: c.p_holm if not math.isnan(c.p_holm) else math.inf)
         out.append(Finding("lead", lead + ": not assessed: with the LRs chosen on the test set the comparison would "

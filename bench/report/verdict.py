@@ -12,6 +12,7 @@ ratio is *untuned*: nothing involving it is resolved either.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -60,10 +61,14 @@ class Assessment:
         return [f.text for f in self.findings]
 
 
-def assess(runs: pd.DataFrame, methods: list[str]) -> Assessment:
-    """The one pass that decides the verdict and writes its findings."""
+def assess(runs: pd.DataFrame, methods: list[str],
+           adjust: Callable[[list[Comparison]], list[Comparison]] | None = None) -> Assessment:
+    """The one pass that decides the verdict and writes its findings; ``adjust`` re-judges the comparisons (an
+    adaptively grown suite's group-sequential design, ``bench.report.rounds``) before winners and findings."""
     selections = select_lrs(runs, methods)
     comparisons = compare(selections)
+    if adjust is not None:
+        comparisons = adjust(comparisons)
     won = winners(selections, comparisons)
     by = selected_by(runs)
     return Assessment(selections, comparisons, won, findings(runs, selections, comparisons, won, by), by)

@@ -240,7 +240,7 @@ def expand(suite: Suite, suite_dir: Path | None = None, data_root: str | None = 
         variants = [v.key for v in (m.dense_variant() for m in spec.build()) if v is not None]
         for ratio in suite.prune.ratios:
             for lr in suite.retrain.lr:
-                for seed in suite.seeds:
+                for seed in suite.seed_list:
                     dk = dense_key(suite, seed, variants, pretrain, source)
                     retrain = to_plain(suite.retrain, keyed=True) | {"lr": lr}
                     prune = to_plain(suite.prune, keyed=True) | {"ratios": None, "ratio": ratio, "layers": layers}

@@ -1,0 +1,160 @@
+"""The rounds of a suite that grows its seeds (``seeds: {start, max, step}``), replayed from its finished runs.
+
+Every cell (ratio × method, all its LRs) runs seeds 0 .. start-1. After each round the verdict is taken on the
+seeds each cell has (``verdict.assess``: LRs chosen on validation, each method against its ratio's reference) and
+every comparison is judged by the group-sequential design (``bench.report.sequential``): decided, futile or
+continue. A cell gets ``step`` more seeds, at every LR of its method, when a comparison it takes part in (as the
+method or as the reference) continues, until ``max``. Nothing is recorded: the rounds are a deterministic function
+of the finished runs, so the controller, ``plan`` and the report replay them alike, and a killed controller resumes
+where the results on disk leave it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bench.report.comparison import (
+    DIVERGED_PAIR,
+    HINGES,
+    NOT_RESOLVED,
+    RESOLVED,
+    Comparison,
+)
+from bench.report.selection import FINISHED
+from bench.report.sequential import CONTINUE, DECIDED, FUTILE, Design, Look, judge
+from bench.report.verdict import Assessment, assess
+
+Cell = tuple[str, str]  # (ratio label, method label)
+DECIDED_WHY, FUTILE_WHY, MAX_WHY, GROWING, WAITING = "decided", "futile", "max", "growing", "waiting for runs"
+UNTESTABLE = (DIVERGED_PAIR, HINGES)  # no t-test can ever decide these: adding seeds cannot help
+
+
+@dataclass
+class Rounds:
+    """Where a growing suite stands: each cell's seed count and why it stopped (or that it grows), the rounds
+    done, the runs the current round still needs (or the next round adds), and the last verdict with its looks."""
+
+    design: Design
+    seeds: dict[Cell, int]  # seeds each cell has now (the current round's, when waiting)
+    why: dict[Cell, str]  # DECIDED_WHY, FUTILE_WHY, MAX_WHY, GROWING or WAITING
+    done: int  # rounds whose runs have all finished and been judged
+    missing: list[tuple[str, str, float, int]] = field(default_factory=list)  # (ratio, method, lr, seed) not finished
+    assessment: Assessment | None = None  # the verdict at the last judged round
+    looks: dict[tuple[str, str], Look] = field(default_factory=dict)  # (ratio, method) -> its comparison's look
+    history: list[dict[Cell, int]] = field(default_factory=list)  # seeds per cell at each round, first to last
+
+    @property
+    def finished(self) -> bool:
+        """Every cell stopped: decided, futile or at max."""
+        return not self.missing and all(why in (DECIDED_WHY, FUTILE_WHY, MAX_WHY) for why in self.why.values())
+
+    def wanted(self, lrs: dict[Cell, list[float]]) -> list[tuple[str, str, float, int]]:
+        """Every (ratio, method, lr, seed) the cells' current seed counts take."""
+        return [(ratio, method, lr, seed) for (ratio, method), n in self.seeds.items()
+                for lr in lrs[(ratio, method)] for seed in range(n)]
+
+
+def family_size(cells: list[Cell]) -> int:
+    """The planned comparisons: at each ratio, every method but the reference (one family, all ratios)."""
+    ratios: dict[str, int] = {}
+    for ratio, _ in cells:
+        ratios[ratio] = ratios.get(ratio, 0) + 1
+    return max(1, sum(n - 1 for n in ratios.values()))
+
+
+def judge_comparison(design: Design, comparison: Comparison) -> Look:
+    """A comparison's sequential look: its t-test judged by the design; a comparison no t-test can decide (a
+    diverged seed, an LR choice a divergence decided) is futile; one without a test yet (too few seeds, sd 0)
+    continues."""
+    if comparison.state in UNTESTABLE:
+        return Look(design.look_of(comparison.test.n), math.nan, FUTILE, math.nan, math.nan)
+    if comparison.state not in (RESOLVED, NOT_RESOLVED):
+        return Look(design.look_of(comparison.test.n), math.nan, CONTINUE, math.nan, math.nan)
+    return judge(design, comparison.test.n, comparison.test.p)
+
+
+def sequential(comparisons: list[Comparison], design: Design) -> tuple[list[Comparison], dict[Cell, Look]]:
+    """The comparisons re-judged by the design: p (Holm) becomes the sequential p (stagewise, Bonferroni over the
+    family), resolved means the boundary was crossed; no fixed-sample power advice (the design decides)."""
+    out, looks = [], {}
+    for c in comparisons:
+        look = judge_comparison(design, c)
+        looks[(c.ratio, c.method)] = look
+        state = c.state
+        if state in (RESOLVED, NOT_RESOLVED):
+            state = RESOLVED if look.state == DECIDED else NOT_RESOLVED
+        out.append(Comparison(c.ratio, c.reference, c.method, c.test, look.p, c.pairing, state, None, c.improvement,
+                              design.family, "sequential"))
+    return out, looks
+
+
+def _restrict(runs: pd.DataFrame, seeds: dict[Cell, int]) -> pd.DataFrame:
+    """The runs of each cell at its first ``seeds[cell]`` seeds."""
+    limit = pd.Series([seeds.get((str(r), str(m)), 0) for r, m in zip(runs.ratio, runs.method)], index=runs.index)
+    return runs[runs.seed.astype(int) < limit]
+
+
+def _missing(runs: pd.DataFrame, wanted: list[tuple[str, str, float, int]]) -> list[tuple[str, str, float, int]]:
+    """The wanted (ratio, method, lr, seed) without a finished (ok or diverged) run."""
+    done = runs[runs.status.isin(FINISHED)]
+    have = {(str(r), str(m), float(lr), int(s)) for r, m, lr, s in zip(done.ratio, done.method, done.lr, done.seed)}
+    return [w for w in wanted if w not in have]
+
+
+def replay(runs: pd.DataFrame, lrs: dict[Cell, list[float]], methods: list[str], start: int, most: int, step: int,
+           alpha: float = 0.05) -> Rounds:
+    """Replay the rounds from the runs on disk: judge each round whose runs have all finished and grow the cells
+    it leaves open, until a round still waits for runs or every cell has stopped. ``lrs``: each cell's LR grid."""
+    cells = list(lrs)
+    design = Design(start, most, step, alpha, family_size(cells))
+    seeds = {cell: start for cell in cells}
+    state = Rounds(design, dict(seeds), {cell: WAITING for cell in cells}, 0, history=[dict(seeds)])
+    while True:
+        missing = _missing(runs, state.wanted(lrs))
+        if missing:
+            state.missing = missing
+            for cell in cells:
+                if any((r, m) == cell for r, m, _, _ in missing):
+                    state.why[cell] = WAITING
+            return state
+        state.assessment = assess(_restrict(runs, seeds), methods, lambda cs: sequential(cs, design)[0])
+        comparisons = state.assessment.comparisons
+        looks = {(c.ratio, c.method): judge_comparison(design, c) for c in comparisons}
+        state.looks, state.done = looks, state.done + 1
+        grow = set()
+        for c in comparisons:
+            if looks[(c.ratio, c.method)].state == CONTINUE:
+                grow |= {(c.ratio, c.method), (c.ratio, c.reference)}
+        for cell in cells:
+            mine = [looks[(c.ratio, c.method)].state for c in comparisons
+                    if c.ratio == cell[0] and cell[1] in (c.method, c.reference)]
+            if seeds[cell] >= most:
+                state.why[cell] = MAX_WHY
+            elif cell in grow:
+                state.why[cell] = GROWING
+            else:
+                state.why[cell] = DECIDED_WHY if mine and all(s == DECIDED for s in mine) else FUTILE_WHY
+        growing = [cell for cell in cells if state.why[cell] == GROWING]
+        if not growing:
+            return state
+        for cell in growing:
+            seeds[cell] = min(seeds[cell] + step, most)
+        state.seeds = dict(seeds)
+        state.history.append(dict(seeds))
+
+
+def cell_lrs(grid: Iterable[tuple[str, str, float]]) -> dict[Cell, list[float]]:
+    """Each cell's LR grid from the suite's (ratio label, method label, lr) triples, cells by ratio (first seen)
+    then method (first seen)."""
+    triples = [(str(r), str(m), float(lr)) for r, m, lr in grid]
+    ratios, methods = dict.fromkeys(t[0] for t in triples), dict.fromkeys(t[1] for t in triples)
+    out: dict[Cell, list[float]] = {}
+    for ratio in ratios:
+        for method in methods:
+            lrs = sorted({lr for r, m, lr in triples if (r, m) == (ratio, method)})
+            if lrs:
+                out[(ratio, method)] = lrs
+    return out
