@@ -70,9 +70,9 @@ def command_run(args: argparse.Namespace) -> int:
     apply_slurm_flags(args)
     suite, runs, suite_dir = prepare(args)
     if len(runs) > LARGE_PLAN and not args.yes:
-        raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({len(suite.methods)} methods x "
-                          f"{len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs x {len(suite.seed_list)} seeds)"
-                          "; pass --yes to run them all, or list fewer seeds, ratios or LRs.", str(args.suite))
+        grid = f"{len(suite.methods)} methods x {len(suite.prune.ratios)} ratios x {len(suite.retrain.lr)} LRs"
+        raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({grid} x {len(suite.seed_list)} "
+                          "seeds); pass --yes to run them all, or list fewer seeds, ratios or LRs.", str(args.suite))
     for kind in suite.log.targets(suite_dir):  # live logging (suite key log) needs its tracker's package
         try:
             require_tracker(kind)
@@ -82,6 +82,9 @@ def command_run(args: argparse.Namespace) -> int:
         distributed.check_gpus_for(args.nproc, args.device or suite.device)
         return distributed.spawn(args.nproc, main, args.argv)
     try:
+        if args.until_decided or suite.seed_plan is not None:  # seeds grown in rounds
+            from bench.cli.rounds import run_rounds
+            return run_rounds(args, suite, runs, suite_dir, _run_suite)
         return _run_suite(args, suite, runs, suite_dir)
     finally:
         distributed.shutdown()
@@ -142,7 +145,7 @@ def record_suite(results: Path, suite: Suite, suite_dir: Path, runs: list[Run]) 
     from bench.core.store import write_json
     from bench.suite.manifest import Manifest, write_manifest
 
-    write_manifest(results / suite.name, Manifest.of(suite.name, runs))
+    write_manifest(results / suite.name, Manifest.of(suite.name, runs, suite.seed_plan and to_plain(suite.seed_plan)))
     record = to_plain(suite)
     if suite.reference:
         from bench.report.references import resolve  # imports the reporter's plotting stack: only when needed
@@ -185,8 +188,11 @@ def command_plan(args: argparse.Namespace) -> int:
     # before any output, as run refuses it: a data root given that is not there
     root = suite_data_root(suite, suite_dir, getattr(args, "data_root", None))
     check_data_root(suite.dataset_name, suite.dataset_options, root)
+    results, extra = Path(args.results), []
+    if suite.seed_plan is not None:  # seeds grown in rounds: the runs so far, the rounds done and the next
+        from bench.cli.rounds import plan_rounds
+        runs, extra = plan_rounds(suite, runs, results)
     dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
-    results = Path(args.results)
     rows = [(r.run_id, r.describe(), RunDir(results, suite.name, r.run_id).status()) for r in runs]
     width = max(len(d["method"]) for _, d, _ in rows)
     print(f"suite '{suite.name}': {suite.model} on {suite.dataset_name}, {len(runs)} runs")
@@ -199,7 +205,7 @@ def command_plan(args: argparse.Namespace) -> int:
     for run_id, d, status in rows:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
-    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())), *extra, sep="\n")
     print("dense models:", *dense, sep="\n")
     return 0
 
@@ -370,8 +376,7 @@ def command_gc(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": command_run, "plan": command_plan, "status": command_status, "report": command_report,
             "export": command_export, "export-model": command_export_model, "latency": command_latency,
-            "list": command_list, "verify": command_verify, "gc": command_gc,
-            "selftest": command_selftest}
+            "list": command_list, "verify": command_verify, "gc": command_gc, "selftest": command_selftest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "on CUDA, gloo on CPU (like torchrun --nproc-per-node N)")
     run.add_argument("--yes", action="store_true", help=f"run a suite of more than {LARGE_PLAN:,} runs (without it, "
                      "such a plan is refused, in case a list of seeds or ratios is longer than meant)")
+    run.add_argument("--until-decided", action="store_true", help="a suite with seeds: {start, max, step}: run its "
+                     "first seeds, then add seeds in rounds only to the cells whose comparisons are neither "
+                     "decided nor futile, up to max (on Slurm each round is one job array, waited for)")
     run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
     slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
                                    "--set slurm.KEY=VALUE); see docs/cluster.md")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.core.errors import UserError
 from bench.core.store import check_writable, content_hash, write_bytes
-from bench.report import costs, efficiency, plots, tables, verdict
+from bench.report import costs, efficiency, plots, rounds, tables, verdict
 from bench.report.load import Results, apply_filter, load_results, suite_runs
 from bench.report.plots import MethodStyles, Plot
 from bench.report.references import load_reference
@@ -73,8 +73,10 @@ def suite_items(data: Results, styles: MethodStyles, reference: pd.DataFrame | N
     """Every table and figure of one suite's report, in reading order, and its headline (sentences)."""
     runs, history = data.runs, data.history
     methods = [m for m in styles.order if m in set(runs.method)]
-    assessment = verdict.assess(runs, methods)
+    assessment, grown = rounds.suite_assessment(runs, methods, data.manifest)
     items = [Item("Verdict", table=costs.with_cost(verdict.verdict_table(assessment), runs))]
+    if grown is not None:
+        items.append(Item("Seeds per cell", table=rounds.rounds_table(grown)))
     paired = verdict.paired_table(assessment)
     items.append(Item("Paired comparisons", table=paired) if paired is not None else
                  Item("Paired comparisons", missing="needs finished runs of two or more methods at a ratio."))

@@ -61,12 +61,13 @@ class Results:
     configs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     left_out: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
     basis: str = ""  # which runs make up the report, in words (the suite's manifest, or why not)
+    manifest: Manifest | None = None  # the suite's manifest, when it has one (a suite grown in rounds: its design)
 
     def select(self, mask: pd.Series) -> Results:
         """The runs where ``mask`` holds, with their history."""
         runs = self.runs[mask].reset_index(drop=True)
         return Results(runs, self.history[self.history.run_id.isin(set(runs.run_id))].reset_index(drop=True),
-                       self.configs, self.left_out, self.basis)
+                       self.configs, self.left_out, self.basis, self.manifest)
 
 
 def _number(value: Any) -> float | None:
@@ -266,7 +267,7 @@ def suite_runs(data: Results, suite: str, suite_dir: Path) -> Results:
     reasons = [_reason(row, reference, reference_id, data.configs, manifest) for row in runs[~members].itertuples()]
     left_out = runs[~members].assign(reason=reasons)[LEFT_OUT_COLUMNS].reset_index(drop=True)
     kept = part.select(members.to_numpy())
-    return Results(kept.runs, kept.history, data.configs, left_out, basis)
+    return Results(kept.runs, kept.history, data.configs, left_out, basis, manifest)
 
 
 def _reason(row: Any, reference: dict[str, Any], reference_id: str | None, configs: dict[str, dict[str, Any]],

@@ -22,10 +22,14 @@ from bench.report.comparison import (
     NOT_RESOLVED,
     RESOLVED,
     Comparison,
+    format_p,
 )
+from bench.report.findings import Finding
 from bench.report.selection import FINISHED
 from bench.report.sequential import CONTINUE, DECIDED, FUTILE, Design, Look, judge
+from bench.report.tables import KEY, Table
 from bench.report.verdict import Assessment, assess
+from bench.suite.manifest import Manifest
 
 Cell = tuple[str, str]  # (ratio label, method label)
 DECIDED_WHY, FUTILE_WHY, MAX_WHY, GROWING, WAITING = "decided", "futile", "max", "growing", "waiting for runs"
@@ -158,3 +162,67 @@ def cell_lrs(grid: Iterable[tuple[str, str, float]]) -> dict[Cell, list[float]]:
             if lrs:
                 out[(ratio, method)] = lrs
     return out
+
+
+def design_words(design: Design) -> str:
+    """The design in one sentence, for the report and ``plan``."""
+    looks = ", ".join(str(n) for n in design.looks)
+    return (f"group-sequential design over the looks at {looks} seeds: Lan-DeMets O'Brien-Fleming alpha spending, "
+            f"{design.alpha:g} over the {design.family} planned comparison(s) (each at {design.level:.4g}, "
+            f"Bonferroni), paired t-tests matched to the normal scale by their p-values, stagewise-ordered p-values, "
+            f"non-binding futility at conditional power below {design.futility:g}")
+
+
+def manifest_lrs(manifest: Manifest) -> dict[Cell, list[float]]:
+    """Each cell's LR grid from the runs a manifest lists."""
+    return cell_lrs((e["ratio"], e["method"], e["lr"]) for e in manifest.runs.values())
+
+
+def suite_assessment(runs: pd.DataFrame, methods: list[str], manifest: Manifest | None
+                     ) -> tuple[Assessment, Rounds | None]:
+    """The verdict of a suite: fixed-sample (Holm) for a list of seeds; for a suite grown in rounds (its manifest
+    holds the design), the verdict at the last round judged, with group-sequential p-values, and its rounds."""
+    if manifest is None or not manifest.design:
+        return assess(runs, methods), None
+    plan = manifest.design
+    state = replay(runs, manifest_lrs(manifest), methods, plan["start"], plan["max"], plan["step"])
+    base = state.assessment or assess(runs, methods, lambda cs: sequential(cs, state.design)[0])
+    counts = sorted(set(state.seeds.values()))
+    where = (f"round {state.done + 1} waits for {len(state.missing)} run(s)" if state.missing else
+             f"{state.done} round(s), every cell stopped")
+    text = (f"This suite grew its seeds in rounds (seeds: start {plan['start']}, max {plan['max']}, step "
+            f"{plan['step']}; {where}): cells have {', '.join(str(n) for n in counts)} seeds (table 'Seeds per "
+            f"cell'), so its p-values are group-sequential ({design_words(state.design)}), not Holm's.")
+    finding = Finding("sequential", text, data={"seeds": {f"{r} {m}": n for (r, m), n in state.seeds.items()}})
+    return Assessment(base.selections, base.comparisons, base.winners, [*base.findings, finding], base.by), state
+
+
+def rounds_table(state: Rounds) -> Table:
+    """Per cell: the seeds it got, why it stopped (or that it waits or grows), and its comparison's last look."""
+    header = [(KEY, "ratio"), (KEY, "method"), (KEY, "seeds"), (KEY, "stopped"), ("its comparison", "z"),
+              ("its comparison", "boundary"), ("its comparison", "p (sequential)"),
+              ("its comparison", "conditional power")]
+    rows, data = [], []
+    for (ratio, method), n in state.seeds.items():
+        look = state.looks.get((ratio, method))
+        index = look.look if look is not None else None
+        bound = state.design.bounds[index] if index is not None else math.nan
+        z, p, power = (look.z, look.p, look.conditional_power) if look else (math.nan,) * 3
+        rows.append([ratio, method, str(n), state.why[(ratio, method)], _num(z), _num(bound),
+                     format_p(p), _num(power)])
+        data.append({"ratio": ratio, "method": method, "seeds": n, "stopped": state.why[(ratio, method)], "z": z,
+                     "boundary": bound, "p_sequential": p, "conditional_power": power})
+    history = " → ".join("/".join(str(n) for n in dict.fromkeys(sorted(h.values()))) for h in state.history)
+    note = (f"A cell (ratio × method, every LR) runs its first {state.design.start} seeds, then gets "
+            f"{state.design.step} more per round, at every LR, while a comparison it takes part in (as the method or "
+            "as the reference) is neither decided nor futile, up to "
+            f"{state.design.most}. Stopped: decided (every comparison crossed its boundary), futile (none can be "
+            "decided by max at the observed trend, or a diverged seed leaves no t-test), max, or growing / waiting "
+            f"for runs. The design: {design_words(state.design)}. The z, boundary and p are of the cell's own "
+            "comparison against its ratio's reference (none for the reference). Seeds per cell by round: "
+            f"{history}.")
+    return Table("rounds", "Seeds per cell (sequential design)", note, header, rows, pd.DataFrame(data))
+
+
+def _num(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"

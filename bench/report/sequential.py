@@ -101,7 +101,8 @@ class Design:
             if target <= 1e-15:
                 c = math.inf
             else:
-                c = optimize.brentq(lambda z: stage.tails(z * root, fraction) - target, 1e-6, 40.0, xtol=1e-10)
+                c = optimize.brentq(lambda z, s=stage, r=root, f=fraction, a=target: s.tails(z * r, f) - a,
+                                    1e-6, 40.0, xtol=1e-10)
             bounds.append(c)
             spent.append(target)
             previous += target

@@ -148,8 +148,10 @@ def paired_table(assessment: Assessment) -> Table | None:
     comparisons = assessment.comparisons
     if not comparisons:
         return None
+    sequential = comparisons[0].correction != "Holm"
     header = [(KEY, "ratio"), (KEY, "reference"), (KEY, "method"), ("method − reference (points)", "mean ± CI"),
-              (KEY, "pairs"), (KEY, "p"), (KEY, "p (Holm, suite)"), (KEY, "verdict"),
+              (KEY, "pairs"), (KEY, "p"), (KEY, "p (sequential, suite)" if sequential else "p (Holm, suite)"),
+              (KEY, "verdict"),
               (KEY, f"seeds for {POWER:.0%} power"), (KEY, "P(method > reference)"), (KEY, "pairing")]
     rows, data, bold = [], [], set()
     for c in comparisons:
@@ -197,4 +199,10 @@ def paired_table(assessment: Assessment) -> Table | None:
             f"{SD_BOUND_LEVEL:.0%} upper confidence bound (chi-square), noncentral t; none across a diverged seed or "
             f"below {MIN_PAIRS} pairs. P(method > reference): the probability of improvement as rliable defines it "
             f"(all run pairs, ties half) with a 95% percentile bootstrap interval, from {PI_SEEDS} seeds on.")
+    if sequential:
+        note += (" This suite grew its seeds in rounds, so these comparisons are judged by its group-sequential "
+                 "design instead (see 'Seeds per cell'): 'p (sequential, suite)' is the stagewise-ordered p-value "
+                 "times the planned family (Bonferroni), 'resolved' means the comparison crossed its O'Brien-Fleming "
+                 "boundary at its look (the nominal 'p' alone never resolves), and the fixed-sample power column "
+                 "is left empty: the design decides when seeds stop.")
     return Table("paired", "Paired comparisons against the best method", note, header, rows, pd.DataFrame(data), bold)

@@ -75,19 +75,30 @@ class Manifest:
     config: dict[str, Any]
     seeds: list[int]
     written: str = ""
+    design: dict[str, int] | None = None  # a suite grown in rounds: its seeds plan {start, max, step}
+    cells: dict[str, list[int]] | None = None  # grown in rounds: "ratio method" -> the seeds that cell has now
 
     def plain(self) -> dict[str, Any]:
-        return {"format": MANIFEST_FORMAT, "suite": self.suite, "written": self.written, "seeds": self.seeds,
-                "config": self.config, "runs": self.runs}
+        plain = {"format": MANIFEST_FORMAT, "suite": self.suite, "written": self.written, "seeds": self.seeds,
+                 "config": self.config, "runs": self.runs}
+        return plain | ({"design": self.design, "cells": self.cells} if self.design else {})
 
     @classmethod
-    def of(cls, suite: str, runs: list[Run]) -> Manifest:
-        """The manifest of an expanded suite."""
+    def of(cls, suite: str, runs: list[Run], design: dict[str, int] | None = None) -> Manifest:
+        """The manifest of an expanded suite (of a suite grown in rounds: the runs its cells have so far)."""
         entries = {r.run_id: {**{k: v for k, v in r.describe().items() if k not in ("suite", "run_id")},
                               "prune_id": r.prune_id, "dense_id": r.dense_id} for r in runs}
         config = fixed_config(runs[0].key) if runs else {}
         seeds = sorted({r.seed for r in runs})
-        return cls(suite, entries, config, seeds, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        cells: dict[str, list[int]] | None = None
+        if design:
+            cells = {}
+            for entry in entries.values():
+                cell = cells.setdefault(f"{entry['ratio']} {entry['method']}", [])
+                if entry["seed"] not in cell:
+                    cell.append(entry["seed"])
+            cells = {key: sorted(value) for key, value in cells.items()}
+        return cls(suite, entries, config, seeds, time.strftime("%Y-%m-%dT%H:%M:%S%z"), design, cells)
 
 
 def write_manifest(suite_dir: Path, manifest: Manifest) -> None:
@@ -102,8 +113,10 @@ def read_manifest(suite_dir: Path) -> Manifest | None:
         return None
     try:
         data = read_json(path)
+        design = data.get("design")
         return Manifest(str(data["suite"]), dict(data["runs"]), dict(data["config"]), list(data["seeds"]),
-                        str(data.get("written", "")))
+                        str(data.get("written", "")), {k: int(design[k]) for k in ("start", "max", "step")}
+                        if design else None, dict(data.get("cells") or {}) or None)
     except (CheckpointError, KeyError, TypeError, ValueError) as err:
         log.warning("%s is unreadable (%s); run the suite again to rewrite it", path, err)
         return None
