@@ -28,11 +28,12 @@ DECIDED, FUTILE, CONTINUE = "decided", "futile", "continue"
 
 
 def obrien_fleming_spent(fraction: float, alpha: float) -> float:
-    """The Lan-DeMets O'Brien-Fleming-type spending function: the two-sided level spent by information fraction
-    ``fraction`` in (0, 1], 2 - 2 Phi(z_{1 - alpha/2} / sqrt(fraction)); all of ``alpha`` at 1."""
+    """The Lan-DeMets O'Brien-Fleming-type spending function, applied to each tail at alpha / 2 (as ``gsDesign``'s
+    ``sfLDOF`` and ``ldbounds`` do): the two-sided level spent by information fraction ``fraction`` in (0, 1],
+    2 * 2 (1 - Phi(z_{1 - alpha/4} / sqrt(fraction))); all of ``alpha`` at 1."""
     if fraction <= 0:
         return 0.0
-    return float(2 * sps.norm.sf(sps.norm.isf(alpha / 2) / math.sqrt(min(fraction, 1.0))))
+    return float(4 * sps.norm.sf(sps.norm.isf(alpha / 4) / math.sqrt(min(fraction, 1.0))))
 
 
 def _simpson(low: float, high: float, points: int = GRID) -> tuple[np.ndarray, np.ndarray]:
