@@ -45,7 +45,7 @@ def current_state(suite: Suite, runs: list[Run], results: Path) -> tuple[Rounds,
         frame = loaded[loaded.run_id.isin(ids)] if len(loaded) else frame
     lrs = cell_lrs((c[0], c[1], c[2]) for c in map(coordinates, runs))
     methods = list(dict.fromkeys(r.method.label for r in runs))
-    return replay(frame, lrs, methods, plan.start, plan.max, plan.step), lrs
+    return replay(frame, lrs, methods, plan.start, plan.max, plan.step, plan.futility), lrs
 
 
 def wanted_runs(state: Rounds, lrs: dict[Cell, list[float]], runs: list[Run]) -> list[Run]:

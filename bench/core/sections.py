@@ -292,6 +292,8 @@ class SeedPlan:
     start: int = field(low=3, high=1000, doc="seeds every cell runs first (at least 3: fewer test nothing)")
     max: int = field(low=3, high=1000, doc="the most seeds a cell gets")
     step: int = field(low=1, high=1000, doc="seeds a round adds to each undecided cell")
+    futility: float = field(0.1, low=0, high=1, high_open=True, doc="a comparison stops as futile when its "
+                            "conditional power at max seeds, under the trend seen so far, is below this (0: never)")
 
     def validate(self) -> list[str]:
         if self.max < self.start:

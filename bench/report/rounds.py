@@ -26,7 +26,7 @@ from bench.report.comparison import (
 )
 from bench.report.findings import Finding
 from bench.report.selection import FINISHED
-from bench.report.sequential import CONTINUE, DECIDED, FUTILE, Design, Look, judge
+from bench.report.sequential import CONTINUE, DECIDED, FUTILE, FUTILITY, Design, Look, judge
 from bench.report.tables import KEY, Table
 from bench.report.verdict import Assessment, assess
 from bench.suite.manifest import Manifest
@@ -109,11 +109,11 @@ def _missing(runs: pd.DataFrame, wanted: list[tuple[str, str, float, int]]) -> l
 
 
 def replay(runs: pd.DataFrame, lrs: dict[Cell, list[float]], methods: list[str], start: int, most: int, step: int,
-           alpha: float = 0.05) -> Rounds:
+           futility: float = FUTILITY, alpha: float = 0.05) -> Rounds:
     """Replay the rounds from the runs on disk: judge each round whose runs have all finished and grow the cells
     it leaves open, until a round still waits for runs or every cell has stopped. ``lrs``: each cell's LR grid."""
     cells = list(lrs)
-    design = Design(start, most, step, alpha, family_size(cells))
+    design = Design(start, most, step, alpha, family_size(cells), futility)
     seeds = {cell: start for cell in cells}
     state = Rounds(design, dict(seeds), {cell: WAITING for cell in cells}, 0, history=[dict(seeds)])
     while True:
@@ -185,13 +185,14 @@ def suite_assessment(runs: pd.DataFrame, methods: list[str], manifest: Manifest 
     if manifest is None or not manifest.design:
         return assess(runs, methods), None
     plan = manifest.design
-    state = replay(runs, manifest_lrs(manifest), methods, plan["start"], plan["max"], plan["step"])
+    state = replay(runs, manifest_lrs(manifest), methods, int(plan["start"]), int(plan["max"]), int(plan["step"]),
+                   plan.get("futility", FUTILITY))
     base = state.assessment or assess(runs, methods, lambda cs: sequential(cs, state.design)[0])
     counts = sorted(set(state.seeds.values()))
     where = (f"round {state.done + 1} waits for {len(state.missing)} run(s)" if state.missing else
              f"{state.done} round(s), every cell stopped")
-    text = (f"This suite grew its seeds in rounds (seeds: start {plan['start']}, max {plan['max']}, step "
-            f"{plan['step']}; {where}): cells have {', '.join(str(n) for n in counts)} seeds (table 'Seeds per "
+    text = (f"This suite grew its seeds in rounds (seeds: start {plan['start']:g}, max {plan['max']:g}, step "
+            f"{plan['step']:g}; {where}): cells have {', '.join(str(n) for n in counts)} seeds (table 'Seeds per "
             f"cell'), so its p-values are group-sequential ({design_words(state.design)}), not Holm's.")
     finding = Finding("sequential", text, data={"seeds": {f"{r} {m}": n for (r, m), n in state.seeds.items()}})
     return Assessment(base.selections, base.comparisons, base.winners, [*base.findings, finding], base.by), state
