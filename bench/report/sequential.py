@@ -66,6 +66,31 @@ class Stage:
         return Stage(x, w * density, fraction)
 
 
+@functools.lru_cache(maxsize=64)
+def _boundaries(looks: tuple[int, ...], most: int, level: float
+                ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[Stage, ...]]:
+    """The design's boundaries, spent levels and continuation sub-densities (computed once per design: a replay
+    judges every comparison at every round)."""
+    fractions = [n / most for n in looks]
+    bounds, spent, stages = [], [], []
+    previous = 0.0
+    stage = Stage(np.zeros(1), np.ones(1), 0.0)  # S = 0 at the start, with probability 1
+    for fraction in fractions:
+        target = obrien_fleming_spent(fraction, level) - previous
+        root = math.sqrt(fraction)
+        if target <= 1e-15:
+            c = math.inf
+        else:
+            c = optimize.brentq(lambda z, s=stage, r=root, f=fraction, a=target: s.tails(z * r, f) - a,
+                                1e-6, 40.0, xtol=1e-10)
+        bounds.append(c)
+        spent.append(target)
+        previous += target
+        stage = stage.next(min(c, 12.0) * root, fraction)
+        stages.append(stage)
+    return tuple(bounds), tuple(spent), tuple(stages)
+
+
 @dataclass(frozen=True)
 class Design:
     """A group-sequential design: looks at start, start + step, ..., max paired seeds, two-sided level ``alpha``
@@ -89,27 +114,11 @@ class Design:
         """Each comparison's two-sided level: the family's alpha split equally (Bonferroni)."""
         return self.alpha / max(self.family, 1)
 
-    @functools.cached_property
+    @property
     def _stages(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[Stage, ...]]:
         """Per look: the z boundary, the level spent there, and the continuation sub-density after it."""
-        fractions = [n / self.most for n in self.looks]
-        bounds, spent, stages = [], [], []
-        previous = 0.0
-        stage = Stage(np.zeros(1), np.ones(1), 0.0)  # S = 0 at the start, with probability 1
-        for fraction in fractions:
-            target = obrien_fleming_spent(fraction, self.level) - previous
-            root = math.sqrt(fraction)
-            if target <= 1e-15:
-                c = math.inf
-            else:
-                c = optimize.brentq(lambda z, s=stage, r=root, f=fraction, a=target: s.tails(z * r, f) - a,
-                                    1e-6, 40.0, xtol=1e-10)
-            bounds.append(c)
-            spent.append(target)
-            previous += target
-            stage = stage.next(min(c, 12.0) * root, fraction)
-            stages.append(stage)
-        return tuple(bounds), tuple(spent), tuple(stages)
+        return _boundaries(self.looks, self.most, self.level)
+
 
     @property
     def bounds(self) -> tuple[float, ...]:
