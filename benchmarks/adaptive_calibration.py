@@ -104,8 +104,9 @@ def adaptive_section(reps: int = 200, methods: int = 2, effects: tuple[float, ..
     """The adaptive calibration as printable lines (``verdict_calibration.py --sections adaptive`` prints these)."""
     rng = np.random.default_rng(seed)
     frame = template(methods, most)
-    lines = [f"Seeds grown in rounds (start {start}, max {most}, step {step}, futility {futility:g}; {methods} methods, "
-             f"{reps} suites per row, run sd {sd} points; ± Monte-Carlo standard error) beside {most} seeds everywhere:",
+    lines = [f"Seeds grown in rounds (start {start}, max {most}, step {step}, futility {futility:g}; {methods} "
+             f"methods, {reps} suites per row, run sd {sd} points; ± Monte-Carlo standard error) beside {most} seeds "
+             "everywhere:",
              "effect (diff sd)  rate: adaptive        fixed  seeds/cell  runs vs fixed  saved"]
     for effect in effects:
         r = simulate(frame, methods, effect, sd, start, most, step, futility, reps, rng)
