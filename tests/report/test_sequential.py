@@ -156,3 +156,21 @@ def test_a_waiting_round_names_the_runs_it_needs(tmp_path: Path) -> None:
     assert state.done == 0 and not state.finished and state.assessment is None
     assert sorted(state.missing) == sorted(("0.9", m, lr, 2) for m in "ab" for lr in LRS)
     assert math.isnan(judge(Design(3, 10, 2), 3, math.nan).p)
+
+
+def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
+    """A smoke run of benchmarks/adaptive_calibration.py (docs/reports.md prints its full output): a few suites per
+    difference, its rows well formed, and a 2-sd difference found by both designs with fewer seeds adaptively."""
+    import importlib.util
+
+    from tests.conftest import PROJECT
+
+    spec = importlib.util.spec_from_file_location("adaptive_calibration",
+                                                  PROJECT / "benchmarks" / "adaptive_calibration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame = module.template(2, 6)
+    strong = module.simulate(frame, 2, 2.0, 0.4, 3, 6, 1, 0.1, 4, np.random.default_rng(0))
+    assert strong["fixed"] == 1.0 and strong["adaptive"] >= 0.75 and 3 <= strong["seeds"] < 6
+    lines = module.adaptive_section(reps=2, effects=(0.0,), most=5, step=1)
+    assert lines[1].startswith("effect (diff sd)") and lines[2].split()[0] == "0" and "(false winners)" in lines[2]
