@@ -152,3 +152,7 @@ def test_a_real_suite_grows_with_todays_run_ids_and_plan_shows_its_rounds(write_
     out = capsys.readouterr().out
     assert "rounds done:" in out and "no next round" in out
     assert main(["run", str(path), "--results", str(results), "--until-decided", "--quiet"]) == 0  # nothing to redo
+    assert main(["report", "--results", str(results), "--workers", "1", "--quiet"]) == 0
+    summary = (results / "tiny" / "report" / "summary.md").read_text()
+    assert "## Seeds per cell (sequential design)" in summary and "p (sequential, suite)" in summary
+    assert "This suite grew its seeds in rounds" in summary and "over the looks at 3, 4 seeds" in summary
