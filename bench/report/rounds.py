@@ -98,7 +98,7 @@ def sequential(comparisons: list[Comparison], design: Design) -> tuple[list[Comp
 def _restrict(runs: pd.DataFrame, seeds: dict[Cell, int]) -> pd.DataFrame:
     """The runs of each cell at its first ``seeds[cell]`` seeds."""
     limit = pd.Series([seeds.get((str(r), str(m)), 0) for r, m in zip(runs.ratio, runs.method)], index=runs.index)
-    return runs[runs.seed.astype(int) < limit]
+    return runs[pd.to_numeric(runs.seed, errors="coerce") < limit]  # a row without a seed (corrupt) is left out
 
 
 def _missing(runs: pd.DataFrame, wanted: list[tuple[str, str, float, int]]) -> list[tuple[str, str, float, int]]:
