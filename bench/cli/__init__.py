@@ -25,6 +25,7 @@ from bench.cli.parser import (  # build_parser: re-exported for callers of bench
     SLURM_FLAGS,
     build_parser,
 )
+from bench.cli.rounds import grown_runs
 from bench.core import distributed, environment
 from bench.core.config import Suite, device_problem, load_suite
 from bench.core.errors import ConfigError, UserError
@@ -188,10 +189,8 @@ def command_plan(args: argparse.Namespace) -> int:
     # before any output, as run refuses it: a data root given that is not there
     root = suite_data_root(suite, suite_dir, getattr(args, "data_root", None))
     check_data_root(suite.dataset_name, suite.dataset_options, root)
-    results, extra = Path(args.results), []
-    if suite.seed_plan is not None:  # seeds grown in rounds: the runs so far, the rounds done and the next
-        from bench.cli.rounds import plan_rounds
-        runs, extra = plan_rounds(suite, runs, results)
+    results = Path(args.results)
+    runs, extra = grown_runs(suite, runs, results)  # seeds grown in rounds: the runs so far, the rounds, the next
     dense = dense_models(suite, runs)  # before any output: a method may refuse the dense recipe
     rows = [(r.run_id, r.describe(), RunDir(results, suite.name, r.run_id).status()) for r in runs]
     width = max(len(d["method"]) for _, d, _ in rows)
@@ -238,6 +237,7 @@ def command_status(args: argparse.Namespace) -> int:
     from bench.launch import run_states
 
     suite, runs, _ = prepare(args)
+    runs = grown_runs(suite, runs, Path(args.results))[0]  # seeds grown in rounds: the runs the rounds asked for
     rows = run_states(runs, Path(args.results))
     width = max(len(r.run.method.label) for r in rows)
     print(f"suite '{suite.name}': {len(runs)} runs")

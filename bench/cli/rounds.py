@@ -13,14 +13,14 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from bench.core.config import Suite
 from bench.core.errors import ConfigError
-from bench.report.load import load_results
-from bench.report.rounds import Cell, Rounds, cell_lrs, design_words, replay
 from bench.suite.grid import Run
+
+if TYPE_CHECKING:  # the reporter is imported only when a suite grows in rounds (it brings pandas and matplotlib)
+    from bench.report.rounds import Cell, Rounds
 
 log = logging.getLogger("bench")
 
@@ -36,6 +36,11 @@ def coordinates(run: Run) -> Coordinates:
 def current_state(suite: Suite, runs: list[Run], results: Path) -> tuple[Rounds, dict[Cell, list[float]]]:
     """Replay the suite's rounds from its finished runs under ``results`` (only runs of this configuration: ids of
     the suite's expanded grid)."""
+    import pandas as pd
+
+    from bench.report.load import load_results
+    from bench.report.rounds import cell_lrs, replay
+
     plan = suite.seed_plan
     assert plan is not None
     ids = {r.run_id for r in runs}
@@ -90,9 +95,13 @@ def run_rounds(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
             return code
 
 
-def plan_rounds(suite: Suite, runs: list[Run], results: Path) -> tuple[list[Run], list[str]]:
-    """For ``plan`` of a suite grown in rounds: the runs its cells have so far (with the next round's) and lines
-    saying the rounds done and what the next round adds."""
+def grown_runs(suite: Suite, runs: list[Run], results: Path) -> tuple[list[Run], list[str]]:
+    """For ``plan`` and ``status``: a suite grown in rounds has the runs its cells have so far (with the current
+    round's), and lines saying the rounds done and what the next round adds; a list of seeds has all its runs."""
+    if suite.seed_plan is None:
+        return runs, []
+    from bench.report.rounds import design_words
+
     state, lrs = current_state(suite, runs, results)
     lines = [f"seeds grown in rounds: {design_words(state.design)}",
              f"rounds done: {state.done}; seeds per cell now: {cell_words(state)}"]
