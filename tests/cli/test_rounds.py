@@ -151,6 +151,8 @@ def test_a_real_suite_grows_with_todays_run_ids_and_plan_shows_its_rounds(write_
     assert main(["plan", str(path), "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "rounds done:" in out and "no next round" in out
+    assert main(["status", str(path), "--results", str(results)]) == 0  # the runs the rounds asked for, not max's
+    assert f"suite 'tiny': {len(manifest['runs'])} runs" in capsys.readouterr().out
     assert main(["run", str(path), "--results", str(results), "--until-decided", "--quiet"]) == 0  # nothing to redo
     assert main(["report", "--results", str(results), "--workers", "1", "--quiet"]) == 0
     summary = (results / "tiny" / "report" / "summary.md").read_text()
