@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.report.comparison import (
+    ALPHA,
     DIVERGED_PAIR,
     HINGES,
     NOT_RESOLVED,
@@ -109,7 +110,7 @@ def _missing(runs: pd.DataFrame, wanted: list[tuple[str, str, float, int]]) -> l
 
 
 def replay(runs: pd.DataFrame, lrs: dict[Cell, list[float]], methods: list[str], start: int, most: int, step: int,
-           futility: float = FUTILITY, alpha: float = 0.05) -> Rounds:
+           futility: float = FUTILITY, alpha: float = ALPHA) -> Rounds:
     """Replay the rounds from the runs on disk: judge each round whose runs have all finished and grow the cells
     it leaves open, until a round still waits for runs or every cell has stopped. ``lrs``: each cell's LR grid."""
     cells = list(lrs)
