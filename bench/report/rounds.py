@@ -10,6 +10,7 @@ where the results on disk leave it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ def sequential(comparisons: list[Comparison], design: Design) -> tuple[list[Comp
         state = c.state
         if state in (RESOLVED, NOT_RESOLVED):
             state = RESOLVED if look.state == DECIDED else NOT_RESOLVED
-        out.append(Comparison(c.ratio, c.reference, c.method, c.test, look.p, c.pairing, state, None, c.improvement,
-                              design.family, "sequential"))
+        out.append(dataclasses.replace(c, p_holm=look.p, state=state, seeds_needed=None, family=design.family,
+                                       correction="sequential"))
     return out, looks
 
 
