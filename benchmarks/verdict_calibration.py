@@ -22,8 +22,8 @@ figures do not depend on ``--workers``.
     python benchmarks/verdict_calibration.py --sections null --reps 100 --workers 1
 
 Another section is one function ``section(args, pool) -> None`` registered in SECTIONS (with its options added in
-``parser()``); ``simulate``, ``draw_records`` and ``verdict_of`` simulate suites, ``rate_text`` and ``print_table``
-print rates.
+``parser()``); ``simulate`` (one suite's comparisons), ``draw_runs`` (seed by seed: more seeds extend a suite),
+``redo_failed`` and ``verdict_of`` simulate suites, ``rate_text`` and ``print_table`` print rates.
 """
 from __future__ import annotations
 
