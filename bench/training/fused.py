@@ -212,7 +212,7 @@ def fit_fused(members: Sequence[Member], data: Any, *, device: torch.device, pha
     step propagates: it is the whole group's."""
     recipe = members[0].recipe
     for member in members:
-        member.model.to(device)
+        member.model.to(device).train()
     shadows = [_Shadow(m, phase, device) for m in members]
     fused = FusedModel([m.model for m in members], [m.seed for m in members])
     for i, shadow in enumerate(shadows):
