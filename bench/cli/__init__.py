@@ -42,7 +42,10 @@ log = logging.getLogger("bench")
 
 
 def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
-    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written)."""
+    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written).
+    ``--fuse MODE`` is ``--set execution.fuse=MODE``: one road, which workers and Slurm tasks re-load too."""
+    if getattr(args, "fuse", None) and f"execution.fuse={args.fuse}" not in args.overrides:
+        args.overrides.append(f"execution.fuse={args.fuse}")
     return load_runs(args.suite, args.overrides, args.plugins, getattr(args, "data_root", None))
 
 
@@ -53,12 +56,6 @@ def apply_slurm_flags(args: argparse.Namespace) -> None:
         value = getattr(args, f"slurm_{key}", None)
         if value is not None:
             args.overrides.append(f"slurm.{key}={json.dumps(value)}")
-
-
-def apply_fuse_flag(args: argparse.Namespace) -> None:
-    """``--fuse MODE`` is ``--set execution.fuse=MODE``: one road to where it acts, in workers and Slurm tasks too."""
-    if getattr(args, "fuse", None):
-        args.overrides.append(f"execution.fuse={args.fuse}")
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -74,7 +71,6 @@ def command_run(args: argparse.Namespace) -> int:
         raise ConfigError("data-parallel runs (--nproc, torchrun) go with the inline executor; on Slurm give "
                           "--tasks-per-run N instead.")
     apply_slurm_flags(args)
-    apply_fuse_flag(args)
     suite, runs, suite_dir = prepare(args)
     if len(runs) > LARGE_PLAN and not args.yes:
         raise ConfigError(f"{len(runs):,} runs planned, more than {LARGE_PLAN:,} ({len(suite.methods)} methods x "
@@ -98,9 +94,8 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     from bench.core.progress import Progress
     from bench.core.store import RunDir, check_writable
     from bench.launch import Invocation, run_local
-    from bench.pipeline.fusion import execute_group
+    from bench.pipeline.fusion import execute_runs
     from bench.pipeline.setup import validate_runs
-    from bench.suite.fusion import plan_fusion
 
     invocation = Invocation.from_args(args)
     # Slurm: the jobs pick their device; here the data are only needed to validate the runs.
@@ -118,10 +113,8 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     unfinished = distributed.agree([r.run_id for r in runs
                                     if RunDir(results, suite.name, r.run_id).status() not in ("ok", "diverged")])
     todo = [r for r in runs if r.run_id in unfinished]
-    # data-parallel runs train alone (the fused step has no DDP)
-    tasks = [[r] for r in todo] if distributed.active() else plan_fusion(runs).tasks(todo)
     if args.executor == "slurm":
-        return submit(args, invocation, suite, runs, todo, tasks)
+        return submit(args, invocation, suite, runs, todo)
     workers = args.workers or max(torch.cuda.device_count(), 1)
     where = f"{workers} worker processes" if args.executor == "local" else str(ws.device)
     log.info("suite '%s': %d runs, %d to do, on %s", suite.name, len(runs), len(todo), where)
@@ -129,17 +122,10 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     statuses: Counter[str] = Counter()
     with progress.suite(len(todo), suite.name) as bar:
         if args.executor == "local":
-            statuses = run_local(invocation, suite, todo, workers, args.quiet,
-                                 on_done=lambda run, status: bar.update(), tasks=tasks)
+            statuses = run_local(invocation, suite, todo, workers, args.quiet, on_done=lambda run, status: bar.update())
         else:
             ws.progress = progress
-            for task in tasks:
-                d = task[0].describe()
-                bar.set_postfix_str(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}" if len(task) == 1
-                                    else f"{len(task)} runs fused")
-                for status in execute_group(task, ws).values():
-                    statuses[status] += 1
-                    bar.update()
+            statuses = execute_runs(todo, ws, bar.set_postfix_str, lambda status: bar.update())
     done = len(runs) - len(todo)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "nothing to do"
     level = logging.WARNING if statuses["failed"] else logging.INFO  # success is news, not a warning
@@ -164,13 +150,11 @@ def record_suite(results: Path, suite: Suite, suite_dir: Path, runs: list[Run]) 
     write_json(results / suite.name / "suite.json", record)
 
 
-def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs: list[Run], todo: list[Run],
-           tasks: list[list[Run]] | None = None) -> int:
-    """``run --executor slurm``: submit the unfinished runs as one job array (a fused group one task); print where
-    to follow it."""
+def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs: list[Run], todo: list[Run]) -> int:
+    """``run --executor slurm``: submit the unfinished runs as one job array; print where to follow it."""
     from bench.launch import log_paths, submit_slurm, wait_for
 
-    submission = submit_slurm(invocation, suite, todo, tasks)
+    submission = submit_slurm(invocation, suite, todo)
     status_command = shlex.join(["python", "bench.py", "status", args.suite, "--results", args.results] + [
         part for o in args.overrides if not o.startswith("slurm.") for part in ("--set", o)])
     if submission is None:
@@ -194,9 +178,9 @@ def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs:
 def command_plan(args: argparse.Namespace) -> int:
     from bench.core.store import RunDir
     from bench.data import check_data_root
+    from bench.suite.fusion import plan_lines
     from bench.suite.grid import suite_data_root
 
-    apply_fuse_flag(args)
     suite, runs, suite_dir = prepare(args)
     # before any output, as run refuses it: a data root given that is not there
     root = suite_data_root(suite, suite_dir, getattr(args, "data_root", None))
@@ -217,28 +201,8 @@ def command_plan(args: argparse.Namespace) -> int:
     counts = Counter(status for _, _, status in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     print("dense models:", *dense, sep="\n")
-    print(*fusion_lines(suite, runs), sep="\n")
+    print(*plan_lines(runs), sep="\n")
     return 0
-
-
-def fusion_lines(suite: Suite, runs: list[Run]) -> list[str]:
-    """``plan``'s account of fused retraining: each group that will fuse, and why the other runs train alone."""
-    from bench.suite.fusion import plan_fusion
-
-    fusion = plan_fusion(runs)
-    lines = [f"fused retraining (execution.fuse: {suite.execution.fuse}, max_members: "
-             f"{suite.execution.max_members}): {len(fusion.groups)} groups, {len(fusion.alone)} runs alone"]
-    for i, group in enumerate(fusion.groups, 1):
-        d = [r.describe() for r in group]
-        values = {k: ", ".join(dict.fromkeys(f"{x[k]:g}" if k == "lr" else str(x[k]) for x in d))
-                  for k in ("method", "ratio", "lr", "seed")}
-        lines.append(f"  group {i}: {len(group)} runs (methods {values['method']}; ratio {values['ratio']}; "
-                     f"lr {values['lr']}; seeds {values['seed']})")
-    for reason, n in Counter(fusion.alone.values()).most_common():
-        lines.append(f"  alone ({n} runs): {reason}")
-    if fusion.groups:
-        lines.append("  (members whose pruned models turn out to differ in layer widths retrain apart)")
-    return lines
 
 
 def dense_models(suite: Suite, runs: list[Run]) -> list[str]:

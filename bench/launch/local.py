@@ -17,6 +17,7 @@ import torch
 from bench.core.config import Suite
 from bench.core.errors import UserError
 from bench.launch.invocation import Invocation, configure_worker_logging, dense_stage, pruned_stage, run_in_process
+from bench.suite.fusion import plan_fusion
 from bench.suite.grid import Run
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
               on_done: Callable[[Run, str], None] | None = None, tasks: list[list[Run]] | None = None
               ) -> Counter[str]:
     """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first, then the pruned models
-    several runs share, then the runs; ``tasks`` (bench.suite.fusion) puts a fused group's runs in one task,
-    started once all their pruned models are made.
+    several runs share, then the runs; a fused group's runs (bench.suite.fusion; ``tasks`` overrides its plan) are
+    one task, started once all their pruned models are made.
 
     Returns the count of each status ("ok", "diverged", "failed", "locked"). CPU workers share the cores
     (``torch`` threads = cores // workers) unless OMP_NUM_THREADS is set.
@@ -89,7 +90,7 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
             # A shared pruned model's runs start when it is made; every other run starts at once.
             staged = start(pruned_stage(todo, results), "prune")
             waiting = {r.prune_id for r in staged.values()}
-            queued = tasks if tasks is not None else [[r] for r in todo]
+            queued = list(tasks) if tasks is not None else plan_fusion(todo).tasks(todo)
 
             def ready() -> list[list[Run]]:
                 now = [g for g in queued if not any(r.prune_id in waiting for r in g)]

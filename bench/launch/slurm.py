@@ -21,6 +21,7 @@ from bench.core.config import Slurm, Suite
 from bench.core.errors import ConfigError, UserError
 from bench.core.store import file_lock, read_json, write_json
 from bench.launch.invocation import Invocation, configure_worker_logging, dense_stage, pruned_stage, run_in_process
+from bench.suite.fusion import plan_fusion
 from bench.suite.grid import Run
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,8 @@ def check_slurm_device(invocation: Invocation, suite: Suite) -> None:
 def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run], tasks: list[list[Run]] | None = None
                  ) -> Submission | None:
     """Submit one job array with a task per run of ``todo`` (minus those queued or running under an earlier
-    submission), or per fused group of ``tasks`` (bench.suite.fusion), after a dense-model array when needed;
-    record it; None when nothing is left to submit."""
+    submission), a fused group (bench.suite.fusion; ``tasks`` overrides its plan) as one task, after a dense-model
+    array when needed; record it; None when nothing is left to submit."""
     if shutil.which("sbatch") is None:
         raise UserError("--executor slurm: 'sbatch' is not on PATH. Run on a Slurm login node, or use "
                         "--executor local.")
@@ -192,7 +193,8 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run], tasks: l
         if prune_job or dense_job:
             executor.update_parameters(dependency=f"afterany:{prune_job or dense_job}")
         ids = {r.run_id for r in fresh}
-        groups = [g for g in ([r for r in t if r.run_id in ids] for t in (tasks or [[r] for r in fresh])) if g]
+        groups = [g for g in ([r for r in t if r.run_id in ids] for t in (tasks or plan_fusion(fresh).tasks(fresh)))
+                  if g]
         jobs = _sbatch(executor, [SlurmTask(invocation, ",".join(r.run_id for r in g), "group" if len(g) > 1 else "run")
                                   for g in groups])
     except UserError:

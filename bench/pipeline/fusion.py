@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from bench.core import distributed
 from bench.core.store import RunDir, file_lock
 from bench.pipeline.dense import usable_checkpoint
 from bench.pipeline.runner import (
@@ -30,6 +32,7 @@ from bench.pipeline.runner import (
 )
 from bench.pipeline.setup import Workspace
 from bench.pipeline.trackers import LiveLog
+from bench.suite.fusion import plan_fusion
 from bench.suite.grid import Run
 from bench.training.fused import Member, architecture, fit_fused, unfusable
 from bench.training.train import Diverged, fit
@@ -49,6 +52,21 @@ class _Open:
     live: LiveLog | None
     began: float
     job: Retraining | None = None
+
+
+def execute_runs(runs: Sequence[Run], ws: Workspace, starting: Callable[[str], None] = lambda what: None,
+                 finished: Callable[[str], None] = lambda status: None) -> Counter[str]:
+    """Execute ``runs`` in this process, a fused group (bench.suite.fusion) as one task; ``starting`` hears what
+    starts (for a progress bar), ``finished`` each run's status. Data-parallel runs train alone (no DDP fused)."""
+    statuses: Counter[str] = Counter()
+    for task in [[r] for r in runs] if distributed.active() else plan_fusion(list(runs)).tasks(list(runs)):
+        d = task[0].describe()
+        starting(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}" if len(task) == 1
+                 else f"{len(task)} runs fused")
+        for status in execute_group(task, ws).values():
+            statuses[status] += 1
+            finished(status)
+    return statuses
 
 
 def execute_group(runs: Sequence[Run], ws: Workspace) -> dict[str, str]:

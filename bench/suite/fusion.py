@@ -7,6 +7,7 @@ the hooks) and trains apart whatever does not match (bench.pipeline.fusion).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,3 +97,24 @@ def plan_fusion(runs: list[Run], mode: FuseMode | None = None) -> FusionPlan:
             else:
                 plan.alone[chunk[0].run_id] = "no other run shares its architecture and retraining recipe"
     return plan
+
+
+def plan_lines(runs: list[Run]) -> list[str]:
+    """``plan``'s account of fused retraining: each group that will fuse, and why the other runs train alone."""
+    if not runs:
+        return []
+    execution = runs[0].suite.execution
+    fusion = plan_fusion(runs)
+    lines = [f"fused retraining (execution.fuse: {execution.fuse}, max_members: {execution.max_members}): "
+             f"{len(fusion.groups)} groups, {len(fusion.alone)} runs alone"]
+    for i, group in enumerate(fusion.groups, 1):
+        d = [r.describe() for r in group]
+        values = {k: ", ".join(dict.fromkeys(f"{x[k]:g}" if k == "lr" else str(x[k]) for x in d))
+                  for k in ("method", "ratio", "lr", "seed")}
+        lines.append(f"  group {i}: {len(group)} runs (methods {values['method']}; ratio {values['ratio']}; "
+                     f"lr {values['lr']}; seeds {values['seed']})")
+    for reason, n in Counter(fusion.alone.values()).most_common():
+        lines.append(f"  alone ({n} runs): {reason}")
+    if fusion.groups:
+        lines.append("  (members whose pruned models turn out to differ in layer widths or recipe retrain apart)")
+    return lines
