@@ -156,3 +156,31 @@ def test_what_cannot_fuse_says_why() -> None:
 
     assert "StepHook.after_step" in unfusable([one, Member(copy.deepcopy(base), recipe(0.01, batch=batch), 0,
                                                            hooks=[StepHook()])])
+
+
+def test_a_member_resumed_ahead_of_the_others_waits_and_rejoins(tmp_path) -> None:
+    """A kill between two members' checkpoint writes leaves one a epoch ahead: resumed, the group trains the other
+    member's missing epoch while the one ahead waits (LR 0), then it rejoins from its checkpoint; both end as the
+    uninterrupted group did, bit for bit (the same members, the same kernels)."""
+    data, base, batch = setting("mlp7_relu")
+    grid = [(0.05, 0), (0.01, 1)]
+    paths = [tmp_path / f"m{i}.pt" for i in range(2)]
+
+    def group(steps: list[int | None]) -> list:
+        members = [Member(copy.deepcopy(base), recipe(lr, batch=batch), seed, checkpoint=p)
+                   for (lr, seed), p in zip(grid, paths)]
+        for member, limit in zip(members, steps):
+            member.recipe.max_steps = limit
+        return fit_fused(members, data, device=CPU)
+
+    group([8, 8])       # both at epoch 1 (8 steps an epoch)
+    digest = paths[1].with_name(paths[1].name + ".sha256")
+    epoch1 = paths[1].read_bytes(), digest.read_bytes()
+    group([16, 16])     # both at epoch 2
+    paths[1].write_bytes(epoch1[0])  # as a kill after the first member's epoch-2 checkpoint, before the second's
+    digest.write_bytes(epoch1[1])
+    assert [torch.load(p, weights_only=False)["epoch"] for p in paths] == [2, 1]
+    resumed = group([None, None])
+    whole = fused(base, data, grid, batch)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert [strip(h) for h in resumed] == [strip(h) for h in whole]
