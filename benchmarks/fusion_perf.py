@@ -1,12 +1,14 @@
 """The fusion section of benchmarks/perf.py (``--sections fusion``): fused retraining against separate runs.
 
 Prints, side by side in one run: fair_mlp's retraining (its 60 runs: 4 methods x 3 LRs x 5 seeds of mlp7_linear at
-ratio 0.9, 10 units per hidden layer, with its per-epoch validation and JSV) fused against separate, over
-``--fusion-epochs`` of its 30 epochs (separate: a sample of its runs timed, times 60 / sample); the fused MLP's
-training epoch per member against its matmul bound; resnet20 (conv1 of every block at 0.5) fused against
-separate on this device; with ``--device cuda``, a pruned resnet56 group of 6 members against 6 separate runs.
-The convolutions of the fused path are ``vmap``'s batching rule, which runs them as one grouped convolution: the
-two routes the issue names are one kernel here, so one figure stands for both.
+ratio 0.9, 10 units per hidden layer, with its per-epoch validation and JSV) fused against separate, over its
+first ``--fusion-steps`` SGD steps and one epoch end (evaluation, validation, JSV: not fused, so a cut this short
+understates the gain of a whole epoch), separate: a sample of its runs timed, times 60 / sample; the fused MLP's
+training epoch per member against its matmul bound (``--steps`` steps timed, scaled to an epoch); resnet20
+(conv1 of every block at 0.5) fused against separate on this device; with ``--device cuda``, a pruned resnet56
+group of 6 members against 6 separate runs. The convolutions of the fused path are ``vmap``'s batching rule,
+which runs them as one grouped convolution: the two routes the issue names are one kernel here, so one figure
+stands for both.
 """
 from __future__ import annotations
 
@@ -48,9 +50,10 @@ def pruned(model_name: str, patterns: list[str], ratio: float, shape: tuple[int,
     return slim(model, keep, deps)
 
 
-def fair_recipe(lr: float, epochs: int) -> Recipe:
-    return Recipe(epochs=epochs, lr=lr, batch_size=128, momentum=0.9, weight_decay=1e-4,
-                  schedule=Schedule(name="step", milestones=[10, 20], gamma=0.1))
+def fair_recipe(lr: float, steps: int) -> Recipe:
+    """fair_mlp's retraining recipe, cut to its first ``steps`` SGD steps (then one epoch end: evaluation, JSV)."""
+    return Recipe(epochs=30, lr=lr, batch_size=128, momentum=0.9, weight_decay=1e-4,
+                  schedule=Schedule(name="step", milestones=[10, 20], gamma=0.1), max_steps=steps)
 
 
 def fair_hooks(data: Any, device: torch.device, probe: torch.Tensor) -> list[EpochHooks]:
@@ -63,7 +66,7 @@ def fair_hooks(data: Any, device: torch.device, probe: torch.Tensor) -> list[Epo
     return [EpochHooks(metrics)]
 
 
-def fair_mlp_retraining(fashion_root: Path | None, device: torch.device, epochs: int, sample: int
+def fair_mlp_retraining(fashion_root: Path | None, device: torch.device, steps: int, sample: int
                         ) -> tuple[float, float, int]:
     """Seconds of fair_mlp's retraining, fused and separate (``sample`` runs timed, scaled to all), and the runs."""
     data = build_dataset("fashion_mnist", {"validation": 5000}, fashion_root, 32)
@@ -72,10 +75,10 @@ def fair_mlp_retraining(fashion_root: Path | None, device: torch.device, epochs:
     grid = [(lr, s) for _ in range(FAIR_METHODS) for lr in FAIR_LRS for s in FAIR_SEEDS]
     began = time.perf_counter()
     for lr, seed in grid[:sample]:
-        fit(copy.deepcopy(bases[seed]), data, fair_recipe(lr, epochs), device=device, seed=seed, phase="retrain",
+        fit(copy.deepcopy(bases[seed]), data, fair_recipe(lr, steps), device=device, seed=seed, phase="retrain",
             hooks=fair_hooks(data, device, probe))
     separate = (time.perf_counter() - began) * len(grid) / sample
-    members = [Member(copy.deepcopy(bases[s]), fair_recipe(lr, epochs), s, fair_hooks(data, device, probe))
+    members = [Member(copy.deepcopy(bases[s]), fair_recipe(lr, steps), s, fair_hooks(data, device, probe))
                for lr, s in grid]
     began = time.perf_counter()
     fit_fused(members, data, device=device)
@@ -94,7 +97,7 @@ def fused_train_seconds(models: list[nn.Module], seeds: list[int], data: Any, re
         losses, _ = fused.losses(xs, y)
         losses.sum().backward()
         fused.sgd_step(lrs, recipe)
-    float(losses.sum())  # the device has finished
+    float(losses.detach().sum())  # the device has finished
     return time.perf_counter() - began
 
 
@@ -110,7 +113,7 @@ def group_against_separate(model: Callable[[], nn.Module], data: Any, members: i
     return fused, separate
 
 
-def fusion_section(fashion_root: Path | None, device: torch.device, steps: int, epochs: int, sample: int,
+def fusion_section(fashion_root: Path | None, device: torch.device, steps: int, fair_steps: int, sample: int,
                    linear_matmuls_seconds: Callable[..., float], train_steps: Callable[..., tuple[float, int]],
                    row: Callable[..., None]) -> None:
     """Print the fusion figures (see the module's docstring)."""
@@ -118,18 +121,19 @@ def fusion_section(fashion_root: Path | None, device: torch.device, steps: int, 
     print(f"\nfused retraining against separate runs (1-minute load average at start {load:.1f})")
     row("what", "fused", "separate", "ratio")
     if device.type == "cpu":
-        fused, separate, runs = fair_mlp_retraining(fashion_root, device, epochs, sample)
-        row(f"fair_mlp retraining, {runs} runs x {epochs} of 30 epochs (separate: {sample} timed x {runs // sample})",
+        fused, separate, runs = fair_mlp_retraining(fashion_root, device, fair_steps, sample)
+        row(f"fair_mlp retraining: {runs} runs x {fair_steps} steps + 1 epoch end (separate: {sample} timed)",
             f"{fused:.1f} s", f"{separate:.1f} s", f"{separate / fused:.2f}x faster fused")
     data = build_dataset("fashion_mnist", {}, fashion_root, 32)
     mlp = pruned("mlp7_linear", ["layers.*"], 0.9, (1, 32, 32))
-    per_epoch = data.steps_per_epoch(128)
+    per_epoch = data.steps_per_epoch(128)  # the figures: ``steps`` steps timed, scaled to an epoch
     bound = linear_matmuls_seconds(mlp, 128, device) * per_epoch
     members = len(FAIR_LRS) * len(FAIR_SEEDS) * FAIR_METHODS
     seed_of = [i % len(FAIR_SEEDS) for i in range(members)]
     fused = fused_train_seconds([copy.deepcopy(mlp) for _ in range(members)], seed_of, data,
-                                Recipe(epochs=1, lr=0.01, batch_size=128), per_epoch, device) / members
-    alone = train_steps(copy.deepcopy(mlp).to(device), data.train_batches(128, 0, device), per_epoch, device)[0]
+                                Recipe(epochs=1, lr=0.01, batch_size=128), steps, device) / members * per_epoch / steps
+    alone = train_steps(copy.deepcopy(mlp).to(device), data.train_batches(128, 0, device), steps, device)[0]
+    alone *= per_epoch / steps
     row(f"MLP (ratio 0.9) training epoch per member, {members} fused", f"{fused:.3f} s", f"{alone:.3f} s",
         f"{fused / bound:.2f}x its matmul bound fused ({alone / bound:.2f}x separate; bound {bound:.3f} s)")
     cifar = build_dataset("synthetic", {"num_train": 128 * (steps + 2), "num_test": 128, "channels": 3}, None, None)

@@ -2,7 +2,7 @@
 
     python benchmarks/perf.py [--steps 30] [--device cpu] [--pack 2] [--compile]
                               [--sections mlp resnet packing latency overhead validation fusion]
-                              [--fusion-epochs 1] [--fusion-sample 6]
+                              [--fusion-steps 430] [--fusion-sample 6]
 
 Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
 Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
@@ -520,8 +520,9 @@ def main() -> None:
                         help="also time the training epochs with performance.compile (torch.compile; needs a C++ "
                              "compiler on CPU; adds its compilation time to the run, not to the figures)")
     parser.add_argument("--pack", type=int, default=2, help="training processes run at once in the packing section")
-    parser.add_argument("--fusion-epochs", type=int, default=1,
-                        help="fusion: epochs of fair_mlp's 30 retraining epochs timed (fused and separate)")
+    parser.add_argument("--fusion-steps", type=int, default=430,
+                        help="fusion: fair_mlp's retraining cut to its first N SGD steps and one epoch end (430: one "
+                             "whole epoch of its 30)")
     parser.add_argument("--fusion-sample", type=int, default=6,
                         help="fusion: fair_mlp's separate runs timed (the figure scales them to all 60)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
@@ -561,7 +562,7 @@ def main() -> None:
         if "fusion" in args.sections:
             from fusion_perf import fusion_section  # beside this script
 
-            fusion_section(fashion_root, device, args.steps, args.fusion_epochs, args.fusion_sample,
+            fusion_section(fashion_root, device, args.steps, args.fusion_steps, args.fusion_sample,
                            linear_matmuls_seconds, train_steps, row)
 
 
