@@ -200,8 +200,8 @@ def command_plan(args: argparse.Namespace) -> int:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
     print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    print("dense models:", *dense, sep="\n")
     print(*plan_lines(runs), sep="\n")
+    print("dense models:", *dense, sep="\n")
     return 0
 
 
