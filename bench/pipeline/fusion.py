@@ -87,8 +87,9 @@ def execute_group(runs: Sequence[Run], ws: Workspace) -> dict[str, str]:
                 continue
             result, live = open_result(run, ws, rd)
             member = _Open(run, rd, result, live, time.perf_counter())
-            try:
-                member.job = prepare_retraining(run, ws, rd, live)
+            try:  # one member's progress bars stand for the group's (its members train in step)
+                quiet = dataclasses.replace(ws, progress=None) if members else ws
+                member.job = prepare_retraining(run, quiet, rd, live)
             except Exception as err:  # its pruned model failed: this run fails alone
                 record_failure(result, run, err)
                 statuses[run.run_id] = close_result(run, ws, rd, result, member.began, live)
