@@ -142,3 +142,42 @@ def test_fuse_off_unquoted_in_yaml_means_off(write_suite, capsys: pytest.Capture
                        + "execution: {fuse: off}\n")
     assert main(["plan", str(path), "--results", str(path.parent / "r")]) == 0
     assert "alone (8 runs): execution.fuse is off" in capsys.readouterr().out
+
+
+def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submit_slurm with sbatch faked: the suite's eight runs are one array task of stage "group" (their ids joined
+    by commas), and the submission maps every run to that task. (The real Slurm tests skip where no controller
+    answers; a group task's statuses come back joined by commas, which wait_for counts one by one.)"""
+    import argparse
+
+    from bench.launch import Invocation, slurm
+
+    submitted: list = []
+
+    class Job:
+        def __init__(self, i: int) -> None:
+            self.job_id = f"77_{i}"
+
+    class Executor:
+        def update_parameters(self, **kwargs) -> None:
+            return None
+
+    def sbatch(executor, tasks):
+        submitted.extend(tasks)
+        return [Job(i) for i in range(len(tasks))]
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/sbatch")
+    monkeypatch.setattr(slurm, "check_slurm_device", lambda invocation, suite: None)
+    monkeypatch.setattr(slurm, "live_tasks", lambda results, name: {})
+    monkeypatch.setattr(slurm, "make_executor", lambda options, log_dir, job_name: Executor())
+    monkeypatch.setattr(slurm, "_sbatch", sbatch)
+    monkeypatch.setattr(slurm, "record_submission", lambda results, submission, invocation: None)
+    path = write_suite(SUITE)
+    inv = Invocation.from_args(argparse.Namespace(suite=str(path), overrides=[], plugins=[], results=str(tmp_path),
+                                                  data_root=None, device=None))
+    suite, runs, _ = inv.load()
+    submission = slurm.submit_slurm(inv, suite, runs)
+    groups = [t for t in submitted if t.stage == "group"]
+    assert len(groups) == 1 and sorted(groups[0].run_id.split(",")) == sorted(r.run_id for r in runs)
+    assert not [t for t in submitted if t.stage == "run"]
+    assert len(set(submission.tasks.values())) == 1 and sorted(submission.tasks) == sorted(r.run_id for r in runs)
