@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from bench.core.errors import ConfigError
-from bench.core.registry import DATASETS, METHODS, MODELS, NameClash, registering_from
+from bench.core.registry import BUILTIN, DATASETS, METHODS, MODELS, NameClash, Registry, registering_from
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,21 @@ def load_builtin() -> None:
     import bench.data  # noqa: F401  (registers datasets)
     import bench.models  # noqa: F401  (registers models)
     import methods  # noqa: F401  (registers methods)
+
+
+SHIPPED = ("bench.data", "bench.models", "methods")  # the packages load_builtin imports
+
+
+def reloadable(registry: Registry[Any], name: str) -> bool:
+    """Whether another process of this command registers ``name`` too: a built-in from a shipped package, or an
+    installed plugin ``$BENCH_PLUGINS`` enables (child processes inherit it); not a ``--plugin`` file or module, nor
+    an entry other code registered in this process (a test's subclass), which a worker could not import."""
+    origin = registry.origin(name)
+    if origin.startswith("entry point "):
+        wanted = os.environ.get(ENV, "").strip()
+        return wanted == "all" or origin.split("'")[1] in {n.strip() for n in wanted.split(",")}
+    module = getattr(registry.get(name), "__module__", "") or ""
+    return origin == BUILTIN and any(module == p or module.startswith(p + ".") for p in SHIPPED)
 
 
 def installed() -> dict[str, metadata.EntryPoint]:

@@ -1,14 +1,17 @@
 """Performance figures of the harness on this machine, each measured side by side in one run.
 
     python benchmarks/perf.py [--steps 30] [--device cpu] [--pack 2] [--compile]
-                              [--sections mlp resnet packing latency overhead validation]
+                              [--sections mlp resnet packing latency overhead validation fusion]
+                              [--fusion-steps 430] [--fusion-sample 6]
 
 Prints: the machine's float32 matrix-multiply peak; training throughput and achieved FLOP/s for mlp7_linear on
 Fashion-MNIST and resnet20/resnet56 on CIFAR-shaped data, beside the usual research-code pipeline (torchvision
 dataset, per-sample transforms, DataLoader), with the fast options (and torch.compile with --compile); several
 training processes packed on the machine (or one GPU) against one; inference latency of dense versus slimmed
 resnet56 at each pruning ratio beside the FLOP ratio; the harness's own overhead per run against its compute,
-and the quickstart suite on a local pool against one process. Every training step is the harness's own
+and the quickstart suite on a local pool against one process; fused retraining against separate runs
+(benchmarks/fusion_perf.py: fair_mlp's retraining, the fused MLP epoch against its matmul bound, resnet20, and
+resnet56 on a GPU). Every training step is the harness's own
 (``bench.train.train_epoch``).
 Regulariser step costs and JSV costs have their own commands (benchmarks/step_cost.py, benchmarks/jsv_cost.py).
 """
@@ -505,7 +508,7 @@ def validation_section(workdir: Path, fashion_root: Path | None = None) -> None:
         f"{100 * share:.2f}% of its wall", "ok (<= 5%)" if share <= 0.05 else "OVER 5%")
 
 
-SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead", "validation")
+SECTIONS = ("mlp", "resnet", "packing", "latency", "overhead", "validation", "fusion")
 
 
 def main() -> None:
@@ -517,6 +520,11 @@ def main() -> None:
                         help="also time the training epochs with performance.compile (torch.compile; needs a C++ "
                              "compiler on CPU; adds its compilation time to the run, not to the figures)")
     parser.add_argument("--pack", type=int, default=2, help="training processes run at once in the packing section")
+    parser.add_argument("--fusion-steps", type=int, default=430,
+                        help="fusion: fair_mlp's retraining cut to its first N SGD steps and one epoch end (430: one "
+                             "whole epoch of its 30)")
+    parser.add_argument("--fusion-sample", type=int, default=6,
+                        help="fusion: fair_mlp's separate runs timed (the figure scales them to all 60)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="what to measure (default: everything)")
     args = parser.parse_args()
@@ -527,7 +535,7 @@ def main() -> None:
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s (2048x2048, best of 10)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        reads_fashion = {"mlp", "packing", "overhead", "validation"} & set(args.sections)
+        reads_fashion = {"mlp", "packing", "overhead", "validation", "fusion"} & set(args.sections)
         fashion_root = fashion_mnist_root(root) if reads_fashion else None
         if "mlp" in args.sections:
             fmnist = build_dataset("fashion_mnist", {}, fashion_root, 32)
@@ -551,6 +559,11 @@ def main() -> None:
             overhead_section(root, args.pack, fashion_root)
         if "validation" in args.sections:
             validation_section(root, fashion_root)
+        if "fusion" in args.sections:
+            from fusion_perf import fusion_section  # beside this script
+
+            fusion_section(fashion_root, device, args.steps, args.fusion_steps, args.fusion_sample,
+                           linear_matmuls_seconds, train_steps, row)
 
 
 if __name__ == "__main__":

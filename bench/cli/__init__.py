@@ -43,7 +43,10 @@ log = logging.getLogger("bench")
 
 
 def prepare(args: argparse.Namespace) -> tuple[Suite, list[Run], Path]:
-    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written)."""
+    """Load plugins and the suite of a parsed command line, validate it and expand it into runs (nothing is written).
+    ``--fuse MODE`` is ``--set execution.fuse=MODE``: one road, which workers and Slurm tasks re-load too."""
+    if getattr(args, "fuse", None) and f"execution.fuse={args.fuse}" not in args.overrides:
+        args.overrides.append(f"execution.fuse={args.fuse}")
     return load_runs(args.suite, args.overrides, args.plugins, getattr(args, "data_root", None))
 
 
@@ -95,7 +98,7 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     from bench.core.progress import Progress
     from bench.core.store import RunDir, check_writable
     from bench.launch import Invocation, run_local
-    from bench.pipeline.runner import execute
+    from bench.pipeline.fusion import execute_runs
     from bench.pipeline.setup import validate_runs
 
     invocation = Invocation.from_args(args)
@@ -126,11 +129,7 @@ def _run_suite(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
             statuses = run_local(invocation, suite, todo, workers, args.quiet, on_done=lambda run, status: bar.update())
         else:
             ws.progress = progress
-            for run in todo:
-                d = run.describe()
-                bar.set_postfix_str(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}")
-                statuses[execute(run, ws)] += 1
-                bar.update()
+            statuses = execute_runs(todo, ws, bar.set_postfix_str, lambda status: bar.update())
     done = len(runs) - len(todo)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "nothing to do"
     level = logging.WARNING if statuses["failed"] else logging.INFO  # success is news, not a warning
@@ -183,6 +182,7 @@ def submit(args: argparse.Namespace, invocation: Invocation, suite: Suite, runs:
 def command_plan(args: argparse.Namespace) -> int:
     from bench.core.store import RunDir
     from bench.data import check_data_root
+    from bench.suite.fusion import plan_lines
     from bench.suite.grid import suite_data_root
 
     suite, runs, suite_dir = prepare(args)
@@ -204,7 +204,7 @@ def command_plan(args: argparse.Namespace) -> int:
     for run_id, d, status in rows:
         print(f"{run_id:12}  {d['method']:{width}}  {d['ratio']:>8}  {d['lr']:>8g}  {d['seed']:>4}  {status}")
     counts = Counter(status for _, _, status in rows)
-    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())), *extra, sep="\n")
+    print("; ".join(f"{n} {s}" for s, n in sorted(counts.items())), *extra, *plan_lines(runs), sep="\n")
     print("dense models:", *dense, sep="\n")
     return 0
 

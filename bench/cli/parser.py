@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "first seeds, then add seeds in rounds only to the cells whose comparisons are neither "
                      "decided nor futile, up to max (on Slurm each round is one job array, waited for)")
     run.add_argument("--wait", action="store_true", help="slurm: wait until the jobs end and summarise their runs")
+    _add_fuse_argument(run)
     slurm = run.add_argument_group("Slurm resources", "override the suite's slurm: section (same as "
                                    "--set slurm.KEY=VALUE); see docs/cluster.md")
     for flag, kind, help_text in SLURM_FLAGS:
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="list the runs a suite expands to and which are done",
                           description="List the runs of a suite and their status, without running anything.")
     _add_suite_arguments(plan)
+    _add_fuse_argument(plan)
 
     status = sub.add_parser("status", help="show each run as pending, running, interrupted, ok, failed, diverged "
                             "or corrupt", description="Each run's state from its result file and lock (a started "
@@ -167,3 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         _add_common_arguments(command)
     return parser
+
+
+def _add_fuse_argument(command: argparse.ArgumentParser) -> None:
+    """``--fuse``: the same as ``--set execution.fuse=MODE`` (docs/fusion.md)."""
+    command.add_argument("--fuse", choices=["auto", "on", "off"],
+                         help="retrain the runs that differ only in LR or seed as one fused model: auto (the suite's "
+                         "default: where measured to pay), on, off; same as --set execution.fuse=MODE")

@@ -59,10 +59,12 @@ class Roster:
 
     @classmethod
     def registered(cls, quick: bool) -> Roster:
-        """From the methods registered now (built-ins and enabled plugins)."""
+        """From the methods registered now that its worker processes register too (built-ins and the installed
+        plugins ``$BENCH_PLUGINS`` enables; not a ``--plugin`` file, nor a method other code registered in-process)."""
         from bench.core.registry import METHODS
+        from bench.plugins import reloadable
 
-        names = list(METHODS)
+        names = [n for n in METHODS if reloadable(METHODS, n)]  # the pool's worker processes must load each
         baseline = next((n for n in names if METHODS.get(n).selftest_baseline), None)
         if baseline is None:
             raise UserError("selftest: no registered method declares selftest_baseline = True (a plain one-shot "

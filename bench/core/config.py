@@ -17,6 +17,7 @@ from bench.core.schema import field, parse
 from bench.core.sections import (  # re-exported: callers import the sections from here
     SUBMITIT_MANAGED,
     Budget,
+    Execution,
     Latency,
     Log,
     Optim,
@@ -59,6 +60,7 @@ class Suite:
     device: str = field("auto", doc="auto, cpu, cuda or cuda:N")
     performance: Performance = field(default_factory=Performance)
     storage: Storage = field(default_factory=Storage)
+    execution: Execution = field(default_factory=Execution)
     log: Log = field(default_factory=Log)
     plugins: list[str] = field(default_factory=list)
     slurm: Slurm = field(default_factory=Slurm)
@@ -266,7 +268,8 @@ def blame_override(problem: str, overrides: list[str]) -> str:
 
 __all__ = [
     "Budget", "Latency", "Log", "MAX_YAML_NODES", "Optim", "Performance", "Pretrain", "Prune", "RESULT_FORMAT",
-    "Ratio", "Retrain", "SUBMITIT_MANAGED", "Schedule", "SeedPlan", "Slurm", "Storage", "Suite", "Trainability",
+    "Execution", "Ratio", "Retrain", "SUBMITIT_MANAGED", "Schedule", "SeedPlan", "Slurm", "Storage", "Suite",
+    "Trainability",
     "apply_overrides", "blame_override", "device_problem", "expanded_size", "load_suite", "load_yaml", "parse_override",
     "read_yaml"
 ]

@@ -262,6 +262,22 @@ class Storage:
 
 
 @dataclass
+class Execution:
+    """How runs are executed, never what they compute (not part of run ids): fused retraining of the runs that
+    differ only in LR or seed (docs/fusion.md)."""
+
+    fuse: Literal["auto", "on", "off"] | bool = field(
+        "auto", doc="retrain runs of one architecture and recipe (apart from the LR) as one horizontally fused model: "
+                    "auto = where measured to pay (the MLP family), on = wherever supported, off = never (YAML's "
+                    "unquoted on/off, read as true/false, mean the same)")
+    max_members: int = field(64, low=1, doc="the most runs one fused group trains at once")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fuse, bool):  # YAML 1.1 reads an unquoted on/off as true/false
+            self.fuse = "on" if self.fuse else "off"
+
+
+@dataclass
 class Budget:
     """An equal training budget: every method trains this many SGD steps at the retraining batch size after the
     shared dense model, its retraining extended (or cut) to reach it exactly (rule: ``bench.cost``)."""

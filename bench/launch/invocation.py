@@ -15,6 +15,7 @@ from bench.core.errors import UserError
 from bench.core.store import DenseDir, PrunedDir
 from bench.method import Method
 from bench.pipeline.dense import obtain_dense
+from bench.pipeline.fusion import execute_group
 from bench.pipeline.runner import execute, make_pruned
 from bench.pipeline.setup import Workspace
 from bench.suite.grid import Run, suite_data_root
@@ -72,8 +73,9 @@ _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] 
 
 
 def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", device: str | None = None) -> str:
-    """Execute one run (``stage="run"``; returns its status), or only make its dense model (``"dense"``) or its
-    pruned model (``"prune"``).
+    """Execute one run (``stage="run"``; returns its status), a fused group (``"group"``: ``run_id`` is the
+    members' ids joined by commas, and so is what it returns), or only make a run's dense model (``"dense"``) or
+    its pruned model (``"prune"``).
 
     The suite and dataset are loaded once per process and reused by the runs that follow in it.
     """
@@ -83,10 +85,11 @@ def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", devi
         _context.clear()
         _context[key] = ({r.run_id: r for r in runs}, invocation.workspace(suite, suite_dir, device))
     runs, ws = _context[key]
-    run = runs.get(run_id)
-    if run is None:
-        raise UserError(f"run {run_id} is no longer part of suite '{invocation.suite}' (with its --set overrides): "
-                        "the suite file changed after the submission. Submit the suite again.")
+    if stage == "group":  # a fused group: its run ids joined by commas; their statuses likewise, in that order
+        group = [_known(runs, one, invocation) for one in run_id.split(",")]
+        statuses = execute_group(group, ws)
+        return ",".join(statuses[r.run_id] for r in group)
+    run = _known(runs, run_id, invocation)
     if stage == "dense":
         obtain_dense(run, ws, run.method.build())
         return "ok"
@@ -94,6 +97,15 @@ def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", devi
         make_pruned(run, ws, run.method.build())
         return "ok"
     return execute(run, ws)
+
+
+def _known(runs: dict[str, Run], run_id: str, invocation: Invocation) -> Run:
+    """The run ``run_id`` of the suite as this process expanded it; a UserError when the suite no longer has it."""
+    run = runs.get(run_id)
+    if run is None:
+        raise UserError(f"run {run_id} is no longer part of suite '{invocation.suite}' (with its --set overrides): "
+                        "the suite file changed after the submission. Submit the suite again.")
+    return run
 
 
 def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:

@@ -17,6 +17,7 @@ import torch
 from bench.core.config import Suite
 from bench.core.errors import UserError
 from bench.launch.invocation import Invocation, configure_worker_logging, dense_stage, pruned_stage, run_in_process
+from bench.suite.fusion import plan_fusion
 from bench.suite.grid import Run
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ def pool_devices(invocation: Invocation, suite: Suite, workers: int) -> list[str
 
 
 def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: int, quiet: bool = False,
-              on_done: Callable[[Run, str], None] | None = None) -> Counter[str]:
+              on_done: Callable[[Run, str], None] | None = None, tasks: list[list[Run]] | None = None
+              ) -> Counter[str]:
     """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first, then the pruned models
-    several runs share, then the runs.
+    several runs share, then the runs; a fused group's runs (bench.suite.fusion; ``tasks`` overrides its plan) are
+    one task, started once all their pruned models are made.
 
     Returns the count of each status ("ok", "diverged", "failed", "locked"). CPU workers share the cores
     (``torch`` threads = cores // workers) unless OMP_NUM_THREADS is set.
@@ -77,31 +80,45 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
             def start(runs: Iterable[Run], stage: str) -> dict[Future[str], Run]:
                 return {pool.submit(_pool_task, invocation, r.run_id, stage): r for r in runs}
 
+            def start_tasks(groups: Iterable[list[Run]]) -> dict[Future[str], list[Run]]:
+                return {pool.submit(_pool_task, invocation, ",".join(r.run_id for r in group),
+                                    "group" if len(group) > 1 else "run"): group for group in groups}
+
             results = Path(invocation.results)
             for future, run in start(dense_stage(todo, results), "dense").items():
                 _log_stage_error(future, "dense", run)
             # A shared pruned model's runs start when it is made; every other run starts at once.
             staged = start(pruned_stage(todo, results), "prune")
             waiting = {r.prune_id for r in staged.values()}
-            pending = start([r for r in todo if r.prune_id not in waiting], "run")
+            queued = list(tasks) if tasks is not None else plan_fusion(todo).tasks(todo)
+
+            def ready() -> list[list[Run]]:
+                now = [g for g in queued if not any(r.prune_id in waiting for r in g)]
+                queued[:] = [g for g in queued if g not in now]
+                return now
+
+            pending = start_tasks(ready())
             while pending or staged:
                 done, _ = wait([*pending, *staged], return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in staged:
                         made = staged.pop(future)
                         _log_stage_error(future, "pruned", made)
-                        pending.update(start([r for r in todo if r.prune_id == made.prune_id], "run"))
+                        waiting.discard(made.prune_id)
+                        pending.update(start_tasks(ready()))
                         continue
-                    run = pending.pop(future)
+                    group = pending.pop(future)
                     error = future.exception()
                     if isinstance(error, BrokenProcessPool):
                         raise error
                     if error is not None:
-                        log.error("run %s failed in its worker: %s: %s", run.run_id, type(error).__name__, error)
-                    status = "failed" if error is not None else future.result()
-                    statuses[status] += 1
-                    if on_done is not None:
-                        on_done(run, status)
+                        log.error("run %s failed in its worker: %s: %s", ",".join(r.run_id for r in group),
+                                  type(error).__name__, error)
+                    results = ["failed"] * len(group) if error is not None else future.result().split(",")
+                    for run, status in zip(group, results):
+                        statuses[status] += 1
+                        if on_done is not None:
+                            on_done(run, status)
     except BrokenProcessPool:
         raise UserError("a worker process died (killed, or out of memory?) and the pool stopped. Finished runs "
                         "are kept; run the same command again to resume the others (perhaps with fewer --workers)."

@@ -21,6 +21,7 @@ from bench.core.config import Slurm, Suite
 from bench.core.errors import ConfigError, UserError
 from bench.core.store import file_lock, read_json, write_json
 from bench.launch.invocation import Invocation, configure_worker_logging, dense_stage, pruned_stage, run_in_process
+from bench.suite.fusion import plan_fusion
 from bench.suite.grid import Run
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,11 @@ def check_slurm_device(invocation: Invocation, suite: Suite) -> None:
         log.warning("slurm.gpus_per_task is 0: the runs will train on the nodes' CPUs")
 
 
-def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run]) -> Submission | None:
+def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run], tasks: list[list[Run]] | None = None
+                 ) -> Submission | None:
     """Submit one job array with a task per run of ``todo`` (minus those queued or running under an earlier
-    submission), after a dense-model array when needed; record it; None when nothing is left to submit."""
+    submission), a fused group (bench.suite.fusion; ``tasks`` overrides its plan) as one task, after a dense-model
+    array when needed; record it; None when nothing is left to submit."""
     if shutil.which("sbatch") is None:
         raise UserError("--executor slurm: 'sbatch' is not on PATH. Run on a Slurm login node, or use "
                         "--executor local.")
@@ -189,14 +192,18 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run]) -> Submi
         executor.update_parameters(job_name=f"bench-{suite.name}")
         if prune_job or dense_job:
             executor.update_parameters(dependency=f"afterany:{prune_job or dense_job}")
-        jobs = _sbatch(executor, [SlurmTask(invocation, r.run_id) for r in fresh])
+        ids = {r.run_id for r in fresh}
+        groups = [g for g in ([r for r in t if r.run_id in ids] for t in (tasks or plan_fusion(fresh).tasks(fresh)))
+                  if g]
+        jobs = _sbatch(executor, [SlurmTask(invocation, ",".join(r.run_id for r in g), "group" if len(g) > 1 else "run")
+                                  for g in groups])
     except UserError:
         for job in prepared:   # no runs would use them
             job.cancel(check=False)
         raise
     submission = Submission(
         suite=suite.name, log_dir=log_dir, job=array_id(jobs),
-        tasks={r.run_id: j.job_id for r, j in zip(fresh, jobs)}, dense_job=dense_job,
+        tasks={r.run_id: j.job_id for g, j in zip(groups, jobs) for r in g}, dense_job=dense_job,
         dense_tasks={r.dense_id: j.job_id for r, j in zip(dense_runs, dense_jobs)}, prune_job=prune_job,
         prune_tasks={r.prune_id: j.job_id for r, j in zip(prune_runs, prune_jobs)},
         skipped_live=len(todo) - len(fresh), jobs=[*prepared, *jobs])
@@ -234,7 +241,8 @@ def wait_for(submission: Submission) -> Counter[str]:
                       log_paths(submission.log_dir, job.job_id)[1])
             status = "failed"
         if i >= n_prepared:
-            statuses[status] += 1
+            for one in status.split(","):  # a fused group's task returns its runs' statuses
+                statuses[one] += 1
     return statuses
 
 

@@ -52,6 +52,14 @@ class Comparison:
     def assessed(self) -> bool:
         return self.state != NOT_ASSESSED
 
+    @property
+    def seeds_advised(self) -> int | None:
+        """The seeds the power column advises (at least one more than the pairs in hand); None where it gives none
+        or the comparison is resolved already."""
+        if self.seeds_needed is None or self.resolved:
+            return None
+        return max(self.seeds_needed, self.test.n + 1)
+
 
 def reference_of(here: list[Selection]) -> tuple[Selection, list[Selection]]:
     """The best validation score at its selected LR; ties are ties (the first in method order is the reference)."""

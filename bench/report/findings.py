@@ -97,8 +97,8 @@ def _ratio_findings(ratio: str, here: list[Selection], mine: list[Comparison], w
                     f"{diff:.2f} points ahead of it on test")
         if weakest.state == NOT_RESOLVED:
             reason = f"not resolved (p {format_p(weakest.p_holm)}, {family_words}"
-            reason += (f"; a difference of this size needs about {weakest.seeds_needed} seeds for {POWER:.0%} power)"
-                       if weakest.seeds_needed else ")")
+            reason += (f"; a difference of this size needs about {weakest.seeds_advised} seeds for {POWER:.0%} power)"
+                       if weakest.seeds_advised else ")")
         elif weakest.state == TOO_FEW:
             reason = (f"too few seeds to test ({weakest.test.n} paired, and at least {MIN_PAIRS} with some spread "
                       "are needed)")
@@ -274,7 +274,8 @@ def lr_gaps(runs: pd.DataFrame) -> list[Gap]:
 def jsv_gap_correlation(runs: pd.DataFrame, gaps: list[Gap]) -> tuple[float, float, int]:
     """Spearman's ρ between the mean JSV just after pruning and the LR gap over (method, ratio) points, its
     permutation p-value (exact up to EXACT_PERMUTATION_POINTS points) and the number of points."""
-    jsv = per_seed(runs, "jsv_pruned").groupby(["ratio", "method"]).jsv_pruned.mean()
+    jsv = per_seed(runs[["ratio", "method", "seed", "jsv_pruned"]], "jsv_pruned")
+    jsv = jsv.groupby(["ratio", "method"]).jsv_pruned.mean()
     pairs = [(jsv[(g.ratio, g.method)], g.gap) for g in gaps if (g.ratio, g.method) in jsv.index]
     if not pairs:
         return math.nan, math.nan, 0

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,10 @@ def amortised(runs: pd.DataFrame) -> pd.DataFrame:
         for stage in STAGES:
             value = pd.to_numeric(runs[f"cost_{quantity}_{stage}"], errors="coerce")
             shared = runs[f"cost_shared_{stage}"]
-            sharers = runs.groupby(shared.fillna(runs.run_id)).run_id.transform("size") if len(runs) else shared
+            if not shared.notna().any():  # nothing shared at this stage (or no runs): each run pays its own
+                total = total + value
+                continue
+            sharers = runs.groupby(shared.fillna(runs.run_id)).run_id.transform("size")
             total = total + value / sharers.where(shared.notna(), 1).astype(float)
         runs[f"cost_{quantity}_amortised"] = total
     return runs
@@ -182,6 +186,56 @@ def corrupt_row(path: Path, suite: str, problem: str, manifest: Manifest | None,
     return row
 
 
+def _take(result: dict[str, Any], suite: str, rows: list[dict[str, Any]], history: list[dict[str, Any]],
+          configs: dict[str, dict[str, Any]]) -> None:
+    """Flatten one result.json's content into ``rows`` and ``history`` and note its fixed configuration; on bad
+    content it raises before anything is added."""
+    row, rows_history = flatten_result(result, suite)
+    if row["config_id"] is not None and row["config_id"] not in configs:
+        configs[row["config_id"]] = fixed_config(result["config"])
+    rows.append(row)
+    history.extend(rows_history)
+
+
+def _tidy(rows: list[dict[str, Any]], history: list[dict[str, Any]], configs: dict[str, dict[str, Any]]
+          ) -> Results:
+    """The runs and history frames of the flattened rows, in one order (suite, then run id) whatever order the
+    rows came in, with every column of the runs table and numbers where numbers belong."""
+    runs = pd.DataFrame(rows)
+    if len(runs):
+        runs = runs.sort_values(["suite", "run_id"], kind="stable").reset_index(drop=True)
+    latency = sorted(c for c in runs.columns if c.startswith(LATENCY_PREFIX))
+    for column in COLUMNS + EXTRA_COLUMNS:
+        if column not in runs:
+            runs[column] = None
+    for column in COST_COLUMNS:
+        if column not in runs:
+            runs[column] = None
+    runs = amortised(runs[COLUMNS + EXTRA_COLUMNS + COST_COLUMNS + latency])
+    if latency:  # dense / pruned median latency per backend, beside dense / pruned FLOPs (latency_backends)
+        runs = runs.assign(**speedup_columns(runs))
+    for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
+        runs[column] = pd.to_numeric(runs[column])
+    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    if len(frame):
+        frame = frame.sort_values(["suite", "run_id"], kind="stable").reset_index(drop=True)
+    for column in ("lr", "seed", "epoch", "epoch_lr", "train_loss", "test_acc", "jsv_mean"):
+        frame[column] = pd.to_numeric(frame[column])
+    return Results(runs, frame, configs)
+
+
+def from_records(records: Iterable[tuple[dict[str, Any], str]]) -> Results:
+    """The Results that load_results would give for these result.json contents (each with its suite's name),
+    built in memory: simulations push thousands of suites through the report code without the disk
+    (benchmarks/verdict_calibration.py)."""
+    rows: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    configs: dict[str, dict[str, Any]] = {}
+    for result, suite in records:
+        _take(result, suite, rows, history, configs)
+    return _tidy(rows, history, configs)
+
+
 def load_results(results: Path, suites: list[str] | None = None, query: str | None = None) -> Results:
     """Every run's result.json under ``results`` (optionally only some suites, then a pandas ``query``)."""
     rows: list[dict[str, Any]] = []
@@ -197,42 +251,20 @@ def load_results(results: Path, suites: list[str] | None = None, query: str | No
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            row, rows_history = flatten_result(data, suite)
+            _take(data, suite, rows, history, configs)
         except PermissionError:
             log.warning("result file %s is unreadable (permission): reported as unreadable; ask its owner to make it "
                         "readable", path)
             if suite not in manifests:
                 manifests[suite] = read_manifest(path.parents[2])
             rows.append(corrupt_row(path, suite, "", manifests[suite], status="unreadable"))
-            continue
         except (OSError, ValueError, TypeError, AttributeError) as err:
             log.warning("corrupt result file %s (%s): reported as corrupt; run the suite again to redo the run",
                         path, err)
             if suite not in manifests:
                 manifests[suite] = read_manifest(path.parents[2])
             rows.append(corrupt_row(path, suite, f"{type(err).__name__}: {err}", manifests[suite]))
-            continue
-        if row["config_id"] is not None:
-            configs.setdefault(row["config_id"], fixed_config(data["config"]))
-        rows.append(row)
-        history.extend(rows_history)
-    runs = pd.DataFrame(rows)
-    latency = sorted(c for c in runs.columns if c.startswith(LATENCY_PREFIX))
-    for column in COLUMNS + EXTRA_COLUMNS:
-        if column not in runs:
-            runs[column] = None
-    for column in COST_COLUMNS:
-        if column not in runs:
-            runs[column] = None
-    runs = amortised(runs[COLUMNS + EXTRA_COLUMNS + COST_COLUMNS + latency])
-    if latency:  # dense / pruned median latency per backend, beside dense / pruned FLOPs (latency_backends)
-        runs = runs.assign(**speedup_columns(runs))
-    for column in ("lr", "seed", "ratio_value", "num_classes", "acc_val_dense", "acc_val_pruned", "acc_val_final"):
-        runs[column] = pd.to_numeric(runs[column])
-    frame = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    for column in ("lr", "seed", "epoch", "epoch_lr", "train_loss", "test_acc", "jsv_mean"):
-        frame[column] = pd.to_numeric(frame[column])
-    loaded = Results(runs, frame, configs)
+    loaded = _tidy(rows, history, configs)
     return apply_filter(loaded, query) if query else loaded
 
 

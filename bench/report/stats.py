@@ -5,13 +5,14 @@ it), and Kendall's and Spearman's rank correlations (Spearman's with an exact pe
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as sps
 
 MIN_PAIRS = 3  # fewer paired seeds never resolve anything: one or two pairs say nothing about the spread
@@ -26,7 +27,7 @@ def t_quantile(p: float, df: int) -> float:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
     if not 0 < p < 1:
         raise ValueError(f"p must lie in (0, 1), got {p}")
-    return float(sps.t.ppf(p, df))
+    return float(special.stdtrit(df, p))  # what scipy.stats.t.ppf computes, without its per-call overhead
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
@@ -112,7 +113,7 @@ def sd_upper_bound(sd: float, n: int, level: float = SD_BOUND_LEVEL) -> float:
     values (chi-square with n - 1 degrees of freedom): sd * sqrt((n - 1) / chi2_{1 - level, n - 1})."""
     if n < 2 or not math.isfinite(sd):
         return math.nan
-    return sd * math.sqrt((n - 1) / float(sps.chi2.ppf(1 - level, n - 1)))
+    return sd * math.sqrt((n - 1) / float(special.chdtri(n - 1, level)))  # chi2.ppf(1 - level, n - 1)
 
 
 def power(effect: float, sd: float, n: int, alpha: float) -> float:
@@ -120,10 +121,12 @@ def power(effect: float, sd: float, n: int, alpha: float) -> float:
     difference is ``effect`` and its sd ``sd`` (noncentral t with n - 1 degrees of freedom)."""
     if n < 2 or not sd > 0:
         return math.nan
-    df, critical = n - 1, float(sps.t.ppf(1 - alpha / 2, n - 1))
+    df, critical = n - 1, t_quantile(1 - alpha / 2, n - 1)
     noncentrality = abs(effect) / (sd / math.sqrt(n))
-    upper = float(sps.nct.sf(critical, df, noncentrality))
-    lower = float(sps.nct.cdf(-critical, df, noncentrality))  # the wrong-sign tail: negligible, NaN when tiny
+    # scipy.special's noncentral t CDF, the one scipy.stats.nct uses, called directly: the power search calls it
+    # often, and scipy.stats' distribution layer costs thirty times the arithmetic
+    upper = 1.0 - float(special.nctdtr(df, noncentrality, critical))
+    lower = float(special.nctdtr(df, noncentrality, -critical))  # the wrong-sign tail: negligible, NaN when tiny
     return min(1.0, upper + (lower if math.isfinite(lower) else 0.0))
 
 
@@ -132,16 +135,18 @@ def seeds_for_power(effect: float, sd: float, alpha: float, target: float = POWE
     true difference ``effect`` with spread ``sd``; None when the effect is zero or more than ``most`` are needed."""
     if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0 or not sd > 0:
         return None
-    if power(effect, sd, most, alpha) < target:
-        return None
-    low, high = MIN_PAIRS - 1, most  # power grows with n: bisect for the first n reaching the target
-    while high - low > 1:
-        mid = (low + high) // 2
-        if power(effect, sd, mid, alpha) >= target:
-            high = mid
-        else:
-            low = mid
-    return high
+    # the normal approximation as a first guess, then step to the first n that reaches the target (power grows with n)
+    z = float(special.ndtri(1 - alpha / 2) + special.ndtri(target))
+    n = min(max(MIN_PAIRS, math.ceil((z * sd / abs(effect)) ** 2)), most)
+    if power(effect, sd, n, alpha) >= target:
+        while n > MIN_PAIRS and power(effect, sd, n - 1, alpha) >= target:
+            n -= 1
+        return n
+    while n < most:
+        n += 1
+        if power(effect, sd, n, alpha) >= target:
+            return n
+    return None
 
 
 def smallest_resolvable(sd: float, n: int, alpha: float, target: float = POWER) -> float:
@@ -149,7 +154,8 @@ def smallest_resolvable(sd: float, n: int, alpha: float, target: float = POWER) 
     ``alpha``: what a suite's seed count can hope to tell apart."""
     if n < MIN_PAIRS or not sd > 0:
         return math.nan
-    return float(optimize.brentq(lambda d: power(d, sd, n, alpha) - target, 1e-9 * sd, 1e3 * sd))
+    # to a millionth of the sd: the report prints two decimals
+    return float(optimize.brentq(lambda d: power(d, sd, n, alpha) - target, 1e-9 * sd, 1e3 * sd, xtol=1e-6 * sd))
 
 
 def probability_of_improvement(a: Sequence[float], b: Sequence[float], resamples: int = 2000, level: float = 0.95,
@@ -173,32 +179,50 @@ def probability_of_improvement(a: Sequence[float], b: Sequence[float], resamples
     return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _rho_with(b: np.ndarray) -> Callable[..., np.ndarray]:
+    """Spearman's rho of each row of its argument with ``b``: the Pearson correlation of their ranks (vectorized, so
+    the 9! orderings of an exact test take a moment)."""
+    rb = sps.rankdata(b)
+    rb = (rb - rb.mean()) / np.linalg.norm(rb - rb.mean())
+
+    def rho(u: np.ndarray, axis: int = -1) -> np.ndarray:
+        ru = np.moveaxis(sps.rankdata(u, axis=axis), axis, -1)
+        ru = ru - ru.mean(axis=-1, keepdims=True)
+        return (ru @ rb) / np.linalg.norm(ru, axis=-1)
+
+    return rho
+
+
+@functools.lru_cache(maxsize=32)
+def _exact_null(ranks_a: tuple[float, ...], ranks_b: tuple[float, ...]) -> np.ndarray:
+    """Spearman's rho over every ordering of one side against the other: the exact permutation null, which depends
+    on the two sets of ranks alone (cached: a report, or a simulation of thousands, meets the same few)."""
+    return sps.permutation_test((np.array(ranks_a),), _rho_with(np.array(ranks_b)), permutation_type="pairings",
+                                vectorized=True, n_resamples=math.inf).null_distribution
+
+
 def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, resamples: int = 9999
                  ) -> tuple[float, float, int]:
     """Spearman's rank correlation over the pairs where both are finite, its two-sided permutation p-value (exact
-    up to EXACT_PERMUTATION_POINTS points, else ``resamples`` seeded permutations) and the count of pairs; NaN for
-    fewer than three pairs or a constant side."""
+    up to EXACT_PERMUTATION_POINTS points, else ``resamples`` seeded permutations; both as
+    ``scipy.stats.permutation_test`` gives them) and the count of pairs; NaN for fewer than three pairs or a
+    constant side."""
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     n = int(a.size)
     if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan, math.nan, n
-
-    rb = sps.rankdata(b)
-    rb = (rb - rb.mean()) / np.linalg.norm(rb - rb.mean())
-
-    def rho(u: np.ndarray, axis: int = -1) -> np.ndarray:
-        """Spearman's rho of each row of ``u`` with ``b``: the Pearson correlation of their ranks (vectorized, so
-        the 9! orderings of an exact test take a moment)."""
-        ru = np.moveaxis(sps.rankdata(u, axis=axis), axis, -1)
-        ru = ru - ru.mean(axis=-1, keepdims=True)
-        return (ru @ rb) / np.linalg.norm(ru, axis=-1)
-
-    result = sps.permutation_test((a,), rho, permutation_type="pairings", alternative="two-sided", vectorized=True,
-                                  n_resamples=math.inf if n <= EXACT_PERMUTATION_POINTS else resamples,
-                                  rng=np.random.default_rng(0))
-    return float(result.statistic), float(result.pvalue), n
+    rho = _rho_with(b)
+    if n > EXACT_PERMUTATION_POINTS:
+        result = sps.permutation_test((a,), rho, permutation_type="pairings", alternative="two-sided",
+                                      vectorized=True, n_resamples=resamples, rng=np.random.default_rng(0))
+        return float(result.statistic), float(result.pvalue), n
+    observed = float(rho(a))
+    null = _exact_null(tuple(np.sort(sps.rankdata(a))), tuple(np.sort(sps.rankdata(b))))
+    gamma = abs(100 * np.finfo(float).eps * observed)  # scipy's tolerance for ties in the null distribution
+    low, high = np.mean(null <= observed + gamma), np.mean(null >= observed - gamma)
+    return observed, float(min(1.0, 2 * min(low, high))), n
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:

@@ -87,21 +87,22 @@ def _metrics(method: str, ratio: float, lr: float, seed: int, acc: float, epochs
     return metrics, history
 
 
-def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Iterable[str] = ("l1", "random", "tpp"),
-                            ratios: Iterable[float] = (0.5, 0.9), lrs: Iterable[float] = (0.01, 0.001),
-                            seeds: Iterable[int] = (0, 1, 2), epochs: int = 6,
-                            accuracy: Callable[[str, float, float, int], float] | None = None,
-                            statuses: Mapping[RunKey, str] | None = None, model: str = "mlp7_linear",
-                            dataset: str = "fashion_mnist", extra_metrics: Mapping[str, Any] | None = None,
-                            validation: Callable[[str, float, float, int], float] | None = None,
-                            num_classes: int = 10) -> list[Path]:
-    """Write ``root/<suite>/runs/<id>/result.json`` for every method × ratio × lr × seed; returns the paths.
+def synthetic_results(suite: str = "synthetic", methods: Iterable[str] = ("l1", "random", "tpp"),
+                      ratios: Iterable[float] = (0.5, 0.9), lrs: Iterable[float] = (0.01, 0.001),
+                      seeds: Iterable[int] = (0, 1, 2), epochs: int = 6,
+                      accuracy: Callable[[str, float, float, int], float] | None = None,
+                      statuses: Mapping[RunKey, str] | None = None, model: str = "mlp7_linear",
+                      dataset: str = "fashion_mnist", extra_metrics: Mapping[str, Any] | None = None,
+                      validation: Callable[[str, float, float, int], float] | None = None,
+                      num_classes: int = 10) -> list[dict[str, Any]]:
+    """The result.json content of every method × ratio × lr × seed, in memory, as the runner writes it.
 
     ``validation`` gives each finished run's validation accuracy (``acc_val_final``), as a validation split would;
     without it the runs have none."""
     accuracy = accuracy or default_accuracy
     statuses = statuses or {}
-    paths = []
+    seeds = list(seeds)
+    results = []
     for method in methods:
         for ratio in ratios:
             for lr in lrs:
@@ -128,8 +129,17 @@ def write_synthetic_results(root: Path, suite: str = "synthetic", methods: Itera
                                       diverged={"phase": "retrain", "epoch": 2}, error=str(Diverged("retrain", 2)))
                     elif status == "failed":
                         result.update(error="RuntimeError: CUDA out of memory", traceback="Traceback ...")
-                    path = root / suite / "runs" / result["run_id"] / "result.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(result))
-                    paths.append(path)
+                    results.append(result)
+    return results
+
+
+def write_synthetic_results(root: Path, suite: str = "synthetic", *args: Any, **kwargs: Any) -> list[Path]:
+    """Write ``root/<suite>/runs/<id>/result.json`` for every run of ``synthetic_results(suite, ...)`` (same
+    arguments after ``root``); returns the paths."""
+    paths = []
+    for result in synthetic_results(suite, *args, **kwargs):
+        path = root / suite / "runs" / result["run_id"] / "result.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        paths.append(path)
     return paths

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.cells import LEVEL, PERCENT, Cell, cells
-from bench.report.stats import beats_every_other, holm, kendall_tau, paired_t_test
+from bench.report.stats import MIN_PAIRS, beats_every_other, holm, kendall_tau, paired_t_test
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,11 @@ def accuracy_table(runs: pd.DataFrame, methods: list[str], reference: pd.DataFra
     note = (f"Final test accuracy after retraining, mean ± half-width of the {LEVEL:.0%} Student-t interval over "
             "seeds (n=k marks cells with fewer seeds than the others; no interval for one seed). Bold: the best "
             "method at that ratio and learning rate, only where it beats every other method by a paired difference "
-            "over seeds that a t-test resolves after Holm's correction (p < 0.05; never with one seed), and never "
-            "where any method there has a run that failed, diverged, has not finished or is missing. Runs that did "
-            "not finish ok are counted in brackets and left out of the mean; each LR here is fixed by hand: see the "
-            "verdict for each method at its own validated LR.")
+            "over seeds that a t-test resolves after Holm's correction across the other methods at that ratio and LR "
+            f"(p < 0.05; never below {MIN_PAIRS} seeds or with differences without spread), and never where any method "
+            "there has a run that failed, diverged, has not finished or is missing. Runs that did not finish ok are "
+            "counted in brackets and left out of the mean; each LR here is fixed by hand: see the verdict for each "
+            "method at its own validated LR.")
     if with_ref:
         note += (" 'paper' is the published mean (std), not an interval, and Δ = ours − paper, in points; the "
                  "paper's own runs may report best-epoch rather than final accuracy (uncertain in the sources).")
@@ -266,11 +267,11 @@ def rank_table(runs: pd.DataFrame, methods: list[str]) -> Table | None:
                          "mean": means[(ratio, lr, method)].mean if rank else math.nan})
         rows.append(row)
     note = ("Ranked at each fixed retraining LR, every method at the same LR: not the verdict's ranking, which puts "
-            "each method at its own validation-chosen LR (so the two can name different leaders without "
-            "disagreeing). Methods ranked by mean final accuracy at each ratio and retraining LR (1 = best, ties share "
-            "the better rank), with the mean in brackets; rank 1 is bold only where paired t-tests over seeds resolve "
-            "it from every other method (Holm-corrected, as in the accuracy table). Read across a row: a method whose "
-            "rank moves with the LR is judged differently depending on a retraining choice, not on its pruning.")
+            "each method at its own validation-chosen LR (the two can name different leaders without disagreeing). "
+            "Ranked by mean final accuracy (1 = best, ties share the better rank; the mean in brackets); rank 1 is "
+            "bold under the accuracy table's rule: paired t-tests resolve it from every other method (Holm, p < 0.05, "
+            f"at least {MIN_PAIRS} seeds with some spread) and no method there has a run that failed, diverged, has "
+            "not finished or is missing. A method whose rank moves with the LR is judged by a retraining choice.")
     return Table("ranks", "Method ranks per ratio at each fixed learning rate (not the verdict's chosen LRs)", note,
                  header, rows, pd.DataFrame(data), bold)
 

@@ -169,7 +169,7 @@ def paired_table(assessment: Assessment) -> Table | None:
         elif c.resolved:
             needed = f"{t.n} (resolved)"
         else:
-            needed = str(max(c.seeds_needed, t.n + 1))
+            needed = str(c.seeds_advised)
         pi, pi_low, pi_high = c.improvement
         pi_text = "—" if math.isnan(pi) else f"{pi:.2f}" + ("" if math.isnan(pi_low) else
                                                             f" [{pi_low:.2f}, {pi_high:.2f}]")
@@ -189,10 +189,10 @@ def paired_table(assessment: Assessment) -> Table | None:
             "the same dense model; methods with their own dense training (e.g. rni, slimming, orthoreg's early-bird, "
             "scratch) pair by seed only, more weakly. Paired t-test (scipy.stats) on the per-seed test differences, "
             f"two-sided. The family: p (Holm, suite) corrects across all {family} tested comparisons of every ratio "
-            f"of this suite, so 'resolved' (p (Holm) < {ALPHA:g}) survives everything the headline states. Fewer than "
-            f"{MIN_PAIRS} pairs or differences without spread are 'too few seeds'; a comparison across a diverged "
-            "seed is not tested by t (bimodal data), nor one where a divergence decided a method's LR (its converged "
-            "seeds alone would choose another); an untuned or incomplete method is never resolved; with the "
+            f"of this suite, so 'resolved' (bold; p (Holm) < {ALPHA:g}) survives everything the headline states. "
+            f"Fewer than {MIN_PAIRS} pairs or differences without spread are 'too few seeds'; a comparison across a "
+            "diverged seed is not tested by t (bimodal data), nor one where a divergence decided a method's LR (its "
+            "converged seeds alone would choose another); an untuned or incomplete method is never resolved; with the "
             f"LRs chosen on test nothing is assessed. 'Seeds for {POWER:.0%} power': the pairs the t-test at the "
             f"family's strictest level ({ALPHA:g}/{max(family, 1)}, Holm's first step) needs for {POWER:.0%} power "
             "against the observed difference, with the sd at its one-sided "

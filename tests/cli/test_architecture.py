@@ -85,7 +85,7 @@ def test_the_import_graph_has_no_loop() -> None:
 def test_the_walker_sees_lazy_imports_and_orders_real_wings() -> None:
     """The checks above are not vacuous: the walker sees lazy imports, and the floors order real wings."""
     names = [t for t, _, _ in imports("bench.cli")]
-    assert "bench.cli.selftest" in names and "bench.pipeline.runner" in names   # both imported inside functions
+    assert "bench.cli.selftest" in names and "bench.pipeline.fusion" in names   # both imported inside functions
     assert floor("bench.core.errors") < floor("bench.pipeline.runner") < floor("bench.cli")
 
 

@@ -31,3 +31,29 @@ def test_selftest_on_cuda_without_a_gpu_says_so_in_one_line(capsys: pytest.Captu
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("error: selftest --device cuda: no GPU is visible here")
+
+
+def test_the_roster_leaves_out_methods_its_worker_processes_cannot_load(tmp_path, monkeypatch) -> None:
+    """A method registered by other code in this process (a test's subclass) or by a ``--plugin`` file is not one the
+    self-test's pool workers register, so the roster never picks it, however it declares itself; built-ins stay."""
+    from bench.cli.selftest import Roster
+    from bench.core.registry import METHODS
+    from bench.plugins import load_builtin, load_plugin
+
+    load_builtin()
+    state = METHODS.snapshot()
+    builtin = Roster.registered(quick=True)
+    tpp = next(METHODS.get(n) for n in builtin.phased)
+    plugin = tmp_path / "phased_plugin.py"
+    plugin.write_text(f"from bench import register_method\nfrom {tpp.__module__} import {tpp.__name__} as Base\n\n\n"
+                      "@register_method('zz_from_a_file')\nclass FromFile(Base):\n    pass\n")
+    try:
+        METHODS.add("zz_in_process", type("InProcess", (tpp,), {"selftest_options": dict(tpp.selftest_options)}))
+        load_plugin(str(plugin))
+        assert {"zz_in_process", "zz_from_a_file"} <= set(METHODS)
+        for quick in (True, False):
+            roster = Roster.registered(quick)
+            assert "zz_in_process" not in roster.names and "zz_from_a_file" not in roster.names
+        assert Roster.registered(quick=True) == builtin
+    finally:
+        METHODS.restore(state)

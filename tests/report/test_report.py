@@ -179,6 +179,9 @@ def test_no_bold_beside_a_run_that_is_not_a_result(tmp_path: Path, status: str |
     assert "the verdict's rule" not in accuracy.note
     ranks = tables.rank_table(runs, ["A", "B"])
     assert ranks.bold == {(0, 3)}  # A's rank 1 bold at LR 0.001 (column 3) only
+    for note in (accuracy.note, ranks.note):  # each note tells the rule that withheld the bold
+        assert "failed, diverged, has not finished or is missing" in note
+        assert "at least 3 seeds" in note or "never below 3 seeds" in note
 
 
 def test_rank_stability_flags_a_winner_that_changes_with_the_lr(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from bench.report.stats import (  # noqa: E402
 )
 from bench.report.synthetic import write_synthetic_results  # noqa: E402
 from bench.report.verdict import BY_TEST, BY_VALIDATION, compare, headline, select_lrs, selected_by  # noqa: E402
-from tests.conftest import PROJECT  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- statistics
 
@@ -470,24 +469,6 @@ def test_index_html_renders_the_markdown_it_embeds(tmp_path: Path) -> None:
     page = (tmp_path / "q" / "report" / "index.html").read_text()
     assert "<code>validation: N</code>" in page and "`validation" not in page
     assert "<em>test</em>" in page and "*test*" not in page
-
-
-def test_the_calibration_benchmark_runs_through_the_report_code(capsys: pytest.CaptureFixture[str]) -> None:
-    """A smoke run of benchmarks/verdict_calibration.py: one null suite and one power check, printed as docs/reports.md
-    quotes them (the figures themselves come from its default run)."""
-    import importlib.util
-
-    path = PROJECT / "benchmarks" / "verdict_calibration.py"
-    spec = importlib.util.spec_from_file_location("verdict_calibration", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--reps", "2", "--power-reps", "1", "--seeds", "3", "--methods", "2", "--effects", "4",
-                        "--pilot-seeds", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "False-winner rate under the null" in out and "Achieved power" in out
-    row = next(line for line in out.splitlines() if line.strip().startswith("3 "))
-    rate = float(row.split()[1])
-    assert rate in (0.0, 0.5, 1.0)  # two suites: a share of two
 
 
 def test_a_divergence_that_decides_an_lr_choice_resolves_nothing(tmp_path: Path) -> None:

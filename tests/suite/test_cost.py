@@ -211,10 +211,6 @@ from bench import register_method
 class Miscounted(TPP):
     """TPP whose phase_steps is one step short of its phase: a plugin's mistake the budget must not hide."""
 
-    # Registered only in this test process: the self-test (which may share an xdist worker) must not pick it, as
-    # its pool workers cannot import it.
-    selftest_options = None
-
     def phase_steps(self, dense, retrain, steps_per_epoch):
         steps, batch = super().phase_steps(dense, retrain, steps_per_epoch)
         return steps - 1, batch
