@@ -20,6 +20,7 @@ figures do not depend on ``--workers``.
 
     python benchmarks/verdict_calibration.py                       # both sections, the figures docs/reports.md quotes
     python benchmarks/verdict_calibration.py --sections null --reps 100 --workers 1
+    python benchmarks/verdict_calibration.py --sections adaptive      # issue 33: rounds beside max seeds everywhere
 
 Another section is one function ``section(args, pool) -> None`` registered in SECTIONS (with its options added in
 ``parser()``); ``simulate`` (one suite's comparisons), ``draw_runs`` (seed by seed: more seeds extend a suite),
@@ -253,7 +254,18 @@ def power_section(args: argparse.Namespace, pool: Pool) -> None:
           f"{'met' if met else 'NOT met'}", flush=True)
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace, Pool], None]] = {"null": null_section, "power": power_section}
+def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
+    """Seeds grown in rounds (issue 33) beside ``--adaptive-max`` seeds everywhere: false winners, power, runs saved
+    (``benchmarks/adaptive_calibration.py``, through the real round replay and ``verdict.assess``; one process)."""
+    from adaptive_calibration import adaptive_section as lines  # noqa: PLC0415 (a sibling script, loaded on use)
+
+    print()
+    print(*lines(args.adaptive_reps, args.adaptive_methods, (0.0, *args.effects), args.sd, args.adaptive_start,
+                 args.adaptive_max, args.adaptive_step, seed=args.seed), sep="\n", flush=True)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, Pool], None]] = {"null": null_section, "power": power_section,
+                                                                    "adaptive": adaptive_section}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -279,6 +291,12 @@ def parser() -> argparse.ArgumentParser:
     power.add_argument("--pilot-seeds", type=int, default=5, help="seeds of the pilot whose advice is tested")
     power.add_argument("--most", type=int, default=200, help="the largest N seeds a power check runs")
     power.add_argument("--target-power", type=float, default=0.75)
+    adaptive = p.add_argument_group("adaptive (seeds grown in rounds; the null and --effects)")
+    adaptive.add_argument("--adaptive-reps", type=int, default=200, help="suites per difference (default 200)")
+    adaptive.add_argument("--adaptive-methods", type=int, default=2)
+    adaptive.add_argument("--adaptive-start", type=int, default=3)
+    adaptive.add_argument("--adaptive-max", type=int, default=10)
+    adaptive.add_argument("--adaptive-step", type=int, default=2)
     return p
 
 
