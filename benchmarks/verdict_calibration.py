@@ -257,8 +257,14 @@ def power_section(args: argparse.Namespace, pool: Pool) -> None:
 def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
     """Seeds grown in rounds (issue 33) beside ``--adaptive-max`` seeds everywhere: false winners, power, runs saved
     (``benchmarks/adaptive_calibration.py``, through the real round replay and ``verdict.assess``; one process)."""
-    from adaptive_calibration import adaptive_section as lines  # noqa: PLC0415 (a sibling script, loaded on use)
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("adaptive_calibration", Path(__file__).with_name(
+        "adaptive_calibration.py"))  # a sibling script, loaded on use (also when this file is imported by path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines = module.adaptive_section
     print()
     print(*lines(args.adaptive_reps, args.adaptive_methods, (0.0, *args.effects), args.sd, args.adaptive_start,
                  args.adaptive_max, args.adaptive_step, seed=args.seed), sep="\n", flush=True)

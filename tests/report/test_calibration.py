@@ -68,9 +68,10 @@ def test_the_calibration_benchmark_runs_through_the_report_code(calibration: Mod
 
 
 def test_an_unknown_section_is_one_error_line(calibration: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
-    assert calibration.main(["--sections", "null,adaptive"]) == 2
+    assert calibration.main(["--sections", "null,adaptiv"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --sections 'null,adaptive': unknown section(s) adaptive") and err.count("\n") == 1
+    assert err.startswith("error: --sections 'null,adaptiv': unknown section(s) adaptiv") and err.count("\n") == 1
+    assert "null, power, adaptive" in err  # the sections it offers, the sequential-seeds one (issue 33) among them
 
 
 def test_a_simulated_suite_is_reproducible_and_its_draws_extend_seed_by_seed(calibration: ModuleType) -> None:
@@ -189,3 +190,14 @@ def _jsv_and_gaps(runs: pd.DataFrame) -> tuple[list[float], list[float]]:
         jsv.append(float(group.jsv_pruned.mean()))
         gaps.append(float(means.max() - means.min()))
     return jsv, gaps
+
+
+def test_the_adaptive_section_prints_rounds_beside_max_seeds(calibration: ModuleType,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sections adaptive`` prints the sequential design's rows (the null and each --effects) from the round code."""
+    assert calibration.main(["--sections", "adaptive", "--adaptive-reps", "2", "--effects", "2", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Seeds grown in rounds (start 3, max 10, step 2" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().endswith(("(false winners)", "(power)"))]
+    assert [row[0] for row in rows] == ["0", "2"]
+    assert all(3 <= float(row[7]) <= 10 for row in rows)  # seeds per cell between start and max
