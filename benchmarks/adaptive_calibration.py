@@ -33,10 +33,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 
-from bench.report import load_results  # noqa: E402
+from bench.report.load import from_records  # noqa: E402
 from bench.report.rounds import cell_lrs, replay  # noqa: E402
 from bench.report.sequential import FUTILITY  # noqa: E402
-from bench.report.synthetic import write_synthetic_results  # noqa: E402
+from bench.report.synthetic import synthetic_results  # noqa: E402
 from bench.report.verdict import RESOLVED, assess  # noqa: E402
 
 LRS = (0.01, 0.001)
@@ -47,12 +47,11 @@ VERDICT_COLUMNS = ["suite", "run_id", "method", "ratio", "ratio_value", "lr", "s
 
 
 def template(methods: int, most: int) -> pd.DataFrame:
-    """The runs frame of a suite with every seed up to ``most`` finished (the report's loader on a synthetic tree)."""
+    """The runs frame of a suite with every seed up to ``most`` finished (the report's loader's rows, in memory)."""
     names = [f"m{i}" for i in range(methods)]
-    with tempfile.TemporaryDirectory(prefix="adaptive-") as folder:
-        write_synthetic_results(Path(folder), "sim", names, [RATIO], list(LRS), list(range(most)), epochs=2,
+    records = synthetic_results("sim", names, [RATIO], list(LRS), list(range(most)), epochs=2,
                                 validation=lambda *key: 0.8)
-        return load_results(Path(folder)).runs[VERDICT_COLUMNS]
+    return from_records((result, "sim") for result in records).runs[VERDICT_COLUMNS]
 
 
 def draw(frame: pd.DataFrame, lead: float, sd: float, rng: np.random.Generator) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from bench.pipeline.prune import make_pruned as make_pruned  # re-exported
 from bench.pipeline.prune import prune_once as prune_once  # re-exported
 from bench.pipeline.prune import prune_stage
 from bench.pipeline.prune import run_context as run_context  # re-exported
-from bench.pipeline.setup import (  # noqa: F401 (bench.runner had them)  # noqa: F401 (re-exported likewise)
+from bench.pipeline.setup import (  # noqa: F401 (re-exported: bench.runner had them)
     Workspace,
     dense_recipe,
     example_input,
