@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,8 @@ from bench.method import Method
 from bench.pipeline.metrics import validation_metrics
 from bench.pipeline.setup import Workspace, dense_recipe, load_user_checkpoint, new_model
 from bench.suite.grid import Run, resolve_path
-from bench.training.hooks import BaseHooks, EpochHooks
-from bench.training.train import (
-    evaluate,
-    fit,
-    make_optimizer,
-)
+from bench.training.hooks import BaseHooks, EpochHooks, TrainHooks
+from bench.training.train import Diverged, Recipe, evaluate, fit, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +50,8 @@ def obtain_dense(run: Run, ws: Workspace, methods: list[Method]) -> tuple[nn.Mod
         model = new_model(run, ws.data.info, methods)  # afresh: an attempt that found its model corrupt trained this
         with making(dense) as here:
             if here:
+                if (err := ws.dense_failed.get(run.dense_id)) is not None:  # its fused group's, as if its own
+                    raise Diverged(err.phase, err.epoch, err.history) if isinstance(err, Diverged) else err
                 train_dense(run, ws, methods, model, dense)
         loaded = load_shared(dense)
         if loaded is not None:
@@ -124,48 +123,94 @@ class BestCheckpoint(BaseHooks):
         self.epoch, self.score, self.weights = state["epoch"], state["score"], state["weights"]
 
 
-def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
+@dataclass
+class DenseTraining:
+    """A dense model ready to train (or loaded from the user's checkpoint: then ``recipe`` is None), with its hooks and
+    optimizer, and what finishing it writes: the same for a separate training (``train_dense``) and a member of a
+    fused group (bench.pipeline.dense_fusion)."""
+
+    run: Run
+    ws: Workspace
+    model: nn.Module
+    dense: DenseDir
+    recipe: Recipe | None
+    hooks: list[TrainHooks]
+    optimizer: torch.optim.Optimizer | None  # a dense variant's own param groups; None: the recipe's SGD
+    best: BestCheckpoint | None  # pretrain.best_on's epoch-end hook
+    close: Callable[[], None]  # the progress bar's end
+    began: float = field(default_factory=time.perf_counter)
+
+    def checkpoint(self) -> Path:
+        """Its resumable checkpoint (moved aside, with a warning, when corrupt). Call holding its lock."""
+        return usable_checkpoint(self.dense.checkpoint, "dense training restarts")
+
+    def finish(self, history: list[dict[str, Any]], seconds: float | None = None,
+               extra: dict[str, Any] | None = None) -> None:
+        """Choose the epoch (the last, or the best by ``pretrain.best_on``), save the model, write ``dense.json``
+        (``seconds``: the training's own time, else the time since this was prepared; ``extra`` entries added) and
+        remove the checkpoint."""
+        run, ws, model, dense, best = self.run, self.ws, self.model, self.dense, self.best
+        finishing = time.perf_counter()
+        best_on = run.suite.pretrain.best_on
+        # Which epoch's weights are pruned: the last one, or the best one by pretrain.best_on.
+        chosen = {"best_on": best_on if best is not None and best.weights is not None else "final",
+                  "epoch": len(history), "epochs": len(history)}
+        if best is not None and chosen["best_on"] != "final":
+            model.load_state_dict(best.weights)
+            chosen["epoch"] = best.epoch
+        model.to(ws.device)
+        # The chosen epoch already evaluated this very model; evaluate only when nothing was trained here.
+        acc = history[chosen["epoch"] - 1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
+        save_checkpoint(dense.model, {"model": model.state_dict()})
+        # The images it trained on: the training set less any validation split (none when loaded from a checkpoint).
+        trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
+        spent = time.perf_counter() - self.began if seconds is None else seconds + time.perf_counter() - finishing
+        write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "checkpoint": chosen,
+                                "history": history, "num_train": trained_on, "seconds": spent, **(extra or {})})
+        remove_checkpoint(dense.checkpoint)
+        log.info("dense model %s: test accuracy %.4f (%s checkpoint, epoch %d of %d)", run.dense_id, acc,
+                 chosen["best_on"], chosen["epoch"], chosen["epochs"])
+
+
+def prepare_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir,
+                  label: str | None = None) -> DenseTraining:
+    """The run's dense model (``model``, fresh) ready to train: its recipe, the dense variants' hooks and param
+    groups, pretrain.best_on's hook and a progress bar (``label``; when ``ws`` has progress); or loaded from
+    ``pretrain.checkpoint``, with nothing to train."""
     began = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    best_on = run.suite.pretrain.best_on
-    best = None
     if run.suite.pretrain.checkpoint:
         load_user_checkpoint(model, resolve_path(run.suite.pretrain.checkpoint, ws.suite_dir))
-    else:
-        recipe = dense_recipe(run, methods)
-        variants = [v for v in (m.dense_variant() for m in methods) if v is not None]
-        hooks = [h for v in variants for h in v.hooks]
-        optimizer = None
-        groups = [v.param_groups for v in variants if v.param_groups is not None]
-        if groups:
-            optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
-        if best_on == "validation":
-            best = BestCheckpoint("val_acc", measure=lambda net: validation_metrics(net, ws))
-        elif best_on != "final":
-            best = BestCheckpoint("test_acc")
-        if best is not None:
-            hooks.append(best)
-        bar = ws.progress.phase(f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
-        if bar:
-            hooks.append(EpochHooks(report=bar))  # after the others: their state's place in the checkpoint stays
-        history = fit(model, ws.data, recipe, device=ws.device, seed=run.seed, phase="dense", hooks=hooks,
-                      checkpoint=usable_checkpoint(dense.checkpoint, "dense training restarts"), optimizer=optimizer)
-        if bar:
-            bar.close()
-    # Which epoch's weights are pruned: the last one, or the best one by pretrain.best_on.
-    chosen = {"best_on": best_on if best is not None and best.weights is not None else "final",
-              "epoch": len(history), "epochs": len(history)}
-    if chosen["best_on"] != "final":
-        model.load_state_dict(best.weights)
-        chosen["epoch"] = best.epoch
-    model.to(ws.device)
-    # The chosen epoch already evaluated this very model; evaluate only when nothing was trained here.
-    acc = history[chosen["epoch"] - 1]["test_acc"] if history else evaluate(model, ws.data, 1000, ws.device)[1]
-    save_checkpoint(dense.model, {"model": model.state_dict()})
-    # The images it trained on: the training set less any validation split (none when loaded from a checkpoint).
-    trained_on = None if run.suite.pretrain.checkpoint else ws.data.info.num_train
-    write_json(dense.meta, {"dense_id": run.dense_id, "key": run.dense_key, "acc": acc, "checkpoint": chosen,
-                            "history": history, "num_train": trained_on, "seconds": time.perf_counter() - began})
-    remove_checkpoint(dense.checkpoint)
-    log.info("dense model %s: test accuracy %.4f (%s checkpoint, epoch %d of %d)", run.dense_id, acc,
-             chosen["best_on"], chosen["epoch"], chosen["epochs"])
+        return DenseTraining(run, ws, model, dense, None, [], None, None, lambda: None, began)
+    best_on = run.suite.pretrain.best_on
+    recipe = dense_recipe(run, methods)
+    variants = [v for v in (m.dense_variant() for m in methods) if v is not None]
+    hooks = [h for v in variants for h in v.hooks]
+    optimizer = None
+    groups = [v.param_groups for v in variants if v.param_groups is not None]
+    if groups:
+        optimizer = make_optimizer(model, recipe, groups[-1](model, recipe))
+    best = None
+    if best_on == "validation":
+        best = BestCheckpoint("val_acc", measure=lambda net: validation_metrics(net, ws))
+    elif best_on != "final":
+        best = BestCheckpoint("test_acc")
+    if best is not None:
+        hooks.append(best)
+    bar = ws.progress.phase(label or f"dense {run.suite.model} seed {run.seed}") if ws.progress else None
+    if bar:
+        hooks.append(EpochHooks(report=bar))  # after the others: their state's place in the checkpoint stays
+    return DenseTraining(run, ws, model, dense, recipe, hooks, optimizer, best, bar.close if bar else lambda: None,
+                         began)
+
+
+def train_dense(run: Run, ws: Workspace, methods: list[Method], model: nn.Module, dense: DenseDir) -> None:
+    """Train (or load) the run's dense model alone and write it; raises ``Diverged`` as ``fit`` does."""
+    job = prepare_dense(run, ws, methods, model, dense)
+    history: list[dict[str, Any]] = []
+    if job.recipe is not None:
+        try:
+            history = fit(model, ws.data, job.recipe, device=ws.device, seed=run.seed, phase="dense", hooks=job.hooks,
+                          checkpoint=job.checkpoint(), optimizer=job.optimizer)
+        finally:
+            job.close()
+    job.finish(history)

@@ -46,6 +46,9 @@ class Workspace:
     progress: Progress | None = None
     reads: environment.Reads = dataclasses.field(default_factory=environment.Reads)  # what building the data read
     data_root: Path | None = None  # the root the data came from (None: none given, the dataset's default location)
+    # dense id -> the error (a Diverged, say) of its fused dense training in this process (bench.pipeline.dense_fusion):
+    # a run that needs that dense model records it, as it would its own dense training's; the next `run` tries again
+    dense_failed: dict[str, Exception] = dataclasses.field(default_factory=dict)
 
 
 def model_entry(run_or_name: Run | str) -> ModelEntry:
