@@ -1,8 +1,10 @@
-"""Which runs of a suite retrain as one fused group (bench.training.fused), and why the others do not.
+"""Which runs of a suite retrain as one fused group (bench.training.fused), which of its dense models train as one,
+and why the others do not.
 
 Fusion is an execution detail: it never enters a run id. The plan here is made from the runs alone, before any
 model exists; the executor checks again on the pruned models (their layer widths, the recipes the methods made,
-the hooks) and trains apart whatever does not match (bench.pipeline.fusion).
+the hooks) and trains apart whatever does not match (bench.pipeline.fusion). Dense models that differ only in
+the seed train as one fused group likewise (bench.pipeline.dense_fusion), under the same ``execution.fuse`` rule.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Literal
 
 from bench.method import Method
 from bench.suite.grid import Run, ratio_label
+from bench.training.fused import step_hooks
 
 FuseMode = Literal["auto", "on", "off"]
 
@@ -99,6 +102,66 @@ def plan_fusion(runs: list[Run], mode: FuseMode | None = None) -> FusionPlan:
     return plan
 
 
+def dense_why_alone(run: Run, mode: FuseMode) -> str | None:
+    """Why ``run``'s dense model cannot train in a fused group under ``mode``, or None when it may: the rule of
+    retraining (``why_alone``) where it applies to dense training, and nothing the fused step cannot run."""
+    suite = run.suite
+    if mode == "off" or (mode == "auto" and suite.model not in AUTO_MODELS):
+        return why_alone(run, mode)
+    if suite.pretrain.checkpoint:
+        return "loaded from pretrain.checkpoint (not trained)"
+    if suite.pretrain.epochs == 0:
+        return "pretrain.epochs is 0 (not trained)"
+    if not suite.performance.is_default():
+        return "performance options (amp, channels_last, compile, fused_optimizer) are not fused"
+    for method in run.method.build():
+        variant = method.dense_variant()
+        if variant is not None and variant.param_groups is not None:
+            return f"{type(method).__name__}'s dense variant has its own param groups (not fused)"
+        if variant is not None and (hooks := step_hooks(variant.hooks)):
+            return f"{type(method).__name__}'s dense variant has a hook inside the step ({', '.join(hooks)})"
+    return None
+
+
+def plan_dense_fusion(runs: list[Run], mode: FuseMode | None = None) -> FusionPlan:
+    """Group the dense models of ``runs`` (one suite's) for fused dense training: those that differ only in the seed
+    (their dense keys but for it are equal), at most ``execution.max_members`` per group. A group holds one run
+    per dense model; ``alone`` is keyed by dense id."""
+    models: dict[str, Run] = {}
+    for run in runs:
+        models.setdefault(run.dense_id, run)
+    plan = FusionPlan()
+    keyed: dict[str, list[Run]] = {}
+    for dense_id, run in models.items():
+        reason = dense_why_alone(run, mode or run.suite.execution.fuse)
+        if reason is not None:
+            plan.alone[dense_id] = reason
+        else:
+            key = json.dumps({k: v for k, v in run.dense_key.items() if k != "seed"}, sort_keys=True, default=str)
+            keyed.setdefault(key, []).append(run)
+    for members in keyed.values():
+        size = members[0].suite.execution.max_members
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            if len(chunk) > 1:
+                plan.groups.append(chunk)
+            else:
+                plan.alone[chunk[0].dense_id] = "no other dense model differs from it only in the seed"
+    return plan
+
+
+def dense_tasks(runs: list[Run], mode: FuseMode | None = None) -> list[list[Run]]:
+    """The dense models of ``runs`` as executor tasks (one run per dense model): each fused group once, every other
+    dense model alone."""
+    plan = plan_dense_fusion(runs, mode)
+    grouped = {r.dense_id for group in plan.groups for r in group}
+    alone: dict[str, Run] = {}
+    for run in runs:
+        if run.dense_id not in grouped:
+            alone.setdefault(run.dense_id, run)
+    return plan.groups + [[r] for r in alone.values()]
+
+
 def plan_lines(runs: list[Run]) -> list[str]:
     """``plan``'s account of fused retraining: each group that will fuse, and why the other runs train alone."""
     if not runs:
@@ -117,4 +180,20 @@ def plan_lines(runs: list[Run]) -> list[str]:
         lines.append(f"  alone ({n} runs): {reason}")
     if fusion.groups:
         lines.append("  (members whose pruned models turn out to differ in layer widths or recipe retrain apart)")
+    return lines + dense_plan_lines(runs)
+
+
+def dense_plan_lines(runs: list[Run]) -> list[str]:
+    """``plan``'s account of fused dense training: each group of dense models that trains as one, and why the
+    others train alone."""
+    execution = runs[0].suite.execution
+    dense = plan_dense_fusion(runs)
+    lines = [f"fused dense training (execution.fuse: {execution.fuse}, max_members: {execution.max_members}): "
+             f"{len(dense.groups)} groups, {len(dense.alone)} dense models alone"]
+    for i, group in enumerate(dense.groups, 1):
+        lines.append(f"  dense group {i}: {len(group)} dense models (seeds {', '.join(str(r.seed) for r in group)})")
+    for reason, n in Counter(dense.alone.values()).most_common():
+        lines.append(f"  alone ({n} dense models): {reason}")
+    if dense.groups:
+        lines.append("  (made ones are skipped; members that turn out to differ in layer widths or recipe train apart)")
     return lines
