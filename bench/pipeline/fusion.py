@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.core import distributed
-from bench.core.store import RunDir, file_lock
+from bench.core.store import DenseDir, PrunedDir, RunDir, file_lock
 from bench.pipeline.dense import usable_checkpoint
+from bench.pipeline.dense_fusion import train_dense_group
 from bench.pipeline.runner import (
     FINISHED,
     Retraining,
@@ -32,7 +33,7 @@ from bench.pipeline.runner import (
 )
 from bench.pipeline.setup import Workspace
 from bench.pipeline.trackers import LiveLog
-from bench.suite.fusion import plan_fusion
+from bench.suite.fusion import plan_dense_fusion, plan_fusion
 from bench.suite.grid import Run
 from bench.training.fused import Member, architecture, fit_fused, unfusable
 from bench.training.train import Diverged, fit
@@ -56,10 +57,19 @@ class _Open:
 
 def execute_runs(runs: Sequence[Run], ws: Workspace, starting: Callable[[str], None] = lambda what: None,
                  finished: Callable[[str], None] = lambda status: None) -> Counter[str]:
-    """Execute ``runs`` in this process, a fused group (bench.suite.fusion) as one task; ``starting`` hears what
-    starts (for a progress bar), ``finished`` each run's status. Data-parallel runs train alone (no DDP fused)."""
+    """Execute ``runs`` in this process, a fused group (bench.suite.fusion) as one task, a fused group of dense models
+    before the first run that needs one of them; ``starting`` hears what starts (for a progress bar), ``finished``
+    each run's status. Data-parallel runs train alone (no DDP fused)."""
     statuses: Counter[str] = Counter()
+    dense = {} if distributed.active() else dense_groups(runs, ws)
     for task in [[r] for r in runs] if distributed.active() else plan_fusion(list(runs)).tasks(list(runs)):
+        for run in task:  # a fused dense group trains before the first run that needs one of its models
+            group = dense.get(run.dense_id)
+            if group is not None:
+                for member in group:
+                    dense.pop(member.dense_id)
+                starting(f"{len(group)} dense models fused")
+                train_dense_group(group, ws)
         d = task[0].describe()
         starting(f"{d['method']} r={d['ratio']} lr={d['lr']:g} s={d['seed']}" if len(task) == 1
                  else f"{len(task)} runs fused")
@@ -67,6 +77,14 @@ def execute_runs(runs: Sequence[Run], ws: Workspace, starting: Callable[[str], N
             statuses[status] += 1
             finished(status)
     return statuses
+
+
+def dense_groups(runs: Sequence[Run], ws: Workspace) -> dict[str, list[Run]]:
+    """Dense id -> its fused dense group (bench.suite.fusion), for the dense models still missing that a run of
+    ``runs`` needs (its pruned model is not made yet)."""
+    needed = [r for r in runs if not PrunedDir(ws.results, r.prune_id).done
+              and not DenseDir(ws.results, r.dense_id).done]
+    return {r.dense_id: group for group in plan_dense_fusion(needed).groups for r in group}
 
 
 def execute_group(runs: Sequence[Run], ws: Workspace) -> dict[str, str]:
