@@ -3,6 +3,7 @@ itself, and the dense and pruned stages that run before the runs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterable
@@ -15,9 +16,11 @@ from bench.core.errors import UserError
 from bench.core.store import DenseDir, PrunedDir
 from bench.method import Method
 from bench.pipeline.dense import obtain_dense
+from bench.pipeline.dense_fusion import train_dense_group
 from bench.pipeline.fusion import execute_group
 from bench.pipeline.runner import execute, make_pruned
 from bench.pipeline.setup import Workspace
+from bench.suite.fusion import dense_tasks
 from bench.suite.grid import Run, suite_data_root
 from bench.suite.session import load_runs, resolve_device
 
@@ -74,8 +77,8 @@ _context: dict[tuple[Invocation, str | None], tuple[dict[str, Run], Workspace]] 
 
 def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", device: str | None = None) -> str:
     """Execute one run (``stage="run"``; returns its status), a fused group (``"group"``: ``run_id`` is the
-    members' ids joined by commas, and so is what it returns), or only make a run's dense model (``"dense"``) or
-    its pruned model (``"prune"``).
+    members' ids joined by commas, and so is what it returns), or only make a run's dense model (``"dense"``; with
+    several run ids joined by commas, their dense models as one fused group) or its pruned model (``"prune"``).
 
     The suite and dataset are loaded once per process and reused by the runs that follow in it.
     """
@@ -85,6 +88,11 @@ def run_in_process(invocation: Invocation, run_id: str, stage: str = "run", devi
         _context.clear()
         _context[key] = ({r.run_id: r for r in runs}, invocation.workspace(suite, suite_dir, device))
     runs, ws = _context[key]
+    if stage == "dense" and "," in run_id:  # a fused dense group: one run per dense model, ids joined by commas
+        group = [_known(runs, one, invocation) for one in run_id.split(",")]
+        # its failures stay with this task: the runs (here too, later) make a failed model again, as after any stage
+        made = train_dense_group(group, dataclasses.replace(ws, dense_failed={}))
+        return ",".join(made.values())
     if stage == "group":  # a fused group: its run ids joined by commas; their statuses likewise, in that order
         group = [_known(runs, one, invocation) for one in run_id.split(",")]
         statuses = execute_group(group, ws)
@@ -108,8 +116,9 @@ def _known(runs: dict[str, Run], run_id: str, invocation: Invocation) -> Run:
     return run
 
 
-def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
-    """One run per dense model that some unpruned run still needs and that is trained (not loaded) and missing."""
+def dense_stage(runs: Iterable[Run], results: Path) -> list[list[Run]]:
+    """The dense models that some unpruned run still needs and that are trained (not loaded) and missing, as tasks
+    of one run per dense model: a fused group (bench.suite.fusion's dense plan) is one task."""
     chosen: dict[str, Run] = {}
     for run in runs:
         pretrain = run.suite.pretrain
@@ -119,7 +128,7 @@ def dense_stage(runs: Iterable[Run], results: Path) -> list[Run]:
             continue
         if not DenseDir(results, run.dense_id).done:
             chosen[run.dense_id] = run
-    return list(chosen.values())
+    return dense_tasks(list(chosen.values()))
 
 
 def pruned_stage(runs: Iterable[Run], results: Path) -> list[Run]:

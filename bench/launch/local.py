@@ -85,7 +85,9 @@ def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: in
                                     "group" if len(group) > 1 else "run"): group for group in groups}
 
             results = Path(invocation.results)
-            for future, run in start(dense_stage(todo, results), "dense").items():
+            dense = {pool.submit(_pool_task, invocation, ",".join(r.run_id for r in g), "dense"): g[0]
+                     for g in dense_stage(todo, results)}  # a fused dense group is one task
+            for future, run in dense.items():
                 _log_stage_error(future, "dense", run)
             # A shared pruned model's runs start when it is made; every other run starts at once.
             staged = start(pruned_stage(todo, results), "prune")

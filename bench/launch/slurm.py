@@ -177,8 +177,9 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run], tasks: l
         return None
     log_dir = default_log_dir(results, suite)
     executor = make_executor(suite.slurm, log_dir, f"bench-{suite.name}-dense")
-    dense_runs = dense_stage(fresh, results) if suite.slurm.dense_job else []
-    dense_jobs = _sbatch(executor, [SlurmTask(invocation, r.run_id, "dense") for r in dense_runs])
+    dense_groups = dense_stage(fresh, results) if suite.slurm.dense_job else []  # a fused dense group is one task
+    dense_jobs = _sbatch(executor, [SlurmTask(invocation, ",".join(r.run_id for r in g), "dense")
+                                    for g in dense_groups])
     dense_job = array_id(dense_jobs)
     prepared = list(dense_jobs)
     try:
@@ -204,7 +205,7 @@ def submit_slurm(invocation: Invocation, suite: Suite, todo: list[Run], tasks: l
     submission = Submission(
         suite=suite.name, log_dir=log_dir, job=array_id(jobs),
         tasks={r.run_id: j.job_id for g, j in zip(groups, jobs) for r in g}, dense_job=dense_job,
-        dense_tasks={r.dense_id: j.job_id for r, j in zip(dense_runs, dense_jobs)}, prune_job=prune_job,
+        dense_tasks={r.dense_id: j.job_id for g, j in zip(dense_groups, dense_jobs) for r in g}, prune_job=prune_job,
         prune_tasks={r.prune_id: j.job_id for r, j in zip(prune_runs, prune_jobs)},
         skipped_live=len(todo) - len(fresh), jobs=[*prepared, *jobs])
     record_submission(results, submission, invocation)
@@ -232,7 +233,7 @@ def wait_for(submission: Submission) -> Counter[str]:
     """Block until every task of a submission has ended; count the runs' statuses (an ended task without a
     status, e.g. cancelled or out of memory, counts as "failed")."""
     statuses: Counter[str] = Counter()
-    n_prepared = len(submission.dense_tasks) + len(submission.prune_tasks)
+    n_prepared = len(set(submission.dense_tasks.values())) + len(submission.prune_tasks)  # a dense task may be a group
     for i, job in enumerate(submission.jobs):
         try:
             status = job.result()

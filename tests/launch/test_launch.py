@@ -172,22 +172,26 @@ def test_a_run_held_by_another_process_is_skipped(write_suite, tmp_path: Path) -
 
 
 def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, tmp_path: Path) -> None:
+    """One run per missing dense model, as tasks: the MLP's seeds as one fused group (fuse: auto), else alone."""
     inv = invocation(write_suite(tiny_suite(seeds=[0, 1])), tmp_path)
     _, runs, _ = inv.load()
     assert len(runs) == 8 and len({r.dense_id for r in runs}) == 2
-    chosen = dense_stage(runs, tmp_path)
+    (chosen,) = dense_stage(runs, tmp_path)  # one task: the two seeds' dense models fused
     assert sorted(r.dense_id for r in chosen) == sorted({r.dense_id for r in runs})
+    assert [len(task) for task in dense_stage(runs, tmp_path / "x")] == [2]
     dense = DenseDir(tmp_path, chosen[0].dense_id)
     save_checkpoint(dense.model, {"model": {}})
-    assert len(dense_stage(runs, tmp_path)) == 2  # a model file without its record (dense.json) is not finished
+    assert len(dense_stage(runs, tmp_path)[0]) == 2  # a model file without its record (dense.json) is not finished
     write_json(dense.meta, {"acc": 0.5})
-    assert [r.dense_id for r in dense_stage(runs, tmp_path)] == [chosen[1].dense_id]
+    assert [[r.dense_id for r in task] for task in dense_stage(runs, tmp_path)] == [[chosen[1].dense_id]]
     for run in runs:   # runs already pruned need no dense model
         if run.dense_id == chosen[1].dense_id:
             save_checkpoint(PrunedDir(tmp_path, run.prune_id).model, {})
     assert dense_stage(runs, tmp_path) == []
     no_training = invocation(write_suite(tiny_suite(pretrain={"epochs": 0})), tmp_path / "other")
     assert dense_stage(no_training.load()[1], tmp_path / "other") == []
+    apart = invocation(write_suite(tiny_suite(seeds=[0, 1], execution={"fuse": "off"}), "apart.yaml"), tmp_path)
+    assert [len(task) for task in dense_stage(apart.load()[1], tmp_path / "y")] == [1, 1]
 
 
 def test_pruned_stage_picks_one_run_per_missing_shared_pruned_model(write_suite, tmp_path: Path) -> None:
