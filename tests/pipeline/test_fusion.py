@@ -146,8 +146,9 @@ def test_fuse_off_unquoted_in_yaml_means_off(write_suite, capsys: pytest.Capture
 
 def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """submit_slurm with sbatch faked: the suite's eight runs are one array task of stage "group" (their ids joined
-    by commas), and the submission maps every run to that task. (The real Slurm tests skip where no controller
-    answers; a group task's statuses come back joined by commas, which wait_for counts one by one.)"""
+    by commas), and the submission maps every run to that task; its two seeds' dense models are one task of the
+    dense array, likewise. (The real Slurm tests skip where no controller answers; a group task's statuses come back
+    joined by commas, which wait_for counts one by one, past the prepared tasks.)"""
     import argparse
 
     from bench.launch import Invocation, slurm
@@ -155,8 +156,11 @@ def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monk
     submitted: list = []
 
     class Job:
-        def __init__(self, i: int) -> None:
-            self.job_id = f"77_{i}"
+        def __init__(self, i: int, task) -> None:
+            self.job_id, self.task = f"77_{i}", task
+
+        def result(self) -> str:  # what the task would return: a status per run (or dense model) it holds
+            return ",".join("ok" for _ in self.task.run_id.split(","))
 
     class Executor:
         def update_parameters(self, **kwargs) -> None:
@@ -164,7 +168,7 @@ def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monk
 
     def sbatch(executor, tasks):
         submitted.extend(tasks)
-        return [Job(i) for i in range(len(tasks))]
+        return [Job(i, task) for i, task in enumerate(tasks)]
 
     monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/sbatch")
     monkeypatch.setattr(slurm, "check_slurm_device", lambda invocation, suite: None)
@@ -181,3 +185,8 @@ def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monk
     assert len(groups) == 1 and sorted(groups[0].run_id.split(",")) == sorted(r.run_id for r in runs)
     assert not [t for t in submitted if t.stage == "run"]
     assert len(set(submission.tasks.values())) == 1 and sorted(submission.tasks) == sorted(r.run_id for r in runs)
+    (dense,) = [t for t in submitted if t.stage == "dense"]
+    assert len(dense.run_id.split(",")) == 2 and len({r.dense_id for r in runs}) == 2
+    assert sorted(submission.dense_tasks) == sorted({r.dense_id for r in runs})
+    assert len(set(submission.dense_tasks.values())) == 1
+    assert slurm.wait_for(submission) == {"ok": 8}  # the runs' statuses only, not the dense task's
