@@ -264,13 +264,14 @@ class Storage:
 @dataclass
 class Execution:
     """How runs are executed, never what they compute (not part of run ids): fused retraining of the runs that
-    differ only in LR or seed (docs/fusion.md)."""
+    differ only in LR or seed, and fused training of the dense models that differ only in the seed (docs/fusion.md)."""
 
     fuse: Literal["auto", "on", "off"] | bool = field(
-        "auto", doc="retrain runs of one architecture and recipe (apart from the LR) as one horizontally fused model: "
+        "auto", doc="retrain runs of one architecture and recipe (apart from the LR), and train dense models that "
+                    "differ only in the seed, as one horizontally fused model: "
                     "auto = where measured to pay (the MLP family), on = wherever supported, off = never (YAML's "
                     "unquoted on/off, read as true/false, mean the same)")
-    max_members: int = field(64, low=1, doc="the most runs one fused group trains at once")
+    max_members: int = field(64, low=1, doc="the most runs (or dense models) one fused group trains at once")
 
     def __post_init__(self) -> None:
         if isinstance(self.fuse, bool):  # YAML 1.1 reads an unquoted on/off as true/false

@@ -6,13 +6,13 @@ most one process at a time (a non-blocking flock on its directory; a second proc
 are never sent a dataset or a model: they get the command's arguments (``Invocation``) and rebuild the suite, its
 runs and the dataset themselves, so a Slurm task's pickle is a few hundred bytes.
 
-Dense models are trained in a stage of their own, one task per missing dense model, before the runs start
-(``Slurm.dense_job``; the local pool always does it). The alternative, letting every run task wait on the dense
-model's lock, would keep the GPUs of all but one task idle for the whole dense training. Pruned models that
-several runs share (the same run but for the retraining LR) are made likewise in a second stage
-(``Slurm.prune_job``), so a method's phase runs once while its LR siblings are not yet started. If a stage's task
-fails, the runs still start (Slurm ``afterany``) and retry it themselves under the lock, so its error is recorded
-in their result files.
+Dense models are trained in a stage of their own, one task per missing dense model (or per fused group of them: the
+seeds' dense models, bench.suite.fusion), before the runs start (``Slurm.dense_job``; the local pool always does
+it). The alternative, letting every run task wait on the dense model's lock, would keep the GPUs of all but one task
+idle for the whole dense training. Pruned models that several runs share (the same run but for the retraining LR)
+are made likewise in a second stage (``Slurm.prune_job``), so a method's phase runs once while its LR siblings are
+not yet started. If a stage's task fails, the runs still start (Slurm ``afterany``) and retry it themselves under
+the lock, so its error is recorded in their result files.
 
 Slurm submissions are recorded in ``<results>/<suite>/submissions.json`` (job ids, each run's array task, the log
 folder): ``status`` joins them with sacct, and a resubmission skips runs whose task is still queued or running.

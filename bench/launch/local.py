@@ -59,9 +59,9 @@ def pool_devices(invocation: Invocation, suite: Suite, workers: int) -> list[str
 def run_local(invocation: Invocation, suite: Suite, todo: list[Run], workers: int, quiet: bool = False,
               on_done: Callable[[Run, str], None] | None = None, tasks: list[list[Run]] | None = None
               ) -> Counter[str]:
-    """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first, then the pruned models
-    several runs share, then the runs; a fused group's runs (bench.suite.fusion; ``tasks`` overrides its plan) are
-    one task, started once all their pruned models are made.
+    """Execute ``todo`` in ``workers`` spawned processes: the missing dense models first (a fused group of them as
+    one task), then the pruned models several runs share, then the runs; a fused group's runs (bench.suite.fusion;
+    ``tasks`` overrides its plan) are one task, started once all their pruned models are made.
 
     Returns the count of each status ("ok", "diverged", "failed", "locked"). CPU workers share the cores
     (``torch`` threads = cores // workers) unless OMP_NUM_THREADS is set.
