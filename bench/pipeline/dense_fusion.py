@@ -77,7 +77,7 @@ def _train(jobs: list[DenseTraining], ws: Workspace) -> dict[str, str]:
         reason = "a dense model is loaded from pretrain.checkpoint"
     if reason is None and any(j.optimizer is not None for j in jobs):
         reason = "a dense variant gives dense training its own param groups"
-    members = [Member(j.model, j.recipe, j.run.seed, j.hooks, j.checkpoint()) for j in jobs]  # type: ignore[arg-type]
+    members = [Member(j.model, j.recipe, j.run.seed, j.hooks, j.checkpoint()) for j in jobs if j.recipe is not None]
     reason = reason or unfusable(members)
     if reason is not None:
         if len(jobs) > 1:
