@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from bench.core import distributed, faults
 from bench.core.store import load_checkpoint, save_checkpoint
+from bench.training.fused_ops import batched_copy
 from bench.training.hooks import BaseHooks, TrainHooks, end_epoch, report_epoch
 from bench.training.train import Diverged, Recipe, counted_step, derive_seed, evaluate, make_optimizer, make_scheduler
 
@@ -125,7 +126,7 @@ class FusedModel:
         balanced = len(set(counts.values())) == 1
         self.layout = (len(self.seeds), len(models) // len(self.seeds)) if balanced else (len(models), 1)
         self.gather = None if balanced else torch.tensor([self.seeds.index(seeds[i]) for i in self.order])
-        self.base = models[0]
+        self.base = batched_copy(models[0])  # its Linear layers batch the members as one matmul (fused_ops)
         params, buffers = stack_module_state([models[i] for i in self.order])
         self.params: dict[str, torch.Tensor] = params
         self.buffers: dict[str, torch.Tensor] = buffers

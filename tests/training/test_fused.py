@@ -184,3 +184,41 @@ def test_a_member_resumed_ahead_of_the_others_waits_and_rejoins(tmp_path) -> Non
     whole = fused(base, data, grid, batch)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert [strip(h) for h in resumed] == [strip(h) for h in whole]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dims", [(None, 0), (0, 0), (1, 0), (0, None)])
+def test_member_linear_batches_as_vmap_does(dims: tuple[int | None, int | None], bias: bool) -> None:
+    """MemberLinear's batching rule (a shared input against the members' weights side by side; own inputs as one
+    batched multiply) gives F.linear's values and gradients under vmap, nested as the fused model nests it."""
+    from torch.func import vmap
+
+    from bench.training.fused_ops import MemberLinear
+
+    torch.manual_seed(0)
+    seeds, members, batch, inner, outer = 2, 3, 5, 7, 4
+    x_shape = {None: (seeds, batch, inner), 0: (seeds, members, batch, inner), 1: (seeds, batch, members, inner)}
+    x = torch.randn(*x_shape[dims[0]], requires_grad=True)
+    w_shape = (seeds, members, outer, inner) if dims[1] == 0 else (seeds, outer, inner)
+    w = torch.randn(*w_shape, requires_grad=True)
+    b = torch.randn(*w_shape[:-1], requires_grad=True) if bias else None
+    layer = MemberLinear(inner, outer, bias=bias)
+    b_dim = dims[1] if bias else None
+
+    def plain(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    def ours(x, w, b):
+        return torch.func.functional_call(layer, {"weight": w, **({"bias": b} if bias else {})}, (x,))
+
+    results = []
+    for f in (plain, ours):
+        out = vmap(vmap(f, in_dims=(dims[0], dims[1], b_dim)), in_dims=(0, 0, 0 if bias else None))(x, w, b)
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                    [t for t in (x, w, b) if t is not None])
+        results.append((out, grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert out_a.shape == out_b.shape
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-6)
