@@ -17,12 +17,13 @@ accuracy columns of that frame (in memory), so a few hundred suites take minutes
     python benchmarks/adaptive_calibration.py --reps 400 --methods 4 --step 1
     python benchmarks/adaptive_calibration.py --frontier                # every plan a suite can set, screened
 
-``--frontier`` screens the plans a suite can set (spending, start, step, futility, at the given max) for the issue's target
-(at least 40% fewer runs than max seeds at every difference, at most 5 points less power than max seeds everywhere):
-one comparison's paired differences drawn directly (normal, sd 1; the same draws for every plan) and judged at each
-look by the real design (``sequential.judge``: its boundaries, conditional power and futility), beside the fixed
-paired t-test at max seeds. It leaves out the LR choice and the loader, so it is a screen: a plan it finds is then
-checked through the whole report code by the default section.
+``--frontier`` screens the plans a suite can set (spending, start, step, futility, at the given max) for the
+issue's target (at least 40% fewer runs than max seeds at every difference, at most 5 points less power than max
+seeds everywhere): one comparison's paired differences drawn directly (normal, sd 1; the same draws for every plan)
+and judged at each look by the real design (``Design.states``, the rule ``sequential.judge`` applies: its
+boundaries, conditional power and futility), beside the fixed paired t-test at max seeds. It leaves out the LR
+choice and the loader, so it is a screen: a plan it finds is then checked through the whole report code by the
+default section.
 """
 from __future__ import annotations
 
