@@ -209,3 +209,13 @@ def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
     assert strong["fixed"] == 1.0 and strong["adaptive"] >= 0.75 and 3 <= strong["seeds"] < 6
     lines = module.adaptive_section(reps=2, effects=(0.0,), most=5, step=1)
     assert lines[1].startswith("effect (diff sd)") and lines[2].split()[0] == "0" and "(false winners)" in lines[2]
+    # the frontier screen: futility is what saves runs under the null; without it a plan runs nearly every seed,
+    # and a 2-sd difference is decided early by either spending (Pocock earlier)
+    draws = {d: np.random.default_rng(i).normal(d, 1, (300, 10)) for i, d in enumerate((0.0, 2.0))}
+    none, some = module.screen(Design(3, 10, 1, futility=0.0), draws), module.screen(Design(3, 10, 1), draws)
+    assert none[0.0][1] > 9.5 and some[0.0][1] < 6.5 and some[0.0][0] <= none[0.0][0]
+    pocock = module.screen(Design(3, 10, 1, spending="pocock"), draws)
+    assert some[2.0][0] > 0.95 and pocock[2.0][1] < some[2.0][1] < 7
+    frontier = module.frontier_section(reps=40, effects=(0.0, 1.0), starts=(3,), steps=(2,), futilities=(0.0, 0.1))
+    assert len(frontier) >= 2 + 4 + 1 and len(frontier[2].split()) == 4 + 2 * 3
+    assert any(line.split()[1:4] == ["of", "4", "plans"] for line in frontier[6:])
