@@ -15,10 +15,20 @@ accuracy columns of that frame (in memory), so a few hundred suites take minutes
 
     python benchmarks/adaptive_calibration.py                         # 200 suites per difference, 2 methods
     python benchmarks/adaptive_calibration.py --reps 400 --methods 4 --step 1
+    python benchmarks/adaptive_calibration.py --frontier                # every plan a suite can set, screened
+
+``--frontier`` screens the plans a suite can set (spending, start, step, futility, at the given max) for the
+issue's target (at least 40% fewer runs than max seeds at every difference, at most 5 points less power than max
+seeds everywhere): one comparison's paired differences drawn directly (normal, sd 1; the same draws for every plan)
+and judged at each look by the real design (``Design.states``, the rule ``sequential.judge`` applies: its
+boundaries, conditional power and futility), beside the fixed paired t-test at max seeds. It leaves out the LR
+choice and the loader, so it is a screen: a plan it finds is then checked through the whole report code by the
+default section.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import os
@@ -29,17 +39,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 
 from bench.report.load import from_records  # noqa: E402
 from bench.report.rounds import cell_lrs, replay  # noqa: E402
-from bench.report.sequential import FUTILITY  # noqa: E402
+from bench.report.sequential import CONTINUE, DECIDED, FUTILITY, SPENDING, Design, matched_z  # noqa: E402
+from bench.report.stats import paired_t_test  # noqa: E402
 from bench.report.synthetic import synthetic_results  # noqa: E402
 from bench.report.verdict import RESOLVED, assess  # noqa: E402
 
 LRS = (0.01, 0.001)
+ALPHA_FIXED = 0.05  # the fixed design's level for one comparison (Holm over one is the plain p)
 RATIO = 0.9
 # the columns the verdict reads (a narrow frame makes each round's row selections several times faster)
 VERDICT_COLUMNS = ["suite", "run_id", "method", "ratio", "ratio_value", "lr", "seed", "status", "error", "num_classes",
@@ -74,7 +87,8 @@ def hit(comparisons: list, lead: float) -> bool:
 
 
 def simulate(frame: pd.DataFrame, methods: int, effect: float, sd: float, start: int, most: int, step: int,
-             futility: float, reps: int, rng: np.random.Generator) -> dict[str, float]:
+             futility: float, reps: int, rng: np.random.Generator, spending: str = "obrien-fleming"
+             ) -> dict[str, float]:
     """``reps`` suites with m1 ``effect`` paired-difference sds ahead: the adaptive and fixed designs' rates, the
     adaptive mean seeds per cell and its runs as a share of the fixed design's."""
     names = [f"m{i}" for i in range(methods)]
@@ -84,7 +98,7 @@ def simulate(frame: pd.DataFrame, methods: int, effect: float, sd: float, start:
     seeds: list[float] = []
     for _ in range(reps):
         runs = draw(frame, lead, sd, rng)
-        state = replay(runs, lrs, names, start, most, step, futility)
+        state = replay(runs, lrs, names, start, most, step, futility, spending=spending)
         adaptive += hit(state.assessment.comparisons, lead)
         fixed += hit(assess(runs, names).comparisons, lead)
         seeds.append(float(np.mean(list(state.seeds.values()))))
@@ -99,20 +113,86 @@ def mc_error(rate: float, reps: int) -> float:
 
 def adaptive_section(reps: int = 200, methods: int = 2, effects: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0),
                      sd: float = 0.4, start: int = 3, most: int = 10, step: int = 2, futility: float = FUTILITY,
-                     seed: int = 0) -> list[str]:
+                     seed: int = 0, spending: str = "obrien-fleming") -> list[str]:
     """The adaptive calibration as printable lines (``verdict_calibration.py --sections adaptive`` prints these)."""
     rng = np.random.default_rng(seed)
     frame = template(methods, most)
-    lines = [f"Seeds grown in rounds (start {start}, max {most}, step {step}, futility {futility:g}; {methods} "
+    lines = [f"Seeds grown in rounds (start {start}, max {most}, step {step}, futility {futility:g}, {spending} "
+             f"spending; {methods} "
              f"methods, {reps} suites per row, run sd {sd} points; ± Monte-Carlo standard error) beside {most} seeds "
              "everywhere:",
              "effect (diff sd)  rate: adaptive        fixed  seeds/cell  runs vs fixed  saved"]
     for effect in effects:
-        r = simulate(frame, methods, effect, sd, start, most, step, futility, reps, rng)
+        r = simulate(frame, methods, effect, sd, start, most, step, futility, reps, rng, spending)
         what = "false winners" if effect == 0 else "power"
         lines.append(f"{effect:>16g}  {r['adaptive']:.3f} ± {mc_error(r['adaptive'], reps):.3f}  "
                      f"{r['fixed']:.3f} ± {mc_error(r['fixed'], reps):.3f}  {r['seeds']:>10.2f}  "
                      f"{r['share']:>13.0%}  {1 - r['share']:>5.0%}   ({what})")
+    return lines
+
+
+def screen(design: Design, draws: dict[float, np.ndarray]) -> dict[float, tuple[float, float]]:
+    """Per true difference: the share of ``draws`` (suites x max paired differences) the design decides with the
+    right sign (any sign under the null), and its mean seeds; each look's paired t-tests (scipy's, as
+    ``stats.paired_t_test``) matched to z (``sequential.matched_z``) and judged by ``Design.states``, the rule
+    ``sequential.judge`` applies."""
+    out = {}
+    for effect, x in draws.items():
+        open_ = np.ones(len(x), dtype=bool)
+        hits, seeds = np.zeros(len(x), dtype=bool), np.full(len(x), design.most)
+        for look, n in enumerate(design.looks):
+            test = sps.ttest_1samp(x[:, :n], 0.0, axis=1)
+            z = np.array([matched_z(p) for p in test.pvalue])
+            states = design.states(look, z)
+            stop = open_ & (states != CONTINUE)
+            hits |= stop & (states == DECIDED) & ((effect == 0) | (test.statistic > 0))
+            seeds[stop] = n
+            open_ &= ~stop
+        out[effect] = (float(hits.mean()), float(seeds.mean()))
+    return out
+
+
+def frontier_section(reps: int = 1000, effects: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0), most: int = 10,
+                     starts: tuple[int, ...] = (3, 4, 5), steps: tuple[int, ...] = (1, 2, 3),
+                     futilities: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3),
+                     spendings: tuple[str, ...] = tuple(SPENDING), seed: int = 0) -> list[str]:
+    """Every plan (spending, start, step, futility) at ``max`` screened for the issue's target (see the module's
+    docstring), as printable lines: each plan's rates and runs saved, which plans meet the target, and among the
+    plans that keep the null's level and lose at most 5 points of power anywhere, the most runs saved."""
+    rng = np.random.default_rng(seed)
+    draws = {effect: rng.normal(effect, 1.0, (reps, most)) for effect in effects}
+    fixed = {effect: float(np.mean([(p := paired_t_test(row)).p < ALPHA_FIXED and (effect == 0 or p.mean > 0)
+                                    for row in x])) for effect, x in draws.items()}
+    name = {e: "null" if e == 0 else f"d={e:g}" for e in effects}
+    lines = [f"Plans screened at max {most} ({reps} suites of one comparison per difference, paired differences "
+             f"N(d, 1), the same draws for every plan; fixed {most} seeds: "
+             + ", ".join(f"{'false positives' if e == 0 else f'power at {e:g}'} {fixed[e]:.3f}" for e in effects) + ")",
+             "spending       start step futility  " + "  ".join(f"{name[e]:>15}" for e in effects)
+             + "  (rate / runs saved)"]
+    within, met = [], 0
+    for spending, start, step, futility in itertools.product(spendings, starts, steps, futilities):
+        r = screen(Design(start, most, step, futility=futility, spending=spending), draws)
+        saved = {e: 1 - r[e][1] / most for e in effects}
+        # the level: no more false positives than 0.05, or than the exact fixed test on these same draws, within
+        # two Monte-Carlo standard errors
+        keeps = (r[0.0][0] <= max(0.05, fixed[0.0]) + 2 * mc_error(0.05, reps) if 0.0 in r else True) and all(
+            fixed[e] - r[e][0] <= 0.05 for e in effects if e > 0)
+        meets = keeps and min(saved.values()) >= 0.40
+        met += meets
+        if keeps:
+            within.append((f"{spending} start {start} step {step} futility {futility:g}", saved))
+        lines.append(f"{spending:<14} {start:>5} {step:>4} {futility:>8g}  "
+                     + "  ".join(f"{r[e][0]:.3f} / {saved[e]:>4.0%}" for e in effects)
+                     + ("  meets the target" if meets else ""))
+    lines.append(f"{met} of {len(lines) - 2} plans meet the target (at least 40% of the runs saved at every "
+                 "difference, the null's level kept (at most 0.05, or the fixed test's rate on these draws, plus two "
+                 "standard errors), at most 5 points of power lost at any difference).")
+    if within:
+        best = max(within, key=lambda w: min(w[1].values()))
+        lines.append(f"{len(within)} plans keep the level and the power; the most runs any of them saves: "
+                     + ", ".join(f"{name[e]} {max(w[1][e] for w in within):.0%}" for e in effects)
+                     + f"; the best at its worst difference: {best[0]} ("
+                     + ", ".join(f"{name[e]} {best[1][e]:.0%}" for e in effects) + ").")
     return lines
 
 
@@ -127,12 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max", dest="most", type=int, default=10)
     parser.add_argument("--step", type=int, default=2)
     parser.add_argument("--futility", type=float, default=FUTILITY)
+    parser.add_argument("--spending", choices=list(SPENDING), default="obrien-fleming")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frontier", action="store_true",
+                        help="screen every plan (spending, start 3-5, step 1-3, futility 0-0.3) for the target instead")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     began = time.perf_counter()
+    if args.frontier:
+        for line in frontier_section(args.reps, tuple(args.effects), args.most, seed=args.seed):
+            print(line, flush=True)
+        print(f"\n{time.perf_counter() - began:.0f} s")
+        return 0
     for line in adaptive_section(args.reps, args.methods, tuple(args.effects), args.sd, args.start, args.most,
-                                 args.step, args.futility, args.seed):
+                                 args.step, args.futility, args.seed, args.spending):
         print(line, flush=True)
     print(f"\n{time.perf_counter() - began:.0f} s")
     return 0

@@ -21,6 +21,7 @@ figures do not depend on ``--workers``.
     python benchmarks/verdict_calibration.py                       # both sections, the figures docs/reports.md quotes
     python benchmarks/verdict_calibration.py --sections null --reps 100 --workers 1
     python benchmarks/verdict_calibration.py --sections adaptive      # issue 33: rounds beside max seeds everywhere
+    python benchmarks/verdict_calibration.py --sections frontier      # issue 33: every seeds plan screened
 
 Another section is one function ``section(args, pool) -> None`` registered in SECTIONS (with its options added in
 ``parser()``); ``simulate`` (one suite's comparisons), ``draw_runs`` (seed by seed: more seeds extend a suite),
@@ -254,24 +255,37 @@ def power_section(args: argparse.Namespace, pool: Pool) -> None:
           f"{'met' if met else 'NOT met'}", flush=True)
 
 
-def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
-    """Seeds grown in rounds (issue 33) beside ``--adaptive-max`` seeds everywhere: false winners, power, runs saved
-    (``benchmarks/adaptive_calibration.py``, through the real round replay and ``verdict.assess``; one process)."""
+def adaptive_module() -> Any:
+    """benchmarks/adaptive_calibration.py, a sibling script loaded on use (also when this file is imported by path)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("adaptive_calibration", Path(__file__).with_name(
-        "adaptive_calibration.py"))  # a sibling script, loaded on use (also when this file is imported by path)
+        "adaptive_calibration.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    lines = module.adaptive_section
+    return module
+
+
+def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
+    """Seeds grown in rounds (issue 33) beside ``--adaptive-max`` seeds everywhere: false winners, power, runs saved
+    (``benchmarks/adaptive_calibration.py``, through the real round replay and ``verdict.assess``; one process)."""
     print()
-    print(*lines(args.adaptive_reps, args.adaptive_methods, (0.0, *args.effects), args.sd, args.adaptive_start,
-                 args.adaptive_max, args.adaptive_step, seed=args.seed), sep="\n", flush=True)
+    print(*adaptive_module().adaptive_section(
+        args.adaptive_reps, args.adaptive_methods, (0.0, *args.effects), args.sd, args.adaptive_start,
+        args.adaptive_max, args.adaptive_step, seed=args.seed, spending=args.adaptive_spending), sep="\n", flush=True)
+
+
+def frontier_section(args: argparse.Namespace, pool: Pool) -> None:
+    """Every seeds plan a suite can set, screened for issue 33's target (``adaptive_calibration.py --frontier``)."""
+    print()
+    print(*adaptive_module().frontier_section(args.frontier_reps, (0.0, *args.effects), args.adaptive_max,
+                                              seed=args.seed), sep="\n", flush=True)
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, Pool], None]] = {"null": null_section, "power": power_section,
-                                                                    "adaptive": adaptive_section}
+                                                                    "adaptive": adaptive_section,
+                                                                    "frontier": frontier_section}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -303,6 +317,9 @@ def parser() -> argparse.ArgumentParser:
     adaptive.add_argument("--adaptive-start", type=int, default=3)
     adaptive.add_argument("--adaptive-max", type=int, default=10)
     adaptive.add_argument("--adaptive-step", type=int, default=2)
+    adaptive.add_argument("--adaptive-spending", choices=["obrien-fleming", "pocock"], default="obrien-fleming")
+    adaptive.add_argument("--frontier-reps", type=int, default=1000,
+                          help="frontier: suites of one comparison per difference (default 1000)")
     return p
 
 

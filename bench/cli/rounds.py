@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 from bench.core.config import Suite
 from bench.core.errors import ConfigError
+from bench.core.schema import to_plain
 from bench.suite.grid import Run
+from bench.suite.manifest import read_manifest
 
 if TYPE_CHECKING:  # the reporter is imported only when a suite grows in rounds (it brings pandas and matplotlib)
     from bench.report.rounds import Cell, Rounds
@@ -50,7 +52,8 @@ def current_state(suite: Suite, runs: list[Run], results: Path) -> tuple[Rounds,
         frame = loaded[loaded.run_id.isin(ids)] if len(loaded) else frame
     lrs = cell_lrs((c[0], c[1], c[2]) for c in map(coordinates, runs))
     methods = list(dict.fromkeys(r.method.label for r in runs))
-    return replay(frame, lrs, methods, plan.start, plan.max, plan.step, plan.futility), lrs
+    return replay(frame, lrs, methods, plan.start, plan.max, plan.step, plan.futility,
+                  spending=plan.spending), lrs
 
 
 def wanted_runs(state: Rounds, lrs: dict[Cell, list[float]], runs: list[Run]) -> list[Run]:
@@ -80,6 +83,11 @@ def run_rounds(args: argparse.Namespace, suite: Suite, runs: list[Run], suite_di
     while True:
         state, lrs = current_state(suite, runs, results)
         if state.finished:
+            recorded = read_manifest(results / suite.name)
+            if recorded is None or recorded.design != to_plain(suite.seed_plan):  # the plan changed since (e.g.
+                code = run_suite(args, suite, wanted_runs(state, lrs, runs), suite_dir)  # its spending): record it
+                if code != 0:
+                    return code
             saved = len(runs) - len(wanted_runs(state, lrs, runs))
             print(f"suite '{suite.name}': every cell stopped after {state.done} round(s): {cell_words(state)}. "
                   f"{len(runs) - saved} runs of the {len(runs)} at max seeds ({saved} not needed).")

@@ -311,6 +311,10 @@ class SeedPlan:
     step: int = field(low=1, high=1000, doc="seeds a round adds to each undecided cell")
     futility: float = field(0.1, low=0, high=1, high_open=True, doc="a comparison stops as futile when its "
                             "conditional power at max seeds, under the trend seen so far, is below this (0: never)")
+    spending: Literal["obrien-fleming", "pocock"] = field(
+        "obrien-fleming", doc="the Lan-DeMets alpha-spending function over the looks: obrien-fleming spends little "
+        "early and keeps the final test near the fixed one; pocock spends more early (earlier stops at large "
+        "differences, less power at max)")
 
     def validate(self) -> list[str]:
         if self.max < self.start:

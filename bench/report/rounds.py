@@ -28,7 +28,7 @@ from bench.report.comparison import (
 )
 from bench.report.findings import Finding
 from bench.report.selection import FINISHED
-from bench.report.sequential import CONTINUE, DECIDED, FUTILE, FUTILITY, Design, Look, judge
+from bench.report.sequential import CONTINUE, DECIDED, FUTILE, FUTILITY, Design, Look, Spending, judge
 from bench.report.tables import KEY, Table
 from bench.report.verdict import Assessment, assess
 from bench.suite.manifest import Manifest
@@ -111,11 +111,11 @@ def _missing(runs: pd.DataFrame, wanted: list[tuple[str, str, float, int]]) -> l
 
 
 def replay(runs: pd.DataFrame, lrs: dict[Cell, list[float]], methods: list[str], start: int, most: int, step: int,
-           futility: float = FUTILITY, alpha: float = ALPHA) -> Rounds:
+           futility: float = FUTILITY, alpha: float = ALPHA, spending: Spending = "obrien-fleming") -> Rounds:
     """Replay the rounds from the runs on disk: judge each round whose runs have all finished and grow the cells
     it leaves open, until a round still waits for runs or every cell has stopped. ``lrs``: each cell's LR grid."""
     cells = list(lrs)
-    design = Design(start, most, step, alpha, family_size(cells), futility)
+    design = Design(start, most, step, alpha, family_size(cells), futility, spending)
     seeds = {cell: start for cell in cells}
     state = Rounds(design, dict(seeds), {cell: WAITING for cell in cells}, 0, history=[dict(seeds)])
     while True:
@@ -169,7 +169,8 @@ def cell_lrs(grid: Iterable[tuple[str, str, float]]) -> dict[Cell, list[float]]:
 def design_words(design: Design) -> str:
     """The design in one sentence, for the report and ``plan``."""
     looks = ", ".join(str(n) for n in design.looks)
-    return (f"group-sequential design over the looks at {looks} seeds: Lan-DeMets O'Brien-Fleming alpha spending, "
+    kind = {"obrien-fleming": "O'Brien-Fleming", "pocock": "Pocock"}[design.spending]
+    return (f"group-sequential design over the looks at {looks} seeds: Lan-DeMets {kind} alpha spending, "
             f"{design.alpha:g} over the {design.family} planned comparison(s) (each at {design.level:.4g}, "
             f"Bonferroni), paired t-tests matched to the normal scale by their p-values, stagewise-ordered p-values, "
             f"non-binding futility at conditional power below {design.futility:g}")
@@ -188,7 +189,7 @@ def suite_assessment(runs: pd.DataFrame, methods: list[str], manifest: Manifest 
         return assess(runs, methods), None
     plan = manifest.design
     state = replay(runs, manifest_lrs(manifest), methods, int(plan["start"]), int(plan["max"]), int(plan["step"]),
-                   plan.get("futility", FUTILITY))
+                   plan.get("futility", FUTILITY), spending=plan.get("spending", "obrien-fleming"))
     base = state.assessment or assess(runs, methods, lambda cs: sequential(cs, state.design)[0])
     counts = sorted(set(state.seeds.values()))
     where = (f"round {state.done + 1} waits for {len(state.missing)} run(s)" if state.missing else

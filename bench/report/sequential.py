@@ -1,8 +1,9 @@
 """Group-sequential statistics for suites that grow their seeds adaptively (``seeds: {start, max, step}``).
 
 Looking at the results and then adding seeds inflates false positives if the test ignores it. This module holds a
-group-sequential design over the planned looks n = start, start + step, ..., max: the Lan-DeMets alpha-spending
-function of O'Brien-Fleming type spends the family's level over the looks (little early, most at ``max``); the
+group-sequential design over the planned looks n = start, start + step, ..., max: a Lan-DeMets alpha-spending
+function spends the family's level over the looks (O'Brien-Fleming type, the default: little early, most at
+``max``; Pocock type: more early, a higher final boundary); the
 boundaries come from the exact recursive integration of the Brownian-motion score (Armitage, McPherson & Rowe,
 1969; Jennison & Turnbull, 2000, ch. 19) on a grid, with ``scipy.stats.norm`` for the distributions. A paired t-test
 at a look is mapped to the normal scale by its p-value (the "significance-level" approach for group-sequential
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import optimize
@@ -34,6 +36,19 @@ def obrien_fleming_spent(fraction: float, alpha: float) -> float:
     if fraction <= 0:
         return 0.0
     return float(4 * sps.norm.sf(sps.norm.isf(alpha / 4) / math.sqrt(min(fraction, 1.0))))
+
+
+def pocock_spent(fraction: float, alpha: float) -> float:
+    """The Lan-DeMets Pocock-type spending function (``gsDesign``'s ``sfLDPocock``): alpha ln(1 + (e - 1) fraction),
+    spending more early than O'Brien-Fleming (earlier stops when a difference is large, a higher final boundary)."""
+    if fraction <= 0:
+        return 0.0
+    return float(alpha * math.log(1 + (math.e - 1) * min(fraction, 1.0)))
+
+
+#: The alpha-spending functions a seeds plan may name (``seeds: {spending: ...}``).
+SPENDING = {"obrien-fleming": obrien_fleming_spent, "pocock": pocock_spent}
+Spending = Literal["obrien-fleming", "pocock"]
 
 
 def _simpson(low: float, high: float, points: int = GRID) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +82,7 @@ class Stage:
 
 
 @functools.lru_cache(maxsize=64)
-def _boundaries(looks: tuple[int, ...], most: int, level: float
+def _boundaries(looks: tuple[int, ...], most: int, level: float, spending: Spending = "obrien-fleming"
                 ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[Stage, ...]]:
     """The design's boundaries, spent levels and continuation sub-densities (computed once per design: a replay
     judges every comparison at every round)."""
@@ -76,7 +91,7 @@ def _boundaries(looks: tuple[int, ...], most: int, level: float
     previous = 0.0
     stage = Stage(np.zeros(1), np.ones(1), 0.0)  # S = 0 at the start, with probability 1
     for fraction in fractions:
-        target = obrien_fleming_spent(fraction, level) - previous
+        target = SPENDING[spending](fraction, level) - previous
         root = math.sqrt(fraction)
         if target <= 1e-15:
             c = math.inf
@@ -94,7 +109,8 @@ def _boundaries(looks: tuple[int, ...], most: int, level: float
 @dataclass(frozen=True)
 class Design:
     """A group-sequential design: looks at start, start + step, ..., max paired seeds, two-sided level ``alpha``
-    across ``family`` comparisons (each gets alpha / family), O'Brien-Fleming-type spending, non-binding futility."""
+    across ``family`` comparisons (each gets alpha / family), O'Brien-Fleming- or Pocock-type spending, non-binding
+    futility."""
 
     start: int
     most: int
@@ -102,6 +118,7 @@ class Design:
     alpha: float = 0.05
     family: int = 1
     futility: float = FUTILITY
+    spending: Spending = "obrien-fleming"
 
     @property
     def looks(self) -> tuple[int, ...]:
@@ -117,7 +134,7 @@ class Design:
     @property
     def _stages(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[Stage, ...]]:
         """Per look: the z boundary, the level spent there, and the continuation sub-density after it."""
-        return _boundaries(self.looks, self.most, self.level)
+        return _boundaries(self.looks, self.most, self.level, self.spending)
 
 
     @property
@@ -141,14 +158,22 @@ class Design:
         before = stages[look - 1] if look else Stage(np.zeros(1), np.ones(1), 0.0)
         return min(1.0, sum(spent[:look]) + before.tails(abs(z) * math.sqrt(fraction), fraction))
 
-    def conditional_power(self, look: int, z: float) -> float:
+    def conditional_power(self, look: int, z: float | np.ndarray) -> float | np.ndarray:
         """The chance of crossing the final boundary at max seeds given |z| at ``look``, if the observed trend
-        (drift z / sqrt(t)) is the truth; 0 at the final look unless already across."""
+        (drift z / sqrt(t)) is the truth; 0 at the final look unless already across. Elementwise for an array."""
         t = self.looks[look] / self.most
+        z = np.abs(z)
         if t >= 1:
-            return float(abs(z) >= self.bounds[-1])
-        b, drift = abs(z) * math.sqrt(t), abs(z) / math.sqrt(t)
-        return float(sps.norm.sf((self.bounds[-1] - b - drift * (1 - t)) / math.sqrt(1 - t)))
+            power = (z >= self.bounds[-1]).astype(float)
+        else:
+            power = sps.norm.sf((self.bounds[-1] - z * math.sqrt(t) - z / math.sqrt(t) * (1 - t)) / math.sqrt(1 - t))
+        return float(power) if np.ndim(power) == 0 else power
+
+    def states(self, look: int, z: np.ndarray) -> np.ndarray:
+        """The decisions at ``look`` (index) for matched z values, elementwise: DECIDED across the boundary, FUTILE
+        when the conditional power at max is below ``futility`` (before max), else CONTINUE. ``judge`` takes one."""
+        futile = (self.conditional_power(look, z) < self.futility) & (self.looks[look] < self.most)
+        return np.where(z >= self.bounds[look], DECIDED, np.where(futile, FUTILE, CONTINUE))
 
 
 def matched_z(p: float) -> float:
@@ -179,7 +204,4 @@ def judge(design: Design, n: int, p_t: float) -> Look:
         return Look(look, math.nan, CONTINUE, math.nan, math.nan)
     z = matched_z(p_t)
     p = min(1.0, design.family * design.stagewise_p(look, z))
-    power = design.conditional_power(look, z)
-    if z >= design.bounds[look]:
-        return Look(look, z, DECIDED, p, power)
-    return Look(look, z, FUTILE if power < design.futility and n < design.most else CONTINUE, p, power)
+    return Look(look, z, str(design.states(look, np.array([z]))[0]), p, design.conditional_power(look, z))

@@ -202,7 +202,7 @@ def paired_table(assessment: Assessment) -> Table | None:
     if sequential:
         note += (" This suite grew its seeds in rounds, so these comparisons are judged by its group-sequential "
                  "design instead (see 'Seeds per cell'): 'p (sequential, suite)' is the stagewise-ordered p-value "
-                 "times the planned family (Bonferroni), 'resolved' means the comparison crossed its O'Brien-Fleming "
+                 "times the planned family (Bonferroni), 'resolved' means the comparison crossed its alpha-spending "
                  "boundary at its look (the nominal 'p' alone never resolves), and the fixed-sample power column "
                  "is left empty: the design decides when seeds stop.")
     return Table("paired", "Paired comparisons against the best method", note, header, rows, pd.DataFrame(data), bold)

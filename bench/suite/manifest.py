@@ -75,7 +75,7 @@ class Manifest:
     config: dict[str, Any]
     seeds: list[int]
     written: str = ""
-    design: dict[str, float] | None = None  # a suite grown in rounds: its seeds plan {start, max, step, futility}
+    design: dict[str, Any] | None = None  # grown in rounds: its seeds plan {start, max, step, futility, spending}
     cells: dict[str, list[int]] | None = None  # grown in rounds: "ratio method" -> the seeds that cell has now
 
     def plain(self) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class Manifest:
         return plain | ({"design": self.design, "cells": self.cells} if self.design else {})
 
     @classmethod
-    def of(cls, suite: str, runs: list[Run], design: dict[str, float] | None = None) -> Manifest:
+    def of(cls, suite: str, runs: list[Run], design: dict[str, Any] | None = None) -> Manifest:
         """The manifest of an expanded suite (of a suite grown in rounds: the runs its cells have so far)."""
         entries = {r.run_id: {**{k: v for k, v in r.describe().items() if k not in ("suite", "run_id")},
                               "prune_id": r.prune_id, "dense_id": r.dense_id} for r in runs}
@@ -114,8 +114,9 @@ def read_manifest(suite_dir: Path) -> Manifest | None:
     try:
         data = read_json(path)
         design = data.get("design")
+        design = {k: v if isinstance(v, str) else float(v) for k, v in design.items()} if design else None
         return Manifest(str(data["suite"]), dict(data["runs"]), dict(data["config"]), list(data["seeds"]),
-                        str(data.get("written", "")), {k: float(v) for k, v in design.items()} if design else None,
+                        str(data.get("written", "")), design,
                         dict(data.get("cells") or {}) or None)
     except (CheckpointError, KeyError, TypeError, ValueError) as err:
         log.warning("%s is unreadable (%s); run the suite again to rewrite it", path, err)

@@ -104,7 +104,7 @@ def test_rounds_stop_decided_cells_and_grow_the_others_at_every_lr(uninterrupted
     assert done == {(m, lr, s) for (_, m), n in seeds.items() for lr in LRS for s in range(n)}
     assert set(count.values()) == {1}  # no run twice
     manifest = json.loads((results / "tiny" / "manifest.json").read_text())
-    assert manifest["design"] == {"start": 3, "max": 10, "step": 2, "futility": 0.1}
+    assert manifest["design"] == {"start": 3, "max": 10, "step": 2, "futility": 0.1, "spending": "obrien-fleming"}
     assert manifest["cells"] == {f"0.5 {m}": list(range(n)) for (_, m), n in seeds.items()}
     assert set(manifest["runs"]) == set(count)  # the manifest lists exactly the runs the cells have
 
@@ -158,3 +158,11 @@ def test_a_real_suite_grows_with_todays_run_ids_and_plan_shows_its_rounds(write_
     summary = (results / "tiny" / "report" / "summary.md").read_text()
     assert "## Seeds per cell (sequential design)" in summary and "p (sequential, suite)" in summary
     assert "This suite grew its seeds in rounds" in summary and "over the looks at 3, 4 seeds" in summary
+    assert "O'Brien-Fleming alpha spending" in summary  # the default
+    # seeds.spending rides from the YAML into the manifest's design and the report's words (ids unchanged)
+    pocock = write_suite(dict(suite, seeds={"start": 3, "max": 4, "step": 1, "spending": "pocock"}), "pocock.yaml")
+    assert {r.run_id for r in load_runs(pocock)[1]} == {r.run_id for r in load_runs(path)[1]}
+    assert main(["run", str(pocock), "--results", str(results), "--until-decided", "--quiet"]) == 0
+    assert json.loads((results / "tiny" / "manifest.json").read_text())["design"]["spending"] == "pocock"
+    assert main(["report", "--results", str(results), "--workers", "1", "--quiet"]) == 0
+    assert "Pocock alpha spending" in (results / "tiny" / "report" / "summary.md").read_text()

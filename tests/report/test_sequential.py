@@ -26,7 +26,15 @@ from bench.report.rounds import (  # noqa: E402
     family_size,
     replay,
 )
-from bench.report.sequential import DECIDED, FUTILE, Design, judge, matched_z, obrien_fleming_spent  # noqa: E402
+from bench.report.sequential import (  # noqa: E402
+    DECIDED,
+    FUTILE,
+    Design,
+    judge,
+    matched_z,
+    obrien_fleming_spent,
+    pocock_spent,
+)
 from bench.report.synthetic import write_synthetic_results  # noqa: E402
 
 LRS = (0.01, 0.001)
@@ -42,6 +50,33 @@ def test_obrien_fleming_boundaries_match_published_values() -> None:
     assert design.bounds == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=2e-3)
     assert obrien_fleming_spent(1.0, 0.05) == pytest.approx(0.05)
     assert obrien_fleming_spent(0.2, 0.05) == pytest.approx(4 * 2.69e-7, rel=0.02)  # 4 (1 - Phi(2.2414 / sqrt 0.2))
+
+
+def test_pocock_spends_more_early_and_holds_the_level() -> None:
+    # Lan-DeMets Pocock spending (gsDesign's sfLDPocock), 5 equal looks, two-sided 0.05: the first look spends
+    # 0.05 ln(1 + (e - 1) 0.2) = 0.01477, so its boundary is z_{1 - 0.01477/2} = 2.437 (gsDesign: 2.438); the later
+    # boundaries fall slowly and the last stays well above O'Brien-Fleming's 2.031
+    pocock, obf = Design(2, 10, 2, spending="pocock"), Design(2, 10, 2)
+    assert pocock_spent(0.2, 0.05) == pytest.approx(0.014769, abs=1e-6) and pocock_spent(1.0, 0.05) == 0.05
+    assert pocock.bounds[0] == pytest.approx(2.437, abs=2e-3)
+    assert all(a >= b for a, b in zip(pocock.bounds, pocock.bounds[1:])) and pocock.bounds[-1] > 2.3
+    assert pocock.bounds[0] < obf.bounds[0] and pocock.bounds[-1] > obf.bounds[-1]
+    fractions = np.array(pocock.looks) / pocock.most  # 40,000 null Brownian paths: crossing chance is alpha
+    rng = np.random.default_rng(1)
+    steps = rng.normal(size=(40_000, len(fractions))) * np.sqrt(np.diff(np.concatenate([[0], fractions])))
+    z = np.cumsum(steps, axis=1) / np.sqrt(fractions)
+    assert (np.abs(z) >= np.array(pocock.bounds)).any(axis=1).mean() == pytest.approx(0.05, abs=0.004)
+    # the same p judged at the first look: Pocock decides where O'Brien-Fleming waits
+    assert judge(pocock, 2, 0.005).state == DECIDED and judge(obf, 2, 0.005).state != DECIDED
+
+
+def test_the_vectorised_decisions_are_judges() -> None:
+    design = Design(3, 10, 2, futility=0.2)
+    p = np.concatenate([np.logspace(-6, 0, 200), [0.3, 0.9]])
+    for look, n in enumerate(design.looks):
+        z = np.array([matched_z(v) for v in p])
+        assert list(design.states(look, z)) == [judge(design, n, v).state for v in p]
+        assert design.conditional_power(look, z) == pytest.approx([design.conditional_power(look, v) for v in z])
 
 
 def test_one_look_is_the_fixed_test_and_the_family_splits_alpha() -> None:
@@ -174,3 +209,13 @@ def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
     assert strong["fixed"] == 1.0 and strong["adaptive"] >= 0.75 and 3 <= strong["seeds"] < 6
     lines = module.adaptive_section(reps=2, effects=(0.0,), most=5, step=1)
     assert lines[1].startswith("effect (diff sd)") and lines[2].split()[0] == "0" and "(false winners)" in lines[2]
+    # the frontier screen: futility is what saves runs under the null; without it a plan runs nearly every seed,
+    # and a 2-sd difference is decided early by either spending (Pocock earlier)
+    draws = {d: np.random.default_rng(i).normal(d, 1, (300, 10)) for i, d in enumerate((0.0, 2.0))}
+    none, some = module.screen(Design(3, 10, 1, futility=0.0), draws), module.screen(Design(3, 10, 1), draws)
+    assert none[0.0][1] > 9.5 and some[0.0][1] < 6.5 and some[0.0][0] <= none[0.0][0]
+    pocock = module.screen(Design(3, 10, 1, spending="pocock"), draws)
+    assert some[2.0][0] > 0.95 and pocock[2.0][1] < some[2.0][1] < 7
+    frontier = module.frontier_section(reps=40, effects=(0.0, 1.0), starts=(3,), steps=(2,), futilities=(0.0, 0.1))
+    assert len(frontier) >= 2 + 4 + 1 and len(frontier[2].split()) == 4 + 2 * 3
+    assert any(line.split()[1:4] == ["of", "4", "plans"] for line in frontier[6:])
