@@ -2,9 +2,13 @@
 
 The members' parameters and buffers are stacked along a member axis (``torch.func.stack_module_state``) and one
 forward pass runs them all (``functional_call`` under ``vmap``: a ``Linear`` becomes a batched matmul, a
-``Conv2d`` a grouped convolution, BatchNorm keeps statistics per member). Members with one seed share each data
-batch (an inner ``vmap`` with the batch unbatched); members with different seeds draw their own order, exactly as
-their separate runs would. The SGD step is one multi-tensor update of the stacked tensors with a per-member LR.
+``Conv2d`` one grouped convolution, BatchNorm keeps statistics per member). A ``Conv2d`` takes one of two routes
+(``CONV_ROUTE``, by device, or ``FusedModel(conv=...)``): ``"vmap"``, PyTorch's batching rule for ``conv2d``, or
+``"grouped"``, this module's own grouped convolution (``grouped_conv2d``: the member axis folded into the channels
+by hand, one ``F.conv2d`` with ``groups`` times the members, and its backward by ``convolution_backward``).
+Members with one seed share each data batch (an inner ``vmap`` with the batch unbatched); members with different
+seeds draw their own order, exactly as their separate runs would. The SGD step is one multi-tensor update of the
+stacked tensors with a per-member LR.
 
 Each member keeps its own module, optimizer and LR scheduler (its "shadow"): at each epoch's end the stacked
 state is copied into them, the member is evaluated and its hooks' epoch work runs on its own module, and the
@@ -14,6 +18,7 @@ separate run would, and is frozen: its LR is 0 and nothing of it is saved again.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -36,6 +42,101 @@ from bench.training.train import Diverged, Recipe, counted_step, derive_seed, ev
 log = logging.getLogger(__name__)
 
 STEP_METHODS = ("penalty", "after_backward", "after_step")
+CONV_ROUTES = ("vmap", "grouped")
+# The route a fused Conv2d takes on each device type (others: "vmap"). Measured on CPU (benchmarks/perf.py --sections
+# fusion, docs/fusion.md): both routes run the same grouped convolution, bit for bit, in times equal within noise, so
+# vmap's own rule stays; on CUDA the routes were never timed (no GPU was lent), so vmap stays there too.
+CONV_ROUTE = {"cpu": "vmap", "cuda": "vmap"}
+
+
+def conv_route(device: torch.device) -> str:
+    """The ``CONV_ROUTES`` entry a fused model's convolutions take on ``device``."""
+    return CONV_ROUTE.get(device.type, "vmap")
+
+
+class _GroupedConv2d(torch.autograd.Function):
+    """``F.conv2d`` whose ``vmap`` rule is written here: under ``vmap`` over members (batch size K), the members'
+    weights are concatenated along the output channels and the call is one convolution, with ``groups * K`` when
+    the input is per member (the input reshaped from (K, N, C, H, W) to (N, K*C, H, W)) or with ``groups`` when all
+    members share one input (and ``groups`` is 1). Nested ``vmap`` levels fold in turn, so a fused model's
+    (seeds, members per seed) stack ends in one plain ``F.conv2d``; autograd records that call, and its backward is
+    ``aten.convolution_backward`` of the same grouped convolution."""
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
+                padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, bias_sizes = ctx.conv
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, stride, padding, dilation,
+                                                         False, [0] * len(stride), groups, mask)
+        return gx, gw, gb, None, None, None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, ...], x: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
+             groups: int) -> tuple[torch.Tensor, int]:
+        x_dim, w_dim, b_dim = in_dims[:3]
+        k = info.batch_size
+        if w_dim is None and b_dim is None:  # one weight for every member: the members' inputs are one batch
+            x = x.movedim(x_dim, 0)
+            out = _GroupedConv2d.apply(x.reshape(-1, *x.shape[2:]), weight, bias, stride, padding, dilation, groups)
+            return out.view(k, -1, *out.shape[1:]), 0
+        weight = weight.movedim(w_dim, 0) if w_dim is not None else weight.expand(k, *weight.shape)
+        out_channels = weight.shape[1]
+        weight = weight.reshape(k * out_channels, *weight.shape[2:])
+        if bias is not None:
+            bias = (bias.movedim(b_dim, 0) if b_dim is not None else bias.expand(k, *bias.shape)).reshape(-1)
+        if x_dim is None and groups == 1:  # one input for every member: their filters side by side
+            out = _GroupedConv2d.apply(x, weight, bias, stride, padding, dilation, 1)
+        else:
+            x = x.movedim(x_dim, 1) if x_dim is not None else x.unsqueeze(1).expand(x.shape[0], k, *x.shape[1:])
+            out = _GroupedConv2d.apply(x.reshape(x.shape[0], -1, *x.shape[3:]), weight, bias, stride, padding,
+                                       dilation, groups * k)
+        return out.view(out.shape[0], k, out_channels, *out.shape[2:]), 1
+
+
+def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, ...],
+                   padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> torch.Tensor:
+    """``F.conv2d`` (integer padding, batched 4-d input) that under ``vmap`` is the explicit grouped convolution of
+    ``_GroupedConv2d``; outside ``vmap`` it is ``F.conv2d``."""
+    return _GroupedConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+class GroupedConv2d(nn.Conv2d):
+    """A ``Conv2d`` whose convolution is ``grouped_conv2d`` (the fused model's "grouped" route); string padding,
+    non-zero padding modes and unbatched input keep ``Conv2d``'s own call (``vmap``'s rule)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or input.dim() != 4:
+            return super()._conv_forward(input, weight, bias)
+        return grouped_conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def with_conv_route(model: nn.Module, route: str) -> nn.Module:
+    """``model`` to run the fused forward with: itself for ``"vmap"``; for ``"grouped"`` a copy whose ``Conv2d``
+    modules (exactly that class) are ``GroupedConv2d`` (same parameters and buffers by name)."""
+    if route not in CONV_ROUTES:
+        raise ValueError(f"unknown convolution route {route!r} (one of {', '.join(CONV_ROUTES)})")
+    if route == "vmap" or not any(type(m) is nn.Conv2d for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = GroupedConv2d
+    return model
 
 
 @dataclass
@@ -115,9 +216,10 @@ class FusedModel:
 
     Members are ordered by seed; when every seed has the same number of members the stack is viewed as (seeds,
     members per seed) and each seed's batch is shared by its members; otherwise each member gets its own copy of
-    its seed's batch."""
+    its seed's batch. ``conv`` is the route of the convolutions (``CONV_ROUTES``; None: ``conv_route`` of the
+    models' device)."""
 
-    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int]) -> None:
+    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], conv: str | None = None) -> None:
         self.order = sorted(range(len(models)), key=lambda i: seeds[i])  # position in the stack -> member index
         self.slot = {member: pos for pos, member in enumerate(self.order)}
         self.seeds = sorted(set(seeds))
@@ -125,7 +227,9 @@ class FusedModel:
         balanced = len(set(counts.values())) == 1
         self.layout = (len(self.seeds), len(models) // len(self.seeds)) if balanced else (len(models), 1)
         self.gather = None if balanced else torch.tensor([self.seeds.index(seeds[i]) for i in self.order])
-        self.base = models[0]
+        device = next(iter(models[0].parameters()), torch.empty(0)).device
+        self.conv = conv or conv_route(device)
+        self.base = with_conv_route(models[0], self.conv)
         params, buffers = stack_module_state([models[i] for i in self.order])
         self.params: dict[str, torch.Tensor] = params
         self.buffers: dict[str, torch.Tensor] = buffers
