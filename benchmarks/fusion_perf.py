@@ -5,10 +5,12 @@ ratio 0.9, 10 units per hidden layer, with its per-epoch validation and JSV) fus
 first ``--fusion-steps`` SGD steps and one epoch end (evaluation, validation, JSV: not fused, so a cut this short
 understates the gain of a whole epoch), separate: a sample of its runs timed, times 60 / sample; the fused MLP's
 training epoch per member against its matmul bound (``--steps`` steps timed, scaled to an epoch); resnet20
-(conv1 of every block at 0.5) fused against separate on this device; with ``--device cuda``, a pruned resnet56
-group of 6 members against 6 separate runs. The convolutions of the fused path are ``vmap``'s batching rule,
-which runs them as one grouped convolution: the two routes the issue names are one kernel here, so one figure
-stands for both.
+(conv1 of every block at 0.5) fused, by each route of its convolutions, against separate on this device; with
+``--device cuda``, a pruned resnet56 group of 6 members against 6 separate runs, the same way. The two routes
+(``bench.training.fused_ops.CONV_ROUTES``): ``vmap``, PyTorch's batching rule for ``conv2d``, and ``grouped``, the
+fused module's own grouped convolution (the member axis folded into the channels by hand, one ``F.conv2d`` with
+``groups`` times the members). They are timed in the order vmap, grouped, grouped, vmap (a drift of the machine's
+load over the measurement weighs on both alike), each route's figure the mean of its two timings.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from bench.method import PruneTarget, keep_from_scores
 from bench.pipeline.metrics import validation_metrics
 from bench.pruning import prunable_layers, slim, trace_dependencies
 from bench.training.fused import FusedModel, Member, fit_fused
+from bench.training.fused_ops import CONV_ROUTES, conv_route
 from bench.training.hooks import EpochHooks
 from bench.training.train import Recipe, derive_seed, fit
 from bench.training.trainability import jsv_stats
@@ -86,9 +89,10 @@ def fair_mlp_retraining(fashion_root: Path | None, device: torch.device, steps: 
 
 
 def fused_train_seconds(models: list[nn.Module], seeds: list[int], data: Any, recipe: Recipe, steps: int,
-                        device: torch.device) -> float:
-    """Seconds of ``steps`` fused SGD steps of ``models`` (data included, no evaluation)."""
-    fused = FusedModel([m.to(device).train() for m in models], seeds)
+                        device: torch.device, conv: str | None = None) -> float:
+    """Seconds of ``steps`` fused SGD steps of ``models`` (data included, no evaluation), the convolutions by the
+    route ``conv`` (None: the device's default, ``conv_route``)."""
+    fused = FusedModel([m.to(device).train() for m in models], seeds, conv=conv)
     lrs = torch.full((len(models),), recipe.lr, dtype=torch.float64, device=device)
     iterators = [data.train_batches(recipe.batch_size, derive_seed(s, "bench", 0), device) for s in fused.seeds]
     began = time.perf_counter()
@@ -102,12 +106,18 @@ def fused_train_seconds(models: list[nn.Module], seeds: list[int], data: Any, re
 
 
 def group_against_separate(model: Callable[[], nn.Module], data: Any, members: int, seeds: int, steps: int,
-                           device: torch.device, train_steps: Callable[..., tuple[float, int]]) -> tuple[float, float]:
-    """Seconds of ``steps`` steps of ``members`` models (over ``seeds`` seeds) fused, and of the same separately."""
+                           device: torch.device, train_steps: Callable[..., tuple[float, int]]
+                           ) -> tuple[dict[str, float], float]:
+    """Seconds of ``steps`` steps of ``members`` models (over ``seeds`` seeds) fused, by each convolution route
+    (timed vmap, grouped, grouped, vmap; each the mean of its two), and of the same separately."""
     recipe = Recipe(epochs=1, lr=0.01, batch_size=128)
     seed_of = [i % seeds for i in range(members)]
-    fused_train_seconds([model() for _ in range(2)], [0, 0], data, recipe, 2, device)  # warm-up
-    fused = fused_train_seconds([model() for _ in range(members)], seed_of, data, recipe, steps, device)
+    for route in CONV_ROUTES:  # warm-up
+        fused_train_seconds([model() for _ in range(2)], [0, 0], data, recipe, 2, device, route)
+    fused = dict.fromkeys(CONV_ROUTES, 0.0)
+    for route in CONV_ROUTES + CONV_ROUTES[::-1]:
+        fused[route] += fused_train_seconds([model() for _ in range(members)], seed_of, data, recipe, steps, device,
+                                            route) / 2
     separate = sum(train_steps(model().to(device), data.train_batches(128, derive_seed(s, "bench", 0), device), steps,
                                device)[0] for s in seed_of)
     return fused, separate
@@ -143,7 +153,11 @@ def fusion_section(fashion_root: Path | None, device: torch.device, steps: int, 
             return pruned(name, ["layer*.*.conv1"], 0.5, (3, 32, 32))
 
         fused, separate = group_against_separate(model, cifar, members, seeds, steps, device, train_steps)
-        row(f"{name} (conv1 at 0.5), {members} members over {seeds} seeds, {steps} steps",
-            f"{fused:.2f} s", f"{separate:.2f} s", f"{separate / fused:.2f}x throughput fused")
+        print(f"  {name} on {device.type.upper()} fused (grouped conv and vmap) against separate:")
+        for route, seconds in fused.items():
+            row(f"{name} (conv1 at 0.5), {members} members over {seeds} seeds, {steps} steps, fused by {route}"
+                + (" (default)" if route == conv_route(device) else ""),
+                f"{seconds:.2f} s", f"{separate:.2f} s", f"{separate / seconds:.2f}x throughput fused")
+        row(f"{name}: grouped conv's time over vmap's", f"{fused['grouped'] / fused['vmap']:.3f}x")
     if device.type != "cuda":
         print("(resnet56 6 members against 6 separate runs: with --device cuda only)")

@@ -1,10 +1,12 @@
 """Horizontally fused training: the runs of one phase that differ only in LR or seed, trained as one model.
 
 The members' parameters and buffers are stacked along a member axis (``torch.func.stack_module_state``) and one
-forward pass runs them all (``functional_call`` under ``vmap``: a ``Linear`` becomes a batched matmul, a
-``Conv2d`` a grouped convolution, BatchNorm keeps statistics per member). Members with one seed share each data
-batch (an inner ``vmap`` with the batch unbatched); members with different seeds draw their own order, exactly as
-their separate runs would. The SGD step is one multi-tensor update of the stacked tensors with a per-member LR.
+forward pass runs them all (``functional_call`` under ``vmap``: a ``Linear`` becomes one matmul for all members,
+a ``Conv2d`` one grouped convolution by either of two routes, BatchNorm keeps statistics per member; the kernels
+are bench.training.fused_ops).
+Members with one seed share each data batch (an inner ``vmap`` with the batch unbatched); members with different
+seeds draw their own order, exactly as their separate runs would. The SGD step is one multi-tensor update of the
+stacked tensors with a per-member LR.
 
 Each member keeps its own module, optimizer and LR scheduler (its "shadow"): at each epoch's end the stacked
 state is copied into them, the member is evaluated and its hooks' epoch work runs on its own module, and the
@@ -30,15 +32,13 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from bench.core import distributed, faults
 from bench.core.store import load_checkpoint, save_checkpoint
-from bench.training.fused_ops import batched_copy
+from bench.training.fused_ops import batched_copy, conv_route
 from bench.training.hooks import BaseHooks, TrainHooks, end_epoch, report_epoch
 from bench.training.train import Diverged, Recipe, counted_step, derive_seed, evaluate, make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
 STEP_METHODS = ("penalty", "after_backward", "after_step")
-
-
 @dataclass
 class Member:
     """One run of a fused group: its own module (pruned, on the device), recipe, seed, hooks and checkpoint."""
@@ -116,9 +116,10 @@ class FusedModel:
 
     Members are ordered by seed; when every seed has the same number of members the stack is viewed as (seeds,
     members per seed) and each seed's batch is shared by its members; otherwise each member gets its own copy of
-    its seed's batch."""
+    its seed's batch. ``conv`` is the route of the convolutions (``CONV_ROUTES``; None: ``conv_route`` of the
+    models' device)."""
 
-    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int]) -> None:
+    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], conv: str | None = None) -> None:
         self.order = sorted(range(len(models)), key=lambda i: seeds[i])  # position in the stack -> member index
         self.slot = {member: pos for pos, member in enumerate(self.order)}
         self.seeds = sorted(set(seeds))
@@ -126,7 +127,9 @@ class FusedModel:
         balanced = len(set(counts.values())) == 1
         self.layout = (len(self.seeds), len(models) // len(self.seeds)) if balanced else (len(models), 1)
         self.gather = None if balanced else torch.tensor([self.seeds.index(seeds[i]) for i in self.order])
-        self.base = batched_copy(models[0])  # its Linear layers batch the members as one matmul (fused_ops)
+        device = next(iter(models[0].parameters()), torch.empty(0)).device
+        self.conv = conv or conv_route(device)
+        self.base = batched_copy(models[0], self.conv)  # its layers batch the members as one kernel (fused_ops)
         params, buffers = stack_module_state([models[i] for i in self.order])
         self.params: dict[str, torch.Tensor] = params
         self.buffers: dict[str, torch.Tensor] = buffers

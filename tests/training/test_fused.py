@@ -222,3 +222,116 @@ def test_member_linear_batches_as_vmap_does(dims: tuple[int | None, int | None],
     torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-6)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Record every plain call of the grouped route's convolution and its backward (the calls under no vmap)."""
+    from bench.training import fused_ops as module
+
+    calls: dict[str, list] = {"forward": [], "backward": []}
+    forward, backward = module._GroupedConv2d.forward, module._GroupedConv2d.backward
+
+    def counted_forward(x, weight, bias, stride, padding, dilation, groups):
+        calls["forward"].append((tuple(x.shape), tuple(weight.shape), groups))
+        return forward(x, weight, bias, stride, padding, dilation, groups)
+
+    def counted_backward(ctx, grad):
+        calls["backward"].append(ctx.conv[3])
+        return backward(ctx, grad)
+
+    monkeypatch.setattr(module._GroupedConv2d, "forward", staticmethod(counted_forward))
+    monkeypatch.setattr(module._GroupedConv2d, "backward", staticmethod(counted_backward))
+    return calls
+
+
+@pytest.mark.parametrize(("shared_input", "groups", "bias"), [
+    (True, 1, "member"), (False, 1, None), (True, 2, "shared"), (False, 2, "member")])
+def test_the_grouped_route_is_vmaps_conv2d_at_two_levels(monkeypatch: pytest.MonkeyPatch, shared_input: bool,
+                                                        groups: int, bias: str | None) -> None:
+    """grouped_conv2d under vmap(vmap(...)) (3 seeds x 2 members, the input per seed or per member, grouped filters,
+    a bias per member or shared): the output and every gradient equal vmap's own conv2d rule's, through one plain
+    grouped convolution of all six members and its backward."""
+    from bench.training.fused_ops import grouped_conv2d
+
+    calls = counting(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 9, 9) if shared_input else torch.randn(3, 2, 5, 4, 9, 9)
+    weight = torch.randn(3, 2, 6, 4 // groups, 3, 3)
+    b = {"member": torch.randn(3, 2, 6), "shared": torch.randn(6), None: None}[bias]
+
+    def through(conv):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, b) if t is not None]
+        xx, ww, bb = leaves[0], leaves[1], leaves[2] if b is not None else None
+        inner = vmap(lambda x, w, b: conv(x, w, b, (2, 1), (1, 0), (1, 1), groups),
+                     in_dims=(None if shared_input else 0, 0, 0 if bias == "member" else None))
+        out = vmap(inner, in_dims=(0, 0, 0 if bias == "member" else None))(xx, ww, bb)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        return out.detach(), [t.grad for t in leaves]
+
+    from torch.func import vmap
+    want, want_grads = through(torch.nn.functional.conv2d)
+    assert not calls["forward"]
+    got, got_grads = through(grouped_conv2d)
+    # a shared input and plain filters: each seed's two members side by side (3 groups); else one group per member
+    folded = 3 if shared_input and groups == 1 else 3 * 2 * groups
+    assert calls["forward"] == [((5, 4 * folded // groups, 9, 9), (3 * 2 * 6, 4 // groups, 3, 3), folded)]
+    assert calls["backward"] == [folded]
+    assert got.shape == want.shape == (3, 2, 5, 6, 5, 7)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for a, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-5)  # vmap adds a per-member bias apart: sums reorder
+
+
+@pytest.mark.parametrize("seeds", [[0, 0, 1, 1], [0, 0, 1]])
+def test_a_fused_resnet20_step_is_the_same_by_either_convolution_route(monkeypatch: pytest.MonkeyPatch,
+                                                                       seeds: list[int]) -> None:
+    """One fused step of resnet20 (its 19 convolutions), balanced (2 seeds x 2 members: each seed's batch shared)
+    and not (each member its own copy): the grouped route's losses and gradients equal vmap's within 1e-5
+    relative, and every convolution of the forward went through it (one grouped call each, and its backward); in the
+    balanced stack the stem's filters of a seed's members are side by side in one group, as they share its batch."""
+    data, base, batch = setting("resnet20")
+    models = []
+    for i in range(len(seeds)):
+        model = copy.deepcopy(base)
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        models.append(model.train())
+    xs, ys = zip(*(next(iter(data.train_batches(batch, s, CPU))) for s in sorted(set(seeds))))
+    xs, ys = torch.stack(xs), torch.stack(ys)
+    calls = counting(monkeypatch)
+    step = {}
+    for route in ("vmap", "grouped"):
+        fused_model = FusedModel([copy.deepcopy(m) for m in models], seeds, conv=route)
+        losses, _ = fused_model.losses(xs, ys)
+        losses.sum().backward()
+        step[route] = losses.detach(), {k: v.grad for k, v in fused_model.params.items()}, fused_model.buffers
+        if route == "vmap":
+            assert not calls["forward"] and not calls["backward"]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in base.modules())
+    assert convs == 19 and len(calls["forward"]) == len(calls["backward"]) == convs
+    # the stem's input: one group per seed's batch (members sharing it side by side) or per member's copy; then one
+    # group per member
+    assert [groups for _, _, groups in calls["forward"]] == [fused_model.layout[0]] + [len(seeds)] * (convs - 1)
+    (loss_v, grads_v, buffers_v), (loss_g, grads_g, buffers_g) = step["vmap"], step["grouped"]
+    torch.testing.assert_close(loss_g, loss_v, rtol=1e-5, atol=0)
+    assert grads_v.keys() == grads_g.keys()
+    for name, want in grads_v.items():
+        assert float((grads_g[name] - want).norm()) <= 1e-5 * float(want.norm()), name
+    for name, want in buffers_v.items():  # BatchNorm's running statistics, updated by the forward
+        torch.testing.assert_close(buffers_g[name], want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_convolution_route_is_chosen_by_device_or_named() -> None:
+    from bench.training.fused_ops import CONV_ROUTE, GroupedConv2d, conv_route
+
+    _, base, _ = setting("resnet20")
+    assert conv_route(CPU) == CONV_ROUTE["cpu"] and conv_route(torch.device("meta")) == "vmap"
+    assert FusedModel([copy.deepcopy(base)], [0]).conv == CONV_ROUTE["cpu"]
+    grouped = FusedModel([copy.deepcopy(base)], [0], conv="grouped")
+    assert all(type(m) is GroupedConv2d for m in grouped.base.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not any(type(m) is GroupedConv2d for m in FusedModel([base], [0], conv="vmap").base.modules())
+    assert not any(type(m) is GroupedConv2d for m in base.modules())  # the members' own modules are untouched
+    with pytest.raises(ValueError, match="unknown convolution route 'cudnn'"):
+        FusedModel([base], [0], conv="cudnn")
