@@ -26,7 +26,7 @@ SUITE = tiny_suite(dataset={"name": "synthetic", "num_train": 256, "num_test": 1
                    pretrain={"epochs": 1, "batch_size": 64, "lr": 0.05},
                    retrain={"epochs": 2, "batch_size": 64, "lr": [0.05, 0.01]}, execution={"fuse": "on"},
                    latency={"enabled": False},  # wall-clock: no run computes it twice the same
-                   slurm={"cpus_per_task": 1, "timeout_min": 60, "dense_job": False})
+                   slurm={"cpus_per_task": 1, "timeout_min": 60})
 TIMES = ("wall_s", "started", "finished", "cost_seconds_")  # when and how long, not what
 TABLES = ("accuracy", "efficiency", "lr_gap", "status", "trainability", "verdict")
 
@@ -54,8 +54,9 @@ def test_fused_groups_are_tasks_of_a_real_slurm_array(write_suite, tmp_path: Pat
     assert "submitted 8 runs as Slurm job array" in out, out
     (submission,) = read_submissions(on_slurm, "tiny")
     run_ids = sorted(submission["tasks"])
-    # l1 has no training phase: no dense-model or pruned-model array; a group's task makes its members' models
-    assert len(run_ids) == 8 and submission["dense_job"] is None and submission["prune_job"] is None
+    # the two seeds' dense models are one fused group: one task of a dense array the runs' array waits for (so the
+    # groups never race for them); l1 has no training phase, so no pruned-model array
+    assert len(run_ids) == 8 and submission["dense_job"] is not None and submission["prune_job"] is None
     job = submission["job"]
     tasks = sorted(set(submission["tasks"].values()))
     assert tasks == [f"{job}_0", f"{job}_1"]           # eight runs: two array tasks of one array
@@ -67,6 +68,11 @@ def test_fused_groups_are_tasks_of_a_real_slurm_array(write_suite, tmp_path: Pat
     listed = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True,
                             text=True, timeout=30, check=True).stdout.split()
     assert sorted(listed) == [f"{t}|COMPLETED" for t in tasks]   # the array had those two tasks, and nothing else
+    dense_listed = subprocess.run(["sacct", "-n", "-X", "-P", "-j", submission["dense_job"], "-o", "JobID,State"],
+                                  capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert len(dense_listed) == 1 and dense_listed[0].endswith("|COMPLETED")  # both dense models: one task
+    for path in (on_slurm / "_dense").glob("*/dense.json"):
+        assert json.loads(path.read_text())["fused"] == {"members": 2}
 
     records = {r: result(on_slurm, r) for r in run_ids}
     for task, ids in members.items():
