@@ -3,7 +3,8 @@
 Prints, side by side in one run: fair_mlp's retraining (its 60 runs: 4 methods x 3 LRs x 5 seeds of mlp7_linear at
 ratio 0.9, 10 units per hidden layer, with its per-epoch validation and JSV) fused against separate, over its
 first ``--fusion-steps`` SGD steps and one epoch end (evaluation, validation, JSV: not fused, so a cut this short
-understates the gain of a whole epoch), separate: a sample of its runs timed, times 60 / sample; the fused MLP's
+understates the gain of a whole epoch), separate: a sample of its runs timed, times 60 / sample; fair_mlp's dense
+training (its 5 seeds, one epoch each) fused against separate; the fused MLP's
 training epoch per member against its matmul bound (``--steps`` steps timed, scaled to an epoch); resnet20
 (conv1 of every block at 0.5) fused, by each route of its convolutions, against separate on this device; with
 ``--device cuda``, a pruned resnet56 group of 6 members against 6 separate runs, the same way. The two routes
@@ -88,6 +89,26 @@ def fair_mlp_retraining(fashion_root: Path | None, device: torch.device, steps: 
     return time.perf_counter() - began, separate, len(grid)
 
 
+def dense_seeds(fashion_root: Path | None, device: torch.device, seeds: int) -> tuple[float, float]:
+    """Seconds of one epoch of fair_mlp's dense training (mlp7_linear, 100 units, its recipe) for ``seeds`` seeds,
+    fused and separate (``fit`` per seed), evaluation included."""
+    data = build_dataset("fashion_mnist", {"validation": 5000}, fashion_root, 32)
+    recipe = Recipe(epochs=1, lr=0.01, batch_size=128, momentum=0.9, weight_decay=1e-4,
+                    schedule=Schedule(name="step", milestones=[5, 10], gamma=0.1))
+
+    def model(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return MODELS.get("mlp7_linear").build(num_classes=10, in_channels=1)
+
+    began = time.perf_counter()
+    for seed in range(seeds):
+        fit(model(seed), data, recipe, device=device, seed=seed, phase="dense")
+    separate = time.perf_counter() - began
+    began = time.perf_counter()
+    fit_fused([Member(model(s), recipe, s) for s in range(seeds)], data, device=device, phase="dense")
+    return time.perf_counter() - began, separate
+
+
 def fused_train_seconds(models: list[nn.Module], seeds: list[int], data: Any, recipe: Recipe, steps: int,
                         device: torch.device, conv: str | None = None) -> float:
     """Seconds of ``steps`` fused SGD steps of ``models`` (data included, no evaluation), the convolutions by the
@@ -134,6 +155,9 @@ def fusion_section(fashion_root: Path | None, device: torch.device, steps: int, 
         fused, separate, runs = fair_mlp_retraining(fashion_root, device, fair_steps, sample)
         row(f"fair_mlp retraining: {runs} runs x {fair_steps} steps + 1 epoch end (separate: {sample} timed)",
             f"{fused:.1f} s", f"{separate:.1f} s", f"{separate / fused:.2f}x faster fused")
+        fused, separate = dense_seeds(fashion_root, device, len(FAIR_SEEDS))
+        row(f"fair_mlp dense training: {len(FAIR_SEEDS)} seeds x 1 epoch (dense, 100 units)", f"{fused:.1f} s",
+            f"{separate:.1f} s", f"{separate / fused:.2f}x faster fused")
     data = build_dataset("fashion_mnist", {}, fashion_root, 32)
     mlp = pruned("mlp7_linear", ["layers.*"], 0.9, (1, 32, 32))
     per_epoch = data.steps_per_epoch(128)  # the figures: ``steps`` steps timed, scaled to an epoch

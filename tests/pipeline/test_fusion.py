@@ -176,7 +176,7 @@ def test_a_fused_group_is_one_slurm_array_task(write_suite, tmp_path: Path, monk
     monkeypatch.setattr(slurm, "make_executor", lambda options, log_dir, job_name: Executor())
     monkeypatch.setattr(slurm, "_sbatch", sbatch)
     monkeypatch.setattr(slurm, "record_submission", lambda results, submission, invocation: None)
-    path = write_suite(SUITE)
+    path = write_suite({**SUITE, "execution": {"fuse": "on"}})  # on: auto does not fuse dense training
     inv = Invocation.from_args(argparse.Namespace(suite=str(path), overrides=[], plugins=[], results=str(tmp_path),
                                                   data_root=None, device=None))
     suite, runs, _ = inv.load()
