@@ -269,7 +269,8 @@ class Execution:
     fuse: Literal["auto", "on", "off"] | bool = field(
         "auto", doc="retrain runs of one architecture and recipe (apart from the LR), and train dense models that "
                     "differ only in the seed, as one horizontally fused model: "
-                    "auto = where measured to pay (the MLP family), on = wherever supported, off = never (YAML's "
+                    "auto = where measured to pay (the MLP family's retraining; not dense training), on = wherever "
+                    "supported, off = never (YAML's "
                     "unquoted on/off, read as true/false, mean the same)")
     max_members: int = field(64, low=1, doc="the most runs (or dense models) one fused group trains at once")
 
