@@ -172,8 +172,9 @@ def test_a_run_held_by_another_process_is_skipped(write_suite, tmp_path: Path) -
 
 
 def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, tmp_path: Path) -> None:
-    """One run per missing dense model, as tasks: the MLP's seeds as one fused group (fuse: auto), else alone."""
-    inv = invocation(write_suite(tiny_suite(seeds=[0, 1])), tmp_path)
+    """One run per missing dense model, as tasks: the MLP's seeds as one fused group (fuse: on), else alone (off,
+    and auto, which does not fuse dense training)."""
+    inv = invocation(write_suite(tiny_suite(seeds=[0, 1], execution={"fuse": "on"})), tmp_path)
     _, runs, _ = inv.load()
     assert len(runs) == 8 and len({r.dense_id for r in runs}) == 2
     (chosen,) = dense_stage(runs, tmp_path)  # one task: the two seeds' dense models fused
@@ -190,8 +191,9 @@ def test_dense_stage_picks_one_run_per_missing_trained_dense_model(write_suite, 
     assert dense_stage(runs, tmp_path) == []
     no_training = invocation(write_suite(tiny_suite(pretrain={"epochs": 0})), tmp_path / "other")
     assert dense_stage(no_training.load()[1], tmp_path / "other") == []
-    apart = invocation(write_suite(tiny_suite(seeds=[0, 1], execution={"fuse": "off"}), "apart.yaml"), tmp_path)
-    assert [len(task) for task in dense_stage(apart.load()[1], tmp_path / "y")] == [1, 1]
+    for mode in ("off", "auto"):
+        apart = invocation(write_suite(tiny_suite(seeds=[0, 1], execution={"fuse": mode}), f"{mode}.yaml"), tmp_path)
+        assert [len(task) for task in dense_stage(apart.load()[1], tmp_path / mode)] == [1, 1]
 
 
 def test_pruned_stage_picks_one_run_per_missing_shared_pruned_model(write_suite, tmp_path: Path) -> None:

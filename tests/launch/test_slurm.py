@@ -91,9 +91,12 @@ WAIT_S = 180
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The plugin file, written once: a second file would register 'slowphase' twice in this process."""
-    path = tmp_path_factory.mktemp("plugin") / "slowphase.py"
-    path.write_text(PLUGIN)
+    """The plugin file, one path per test process: a second file would register 'slowphase' twice in this process
+    (test_slurm_rounds.py imports this fixture, and each module gets its own instance of a module fixture)."""
+    path = tmp_path_factory.getbasetemp() / "slowphase-plugin" / "slowphase.py"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PLUGIN)
     return path
 
 
