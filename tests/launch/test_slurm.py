@@ -4,10 +4,12 @@ twice at once trains once. Skipped when no Slurm controller with accounting and 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,7 +103,20 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def jobs_to_cancel(tmp_path: Path) -> Iterator[list[str]]:
+def slurm_node() -> Iterator[None]:
+    """The local cluster's one node, held for the test: test processes (xdist workers) take their Slurm tests one at
+    a time, as the tests time their jobs' states (a requeued task pending, a second submission finding the first's
+    task live) and another file's jobs on the node would delay them past their waits."""
+    with open(Path(tempfile.gettempdir()) / "bench-slurm-tests.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def jobs_to_cancel(tmp_path: Path, slurm_node: None) -> Iterator[list[str]]:
     """Job ids to scancel after the test (plus everything recorded under tmp_path), so no test leaves jobs behind.
 
     Jobs get a few seconds to end on their own first: a passing test may end while its last task is exiting.

@@ -17,7 +17,7 @@ import pytest
 from bench.cli import main
 from bench.launch import log_paths, read_submissions, scheduler_states
 from tests.conftest import tiny_suite
-from tests.launch.test_slurm import PROBLEM, comparable, finished, jobs_to_cancel, result, wait_until  # noqa: F401
+from tests.launch.test_slurm import PROBLEM, comparable, finished, jobs_to_cancel, result, slurm_node, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
 

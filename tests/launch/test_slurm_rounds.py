@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.launch import read_submissions
-from tests.launch.test_slurm import PROBLEM, jobs_to_cancel, plugin, slurm_suite  # noqa: F401 (fixtures)
+from tests.launch.test_slurm import PROBLEM, jobs_to_cancel, plugin, slurm_node, slurm_suite  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
 
