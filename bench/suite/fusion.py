@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,19 @@ class FusionPlan:
 
     groups: list[list[Run]] = field(default_factory=list)
     alone: dict[str, str] = field(default_factory=dict)
+
+    def chunked(self, keyed: dict[str, list[Run]], ident: Callable[[Run], str], lone: str) -> FusionPlan:
+        """This plan with each key's runs added as groups of at most ``execution.max_members``; a run left alone
+        by the split is recorded under ``ident(run)`` with the reason ``lone``."""
+        for members in keyed.values():
+            size = members[0].suite.execution.max_members
+            for start in range(0, len(members), size):
+                chunk = members[start:start + size]
+                if len(chunk) > 1:
+                    self.groups.append(chunk)
+                else:
+                    self.alone[ident(chunk[0])] = lone
+        return self
 
     def tasks(self, runs: list[Run]) -> list[list[Run]]:
         """``runs`` as executor tasks: each fused group (its members among ``runs``) once, every other run alone."""
@@ -91,15 +105,7 @@ def plan_fusion(runs: list[Run], mode: FuseMode | None = None) -> FusionPlan:
             plan.alone[run.run_id] = reason
         else:
             keyed.setdefault(group_key(run), []).append(run)
-    for members in keyed.values():
-        size = members[0].suite.execution.max_members
-        for start in range(0, len(members), size):
-            chunk = members[start:start + size]
-            if len(chunk) > 1:
-                plan.groups.append(chunk)
-            else:
-                plan.alone[chunk[0].run_id] = "no other run shares its architecture and retraining recipe"
-    return plan
+    return plan.chunked(keyed, lambda run: run.run_id, "no other run shares its architecture and retraining recipe")
 
 
 def dense_why_alone(run: Run, mode: FuseMode) -> str | None:
@@ -141,15 +147,7 @@ def plan_dense_fusion(runs: list[Run], mode: FuseMode | None = None) -> FusionPl
         else:
             key = json.dumps({k: v for k, v in run.dense_key.items() if k != "seed"}, sort_keys=True, default=str)
             keyed.setdefault(key, []).append(run)
-    for members in keyed.values():
-        size = members[0].suite.execution.max_members
-        for start in range(0, len(members), size):
-            chunk = members[start:start + size]
-            if len(chunk) > 1:
-                plan.groups.append(chunk)
-            else:
-                plan.alone[chunk[0].dense_id] = "no other dense model differs from it only in the seed"
-    return plan
+    return plan.chunked(keyed, lambda run: run.dense_id, "no other dense model differs from it only in the seed")
 
 
 def dense_tasks(runs: list[Run], mode: FuseMode | None = None) -> list[list[Run]]:
