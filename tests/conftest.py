@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,6 +40,14 @@ TINY_SUITE: dict[str, Any] = {
     "latency": {"repeats": 3, "min_time_s": 0.01},  # a fast, rough measurement (only the prune ids see it)
     "device": "cpu",
 }
+
+
+def benchmark(name: str) -> ModuleType:
+    """A benchmark script (benchmarks/NAME.py) as a module, importable by name in spawned processes too."""
+    folder = str(PROJECT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # spawned children inherit sys.path
+    return importlib.import_module(name)
 
 
 def tiny_suite(**changes: Any) -> dict[str, Any]:

@@ -1,25 +1,14 @@
 """The benchmark commands (benchmarks/*.py) run, count what they claim to count and refuse bad names."""
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from bench.plugins import load_builtin
 from bench.registry import MODELS
-from tests.conftest import PROJECT
-
-
-def benchmark(name: str) -> ModuleType:
-    """A benchmark script as a module, importable by name in spawned processes too (the packing section's)."""
-    folder = str(PROJECT / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # spawned children inherit sys.path
-    return importlib.import_module(name)
+from tests.conftest import benchmark
 
 
 def test_a_training_step_is_counted_exactly() -> None:

@@ -36,6 +36,7 @@ from bench.report.sequential import (  # noqa: E402
     pocock_spent,
 )
 from bench.report.synthetic import write_synthetic_results  # noqa: E402
+from tests.conftest import benchmark  # noqa: E402
 
 LRS = (0.01, 0.001)
 
@@ -196,14 +197,7 @@ def test_a_waiting_round_names_the_runs_it_needs(tmp_path: Path) -> None:
 def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
     """A smoke run of benchmarks/adaptive_calibration.py (docs/reports.md prints its full output): a few suites per
     difference, its rows well formed, and a 2-sd difference found by both designs with fewer seeds adaptively."""
-    import importlib.util
-
-    from tests.conftest import PROJECT
-
-    spec = importlib.util.spec_from_file_location("adaptive_calibration",
-                                                  PROJECT / "benchmarks" / "adaptive_calibration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark("adaptive_calibration")
     frame = module.template(2, 6)
     strong = module.simulate(frame, 2, 2.0, 0.4, 3, 6, 1, 0.1, 4, np.random.default_rng(0))
     assert strong["fixed"] == 1.0 and strong["adaptive"] >= 0.75 and 3 <= strong["seeds"] < 6
@@ -219,3 +213,38 @@ def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
     frontier = module.frontier_section(reps=40, effects=(0.0, 1.0), starts=(3,), steps=(2,), futilities=(0.0, 0.1))
     assert len(frontier) >= 2 + 4 + 1 and len(frontier[2].split()) == 4 + 2 * 3
     assert any(line.split()[1:4] == ["of", "4", "plans"] for line in frontier[6:])
+
+
+def test_the_sequential_bound_is_a_bound_on_real_rules() -> None:
+    """benchmarks/sequential_bound.py's linear program over every scale-invariant sequential rule: its chain gives the
+    exact t-test's power, its trivial corners are exact, and the harness's own design, a rule it ranges over, never
+    spends fewer seeds than the optimum at the power the design reached (a wrong likelihood ratio or kernel breaks
+    one of these)."""
+    bound = benchmark("sequential_bound")
+    adaptive = benchmark("adaptive_calibration")
+    most, effects = 6, (0.0, 1.0, 2.0)
+    chain = bound.invariant_chain(most, points=121)
+    for d in (0.0, 0.5, 1.0):
+        assert bound.chain_power(chain, d) == pytest.approx(bound.fixed_power(most, d), abs=0.01)
+    # nothing asked of the power: stop after the first seed at every difference
+    anything = bound.bound(chain, effects, loss=1.0)
+    assert max(anything.seeds.values()) == pytest.approx(1.0, abs=1e-6)
+    # one look at max and the fixed test's own power: the fixed test itself, max seeds everywhere
+    fixed_only = bound.bound(chain, effects, looks=(most,), power={d: bound.chain_power(chain, d) - 1e-4
+                                                                     for d in effects if d})
+    assert fixed_only.worst == pytest.approx(most, abs=1e-6)
+    # more power than any rule has: infeasible, said as such
+    assert bound.bound(chain, effects, power={1.0: 0.99, 2.0: 0.99}).seeds is None
+    # the harness's design (start 3, step 1, futility 0.1) at the power it reaches: the optimum at its looks spends no
+    # more seeds at its worst difference, and looking at every seed can only help
+    draws = {d: np.random.default_rng(i).normal(d, 1, (3000, most)) for i, d in enumerate(effects)}
+    design = Design(3, most, 1, futility=0.1)
+    reached = adaptive.screen(design, draws)
+    harness = max(seeds for _, seeds in reached.values())
+    # at the level and power it reached (its t-to-z match is a little liberal at 2-5 degrees of freedom), less two
+    # Monte-Carlo standard errors
+    level, asked = reached[0.0][0] + 0.01, {d: reached[d][0] - 0.02 for d in effects if d}
+    at_looks = bound.bound(chain, effects, alpha=level, looks=design.looks, power=asked)
+    anywhere = bound.bound(chain, effects, alpha=level, power=asked)
+    assert anywhere.worst <= at_looks.worst + 1e-6 <= harness + 0.05
+    assert at_looks.worst > 3.0  # and the optimum does not come for free
