@@ -41,9 +41,7 @@ from scipy.special import logsumexp
 
 EFFECTS = (0.0, 0.5, 1.0, 2.0)  # issue 33's true differences, in paired-difference sds
 ALPHA = 0.05
-# a plan's looks as the harness sets them: seeds start, start + step, ..., max
-PLANS = {"every seed from 1": None, "3, 5, 7, 9, 10 (start 3, step 2)": (3, 2),
-         "3, 4, ..., 10 (start 3, step 1)": (3, 1)}
+PLANS = ((3, 2), (3, 1))  # (start, step) of the plans whose looks the bound is also taken at
 
 
 @dataclass(frozen=True)
@@ -218,10 +216,12 @@ def report(most: int = 10, losses: tuple[float, ...] = (0.05, 0.10, 0.20), maxim
     yield (f"At its worst difference it saves {1 - best.worst / most:.0%} of the runs: "
            + ("the target (40% everywhere) is within reach." if best.worst <= 0.6 * most else
               "no rule of any kind meets the target (40% everywhere at most 5 points less power)."))
-    yield from ["", "Looks restricted to a plan's (the rest as above): runs saved at the worst difference"]
-    for label, plan in PLANS.items():
-        b = best if plan is None else bound(chain, effects, 0.05, looks=plan_looks(plan[0], plan[1], most))
-        yield f"  looks {label:<34} {1 - b.worst / most:>4.0%}"
+    yield from ["", "Looks restricted to a plan's (the rest as above): runs saved at the worst difference, looking at"]
+    yield f"  {'every seed from 1':<44} {1 - best.worst / most:>4.0%}"
+    for start, step in PLANS:
+        looks = plan_looks(start, step, most)
+        label = f"{', '.join(map(str, looks))} (start {start}, step {step})"
+        yield f"  {label:<44} {1 - bound(chain, effects, 0.05, looks=looks).worst / most:>4.0%}"
     yield from ["", "What would move it: runs saved at the worst difference, by max seeds and power lost",
                 "power lost  " + "  ".join(f"{f'max {m}':>7}" for m in maxima)]
     for loss in losses:

@@ -22,6 +22,7 @@ figures do not depend on ``--workers``.
     python benchmarks/verdict_calibration.py --sections null --reps 100 --workers 1
     python benchmarks/verdict_calibration.py --sections adaptive      # issue 33: rounds beside max seeds everywhere
     python benchmarks/verdict_calibration.py --sections frontier      # issue 33: every seeds plan screened
+    python benchmarks/verdict_calibration.py --sections bound         # issue 33: the most any sequential rule saves
 
 Another section is one function ``section(args, pool) -> None`` registered in SECTIONS (with its options added in
 ``parser()``); ``simulate`` (one suite's comparisons), ``draw_runs`` (seed by seed: more seeds extend a suite),
@@ -255,14 +256,17 @@ def power_section(args: argparse.Namespace, pool: Pool) -> None:
           f"{'met' if met else 'NOT met'}", flush=True)
 
 
-def adaptive_module() -> Any:
-    """benchmarks/adaptive_calibration.py, a sibling script loaded on use (also when this file is imported by path)."""
+def sibling(name: str) -> Any:
+    """A sibling script of benchmarks/ (adaptive_calibration, sequential_bound), loaded on use (also when this file is
+    imported by path) and registered under its name, as its dataclasses need."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("adaptive_calibration", Path(__file__).with_name(
-        "adaptive_calibration.py"))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -271,7 +275,7 @@ def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
     """Seeds grown in rounds (issue 33) beside ``--adaptive-max`` seeds everywhere: false winners, power, runs saved
     (``benchmarks/adaptive_calibration.py``, through the real round replay and ``verdict.assess``; one process)."""
     print()
-    print(*adaptive_module().adaptive_section(
+    print(*sibling("adaptive_calibration").adaptive_section(
         args.adaptive_reps, args.adaptive_methods, (0.0, *args.effects), args.sd, args.adaptive_start,
         args.adaptive_max, args.adaptive_step, seed=args.seed, spending=args.adaptive_spending), sep="\n", flush=True)
 
@@ -279,13 +283,23 @@ def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:
 def frontier_section(args: argparse.Namespace, pool: Pool) -> None:
     """Every seeds plan a suite can set, screened for issue 33's target (``adaptive_calibration.py --frontier``)."""
     print()
-    print(*adaptive_module().frontier_section(args.frontier_reps, (0.0, *args.effects), args.adaptive_max,
+    print(*sibling("adaptive_calibration").frontier_section(args.frontier_reps, (0.0, *args.effects), args.adaptive_max,
                                               seed=args.seed), sep="\n", flush=True)
+
+
+def bound_section(args: argparse.Namespace, pool: Pool) -> None:
+    """The most runs any sequential rule can save (``sequential_bound.py``: a linear program over every rule), at
+    ``--adaptive-max`` and the maxima and power losses of ``--bound-maxima`` and ``--bound-losses``."""
+    print()
+    for line in sibling("sequential_bound").report(args.adaptive_max, tuple(args.bound_losses),
+                                                   tuple(args.bound_maxima), args.bound_points, (0.0, *args.effects)):
+        print(line, flush=True)
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, Pool], None]] = {"null": null_section, "power": power_section,
                                                                     "adaptive": adaptive_section,
-                                                                    "frontier": frontier_section}
+                                                                    "frontier": frontier_section,
+                                                                    "bound": bound_section}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -320,6 +334,11 @@ def parser() -> argparse.ArgumentParser:
     adaptive.add_argument("--adaptive-spending", choices=["obrien-fleming", "pocock"], default="obrien-fleming")
     adaptive.add_argument("--frontier-reps", type=int, default=1000,
                           help="frontier: suites of one comparison per difference (default 1000)")
+    adaptive.add_argument("--bound-points", type=int, default=401, help="bound: grid points per look (default 401)")
+    adaptive.add_argument("--bound-maxima", type=int, nargs="+", default=[10, 15, 20],
+                          help="bound: max seeds compared (default 10 15 20)")
+    adaptive.add_argument("--bound-losses", type=float, nargs="+", default=[0.05, 0.10, 0.20],
+                          help="bound: power given up against the fixed test, as fractions (default 0.05 0.10 0.20)")
     return p
 
 

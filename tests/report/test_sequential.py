@@ -215,7 +215,7 @@ def test_the_adaptive_calibration_runs_through_the_round_code() -> None:
     assert any(line.split()[1:4] == ["of", "4", "plans"] for line in frontier[6:])
 
 
-def test_the_sequential_bound_is_a_bound_on_real_rules() -> None:
+def test_the_sequential_bound_is_a_bound_on_real_rules(capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/sequential_bound.py's linear program over every scale-invariant sequential rule: its chain gives the
     exact t-test's power, its trivial corners are exact, and the harness's own design, a rule it ranges over, never
     spends fewer seeds than the optimum at the power the design reached (a wrong likelihood ratio or kernel breaks
@@ -248,3 +248,9 @@ def test_the_sequential_bound_is_a_bound_on_real_rules() -> None:
     anywhere = bound.bound(chain, effects, alpha=level, power=asked)
     assert anywhere.worst <= at_looks.worst + 1e-6 <= harness + 0.05
     assert at_looks.worst > 3.0  # and the optimum does not come for free
+    # verdict_calibration.py's bound section prints the same report, the plans' looks taken at its max
+    calibration = benchmark("verdict_calibration")
+    assert calibration.main(["--sections", "bound", "--adaptive-max", "6", "--bound-points", "41",
+                             "--bound-maxima", "6", "--bound-losses", "0.05", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no rule of any kind meets the target" in out and "3, 5, 6 (start 3, step 2)" in out
