@@ -16,6 +16,9 @@ from scipy import optimize, special
 from scipy import stats as sps
 
 MIN_PAIRS = 3  # fewer paired seeds never resolve anything: one or two pairs say nothing about the spread
+# differences whose sd is below this share of their size are equal: float rounding (1e-15 relative), not seed noise
+# (one test image in 10,000 is 1e-4 of an accuracy)
+ROUNDING = 1e-9
 SD_BOUND_LEVEL = 0.8  # the one-sided confidence level of the upper bound on the sd that the power advice uses
 POWER = 0.8
 EXACT_PERMUTATION_POINTS = 9  # up to 9! = 362,880 orderings, Spearman's permutation p-value is exact
@@ -74,15 +77,16 @@ class PairedTest:
 
 def paired_t_test(differences: Sequence[float] | np.ndarray, level: float = 0.95) -> PairedTest:
     """The paired t-test of per-pair differences against zero (``scipy.stats.ttest_1samp``, two-sided). Fewer than
-    two pairs, or differences that are all equal (sd 0: the t statistic is infinite or undefined), give no p-value
-    (NaN): such data are "too few seeds", never a resolved difference."""
+    two pairs, or differences that are all equal (sd 0: the t statistic is infinite or undefined; equal up to float
+    rounding counts, else a t of 1e15 would resolve on rounding alone), give no p-value (NaN): such data are "too few
+    seeds", never a resolved difference."""
     x = np.asarray(differences, dtype=float)
     x = x[np.isfinite(x)]
     mean, half, n = mean_ci(x, level)
     if n < 2:
         return PairedTest(mean, half, math.nan, math.nan, n, math.nan)
     sd = float(x.std(ddof=1))
-    if not sd > 0:
+    if not sd > ROUNDING * float(np.abs(x).max()):
         return PairedTest(mean, 0.0, math.nan, math.nan, n, 0.0)
     result = sps.ttest_1samp(x, 0.0)
     return PairedTest(mean, half, float(result.statistic), float(result.pvalue), n, sd)

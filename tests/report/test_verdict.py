@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -44,6 +45,10 @@ def test_paired_t_test_matches_scipy_ttest_rel_on_a_worked_example() -> None:
     # sd 0: no p-value at all (the old rule said p = 0, "resolved"): too few seeds to speak
     assert math.isnan(paired_t_test([0.5, 0.5, 0.5]).p) and paired_t_test([0.5, 0.5, 0.5]).too_few
     assert paired_t_test([1.0, 2.0]).too_few and not test.too_few
+    # equal up to float rounding (a verdict's -5.1 points at every seed came out with an sd of 7e-15 and p 7e-46): sd 0
+    rounded = [-5.1, np.nextafter(-5.1, 0), -5.1, np.nextafter(-5.1, -6)]
+    assert np.std(rounded) > 0 and paired_t_test(rounded).too_few and math.isnan(paired_t_test(rounded).p)
+    assert not paired_t_test([-5.1, -5.1001, -5.1, -5.0999]).too_few  # a real spread of 1e-4 points still tests
 
 
 def test_holm_step_down_adjustment() -> None:
