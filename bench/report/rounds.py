@@ -20,7 +20,6 @@ import pandas as pd
 from bench.report.comparison import (
     ALPHA,
     DIVERGED_PAIR,
-    HINGES,
     NOT_RESOLVED,
     RESOLVED,
     Comparison,
@@ -35,7 +34,10 @@ from bench.suite.manifest import Manifest
 
 Cell = tuple[str, str]  # (ratio label, method label)
 DECIDED_WHY, FUTILE_WHY, MAX_WHY, GROWING, WAITING = "decided", "futile", "max", "growing", "waiting for runs"
-UNTESTABLE = (DIVERGED_PAIR, HINGES)  # no t-test can ever decide these: adding seeds cannot help
+# no t-test can ever decide these: a diverged seed stays in the pairs however many are added. An LR choice that
+# hinges on a divergence (HINGES) is not among them: more seeds can settle the choice (fair_mlp_adaptive's random,
+# futile at 5 seeds under the old rule, was resolved at 10), so such a comparison continues
+UNTESTABLE = (DIVERGED_PAIR,)
 
 
 @dataclass
@@ -73,8 +75,8 @@ def family_size(cells: list[Cell]) -> int:
 
 def judge_comparison(design: Design, comparison: Comparison) -> Look:
     """A comparison's sequential look: its t-test judged by the design; a comparison no t-test can decide (a
-    diverged seed, an LR choice a divergence decided) is futile; one without a test yet (too few seeds, sd 0)
-    continues."""
+    diverged seed in its pairs) is futile; one without a test yet (too few seeds, sd 0, an LR choice a divergence
+    decided) continues."""
     if comparison.state in UNTESTABLE:
         return Look(design.look_of(comparison.test.n), math.nan, FUTILE, math.nan, math.nan)
     if comparison.state not in (RESOLVED, NOT_RESOLVED):
@@ -221,7 +223,8 @@ def rounds_table(state: Rounds) -> Table:
             f"{state.design.step} more per round, at every LR, while a comparison it takes part in (as the method or "
             "as the reference) is neither decided nor futile, up to "
             f"{state.design.most}. Stopped: decided (every comparison crossed its boundary), futile (none can be "
-            "decided by max at the observed trend, or a diverged seed leaves no t-test), max, or growing / waiting "
+            "decided by max at the observed trend, or a diverged seed in its pairs leaves no t-test; an LR choice a "
+            "divergence decided keeps growing, as more seeds can settle it), max, or growing / waiting "
             f"for runs. The design: {design_words(state.design)}. The z, boundary and p are of the cell's own "
             "comparison against its ratio's reference (none for the reference). Seeds per cell by round: "
             f"{history}.")

@@ -133,9 +133,10 @@ def noisy(means: dict[str, float], sd: float = 0.4) -> Callable[[str, float, flo
 
 
 def grow(root: Path, means: dict[str, float], start: int = 3, most: int = 10, step: int = 2,
-         ratios: tuple[float, ...] = (0.9,)) -> tuple[Rounds, list[tuple[str, float, float, int]]]:
-    """Drive the rounds to the end on a generated tree: each round writes the runs the replay asks for. Returns
-    the final state and every run written, in order."""
+         ratios: tuple[float, ...] = (0.9,), statuses: dict[tuple[str, float, float, int], str] | None = None
+         ) -> tuple[Rounds, list[tuple[str, float, float, int]]]:
+    """Drive the rounds to the end on a generated tree: each round writes the runs the replay asks for (with the
+    ``statuses`` given, e.g. a diverged run). Returns the final state and every run written, in order."""
     methods = list(means)
     lrs = cell_lrs((f"{r:g}", m, lr) for r in ratios for m in methods for lr in LRS)
     accuracy, written = noisy(means), []
@@ -147,7 +148,8 @@ def grow(root: Path, means: dict[str, float], start: int = 3, most: int = 10, st
             return state, written
         for ratio, method, lr, seed in state.missing:
             write_synthetic_results(root, "sim", [method], [float(ratio)], [lr], [seed], epochs=2, accuracy=accuracy,
-                                    validation=accuracy)
+                                    validation=accuracy, statuses={k: v for k, v in (statuses or {}).items()
+                                                                   if k == (method, float(ratio), lr, seed)})
             written.append((method, float(ratio), lr, seed))
 
 
@@ -176,6 +178,19 @@ def test_a_cell_stops_at_max_when_still_undecided(tmp_path: Path) -> None:
     state, _ = grow(tmp_path, {"a": 80.0, "b": 80.25}, start=3, most=5, step=1)
     assert state.seeds == {("0.9", "a"): 5, ("0.9", "b"): 5}
     assert set(state.why.values()) == {MAX_WHY}
+
+
+def test_an_lr_choice_a_divergence_decided_keeps_growing(tmp_path: Path) -> None:
+    """a's better LR diverges at seed 1, so a is retrained at its lower LR while its converged seeds alone would
+    choose the other: no t-test yet, but more seeds can settle the choice (fair_mlp_adaptive's random was resolved at
+    10 seeds after this rule called it futile at 5), so the cells grow to max instead of stopping as futile."""
+    high = max(LRS)
+    state, written = grow(tmp_path, {"a": 80.0, "b": 83.0}, start=3, most=5, step=2,
+                          statuses={("a", 0.9, high, 1): "diverged"})
+    a = next(c for c in state.assessment.comparisons if c.method == "a")
+    assert a.state == "LR choice hinges on a divergence" and not a.resolved
+    assert state.seeds == {("0.9", "a"): 5, ("0.9", "b"): 5} and set(state.why.values()) == {MAX_WHY}
+    assert ("a", 0.9, high, 4) in written
 
 
 def test_the_family_is_every_comparison_of_every_ratio() -> None:
