@@ -24,6 +24,10 @@
 # - proctrack/linuxproc and task/none: no dependence on the host's cgroups (so memory/CPU limits are not enforced).
 # - The node's CPUs and memory come from `slurmd -C` (90 % of RAM): larger values mark the node INVAL.
 set -euo pipefail
+# The daemons (slurmctld, slurmd, slurmdbd, munged, mysqld) live in /usr/sbin, which a non-login or minimal PATH
+# (env -i, a plain user's) lacks: `slurmd -C` then failed and the cluster never came up.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin:/sbin ;; esac
+export PATH
 
 D=${SLURM_LOCAL_DIR:-/tmp/slurm-local}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
