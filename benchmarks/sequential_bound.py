@@ -29,15 +29,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 from scipy import stats as sps
 from scipy.optimize import linprog
 from scipy.special import logsumexp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report.sequential import Design  # noqa: E402
 
 EFFECTS = (0.0, 0.5, 1.0, 2.0)  # issue 33's true differences, in paired-difference sds
 ALPHA = 0.05
@@ -159,23 +165,22 @@ def bound(chain: Chain, effects: tuple[float, ...] = EFFECTS, loss: float = 0.05
                 bounds[j] = (0.0, 0.0)
     ratio = {d: tilts(chain, d) for d in effects}
     power = power or {d: fixed_power(most, d, alpha) - loss for d in effects if d > 0}
-    upper, limits = [], []
-    for kind in (1, 2):  # each tail at alpha / 2 under the null
-        row = np.zeros(total)
+    def row(kind: int, weights: list[np.ndarray] | list[float], scale: float = 1.0) -> np.ndarray:
+        """One inequality row: ``scale`` times the ``kind`` variables, each look's weighted by ``weights``."""
+        out = np.zeros(total)
         for n in range(1, most + 1):
-            row[index(n, kind)] = 1.0
-        upper.append(row), limits.append(alpha / 2)
+            out[index(n, kind)] = scale * weights[n - 1]
+        return out
+
+    upper = [row(kind, [1.0] * most) for kind in (1, 2)]  # each tail at alpha / 2 under the null
+    limits = [alpha / 2, alpha / 2]
     for d in effects:
         if d > 0:  # power: m1 resolved ahead
-            row = np.zeros(total)
-            for n in range(1, most + 1):
-                row[index(n, 1)] = -ratio[d][n - 1]
-            upper.append(row), limits.append(-power[d])
-        row = np.zeros(total)  # mean seeds = 1 + the chance of going on after each seed <= the largest
-        for n in range(1, most + 1):
-            row[index(n, 0)] = ratio[d][n - 1]
-        row[-1] = -1.0
-        upper.append(row), limits.append(-1.0)
+            upper.append(row(1, ratio[d], -1.0))
+            limits.append(-power[d])
+        upper.append(row(0, ratio[d]))  # mean seeds = 1 + the chance of going on after each seed <= the largest
+        upper[-1][-1] = -1.0
+        limits.append(-1.0)
     objective = np.zeros(total)
     objective[-1] = 1.0
     result = linprog(objective, A_ub=np.array(upper), b_ub=limits, A_eq=equal, b_eq=np.concatenate(rhs),
@@ -188,11 +193,6 @@ def bound(chain: Chain, effects: tuple[float, ...] = EFFECTS, loss: float = 0.05
     seeds = {d: 1 + sum(float(ratio[d][n - 1] @ x[index(n, 0)]) for n in range(1, most + 1)) for d in effects}
     resolved = {d: sum(float(ratio[d][n - 1] @ x[index(n, 1)]) for n in range(1, most + 1)) for d in effects}
     return Bound(seeds, resolved)
-
-
-def plan_looks(start: int, step: int, most: int) -> tuple[int, ...]:
-    """The looks a ``{start, max, step}`` plan takes (as ``sequential.Design`` does)."""
-    return tuple(sorted(set(range(start, most, step)) | {most}))
 
 
 def report(most: int = 10, losses: tuple[float, ...] = (0.05, 0.10, 0.20), maxima: tuple[int, ...] = (10, 15, 20),
@@ -219,7 +219,7 @@ def report(most: int = 10, losses: tuple[float, ...] = (0.05, 0.10, 0.20), maxim
     yield from ["", "Looks restricted to a plan's (the rest as above): runs saved at the worst difference, looking at"]
     yield f"  {'every seed from 1':<44} {1 - best.worst / most:>4.0%}"
     for start, step in PLANS:
-        looks = plan_looks(start, step, most)
+        looks = Design(start, most, step).looks
         label = f"{', '.join(map(str, looks))} (start {start}, step {step})"
         yield f"  {label:<44} {1 - bound(chain, effects, 0.05, looks=looks).worst / most:>4.0%}"
     yield from ["", "What would move it: runs saved at the worst difference, by max seeds and power lost",

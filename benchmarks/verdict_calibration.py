@@ -257,18 +257,14 @@ def power_section(args: argparse.Namespace, pool: Pool) -> None:
 
 
 def sibling(name: str) -> Any:
-    """A sibling script of benchmarks/ (adaptive_calibration, sequential_bound), loaded on use (also when this file is
-    imported by path) and registered under its name, as its dataclasses need."""
-    import importlib.util
+    """A sibling script of benchmarks/ (adaptive_calibration, sequential_bound), imported by name on use (this
+    folder on sys.path, as when this file runs as a script)."""
+    import importlib
 
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def adaptive_section(args: argparse.Namespace, pool: Pool) -> None:

@@ -35,8 +35,7 @@ from bench.suite.manifest import Manifest
 Cell = tuple[str, str]  # (ratio label, method label)
 DECIDED_WHY, FUTILE_WHY, MAX_WHY, GROWING, WAITING = "decided", "futile", "max", "growing", "waiting for runs"
 # no t-test can ever decide these: a diverged seed stays in the pairs however many are added. An LR choice that
-# hinges on a divergence (HINGES) is not among them: more seeds can settle the choice (fair_mlp_adaptive's random,
-# futile at 5 seeds under the old rule, was resolved at 10), so such a comparison continues
+# hinges on a divergence is not among them: more seeds can settle the choice, so such a comparison continues
 UNTESTABLE = (DIVERGED_PAIR,)
 
 

@@ -4,7 +4,6 @@ reproducible, the exact Spearman p and the seeds-for-power search equal scipy's 
 report's resolution floor (item 9) is the difference its seed count resolves with 80% power."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import os
@@ -23,16 +22,12 @@ from bench.report import from_records, load_results  # noqa: E402
 from bench.report.stats import power, sd_upper_bound, seeds_for_power, smallest_resolvable, spearman_rho  # noqa: E402
 from bench.report.synthetic import synthetic_results, write_synthetic_results  # noqa: E402
 from bench.report.verdict import assess  # noqa: E402
-from tests.conftest import PROJECT  # noqa: E402
+from tests.conftest import benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def calibration() -> ModuleType:
-    path = PROJECT / "benchmarks" / "verdict_calibration.py"
-    spec = importlib.util.spec_from_file_location("verdict_calibration", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("verdict_calibration")
 
 
 def test_the_in_memory_frame_equals_what_load_results_reads(tmp_path: Path) -> None:
